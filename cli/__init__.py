@@ -1,0 +1,1 @@
+"""The `optsvc` command line (installed as the `optsvc_cli` package)."""

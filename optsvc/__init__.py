@@ -1,0 +1,74 @@
+"""optsvc: Thinc-compatible optimizers and schedules, built from config files.
+
+>>> import optsvc
+>>> opt = optsvc.Adam(optsvc.warmup_linear(0.001, 250, 20000))
+>>> opt.learn_rate
+0.0
+"""
+
+from .about import __version__
+from .backends import (
+    CupyOps,
+    NumpyOps,
+    Ops,
+    get_current_ops,
+    prefer_gpu,
+    require_gpu,
+    set_current_ops,
+    use_ops,
+)
+from .optimizers import SGD, Adam, Optimizer, RAdam
+from .registry import registry
+from .schedules import (
+    Schedule,
+    compounding,
+    constant,
+    constant_then,
+    cyclic_triangular,
+    decaying,
+    plateau,
+    slanted_triangular,
+    warmup_linear,
+)
+from .schedules_extra import (
+    exponential_decay,
+    linear_warmup,
+    one_cycle,
+    piecewise_constant,
+    step_decay,
+    warmup_cosine,
+)
+from .serialize import StateError
+
+__all__ = [
+    "__version__",
+    "Optimizer",
+    "SGD",
+    "Adam",
+    "RAdam",
+    "Schedule",
+    "constant",
+    "constant_then",
+    "decaying",
+    "compounding",
+    "warmup_linear",
+    "slanted_triangular",
+    "cyclic_triangular",
+    "plateau",
+    "warmup_cosine",
+    "exponential_decay",
+    "step_decay",
+    "piecewise_constant",
+    "linear_warmup",
+    "one_cycle",
+    "registry",
+    "Ops",
+    "NumpyOps",
+    "CupyOps",
+    "get_current_ops",
+    "set_current_ops",
+    "use_ops",
+    "require_gpu",
+    "prefer_gpu",
+    "StateError",
+]

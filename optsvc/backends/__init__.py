@@ -1,0 +1,104 @@
+"""Array backends: numpy on the CPU, cupy on a CUDA GPU.
+
+The current backend is a context-local setting, as in Thinc:
+`get_current_ops()`, `use_ops("cupy")`, `require_gpu()`, `prefer_gpu()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
+from .cupy_ops import INSTALL_HINT, CupyOps, gpu_count, has_cupy, is_cupy_array
+from .numpy_ops import NumpyOps
+from .ops import Ops
+
+_current_ops: contextvars.ContextVar[Ops | None] = contextvars.ContextVar(
+    "optsvc_current_ops", default=None
+)
+_numpy_ops: NumpyOps | None = None
+_cupy_ops: dict[int, CupyOps] = {}
+
+
+def _default_numpy_ops() -> NumpyOps:
+    global _numpy_ops
+    if _numpy_ops is None:
+        _numpy_ops = NumpyOps()
+    return _numpy_ops
+
+
+def get_ops(name: str, **kwargs) -> Ops:
+    """The backend called `name` ("numpy" or "cupy"); `gpu_id` for cupy."""
+    if name == "numpy":
+        return _default_numpy_ops()
+    if name == "cupy":
+        gpu_id = int(kwargs.get("gpu_id", 0))
+        if gpu_id not in _cupy_ops:
+            _cupy_ops[gpu_id] = CupyOps(gpu_id)
+        return _cupy_ops[gpu_id]
+    raise ValueError(f"Unknown backend {name!r}; expected 'numpy' or 'cupy'")
+
+
+def get_current_ops() -> Ops:
+    """The backend in use (numpy unless `use_ops` or `require_gpu` said else)."""
+    return _current_ops.get() or _default_numpy_ops()
+
+
+def set_current_ops(ops: Ops) -> None:
+    """Make `ops` the current backend."""
+    _current_ops.set(ops)
+
+
+@contextlib.contextmanager
+def use_ops(name: str | Ops, **kwargs) -> Iterator[Ops]:
+    """Use a backend within a `with` block.
+
+    >>> with use_ops("numpy") as ops:
+    ...     ops.name
+    'numpy'
+    """
+    ops = name if isinstance(name, Ops) else get_ops(name, **kwargs)
+    token = _current_ops.set(ops)
+    try:
+        yield ops
+    finally:
+        _current_ops.reset(token)
+
+
+def get_array_ops(array) -> Ops:
+    """The backend that owns `array`."""
+    if is_cupy_array(array):
+        return get_ops("cupy", gpu_id=array.device.id)
+    return _default_numpy_ops()
+
+
+def require_gpu(gpu_id: int = 0) -> Ops:
+    """Switch to the GPU, or raise RuntimeError saying why it can't be used."""
+    if not has_cupy():
+        raise RuntimeError(f"cupy is not installed; install it with {INSTALL_HINT}")
+    ops = get_ops("cupy", gpu_id=gpu_id)
+    set_current_ops(ops)
+    return ops
+
+
+def prefer_gpu(gpu_id: int = 0) -> bool:
+    """Switch to the GPU if one can be used; return whether it was."""
+    if not has_cupy() or gpu_count() <= gpu_id:
+        return False
+    require_gpu(gpu_id)
+    return True
+
+
+__all__ = [
+    "Ops",
+    "NumpyOps",
+    "CupyOps",
+    "get_ops",
+    "get_current_ops",
+    "set_current_ops",
+    "use_ops",
+    "get_array_ops",
+    "require_gpu",
+    "prefer_gpu",
+]

@@ -1,0 +1,248 @@
+"""Optimizer state as bytes: an .npz archive of arrays plus one JSON member.
+
+Loading never runs code: arrays are read with `allow_pickle=False`, the rest
+is JSON, schedules are rebuilt from their names, and a SHA-256 of the arrays
+recorded in the JSON is checked before anything is restored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import schedules_extra  # noqa: F401  (fills SCHEDULE_FNS)
+from .backends import get_ops
+from .schedules import SCHEDULE_FNS, PlateauState, Schedule
+
+FORMAT = "optsvc.optimizer"
+VERSION = 1
+_META = "__meta__"
+
+
+class StateError(ValueError):
+    """Saved optimizer state that cannot be written or read back."""
+
+
+# --- keys ---------------------------------------------------------------------
+
+
+def encode_key(key: Any) -> Any:
+    if isinstance(key, (str, int)) and not isinstance(key, bool):
+        return key
+    if isinstance(key, tuple):
+        return [encode_key(k) for k in key]
+    raise StateError(
+        f"cannot save parameter key {key!r}: keys must be ints, strings or "
+        "tuples of them, such as (node_id, 'W')"
+    )
+
+
+def decode_key(data: Any) -> Any:
+    return tuple(decode_key(k) for k in data) if isinstance(data, list) else data
+
+
+# --- schedules ------------------------------------------------------------------
+
+
+def schedule_to_json(schedule: Schedule, hparam: str) -> dict:
+    """A JSON-able description of `schedule`, its state included."""
+    if schedule.name == "generator":
+        raise StateError(
+            f"cannot save '{hparam}': it comes from a Python generator, whose "
+            "position cannot be saved; give a list or a Schedule instead"
+        )
+    return {
+        "name": schedule.name,
+        "attrs": {k: _encode(v, hparam) for k, v in schedule.attrs.items()},
+    }
+
+
+def _encode(value: Any, hparam: str) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Schedule):
+        return {"__schedule__": schedule_to_json(value, hparam)}
+    if isinstance(value, PlateauState):
+        return {"__plateau_state__": dataclasses.asdict(value)}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, hparam) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {"__dict__": {k: _encode(v, hparam) for k, v in value.items()}}
+    if isinstance(value, np.generic):
+        return value.item()
+    raise StateError(
+        f"cannot save the schedule of '{hparam}': it holds a {type(value).__name__} "
+        f"({value!r}), which is not plain data"
+    )
+
+
+def schedule_from_json(data: dict, hparam: str, like: Any = None) -> Schedule:
+    """Rebuild a schedule; `like` (the schedule it replaces, if any) supplies
+    the function of a schedule that optsvc does not know by name."""
+    name = data["name"]
+    fn = SCHEDULE_FNS.get(name)
+    if fn is None and isinstance(like, Schedule) and like.name == name:
+        fn = like._schedule
+    if fn is None:
+        raise StateError(
+            f"cannot restore the '{name}' schedule of '{hparam}': its function is "
+            "not known; build the optimizer with the same schedule, then load"
+        )
+    like_attrs = like.attrs if isinstance(like, Schedule) else {}
+    attrs = {k: _decode(v, hparam, like_attrs.get(k)) for k, v in data["attrs"].items()}
+    return Schedule(name, fn, attrs=attrs)
+
+
+def _decode(value: Any, hparam: str, like: Any) -> Any:
+    if isinstance(value, list):
+        return [_decode(v, hparam, None) for v in value]
+    if isinstance(value, dict):
+        if "__schedule__" in value:
+            return schedule_from_json(value["__schedule__"], hparam, like)
+        if "__plateau_state__" in value:
+            return PlateauState(**value["__plateau_state__"])
+        if "__dict__" in value:
+            return {k: _decode(v, hparam, None) for k, v in value["__dict__"].items()}
+        raise StateError(f"unexpected object in the saved schedule of '{hparam}'")
+    return value
+
+
+# --- the optimizer -------------------------------------------------------------
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = arrays[name]
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def optimizer_to_bytes(opt) -> bytes:
+    """Everything an optimizer needs to continue bit-identically."""
+    ops = opt._ops
+    host = (lambda a: ops.to_numpy(a)) if ops is not None else np.asarray
+    arrays: dict[str, np.ndarray] = {}
+    keys = []
+    for i, (key, slot) in enumerate(opt._slots.items()):
+        entry = {"key": encode_key(key), "shape": list(slot.shape), "nr": slot.nr}
+        if slot.m is not None:
+            arrays[f"m{i}"], arrays[f"v{i}"] = host(slot.m), host(slot.v)
+        if slot.ema is not None:
+            arrays[f"ema{i}"] = host(opt.averages[key])
+        keys.append(entry)
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "settings": {
+            "use_radam": opt.use_radam,
+            "L2_is_weight_decay": opt.L2_is_weight_decay,
+            "use_averages": opt.averages is not None,
+        },
+        "step": opt._step,
+        "last_score": list(opt._last_score) if opt._last_score else None,
+        "radam_buffer": opt._radam_buffer,
+        "schedules": {n: schedule_to_json(s, n) for n, s in opt._schedules.items()},
+        "keys": keys,
+        "sha256": _digest(arrays),
+    }
+    arrays[_META] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def read_archive(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
+    """The JSON and the arrays of a saved state, checked; StateError if not."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+        raise StateError(f"not a readable optsvc state archive ({err})") from None
+    if _META not in arrays:
+        raise StateError("not an optsvc state archive: the metadata member is missing")
+    try:
+        meta = json.loads(arrays.pop(_META).tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise StateError(f"corrupt optsvc state metadata ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise StateError(f"not optimizer state: format is {meta.get('format')!r}")
+    if meta.get("version") != VERSION:
+        raise StateError(
+            f"optimizer state version {meta.get('version')!r} is not supported "
+            f"(this optsvc reads version {VERSION})"
+        )
+    if meta.get("sha256") != _digest(arrays):
+        raise StateError("optimizer state is corrupt: its checksum does not match")
+    return meta, arrays
+
+
+def optimizer_from_bytes(opt, data: bytes) -> None:
+    """Replace `opt`'s state with the state saved in `data`."""
+    from .optimizers import _Slot
+
+    meta, arrays = read_archive(data)
+    schedules = {
+        name: schedule_from_json(js, name, opt._schedules.get(name))
+        for name, js in meta["schedules"].items()
+    }
+    ops = opt._ops or get_ops("numpy")
+    slots, mom1, mom2 = {}, {}, {}
+    averages = {} if meta["settings"]["use_averages"] else None
+    for i, entry in enumerate(meta["keys"]):
+        key, shape = decode_key(entry["key"]), tuple(entry["shape"])
+        size = int(np.prod(shape))
+        slot = slots[key] = _Slot(shape)
+        slot.nr = int(entry["nr"])
+        if f"m{i}" in arrays:
+            for name in (f"m{i}", f"v{i}"):
+                if arrays[name].shape != (size,) or arrays[name].dtype != np.float32:
+                    raise StateError(
+                        f"optimizer state for key {key!r} has a bad {name}"
+                    )
+            slot.m = mom1[key] = ops.asarray(arrays[f"m{i}"])
+            slot.v = mom2[key] = ops.asarray(arrays[f"v{i}"])
+        if averages is not None and f"ema{i}" in arrays:
+            ema = arrays[f"ema{i}"]
+            if ema.shape != shape or ema.dtype != np.float32:
+                raise StateError(f"optimizer state for key {key!r} has bad averages")
+            averages[key] = ops.asarray(ema)
+            slot.ema = averages[key].reshape(-1)
+    # Nothing is changed until everything above has been read and checked.
+    opt._schedules = schedules
+    opt._hp = None
+    opt.use_radam = bool(meta["settings"]["use_radam"])
+    opt.L2_is_weight_decay = bool(meta["settings"]["L2_is_weight_decay"])
+    opt._step = int(meta["step"])
+    score = meta["last_score"]
+    opt._last_score = (int(score[0]), float(score[1])) if score else None
+    opt._radam_buffer = [list(b) for b in meta["radam_buffer"]]
+    opt._slots, opt.mom1, opt.mom2, opt.averages = slots, mom1, mom2, averages
+    opt.nr_update = {key: slot.nr for key, slot in slots.items()}
+    opt._ops = ops
+
+
+def write_atomic(path, data: bytes) -> None:
+    """Write `data` to `path` so that a crash leaves the old file or the new
+    one, never a torn one: temporary file, fsync, rename, fsync the folder."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,41 @@
+"""Plain-numpy reference for one optimizer update, written line by line in
+Thinc 9.1.1's order. The backends' fused kernels are tested against it.
+
+kind: 0 = SGD (w -= lr * g), 1 = Adam (w -= lr * m / (sqrt(v) + eps)),
+2 = momentum only (RAdam before its variance is rectified: w -= lr * m).
+`lr` is the final per-step multiplier (bias correction and lr_scale folded
+in), `decay` the weight-decay multiplier applied after the update and
+`ema_rate` the averaging rate (1 - d).
+"""
+
+import numpy as np
+
+SGD, ADAM, MOMENTUM = 0, 1, 2
+
+
+def reference_update(
+    w, g, m, v, ema, *, kind, lr, b1, b2, eps, l2, clip, decay, ema_rate
+):
+    f32 = np.float32
+    if l2 != 0:
+        g += f32(l2) * w
+    if clip > 0:
+        norm = f32(np.sqrt(np.dot(g.ravel().astype(np.float64), g.ravel())))
+        if norm >= clip:
+            g *= f32(clip) / norm
+    if kind == SGD:
+        w -= f32(lr) * g
+    else:
+        m *= f32(b1)
+        m += f32(1.0 - b1) * g
+        v *= f32(b2)
+        v += f32(1.0 - b2) * (g * g)
+        if kind == ADAM:
+            w -= f32(lr) * (m / (np.sqrt(v) + f32(eps)))
+        else:
+            w -= f32(lr) * m
+    g[...] = 0
+    if decay != 0:
+        w -= f32(decay) * w
+    if ema is not None:
+        ema -= f32(ema_rate) * (ema - w)
