@@ -19,7 +19,7 @@ from .backends import Ops, get_array_ops, get_ops
 from .schedules import Schedule, to_schedule
 
 KeyT = Hashable
-ScheduleT = Union[float, list, Any, Schedule]
+ScheduleT = Union[float, list, Any, Schedule]  # noqa: UP007 (a runtime alias)
 
 # Hyperparameters by argument name, in the order the optimizer evaluates them.
 HPARAMS = ("learn_rate", "L2", "beta1", "beta2", "eps", "grad_clip")
@@ -133,7 +133,8 @@ class Optimizer:
             value = self._schedules[name](step, key=None, last_score=score)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ValueError(
-                    f"'{name}' schedule gave {value!r} at step {step}; expected a number"
+                    f"'{name}' schedule gave {value!r} at step {step}; "
+                    "expected a number"
                 )
             value = float(value)
             _check_range(name, value, f"(at step {step})")

@@ -285,7 +285,8 @@ def cyclic_triangular(min_lr: float, max_lr: float, period: int) -> Schedule[flo
     """Triangular cycles between `min_lr` and `max_lr`, `2 * period` steps each.
 
     With it = step + 1: cycle = floor(1 + it / (2 * period)),
-    x = |it / period - 2 * cycle + 1|, rate = min_lr + (max_lr - min_lr) * max(0, 1 - x).
+    x = |it / period - 2 * cycle + 1|,
+    rate = min_lr + (max_lr - min_lr) * max(0, 1 - x).
     """
     _check_number("cyclic_triangular", "min_lr", min_lr)
     _check_number("cyclic_triangular", "max_lr", max_lr)
@@ -403,7 +404,9 @@ def from_generator(generator: Iterator[float], *, name: str = "value") -> Schedu
     try:
         first = next(generator)
     except StopIteration:
-        raise ValueError(f"'{name}' is an exhausted generator; it yielded no value")
+        raise ValueError(
+            f"'{name}' is an exhausted generator; it yielded no value"
+        ) from None
     _check_number(name, "generator value", first)
     return Schedule(
         "generator",
