@@ -38,8 +38,12 @@ ADAM_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _check_range(name: str, value: float, where: str) -> None:
+def _check_range(name: str, value: float, where: str, *, finite_only=False) -> None:
     ok = math.isfinite(value)
+    if finite_only:
+        if not ok:
+            raise ValueError(f"'{name}' must be finite, got {value!r} {where}")
+        return
     if name in ("beta1", "beta2"):
         ok = ok and 0.0 <= value < 1.0
         expected = "in [0, 1)"
@@ -51,6 +55,15 @@ def _check_range(name: str, value: float, where: str) -> None:
         expected = ">= 0"
     if not ok:
         raise ValueError(f"'{name}' must be {expected}, got {value!r} {where}")
+
+
+def _hparam_schedule(name: str, value: Any) -> Schedule:
+    """`value` as a Schedule; every item of a list is range-checked now."""
+    schedule = to_schedule(name, value)
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_range(name, float(item), f"(list item {i})")
+    return schedule
 
 
 class _Slot:
@@ -103,7 +116,7 @@ class Optimizer:
         self._step = 0
         self._last_score: tuple[int, float] | None = None
         for name, value in zip(HPARAMS, (learn_rate, L2, beta1, beta2, eps, grad_clip)):
-            self._schedules[name] = to_schedule(name, value)
+            self._schedules[name] = _hparam_schedule(name, value)
         self.use_radam = bool(use_radam)
         self.L2_is_weight_decay = bool(L2_is_weight_decay)
         self.mom1: dict[KeyT, Any] = {}
@@ -115,12 +128,15 @@ class Optimizer:
         # Thinc's RAdam memoises (step, N_sma, step_size) in ten slots shared
         # by all keys; kept so that the numbers stay Thinc's.
         self._radam_buffer: list[list] = [[None, None, None] for _ in range(10)]
-        self._current()  # check every hyperparameter's first value now
+        self._current(full_check=True)  # check every first value now
 
     # --- hyperparameters -------------------------------------------------------
 
-    def _current(self) -> tuple:
-        """The hyperparameters at this step, evaluated once per step."""
+    def _current(self, *, full_check: bool = False) -> tuple:
+        """The hyperparameters at this step, evaluated once per step. Values
+        are range-checked when a schedule is set; later steps only need to
+        be finite (Thinc's own schedules may leave the range, e.g.
+        slanted_triangular past num_steps)."""
         if (
             self._hp is not None
             and self._hp_step == self._step
@@ -137,18 +153,22 @@ class Optimizer:
                     "expected a number"
                 )
             value = float(value)
-            _check_range(name, value, f"(at step {step})")
+            _check_range(name, value, f"(at step {step})", finite_only=not full_check)
             values.append(value)
+        # Thinc's compiled CPU Adam forms 1 - beta in float32 from float32
+        # betas; the kernels form float32(1 - beta). Passing betas rounded to
+        # float32 makes the two agree exactly (1 - b is exact then).
+        values += [float(np.float32(values[2])), float(np.float32(values[3]))]
         self._hp = tuple(values)
         self._hp_step, self._hp_score = step, score
         return self._hp
 
     def _set_hparam(self, name: str, value: Any) -> None:
         old = self._schedules[name]
-        self._schedules[name] = to_schedule(name, value)
+        self._schedules[name] = _hparam_schedule(name, value)
         self._hp = None
         try:
-            self._current()
+            self._current(full_check=True)
         except ValueError:
             self._schedules[name] = old
             self._hp = None
@@ -258,7 +278,7 @@ class Optimizer:
         slot = self._slots.get(key)
         self._check(key, weights, gradient, ops, slot)
         self._ops = ops
-        lr, L2, b1, b2, eps, clip = self._current()
+        lr, L2, b1, b2, eps, clip, b1_f32, b2_f32 = self._current()
         nr = (slot.nr if slot is not None else 0) + 1
         if self.use_radam:
             kind, c = self._radam_step(nr, b1, b2)
@@ -266,6 +286,7 @@ class Optimizer:
         elif b1 > 0.0 and b2 > 0.0:
             kind = ADAM_KIND
             c = lr * (1.0 - b2**nr) ** 0.5 / (1.0 - b1**nr) * lr_scale
+            b1, b2 = b1_f32, b2_f32
         elif b2 > 0.0:
             raise ValueError(
                 f"beta1 = 0 with beta2 = {b2} is not supported (key {key!r}); "

@@ -1,0 +1,412 @@
+"""Fused optimizer update for CUDA devices, written with ``numba.cuda``.
+
+Why numba.cuda: one kernel source serves both places it has to run. On a GPU the
+kernels are launched directly on cupy arrays (numba reads their
+``__cuda_array_interface__``; nothing is copied), and in CI, which has no GPU,
+numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) runs the very same kernel
+bodies on the CPU with numpy arrays, so the code that is tested is the code that
+runs on the device.
+
+One call of :func:`fused_update` is at most two launches on the caller's stream,
+with no host synchronisation:
+
+1. Only when ``clip > 0``: ``_norm_kernel``. Grid-stride loop; each thread sums
+   ``(g + l2 * w) ** 2`` in float64, the block reduces in shared memory and does
+   one float64 ``atomicAdd`` into a two-slot scratch buffer cached per
+   (device, stream). ``g + l2 * w`` is *recomputed* by the update kernel rather
+   than written back to ``g`` (same float32 expression, same result; saves a
+   4-byte write per element).
+2. ``_update_kernel``: one grid-stride pass. It reads the squared norm from
+   device memory, computes the clip scale on the device, then per element adds
+   the L2 term, clips, applies the SGD / Adam / momentum rule (``kind`` is a
+   uniform kernel argument), writes ``g = 0``, applies weight decay and updates
+   the average. It also zeroes the *other* scratch slot, which the next clipped
+   call on the same stream accumulates into (stream order makes that safe), so
+   no separate zeroing launch is needed per call.
+
+Memory traffic per float32 element: update pass 16 B for SGD (read w, g; write
+w, g), 32 B for Adam/momentum (+ read/write m, v), +8 B with averages (ema);
+the norm pass adds 4 B (read g), 8 B with L2 (read w too). E.g. Adam with
+clipping and averages: 44 B/element, a single pass plus one read of g.
+
+Arithmetic follows ``tests/kernel_reference.py`` (Thinc 9.1.1's order) in
+float32; host scalars are computed in float64 and rounded to float32 (``1 - b1``
+included), as Thinc does. On a real GPU, NVVM contracts ``a * b + c`` into FMAs,
+so results can differ from the numpy reference by about one float32 ulp; under
+the simulator they are bit-identical except for the norm's summation order.
+
+numba is imported lazily (first call), so ``optsvc`` imports without it; this
+module never imports cupy.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ADAM", "MOMENTUM", "SGD", "external_stream", "fused_update"]
+
+SGD, ADAM, MOMENTUM = 0, 1, 2
+
+# Launch configuration. On a GPU: 256 threads per block and at most
+# _BLOCKS_PER_SM * SMs blocks (8 x 256 = 2048 threads, a full SM on sm_80/sm_90),
+# i.e. one resident wave that grid-strides over the tensor. Under the simulator
+# every CUDA thread is a Python thread, so blocks are small and few (still more
+# than one block, so the atomics and the grid-stride loop are exercised).
+_GPU_THREADS = 256
+_BLOCKS_PER_SM = 8
+_SIM_THREADS = 32
+_SIM_MAX_BLOCKS = 2
+
+# Set by _load(): the numba.cuda module (the kernels below look it up as a
+# module global, which is also what the simulator swaps out), numba's float
+# types and the block size the shared-memory reduction is compiled for.
+cuda: Any = None
+_f32: Any = None
+_f64: Any = None
+_BLOCK = _GPU_THREADS
+
+_lock = threading.Lock()
+_loaded: dict[str, Any] = {}  # "sim", "threads", "norm", "update", "zero"
+_devices: dict[int, _Device] = {}  # device id -> per-device state
+_scratch: dict[tuple[int, int], _Scratch] = {}  # (device id, stream) -> scratch
+
+
+# --------------------------------------------------------------------------
+# Kernel bodies. Plain functions; _load() compiles them with cuda.jit.
+# Only float32 values are mixed with float32 (no Python float literals), so
+# nothing is silently promoted to float64.
+
+
+def _norm_kernel(g, w, l2, out, slot):  # pragma: no cover - runs as a kernel
+    buf = cuda.shared.array(_BLOCK, _f64)
+    tid = cuda.threadIdx.x
+    acc = _f64(0.0)
+    for i in range(cuda.grid(1), g.shape[0], cuda.gridsize(1)):
+        gi = g[i]
+        if l2 != 0:
+            gi = gi + l2 * w[i]
+        acc += _f64(gi) * _f64(gi)
+    buf[tid] = acc
+    cuda.syncthreads()
+    s = _BLOCK // 2
+    while s > 0:
+        if tid < s:
+            buf[tid] += buf[tid + s]
+        cuda.syncthreads()
+        s //= 2
+    if tid == 0:
+        cuda.atomic.add(out, slot, buf[0])
+
+
+def _update_kernel(  # pragma: no cover - runs as a kernel
+    w,
+    g,
+    m,
+    v,
+    ema,
+    kind,
+    lr,
+    b1,
+    one_minus_b1,
+    b2,
+    one_minus_b2,
+    eps,
+    l2,
+    clip,
+    decay,
+    ema_rate,
+    has_ema,
+    sumsq,
+    slot,
+):
+    zero = _f32(0.0)
+    scale = _f32(1.0)  # x * 1 is exact, so "no clipping" needs no branch below
+    start = cuda.grid(1)
+    if clip > zero:
+        norm = _f32(math.sqrt(sumsq[slot]))
+        if norm >= clip:
+            scale = clip / norm
+        if start == 0:
+            sumsq[1 - slot] = 0.0  # ready for the next clipped call on this stream
+    for i in range(start, w.shape[0], cuda.gridsize(1)):
+        wi = w[i]
+        gi = g[i]
+        if l2 != zero:
+            gi = gi + l2 * wi
+        gi = gi * scale
+        if kind == 0:  # SGD
+            wi = wi - lr * gi
+        else:
+            mi = m[i] * b1 + one_minus_b1 * gi
+            vi = v[i] * b2 + one_minus_b2 * (gi * gi)
+            m[i] = mi
+            v[i] = vi
+            if kind == 1:  # Adam
+                wi = wi - lr * (mi / (_f32(math.sqrt(vi)) + eps))
+            else:  # momentum only (RAdam, un-rectified)
+                wi = wi - lr * mi
+        g[i] = zero
+        if decay != zero:
+            wi = wi - decay * wi
+        w[i] = wi
+        if has_ema:
+            e = ema[i]
+            ema[i] = e - ema_rate * (e - wi)
+
+
+def _zero_kernel(buf):  # pragma: no cover - runs as a kernel
+    i = cuda.grid(1)
+    if i < buf.shape[0]:
+        buf[i] = 0.0
+
+
+_NORM_SIG = "void(float32[::1], float32[::1], float32, float64[::1], int32)"
+_UPDATE_SIG = (
+    "void(float32[::1], float32[::1], float32[::1], float32[::1], float32[::1],"
+    " int32, float32, float32, float32, float32, float32, float32, float32,"
+    " float32, float32, float32, int32, float64[::1], int32)"
+)
+_ZERO_SIG = "void(float64[::1])"
+
+
+# --------------------------------------------------------------------------
+# Lazy numba import, compiled-kernel and per-device / per-stream caches.
+
+
+class _Device:
+    """Per-device constants: block cap and dummy arrays for absent m/v/ema."""
+
+    __slots__ = ("max_blocks", "dummy32", "dummy64")
+
+    def __init__(self, max_blocks: int, dummy32: Any, dummy64: Any) -> None:
+        self.max_blocks = max_blocks
+        self.dummy32 = dummy32
+        self.dummy64 = dummy64
+
+
+class _Scratch:
+    """Two float64 slots for the squared norm of one (device, stream).
+
+    ``slot`` is the slot the next clipped call accumulates into; it is zero on
+    the device by the time that call's norm kernel runs (zeroed by the previous
+    update kernel, or by ``_zero_kernel`` when new or after a failed launch).
+    """
+
+    __slots__ = ("buf", "slot", "dirty", "lock")
+
+    def __init__(self, buf: Any) -> None:
+        self.buf = buf
+        self.slot = 0
+        self.dirty = True  # device_array() is uninitialised memory
+        self.lock = threading.Lock()
+
+
+def _load() -> dict[str, Any]:
+    """Import numba.cuda and compile the kernels, once per process."""
+    if _loaded:
+        return _loaded
+    with _lock:
+        if _loaded:
+            return _loaded
+        global cuda, _f32, _f64, _BLOCK
+        try:
+            import numba
+            from numba import cuda as numba_cuda
+        except ImportError as exc:  # pragma: no cover - depends on environment
+            raise ImportError(
+                "optsvc's CUDA kernels need numba; install optsvc[cuda12] or "
+                "optsvc[cuda13]"
+            ) from exc
+        sim = bool(numba.config.ENABLE_CUDASIM)
+        cuda, _f32, _f64 = numba_cuda, numba.float32, numba.float64
+        _BLOCK = _SIM_THREADS if sim else _GPU_THREADS
+        kernels = {
+            "norm": numba_cuda.jit(_NORM_SIG)(_norm_kernel),
+            "update": numba_cuda.jit(_UPDATE_SIG)(_update_kernel),
+            "zero": numba_cuda.jit(_ZERO_SIG)(_zero_kernel),
+        }
+        _loaded.update(kernels, sim=sim, threads=_BLOCK)
+    return _loaded
+
+
+def _device_id(k: dict[str, Any]) -> int:
+    return 0 if k["sim"] else cuda.get_current_device().id
+
+
+def _device_state(k: dict[str, Any], dev_id: int) -> _Device:
+    state = _devices.get(dev_id)
+    if state is None:
+        with _lock:
+            state = _devices.get(dev_id)
+            if state is None:
+                if k["sim"]:
+                    max_blocks = _SIM_MAX_BLOCKS
+                else:
+                    sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
+                    max_blocks = sms * _BLOCKS_PER_SM
+                state = _Device(
+                    max_blocks,
+                    cuda.device_array(1, dtype=np.float32),
+                    cuda.device_array(2, dtype=np.float64),
+                )
+                _devices[dev_id] = state
+    return state
+
+
+def _scratch_for(dev_id: int, stream_key: int) -> _Scratch:
+    key = (dev_id, stream_key)
+    sc = _scratch.get(key)
+    if sc is None:
+        with _lock:
+            sc = _scratch.get(key)
+            if sc is None:
+                sc = _Scratch(cuda.device_array(2, dtype=np.float64))
+                _scratch[key] = sc
+    return sc
+
+
+def _stream_key(k: dict[str, Any], stream: Any) -> int:
+    # The simulator runs everything synchronously: one scratch buffer suffices.
+    if k["sim"] or not stream:
+        return 0
+    return int(stream)
+
+
+def _checked_size(x: Any, name: str, n: int | None) -> int:
+    if x.dtype != np.float32:
+        raise TypeError(f"{name} must be float32, got {x.dtype}")
+    shape = x.shape
+    if len(shape) != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(shape)}")
+    if shape[0] > 1 and x.strides[0] != 4:
+        raise ValueError(f"{name} must be contiguous")
+    if n is not None and shape[0] != n:
+        raise ValueError(f"{name} has size {shape[0]}, expected {n}")
+    return shape[0]
+
+
+def _on_device(k: dict[str, Any], x: Any) -> Any:
+    """Hand numba a device view of x without a host-side stream sync.
+
+    Passing a cupy array straight to a kernel makes numba synchronise the
+    stream named in its ``__cuda_array_interface__`` (a host sync per array per
+    launch). We launch on the caller's stream, so ordering is already right and
+    the view is made with ``sync=False``.
+    """
+    if k["sim"] or getattr(x, "__cuda_memory__", False):
+        return x
+    if not hasattr(x, "__cuda_array_interface__"):
+        raise TypeError(f"expected a device array, got {type(x).__name__}")
+    return cuda.as_cuda_array(x, sync=False)
+
+
+# --------------------------------------------------------------------------
+# Public API
+
+
+def external_stream(ptr: int) -> Any:
+    """Wrap a stream created elsewhere (e.g. cupy's current stream pointer)."""
+    k = _load()
+    if k["sim"]:
+        return cuda.stream()  # the simulator is synchronous; any stream will do
+    return cuda.external_stream(ptr)
+
+
+def fused_update(
+    w: Any,
+    g: Any,
+    m: Any,
+    v: Any,
+    ema: Any,
+    *,
+    kind: int,
+    lr: float,
+    b1: float,
+    b2: float,
+    eps: float,
+    l2: float,
+    clip: float,
+    decay: float,
+    ema_rate: float,
+    stream: Any = 0,
+) -> None:
+    """One optimizer step in place, with the semantics of ``reference_update``.
+
+    w, g, m, v, ema: 1-D contiguous float32 device arrays of one size (cupy or
+    numba arrays on a GPU, numpy arrays under the simulator). m and v may be
+    None for SGD (and are ignored for it), ema is None without averages.
+    ``stream`` is a numba stream (see :func:`external_stream`) or 0 for the
+    default stream; both launches go to it and the call does not synchronise.
+    """
+    if kind not in (SGD, ADAM, MOMENTUM):
+        raise ValueError(f"unknown update kind {kind!r}")
+    n = _checked_size(w, "w", None)
+    _checked_size(g, "g", n)
+    if kind != SGD:
+        if m is None or v is None:
+            raise ValueError("m and v are required for Adam and momentum updates")
+        _checked_size(m, "m", n)
+        _checked_size(v, "v", n)
+    if ema is not None:
+        _checked_size(ema, "ema", n)
+    if n == 0:
+        return
+
+    k = _load()
+    dev_id = _device_id(k)
+    dev = _device_state(k, dev_id)
+    threads = k["threads"]
+    blocks = min((n + threads - 1) // threads, dev.max_blocks)
+
+    w = _on_device(k, w)
+    g = _on_device(k, g)
+    if kind == SGD:
+        m = v = dev.dummy32
+    else:
+        m = _on_device(k, m)
+        v = _on_device(k, v)
+    has_ema = np.int32(ema is not None)
+    ema = _on_device(k, ema) if has_ema else dev.dummy32
+    kind = np.int32(kind)
+
+    f32 = np.float32
+    l2_32 = f32(l2)
+    clip_32 = f32(clip) if clip > 0 else f32(0.0)
+    scalars = (
+        f32(lr),
+        f32(b1),
+        f32(1.0 - b1),
+        f32(b2),
+        f32(1.0 - b2),
+        f32(eps),
+        l2_32,
+        clip_32,
+        f32(decay),
+        f32(ema_rate),
+    )
+    update = k["update"]
+    if clip <= 0:
+        update[blocks, threads, stream](
+            w, g, m, v, ema, kind, *scalars, has_ema, dev.dummy64, 0
+        )
+        return
+
+    sc = _scratch_for(dev_id, _stream_key(k, stream))
+    with sc.lock:
+        try:
+            if sc.dirty:
+                k["zero"][1, 2, stream](sc.buf)
+                sc.slot, sc.dirty = 0, False
+            slot = np.int32(sc.slot)
+            k["norm"][blocks, threads, stream](g, w, l2_32, sc.buf, slot)
+            update[blocks, threads, stream](
+                w, g, m, v, ema, kind, *scalars, has_ema, sc.buf, slot
+            )
+        except BaseException:
+            sc.dirty = True  # a launch failed: re-zero both slots next time
+            raise
+        sc.slot = 1 - sc.slot
