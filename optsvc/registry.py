@@ -13,6 +13,13 @@ from . import optimizers, schedules, schedules_extra
 
 
 class registry(confection.registry):
+    """optsvc's registries: `registry.optimizers`, `registry.schedules`,
+    `registry.datasets`, `registry.models`.
+
+    >>> registry.optimizers.get("Adam.v1")().learn_rate
+    0.001
+    """
+
     optimizers = catalogue.create("optsvc", "optimizers", entry_points=True)
     schedules = catalogue.create("optsvc", "schedules", entry_points=True)
     datasets = catalogue.create("optsvc", "datasets", entry_points=True)

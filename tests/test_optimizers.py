@@ -17,7 +17,7 @@ def arrays(ops, shape=(4, 3), seed=0, scale=1.0):
     return ops.asarray(w), ops.asarray(g)
 
 
-# --- DESIGN §1 examples -----------------------------------------------------------
+# --- DESIGN §1 examples ---
 
 
 def test_spec_decaying_example_is_exact():
@@ -51,7 +51,11 @@ def test_signatures_match_the_contract():
         "L2_is_weight_decay", "ops",
     ]  # fmt: skip
     assert kwonly(SGD) == [
-        "L2", "grad_clip", "use_averages", "L2_is_weight_decay", "ops"
+        "L2",
+        "grad_clip",
+        "use_averages",
+        "L2_is_weight_decay",
+        "ops",
     ] or kwonly(SGD) == ["L2", "grad_clip", "L2_is_weight_decay", "use_averages", "ops"]
     assert set(kwonly(Adam)) == {
         "L2", "beta1", "beta2", "eps", "grad_clip", "use_averages",
@@ -150,7 +154,7 @@ def test_per_key_update_counts(ops):
     assert opt.step == 5
 
 
-# --- hyperparameters ---------------------------------------------------------------
+# --- hyperparameters ---
 
 
 @pytest.mark.parametrize(
@@ -177,7 +181,9 @@ def test_every_hyperparameter_takes_every_form(attr, arg):
         assert isinstance(opt.schedules[arg], Schedule)
 
 
-@pytest.mark.parametrize("arg", ["learn_rate", "L2", "beta1", "beta2", "eps", "grad_clip"])
+@pytest.mark.parametrize(
+    "arg", ["learn_rate", "L2", "beta1", "beta2", "eps", "grad_clip"]
+)
 @pytest.mark.parametrize(
     "bad", [[], "0.1", None, {"rate": 1}, True, iter([]), float("nan"), object()]
 )
@@ -213,7 +219,14 @@ def test_assigning_a_hyperparameter_replaces_its_schedule():
 
 def test_schedules_mapping_is_read_only():
     opt = Adam(0.1)
-    assert set(opt.schedules) == {"learn_rate", "L2", "beta1", "beta2", "eps", "grad_clip"}
+    assert set(opt.schedules) == {
+        "learn_rate",
+        "L2",
+        "beta1",
+        "beta2",
+        "eps",
+        "grad_clip",
+    }
     with pytest.raises(TypeError):
         opt.schedules["learn_rate"] = constant(1.0)
 
@@ -247,7 +260,7 @@ def test_schedules_receive_key_and_last_score():
     assert seen[-1] == (0, None, (0, 0.5))
 
 
-# --- last_score and plateau -----------------------------------------------------------
+# --- last_score and plateau ---
 
 
 def test_last_score_float_and_tuple():
@@ -267,7 +280,7 @@ def test_last_score_float_and_tuple():
 def test_plateau_lowers_the_learning_rate_on_a_flat_score():
     opt = Adam(plateau(2, 0.5, constant(0.1)))
     rates = []
-    for step, score in enumerate([0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.7]):
+    for score in (0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.7):
         opt.last_score = score
         rates.append(opt.learn_rate)
         opt.step_schedules()
@@ -275,7 +288,7 @@ def test_plateau_lowers_the_learning_rate_on_a_flat_score():
     assert opt.schedules["learn_rate"].attrs["state"].n_plateaus == 2
 
 
-# --- RAdam -----------------------------------------------------------------------------
+# --- RAdam ---
 
 
 def test_radam_weight_decay_is_l2_as_decay():
@@ -294,7 +307,7 @@ def test_beta1_zero_with_beta2_is_refused_clearly(ops):
         opt((0, "W"), w, g)
 
 
-# --- bad input ------------------------------------------------------------------------
+# --- bad input ---
 
 
 def test_bad_arrays_are_clear_errors_naming_the_key(ops):

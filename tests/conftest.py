@@ -1,0 +1,75 @@
+import os
+
+
+# --- numba CUDA simulator switch -------------------------------------------
+# The numba.cuda kernels (optsvc/backends/cuda_kernels.py) are tested on the CPU
+# under numba's CUDA simulator unless a real GPU is usable (checked via cupy).
+# numba reads NUMBA_ENABLE_CUDASIM once, when it is first imported, so this must
+# run before anything imports numba; setdefault keeps an explicit user choice.
+def _gpu_usable() -> bool:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+if not _gpu_usable():
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+# ----------------------------------------------------------------------------
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from optsvc.backends import NumpyOps, get_ops  # noqa: E402
+
+
+class SimulatedGpuOps(NumpyOps):
+    """numpy arrays, updated by the numba.cuda kernels under the simulator:
+    the GPU code path of the Optimizer, exercised in CI without a GPU."""
+
+    name = "cuda-sim"
+
+    def fused_update(self, w, g, m, v, ema, **hyper) -> None:
+        from optsvc.backends import cuda_kernels
+
+        cuda_kernels.fused_update(w, g, m, v, ema, **hyper)
+
+
+def _backends():
+    params = [pytest.param("numpy", id="numpy")]
+    try:
+        import numba  # noqa: F401
+
+        has_numba = True
+    except ImportError:
+        has_numba = False
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        params.append(
+            pytest.param(
+                "cuda-sim",
+                id="cuda-sim",
+                marks=pytest.mark.skipif(
+                    not has_numba, reason="numba is not installed"
+                ),
+            )
+        )
+    if _gpu_usable():
+        params.append(pytest.param("cupy", id="cupy"))
+    return params
+
+
+@pytest.fixture(params=_backends())
+def ops(request):
+    """Each backend the optimizer can run on here: numpy always; the CUDA
+    kernels in simulation without a GPU; cupy on a real GPU."""
+    if request.param == "numpy":
+        return get_ops("numpy")
+    if request.param == "cuda-sim":
+        return SimulatedGpuOps()
+    return get_ops("cupy", gpu_id=0)
+
+
+def to_host(array):
+    return array.get() if hasattr(array, "get") else np.asarray(array)
