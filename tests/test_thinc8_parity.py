@@ -58,7 +58,9 @@ def assert_close(ours, ref, what):
     for k, (a, b) in enumerate(zip(ours, ref)):
         scale = max(float(np.max(np.abs(b))), 1e-6)
         err = float(np.max(np.abs(a - b)))
-        assert err <= RTOL * scale, f"{what}, key {k}: error {err:.3g}, scale {scale:.3g}"
+        assert err <= RTOL * scale, (
+            f"{what}, key {k}: error {err:.3g}, scale {scale:.3g}"
+        )
 
 
 def compare(ours, theirs, **kwargs):

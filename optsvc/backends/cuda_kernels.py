@@ -58,7 +58,7 @@ SGD, ADAM, MOMENTUM = 0, 1, 2
 # than one block, so the atomics and the grid-stride loop are exercised).
 _GPU_THREADS = 256
 _BLOCKS_PER_SM = 8
-_SIM_THREADS = 32
+_SIM_THREADS = 16
 _SIM_MAX_BLOCKS = 2
 
 # Set by _load(): the numba.cuda module (the kernels below look it up as a
