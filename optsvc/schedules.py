@@ -189,7 +189,10 @@ def compounding(
 @schedule_fn("compounding")
 def _compounding(schedule: Schedule, step: int, **kwargs: Any) -> float:
     a = schedule.attrs
-    value = a["start"] * (a["compound"] ** (step + a["t"]))
+    try:
+        value = a["start"] * (a["compound"] ** (step + a["t"]))
+    except OverflowError:  # compound ** n past float range (Thinc 9 raises)
+        value = math.copysign(math.inf, a["start"]) if a["start"] else 0.0
     return max(value, a["stop"]) if a["start"] > a["stop"] else min(value, a["stop"])
 
 
@@ -249,6 +252,8 @@ def slanted_triangular(
     _check_number("slanted_triangular", "num_steps", num_steps, minimum=0)
     _check_number("slanted_triangular", "cut_frac", cut_frac)
     _check_number("slanted_triangular", "ratio", ratio)
+    if ratio <= 0:  # the rate divides by it at every step
+        raise ValueError(f"slanted_triangular: 'ratio' must be > 0, got {ratio!r}")
     _check_number("slanted_triangular", "t", t)
     cut = int(num_steps * cut_frac)
     if cut <= 0 or not 0 < cut_frac < 1:
