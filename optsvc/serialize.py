@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +87,12 @@ def schedule_from_json(data: dict, hparam: str, like: Any = None) -> Schedule:
     """Rebuild a schedule; `like` (the schedule it replaces, if any) supplies
     the function of a schedule that optsvc does not know by name."""
     name = data["name"]
-    fn = SCHEDULE_FNS.get(name)
-    if fn is None and isinstance(like, Schedule) and like.name == name:
+    # The target's own schedule of that name first: a user's schedule may
+    # share a name with a built-in one.
+    if isinstance(like, Schedule) and like.name == name:
         fn = like._schedule
+    else:
+        fn = SCHEDULE_FNS.get(name)
     if fn is None:
         raise StateError(
             f"cannot restore the '{name}' schedule of '{hparam}': its function is "
@@ -118,8 +120,11 @@ def _decode(value: Any, hparam: str, like: Any) -> Any:
 # --- the optimizer -------------------------------------------------------------
 
 
-def _digest(arrays: dict[str, np.ndarray]) -> str:
+def _digest(arrays: dict[str, np.ndarray], meta: dict) -> str:
+    """SHA-256 over the arrays and the metadata (less its own checksum)."""
     h = hashlib.sha256()
+    rest = {k: v for k, v in meta.items() if k != "sha256"}
+    h.update(json.dumps(rest, sort_keys=True).encode())
     for name in sorted(arrays):
         a = arrays[name]
         h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
@@ -153,8 +158,9 @@ def optimizer_to_bytes(opt) -> bytes:
         "radam_buffer": opt._radam_buffer,
         "schedules": {n: schedule_to_json(s, n) for n, s in opt._schedules.items()},
         "keys": keys,
-        "sha256": _digest(arrays),
+        "sha256": "",
     }
+    meta["sha256"] = _digest(arrays, meta)
     arrays[_META] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -164,9 +170,12 @@ def optimizer_to_bytes(opt) -> bytes:
 def read_archive(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
     """The JSON and the arrays of a saved state, checked; StateError if not."""
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an .npz archive")
+        with loaded as npz:
             arrays = {name: npz[name] for name in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+    except Exception as err:  # a corrupt zip raises more than BadZipFile
         raise StateError(f"not a readable optsvc state archive ({err})") from None
     if _META not in arrays:
         raise StateError("not an optsvc state archive: the metadata member is missing")
@@ -174,23 +183,36 @@ def read_archive(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
         meta = json.loads(arrays.pop(_META).tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise StateError(f"corrupt optsvc state metadata ({err})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict):
+        raise StateError("not optimizer state: the metadata is not a JSON object")
+    if meta.get("format") != FORMAT:
         raise StateError(f"not optimizer state: format is {meta.get('format')!r}")
     if meta.get("version") != VERSION:
         raise StateError(
             f"optimizer state version {meta.get('version')!r} is not supported "
             f"(this optsvc reads version {VERSION})"
         )
-    if meta.get("sha256") != _digest(arrays):
+    if meta.get("sha256") != _digest(arrays, meta):
         raise StateError("optimizer state is corrupt: its checksum does not match")
     return meta, arrays
 
 
 def optimizer_from_bytes(opt, data: bytes) -> None:
     """Replace `opt`'s state with the state saved in `data`."""
+    meta, arrays = read_archive(data)
+    try:
+        _restore(opt, meta, arrays)
+    except StateError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as err:
+        raise StateError(
+            f"optimizer state is malformed ({type(err).__name__}: {err})"
+        ) from None
+
+
+def _restore(opt, meta: dict, arrays: dict[str, np.ndarray]) -> None:
     from .optimizers import _Slot
 
-    meta, arrays = read_archive(data)
     schedules = {
         name: schedule_from_json(js, name, opt._schedules.get(name))
         for name, js in meta["schedules"].items()
@@ -203,29 +225,38 @@ def optimizer_from_bytes(opt, data: bytes) -> None:
         size = int(np.prod(shape))
         slot = slots[key] = _Slot(shape)
         slot.nr = int(entry["nr"])
-        if f"m{i}" in arrays:
+        if f"m{i}" in arrays or f"v{i}" in arrays:
             for name in (f"m{i}", f"v{i}"):
-                if arrays[name].shape != (size,) or arrays[name].dtype != np.float32:
+                if (
+                    name not in arrays
+                    or arrays[name].shape != (size,)
+                    or arrays[name].dtype != np.float32
+                ):
                     raise StateError(
                         f"optimizer state for key {key!r} has a bad {name}"
                     )
             slot.m = mom1[key] = ops.asarray(arrays[f"m{i}"])
             slot.v = mom2[key] = ops.asarray(arrays[f"v{i}"])
-        if averages is not None and f"ema{i}" in arrays:
-            ema = arrays[f"ema{i}"]
-            if ema.shape != shape or ema.dtype != np.float32:
+        if averages is not None:
+            ema = arrays.get(f"ema{i}")
+            if ema is None or ema.shape != shape or ema.dtype != np.float32:
                 raise StateError(f"optimizer state for key {key!r} has bad averages")
             averages[key] = ops.asarray(ema)
             slot.ema = averages[key].reshape(-1)
+    use_radam = bool(meta["settings"]["use_radam"])
+    L2_is_weight_decay = bool(meta["settings"]["L2_is_weight_decay"])
+    step = int(meta["step"])
+    score = meta["last_score"]
+    last_score = (int(score[0]), float(score[1])) if score else None
+    radam_buffer = [list(b) for b in meta["radam_buffer"]]
+    if len(radam_buffer) != 10 or any(len(b) != 3 for b in radam_buffer):
+        raise StateError("optimizer state has a bad RAdam buffer")
     # Nothing is changed until everything above has been read and checked.
     opt._schedules = schedules
     opt._hp = None
-    opt.use_radam = bool(meta["settings"]["use_radam"])
-    opt.L2_is_weight_decay = bool(meta["settings"]["L2_is_weight_decay"])
-    opt._step = int(meta["step"])
-    score = meta["last_score"]
-    opt._last_score = (int(score[0]), float(score[1])) if score else None
-    opt._radam_buffer = [list(b) for b in meta["radam_buffer"]]
+    opt.use_radam, opt.L2_is_weight_decay = use_radam, L2_is_weight_decay
+    opt._step, opt._last_score = step, last_score
+    opt._radam_buffer = radam_buffer
     opt._slots, opt.mom1, opt.mom2, opt.averages = slots, mom1, mom2, averages
     opt.nr_update = {key: slot.nr for key, slot in slots.items()}
     opt._ops = ops
@@ -236,11 +267,15 @@ def write_atomic(path, data: bytes) -> None:
     one, never a torn one: temporary file, fsync, rename, fsync the folder."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
