@@ -51,6 +51,11 @@ __all__ = ["ADAM", "MOMENTUM", "SGD", "external_stream", "fused_update"]
 
 SGD, ADAM, MOMENTUM = 0, 1, 2
 
+# Bits of the kernels' ``flags`` argument. They mirror the reference's Python
+# tests (``l2 != 0``, ``clip > 0``, ...) on the float64 host values, so a value
+# that rounds to 0 in float32 still takes the same branch as the reference.
+_L2, _CLIP, _DECAY, _EMA = 1, 2, 4, 8
+
 # Launch configuration. On a GPU: 256 threads per block and at most
 # _BLOCKS_PER_SM * SMs blocks (8 x 256 = 2048 threads, a full SM on sm_80/sm_90),
 # i.e. one resident wave that grid-strides over the tensor. Under the simulator
@@ -81,13 +86,13 @@ _scratch: dict[tuple[int, int], _Scratch] = {}  # (device id, stream) -> scratch
 # nothing is silently promoted to float64.
 
 
-def _norm_kernel(g, w, l2, out, slot):  # pragma: no cover - runs as a kernel
+def _norm_kernel(g, w, l2, flags, out, slot):  # pragma: no cover - a kernel
     buf = cuda.shared.array(_BLOCK, _f64)
     tid = cuda.threadIdx.x
     acc = _f64(0.0)
     for i in range(cuda.grid(1), g.shape[0], cuda.gridsize(1)):
         gi = g[i]
-        if l2 != 0:
+        if flags & _L2:
             gi = gi + l2 * w[i]
         acc += _f64(gi) * _f64(gi)
     buf[tid] = acc
@@ -119,14 +124,13 @@ def _update_kernel(  # pragma: no cover - runs as a kernel
     clip,
     decay,
     ema_rate,
-    has_ema,
+    flags,
     sumsq,
     slot,
 ):
-    zero = _f32(0.0)
     scale = _f32(1.0)  # x * 1 is exact, so "no clipping" needs no branch below
     start = cuda.grid(1)
-    if clip > zero:
+    if flags & _CLIP:
         norm = _f32(math.sqrt(sumsq[slot]))
         if norm >= clip:
             scale = clip / norm
@@ -135,7 +139,7 @@ def _update_kernel(  # pragma: no cover - runs as a kernel
     for i in range(start, w.shape[0], cuda.gridsize(1)):
         wi = w[i]
         gi = g[i]
-        if l2 != zero:
+        if flags & _L2:
             gi = gi + l2 * wi
         gi = gi * scale
         if kind == 0:  # SGD
@@ -149,11 +153,11 @@ def _update_kernel(  # pragma: no cover - runs as a kernel
                 wi = wi - lr * (mi / (_f32(math.sqrt(vi)) + eps))
             else:  # momentum only (RAdam, un-rectified)
                 wi = wi - lr * mi
-        g[i] = zero
-        if decay != zero:
+        g[i] = _f32(0.0)
+        if flags & _DECAY:
             wi = wi - decay * wi
         w[i] = wi
-        if has_ema:
+        if flags & _EMA:
             e = ema[i]
             ema[i] = e - ema_rate * (e - wi)
 
@@ -164,7 +168,7 @@ def _zero_kernel(buf):  # pragma: no cover - runs as a kernel
         buf[i] = 0.0
 
 
-_NORM_SIG = "void(float32[::1], float32[::1], float32, float64[::1], int32)"
+_NORM_SIG = "void(float32[::1], float32[::1], float32, int32, float64[::1], int32)"
 _UPDATE_SIG = (
     "void(float32[::1], float32[::1], float32[::1], float32[::1], float32[::1],"
     " int32, float32, float32, float32, float32, float32, float32, float32,"
@@ -224,12 +228,16 @@ def _load() -> dict[str, Any]:
         sim = bool(numba.config.ENABLE_CUDASIM)
         cuda, _f32, _f64 = numba_cuda, numba.float32, numba.float64
         _BLOCK = _SIM_THREADS if sim else _GPU_THREADS
-        kernels = {
+        # Explicit signatures: compiled here, once, and launches skip numba's
+        # per-call argument typing (arguments are checked in fused_update).
+        loaded = {
+            "sim": sim,
+            "threads": _BLOCK,
             "norm": numba_cuda.jit(_NORM_SIG)(_norm_kernel),
             "update": numba_cuda.jit(_UPDATE_SIG)(_update_kernel),
             "zero": numba_cuda.jit(_ZERO_SIG)(_zero_kernel),
         }
-        _loaded.update(kernels, sim=sim, threads=_BLOCK)
+        _loaded.update(loaded)  # one step: other threads see all keys or none
     return _loaded
 
 
@@ -369,13 +377,17 @@ def fused_update(
     else:
         m = _on_device(k, m)
         v = _on_device(k, v)
-    has_ema = np.int32(ema is not None)
-    ema = _on_device(k, ema) if has_ema else dev.dummy32
+    ema = dev.dummy32 if ema is None else _on_device(k, ema)
     kind = np.int32(kind)
+    flags = np.int32(
+        (_L2 if l2 != 0 else 0)
+        | (_CLIP if clip > 0 else 0)
+        | (_DECAY if decay != 0 else 0)
+        | (_EMA if ema is not dev.dummy32 else 0)
+    )
 
     f32 = np.float32
     l2_32 = f32(l2)
-    clip_32 = f32(clip) if clip > 0 else f32(0.0)
     scalars = (
         f32(lr),
         f32(b1),
@@ -384,14 +396,14 @@ def fused_update(
         f32(1.0 - b2),
         f32(eps),
         l2_32,
-        clip_32,
+        f32(clip),
         f32(decay),
         f32(ema_rate),
     )
     update = k["update"]
-    if clip <= 0:
+    if not flags & _CLIP:
         update[blocks, threads, stream](
-            w, g, m, v, ema, kind, *scalars, has_ema, dev.dummy64, 0
+            w, g, m, v, ema, kind, *scalars, flags, dev.dummy64, 0
         )
         return
 
@@ -402,9 +414,9 @@ def fused_update(
                 k["zero"][1, 2, stream](sc.buf)
                 sc.slot, sc.dirty = 0, False
             slot = np.int32(sc.slot)
-            k["norm"][blocks, threads, stream](g, w, l2_32, sc.buf, slot)
+            k["norm"][blocks, threads, stream](g, w, l2_32, flags, sc.buf, slot)
             update[blocks, threads, stream](
-                w, g, m, v, ema, kind, *scalars, has_ema, sc.buf, slot
+                w, g, m, v, ema, kind, *scalars, flags, sc.buf, slot
             )
         except BaseException:
             sc.dirty = True  # a launch failed: re-zero both slots next time
