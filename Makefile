@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/quickstart.cfg
+SRC := optsvc cli tests $(wildcard bench)
 
 .PHONY: test lint format train venv thinc9-reference clean
 
@@ -20,12 +21,12 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check optsvc cli tests bench
-	$(BIN)/ruff format --check optsvc cli tests bench
+	$(BIN)/ruff check $(SRC)
+	$(BIN)/ruff format --check $(SRC)
 
 format: $(STAMP)
-	$(BIN)/ruff format optsvc cli tests bench
-	$(BIN)/ruff check --fix optsvc cli tests bench
+	$(BIN)/ruff format $(SRC)
+	$(BIN)/ruff check --fix $(SRC)
 
 # The training service lands in a later change; until then this shows the
 # installed command line and the registered functions.

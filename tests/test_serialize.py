@@ -793,7 +793,8 @@ def test_unknown_schedule_name_is_refused():
     meta, arrays = archive_contents(trained())
     meta = json.loads(json.dumps(meta))
     meta["schedules"]["beta2"]["name"] = "no_such_schedule"
-    assert_refused(archive(meta, arrays, rehash=True), "'no_such_schedule' schedule of 'beta2'")
+    data = archive(meta, arrays, rehash=True)
+    assert_refused(data, "'no_such_schedule' schedule of 'beta2'")
 
 
 # --- 6. atomic to_disk ---------------------------------------------------------
