@@ -1,24 +1,76 @@
-"""`optsvc`: the command line, a thin Typer layer over the optsvc library."""
+"""`optsvc`: the command line, a thin Typer layer over the optsvc library.
+
+Each command parses its arguments, calls library functions, and renders the
+result; user errors print one clear message and exit 1, never a traceback.
+"""
 
 from __future__ import annotations
 
+import csv
+import functools
+import json
+import sys
+from enum import Enum
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 import optsvc
+from optsvc.config import ConfigError, load_config, parse_overrides
+from optsvc.preview import (
+    ATTRS,
+    as_rows,
+    default_steps,
+    read_scores,
+    schedule_values,
+    scheduled,
+)
+from optsvc.schedules import Schedule
+from optsvc.validation import validate_config
+
+from . import render
+
+OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 app = typer.Typer(
     name="optsvc",
     help=(
         "Configuration-driven, Thinc-compatible optimizers.\n\n"
-        "The train, validate and show-schedule commands are still being built; "
-        "today this command reports the installed version."
+        "Config files use Thinc's and spaCy's [optimizer] blocks "
+        '(@optimizers = "Adam.v1", @schedules = "warmup_linear.v1"). '
+        "Any config value can be overridden on the command line in dotted "
+        "form, e.g. --optimizer.learn_rate 0.01.\n\n"
+        "Example: optsvc validate configs/adam.cfg"
     ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
+
+
+def user_errors(command):
+    """Render ConfigError as a list of problems and exit 1; anything else
+    unexpected as one line (exit 2) rather than a traceback."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except ConfigError as error:
+            render.errors(error, str(kwargs.get("config") or ""))
+            raise typer.Exit(1) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as error:  # a bug: say so in one line
+            render.err.print(
+                f"✘ internal error: {type(error).__name__}: {error} "
+                "(please report this with the command you ran)"
+            )
+            raise typer.Exit(2) from None
+
+    return run
 
 
 def _version(value: bool) -> None:
@@ -42,15 +94,141 @@ def root(
     """Configuration-driven, Thinc-compatible optimizers."""
 
 
-@app.command("registry")
-def registry_cmd() -> None:
-    """List the registered optimizers and schedules.
+ConfigArg = Annotated[
+    Path, typer.Argument(help="The config file (.cfg).", show_default=False)
+]
 
-    Example: optsvc registry
+
+@app.command("validate", context_settings=OVERRIDES)
+@user_errors
+def validate_cmd(ctx: typer.Context, config: ConfigArg) -> None:
+    """Check a config file and show what it would build.
+
+    Every section optsvc knows is checked before anything is built, and every
+    problem is listed with its dotted path, the value given and what is
+    expected. Exit 0 when valid, 1 otherwise. In a spaCy config only
+    [training.optimizer] is checked. Extra arguments override config values.
+
+    Example: optsvc validate configs/adam.cfg --optimizer.learn_rate 0.01
     """
-    for name in ("optimizers", "schedules"):
-        reg = getattr(optsvc.registry, name)
-        typer.echo(f"{name}: " + ", ".join(sorted(reg.get_all())))
+    cfg = load_config(config, parse_overrides(ctx.args))
+    report = validate_config(cfg)
+    if not report.ok:
+        raise ConfigError(report.errors)
+    render.summary(report, str(config))
+
+
+class Format(str, Enum):
+    chart = "chart"
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+@app.command("show-schedule", context_settings=OVERRIDES)
+@user_errors
+def show_schedule_cmd(
+    ctx: typer.Context,
+    config: ConfigArg,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            "--steps",
+            min=1,
+            help="Steps to show (default: training.max_steps, else the "
+            "schedule's own total_steps, else 1000).",
+        ),
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            help="Hyperparameter to show (repeatable; default: every scheduled one).",
+        ),
+    ] = None,
+    fmt: Annotated[
+        Format, typer.Option("--format", help="chart, table, csv or json.")
+    ] = Format.chart,
+    scores: Annotated[
+        Path | None,
+        typer.Option(
+            "--scores",
+            help="A run's metrics.jsonl whose scores a plateau schedule replays.",
+        ),
+    ] = None,
+) -> None:
+    """Show the values each scheduled hyperparameter takes, step by step.
+
+    As a terminal chart with a table of sampled steps, or every step as csv
+    or json for machines. A plateau schedule needs evaluation scores: pass a
+    run's metrics.jsonl with --scores, else no plateau is assumed.
+
+    Example: optsvc show-schedule configs/adam.cfg --steps 2000 --format csv
+    """
+    cfg = load_config(config, parse_overrides(ctx.args))
+    report = validate_config(cfg)
+    if not report.ok:
+        raise ConfigError(report.errors)
+    opt = report.optimizer
+    params = list(param or []) or scheduled(opt) or ["learn_rate"]
+    unknown = [p for p in params if p not in ATTRS]
+    if unknown:
+        raise ConfigError(
+            f"unknown hyperparameter {unknown[0]!r}; choose from {', '.join(ATTRS)}"
+        )
+    n = steps or default_steps(cfg, opt, params)
+    score_map = read_scores(scores) if scores else None
+    values = schedule_values(opt, n, params, score_map)
+    if fmt is Format.json:
+        json.dump({"steps": n, "params": params, "rows": as_rows(values)}, sys.stdout)
+        sys.stdout.write("\n")
+        return
+    if fmt is Format.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["step", *params])
+        for i in range(n):
+            writer.writerow([i, *(repr(values[p][i]) for p in params)])
+        return
+    if fmt is Format.chart:
+        for p in params:
+            render.chart(p, list(range(n)), values[p])
+            render.out.print()
+    render.out.print(render.sample_table(values))
+    if any(_has_plateau(opt.schedules[p]) for p in params) and not scores:
+        render.out.print(
+            "note: a plateau schedule only reacts to evaluation scores; none were "
+            "given (--scores metrics.jsonl), so no plateau is assumed."
+        )
+
+
+def _has_plateau(schedule: Schedule) -> bool:
+    return schedule.name == "plateau" or any(
+        isinstance(v, Schedule) and _has_plateau(v) for v in schedule.attrs.values()
+    )
+
+
+class RegistryName(str, Enum):
+    optimizers = "optimizers"
+    schedules = "schedules"
+    datasets = "datasets"
+    models = "models"
+
+
+@app.command("registry")
+def registry_cmd(
+    name: Annotated[
+        RegistryName | None,
+        typer.Argument(help="Which registry to list (default: all)."),
+    ] = None,
+) -> None:
+    """List registered functions: names, arguments with defaults, and what
+    each does. These are the names configs use after @optimizers, @schedules,
+    @datasets and @models.
+
+    Example: optsvc registry schedules
+    """
+    names = [name.value] if name else [n.value for n in RegistryName]
+    render.registry_listing(optsvc.registry, names)
 
 
 def main() -> None:

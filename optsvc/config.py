@@ -1,0 +1,247 @@
+"""Reading config files: the text, command-line overrides, and where the
+optimizer block stands. Every user mistake becomes a `ConfigError` holding
+one `ConfigIssue` per problem, each naming the dotted config path."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confection import Config
+
+# Sections that mark a spaCy config: optsvc checks only its optimizer block.
+SPACY_SECTIONS = {"nlp", "components", "corpora", "paths", "pretraining", "initialize"}
+OPTSVC_SECTIONS = ("system", "data", "model", "training", "optimizer")
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a config: where, what was given, and what is expected."""
+
+    path: str
+    message: str
+    value: Any = None
+    has_value: bool = False
+    hint: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.path}: {self.message}" if self.path else self.message
+        if self.has_value:
+            text += f", got {_show(self.value)}"
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; `.issues` lists every problem found."""
+
+    def __init__(self, issues: Sequence[ConfigIssue] | ConfigIssue | str):
+        if isinstance(issues, str):
+            issues = [ConfigIssue("", issues)]
+        elif isinstance(issues, ConfigIssue):
+            issues = [issues]
+        self.issues = list(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a section"
+    text = json.dumps(value) if isinstance(value, (str, list)) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """'did you mean X?' for the closest of `choices`, or ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else ""
+
+
+# --- overrides --------------------------------------------------------------------
+
+
+def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
+    """spaCy-style dotted overrides, `--training.max_steps 500` or
+    `--optimizer.learn_rate=0.01`, into {"training.max_steps": 500, ...}.
+    Values are read as JSON when they parse, else kept as strings.
+
+    >>> parse_overrides(["--training.max_steps", "500", "--x.name=adam"])
+    {'training.max_steps': 500, 'x.name': 'adam'}
+    """
+    overrides: dict[str, Any] = {}
+    issues = []
+    args = list(args)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if not arg.startswith("--") or len(arg) <= 2:
+            issues.append(
+                ConfigIssue(
+                    "",
+                    f"unexpected argument {arg!r}",
+                    hint="overrides look like --section.key value",
+                )
+            )
+            continue
+        name, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i >= len(args) or args[i].startswith("--"):
+                issues.append(
+                    ConfigIssue(
+                        name, "override has no value", hint=f"use --{name} VALUE"
+                    )
+                )
+                continue
+            value = args[i]
+            i += 1
+        if "." not in name:
+            issues.append(
+                ConfigIssue(
+                    name,
+                    "override must name a section and a key",
+                    hint=f"e.g. --training.{name} VALUE",
+                )
+            )
+            continue
+        overrides[name.replace("-", "_")] = _parse_value(value)
+    if issues:
+        raise ConfigError(issues)
+    return overrides
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+# --- loading ------------------------------------------------------------------------
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read and interpolate a config file, applying dotted `overrides`.
+    Raises ConfigError (never a parser traceback) for a missing, unreadable,
+    empty or malformed file and for overrides that do not fit it."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file '{path}' does not exist; check the path")
+    if path.is_dir():
+        raise ConfigError(f"'{path}' is a folder; give the path of a .cfg file")
+    try:
+        text = path.read_text(encoding="utf8")
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"config file '{path}' is not UTF-8 text; is it the right file?"
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"cannot read config file '{path}': {err.strerror}") from None
+    return config_from_str(text, overrides, source=str(path))
+
+
+def config_from_str(
+    text: str, overrides: dict[str, Any] | None = None, *, source: str = "config"
+) -> Config:
+    """`load_config` for text already in memory."""
+    if not text.strip():
+        raise ConfigError(
+            f"{source} is empty; it needs at least an [optimizer] section"
+        )
+    overrides = dict(overrides or {})
+    try:
+        config = Config().from_str(text, interpolate=False)
+    except Exception as err:  # confection/configparser raise many kinds
+        raise ConfigError(
+            f"{source} is not a valid config file: {_one_line(err)}"
+        ) from None
+    issues = [
+        ConfigIssue(
+            name,
+            "override names a section that is not in the config",
+            hint=did_you_mean(name.rsplit(".", 1)[0], _section_paths(config))
+            or f"sections: {', '.join(sorted(_section_paths(config)))}",
+        )
+        for name in overrides
+        if not _has_section(config, name.rsplit(".", 1)[0])
+    ]
+    if issues:
+        raise ConfigError(issues)
+    try:
+        config = Config().from_str(text, overrides=overrides, interpolate=True)
+    except Exception as err:
+        raise ConfigError(f"{source}: {_one_line(err)}") from None
+    if not isinstance(config, dict) or not config:
+        raise ConfigError(f"{source} holds no sections")
+    return config
+
+
+def _one_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = " ".join(lines[:3]) or type(err).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _section_paths(config: dict, prefix: str = "") -> set[str]:
+    paths = set()
+    for key, value in config.items():
+        if isinstance(value, dict):
+            here = f"{prefix}{key}"
+            paths.add(here)
+            paths |= _section_paths(value, here + ".")
+    return paths
+
+
+def _has_section(config: dict, dotted: str) -> bool:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or not isinstance(node.get(part), dict):
+            return False
+        node = node[part]
+    return True
+
+
+# --- where things are ---
+
+
+@dataclass
+class Layout:
+    """Which sections a config has and where its optimizer block is."""
+
+    optimizer_path: str | None
+    is_spacy: bool
+    checked: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
+
+
+def layout(config: dict) -> Layout:
+    """Find the optimizer block (`[optimizer]` or spaCy's `[training.optimizer]`)
+    and tell which top-level sections optsvc checks."""
+    is_spacy = bool(SPACY_SECTIONS & set(config))
+    path = None
+    if isinstance(config.get("optimizer"), dict):
+        path = "optimizer"
+    training = config.get("training")
+    if isinstance(training, dict) and isinstance(training.get("optimizer"), dict):
+        path = "training.optimizer" if path is None else path
+    if is_spacy:
+        checked = [path] if path else []
+        unchecked = [s for s in config if s != "training" or path is None]
+        if path == "training.optimizer":
+            unchecked.append("training (other than training.optimizer)")
+        return Layout(path, True, checked, sorted(set(unchecked) - set(checked)))
+    checked = [s for s in config if s in OPTSVC_SECTIONS]
+    return Layout(path, False, checked, [s for s in config if s not in OPTSVC_SECTIONS])
+
+
+def get_path(config: dict, dotted: str) -> Any:
+    """The value at a dotted path of a config."""
+    node: Any = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node

@@ -1,0 +1,108 @@
+"""The values each scheduled hyperparameter takes over the steps (what
+`optsvc show-schedule` prints)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError
+from .optimizers import HPARAMS, Optimizer
+from .schedules import Schedule
+
+# Attribute names of a hyperparameter on the optimizer, by argument name.
+ATTRS = {"learn_rate": "learn_rate", "L2": "L2", "beta1": "b1", "beta2": "b2",
+         "eps": "eps", "grad_clip": "grad_clip"}  # fmt: skip
+DEFAULT_HORIZON = 1000
+
+
+def scheduled(optimizer: Optimizer) -> list[str]:
+    """The hyperparameters whose schedule is not a constant."""
+    return [n for n in HPARAMS if optimizer.schedules[n].name != "constant"]
+
+
+def horizon(schedule: Schedule) -> int | None:
+    """A schedule's own length (total_steps, num_steps, ...), if it has one."""
+    best = None
+    for key, value in schedule.attrs.items():
+        if isinstance(value, Schedule):
+            inner = horizon(value)
+            best = inner if best is None else max(best, inner or 0)
+        elif key in ("total_steps", "num_steps") and isinstance(value, int):
+            best = value if best is None else max(best, value)
+        elif key == "values" and schedule.name == "list":
+            best = len(value) if best is None else max(best, len(value))
+    return best
+
+
+def default_steps(config: dict, optimizer: Optimizer, params: Iterable[str]) -> int:
+    """training.max_steps, else the schedules' own horizon, else 1000."""
+    training = config.get("training")
+    if isinstance(training, dict) and isinstance(training.get("max_steps"), int):
+        return training["max_steps"]
+    ends = [horizon(optimizer.schedules[p]) for p in params]
+    ends = [e for e in ends if e]
+    return max(ends) if ends else DEFAULT_HORIZON
+
+
+def read_scores(path: str | Path) -> dict[int, float]:
+    """Scores by step from a run's metrics.jsonl (lines with step and score)."""
+    scores: dict[int, float] = {}
+    try:
+        lines = Path(path).read_text(encoding="utf8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read scores from '{path}': {err}") from None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            step, score = row["step"], row["score"]
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(
+                f"{path}, line {i}: expected a JSON object with 'step' and 'score'"
+            ) from None
+        if isinstance(step, int) and isinstance(score, (int, float)):
+            scores[step] = float(score)
+    return scores
+
+
+def schedule_values(
+    optimizer: Optimizer,
+    steps: int,
+    params: Iterable[str],
+    scores: dict[int, float] | None = None,
+) -> dict[str, list[float]]:
+    """Each of `params` at steps 0 .. steps - 1, stepping `optimizer` as a
+    training loop would (scores, if given, are set as `last_score` at their
+    step, so `plateau` reacts as in the run)."""
+    params = list(params)
+    values: dict[str, list[float]] = {p: [] for p in params}
+    scores = scores or {}
+    for step in range(steps):
+        if step in scores:
+            optimizer.last_score = (step, scores[step])
+        for p in params:
+            values[p].append(getattr(optimizer, ATTRS[p]))
+        optimizer.step_schedules()
+    return values
+
+
+def describe(schedule: Schedule) -> str:
+    """A one-line description: `warmup_linear(initial_rate=0.001, ...)`."""
+    if schedule.name == "constant":
+        return repr(schedule.attrs["rate"])
+    parts = []
+    for key, value in schedule.attrs.items():
+        if key == "state":
+            continue
+        shown = describe(value) if isinstance(value, Schedule) else repr(value)
+        parts.append(f"{key}={shown}")
+    return f"{schedule.name}({', '.join(parts)})"
+
+
+def as_rows(values: dict[str, list[float]]) -> list[dict[str, Any]]:
+    n = len(next(iter(values.values()), []))
+    return [{"step": i, **{p: v[i] for p, v in values.items()}} for i in range(n)]
