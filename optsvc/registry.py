@@ -9,7 +9,7 @@ from __future__ import annotations
 import catalogue
 import confection
 
-from . import optimizers, schedules, schedules_extra
+from . import datasets, models, optimizers, schedules, schedules_extra
 
 
 class registry(confection.registry):
@@ -38,5 +38,11 @@ for _module in (schedules, schedules_extra):
         if _fname in ("Schedule", "PlateauState", "to_schedule"):
             continue
         registry.schedules.register(f"{_fname}.v1", func=getattr(_module, _fname))
+
+for _fname in ("blobs", "spirals", "regression"):
+    registry.datasets.register(f"{_fname}.v1", func=getattr(datasets, _fname))
+
+for _fname in ("linear", "mlp"):
+    registry.models.register(f"{_fname}.v1", func=getattr(models, _fname))
 
 __all__ = ["registry"]

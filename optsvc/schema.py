@@ -195,6 +195,21 @@ ARGS: dict[str, Arg] = {
     "pct_start": Arg("number", "fraction of steps spent increasing", gt=0, lt=1),
     "div_factor": Arg("number", "initial value = max_rate / div_factor", gt=0),
     "final_div_factor": Arg("number", "final value = initial / final_div_factor", gt=0),
+    # data sets
+    "n_samples": Arg("int", "examples to generate (train + dev)", ge=2),
+    "n_features": Arg("int", "input dimensions", ge=1),
+    "n_classes": Arg("int", "number of classes", ge=2),
+    "n_outputs": Arg("int", "regression targets per example", ge=1),
+    "spread": Arg("number", "standard deviation of each cluster", gt=0),
+    "noise": Arg("number", "standard deviation of the added noise", ge=0),
+    "turns": Arg("number", "turns of each spiral arm", gt=0),
+    "nonlinear": Arg("bool", "add a nonlinear part to the targets"),
+    "dev_fraction": Arg("number", "share of examples held out for evaluation", gt=0, lt=1),
+    "seed": Arg("int", "random seed of the generator", ge=0),
+    # models
+    "hidden_width": Arg("int", "units in each hidden layer", ge=1),
+    "depth": Arg("int", "number of hidden layers", ge=1),
+    "activation": Arg("choice", "hidden activation", choices=("relu", "tanh")),
 }
 
 # Arguments of registered functions that configs never set.

@@ -17,7 +17,7 @@ LISTED = Path(__file__).with_name("registered_functions.txt")
 def registered():
     return sorted(
         f"{name}: {func}"
-        for name in ("optimizers", "schedules")
+        for name in ("optimizers", "schedules", "datasets", "models")
         for func in getattr(registry, name).get_all()
     )
 
