@@ -207,6 +207,67 @@ def _has_plateau(schedule: Schedule) -> bool:
     )
 
 
+@app.command("train", context_settings=OVERRIDES)
+@user_errors
+def train_cmd(
+    ctx: typer.Context,
+    config: ConfigArg,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Run folder (default: runs/<config name>)."
+        ),
+    ] = None,
+    gpu: Annotated[
+        int | None,
+        typer.Option(
+            "--gpu",
+            help="GPU id to run on; -1 is the CPU (default: system.gpu_id, else -1).",
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue from the latest valid checkpoint."),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a run already in the folder.")
+    ] = False,
+    extend: Annotated[
+        bool,
+        typer.Option(
+            "--extend", help="With --resume: allow a larger training.max_steps."
+        ),
+    ] = False,
+) -> None:
+    """Train the toy job a config describes, on the CPU or a GPU.
+
+    Logs an evaluation row every training.eval_frequency steps (loss, score and
+    every scheduled hyperparameter), and writes the filled config,
+    metrics.jsonl, checkpoints and the final weights to the run folder. A
+    killed run continues with --resume and ends with the same weights.
+
+    Example: optsvc train configs/quickstart.cfg -o runs/quick --training.max_steps 500
+    """
+    from optsvc.training import RunError, train
+
+    cfg = load_config(config, parse_overrides(ctx.args))
+    out = output or Path("runs") / config.stem
+    try:
+        train(
+            cfg,
+            out,
+            config_source=str(config),
+            resume=resume,
+            overwrite=overwrite,
+            gpu_id=gpu,
+            allow_extend=extend,
+            console=render.out,
+        )
+    except RunError as error:
+        render.err.print(f"✘ {error}")
+        raise typer.Exit(1) from None
+
+
 class RegistryName(str, Enum):
     optimizers = "optimizers"
     schedules = "schedules"

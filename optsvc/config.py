@@ -239,6 +239,11 @@ def layout(config: dict) -> Layout:
     return Layout(path, False, checked, [s for s in config if s not in OPTSVC_SECTIONS])
 
 
+def config_to_str(config: dict) -> str:
+    """A config dict as .cfg text."""
+    return Config(config).to_str()
+
+
 def get_path(config: dict, dotted: str) -> Any:
     """The value at a dotted path of a config."""
     node: Any = config

@@ -1,0 +1,121 @@
+"""Training progress for people and machines.
+
+One `TrainLogger` per run: on a terminal a header, a progress bar with ETA and
+a table row per evaluation (rich); plain lines when the output is a pipe or
+a file; and always one JSON object per evaluation in `metrics.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+FIXED = ("step", "epoch", "loss", "score")
+
+
+def _fmt(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key in ("step", "epoch"):
+        return str(value)
+    if key == "steps_per_sec":
+        return f"{value:,.0f}"
+    if isinstance(value, float):
+        return f"{value:.4f}" if key in ("loss", "score") else f"{value:.4g}"
+    return str(value)
+
+
+class TrainLogger:
+    """Console output and `metrics.jsonl` for one training run."""
+
+    def __init__(self, console: Console, metrics_path: Path, total_steps: int):
+        self.console = console
+        self.metrics_path = Path(metrics_path)
+        self.total = total_steps
+        self.interactive = console.is_terminal
+        self._progress: Progress | None = None
+        self._task = None
+        self._columns: list[str] | None = None
+
+    def start(self, info: dict[str, Any], first_step: int) -> None:
+        """A header with what runs where, then the progress bar."""
+        for key, value in info.items():
+            self.console.print(Text(f"{key:>14}: {value}"))
+        if self.interactive:
+            self._progress = Progress(
+                TextColumn("training"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(
+                "train", total=self.total, completed=first_step
+            )
+
+    def advance(self, step: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step)
+
+    def log_eval(self, row: dict[str, Any]) -> None:
+        """One evaluation: a table row (terminal) or a plain line, and a JSON
+        line in metrics.jsonl."""
+        with self.metrics_path.open("a", encoding="utf8") as f:
+            f.write(json.dumps(_jsonable(row)) + "\n")
+        if self._columns is None:
+            self._columns = list(row)
+            if self.interactive:
+                self._print(Text(self._line(dict(zip(row, row))), style="bold"))
+        if self.interactive:
+            self._print(Text(self._line(row)))
+        else:
+            parts = [f"{k} {_fmt(k, v)}" for k, v in row.items()]
+            self._print(Text("  ".join(parts)))
+
+    def _line(self, row: dict[str, Any]) -> str:
+        cells = []
+        for key in self._columns or row:
+            value = row.get(key)
+            text = value if isinstance(value, str) else _fmt(key, value)
+            cells.append(f"{text:>{max(10, len(key))}}")
+        return " ".join(cells)
+
+    def warn(self, message: str) -> None:
+        self._print(Text(f"⚠ {message}", style="yellow"))
+
+    def info(self, message: str) -> None:
+        self._print(Text(message))
+
+    def _print(self, text: Text) -> None:
+        # Plain lines stay one line each, however narrow the console.
+        console = self._progress.console if self._progress else self.console
+        console.print(text, soft_wrap=not self.interactive)
+
+    def finish(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+        for k, v in row.items()
+    }

@@ -1,0 +1,411 @@
+"""The training loop: one readable function, top to bottom.
+
+setup (config, device, run folder) -> data -> model -> optimizer -> loop
+(batch, forward, backward, update, schedules, evaluate, checkpoint, log).
+
+Everything that decides the numbers (weights, optimizer and schedule state,
+data order, the RNG, counters) goes into each checkpoint, so a run killed at
+any moment and resumed ends with the same weights, bit for bit on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.text import Text
+
+from . import __version__
+from .backends import NumpyOps, get_ops
+from .backends.cupy_ops import INSTALL_HINT, gpu_count, has_cupy
+from .checkpoints import (
+    CheckpointError,
+    config_hash,
+    load_latest_checkpoint,
+    save_checkpoint,
+)
+from .config import ConfigError, ConfigIssue, config_to_str
+from .logger import TrainLogger
+from .models import evaluate, mean_squared_error, softmax_cross_entropy
+from .params import ParamStore
+from .preview import ATTRS, scheduled
+from .schema import SystemSection, TrainingSection
+from .serialize import write_atomic
+from .validation import build_block, validate_config
+
+# Settings that change how a run is recorded, not what it computes.
+NOT_RELEVANT = {("training", "checkpoint_frequency"), ("training", "keep_checkpoints"),
+                ("training", "max_steps"), ("system", "gpu_id")}  # fmt: skip
+RUN_FILES = ("config.cfg", "metrics.jsonl", "checkpoints", "final.npz")
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or continue, with the reason and the fix."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    step: int
+    score: float | None
+    best_score: float | None
+    resumed_from: int | None
+    stopped_early: bool
+    skipped_steps: int
+
+
+def key_name(key: tuple) -> str:
+    return "/".join(str(k) for k in key)
+
+
+def relevant_config(config: dict) -> dict:
+    """The config without the settings in NOT_RELEVANT."""
+    out = json.loads(json.dumps(config))
+    for section, key in NOT_RELEVANT:
+        if isinstance(out.get(section), dict):
+            out[section].pop(key, None)
+    return out
+
+
+def config_diff(old: Any, new: Any, path: str = "") -> list[str]:
+    """Dotted paths whose values differ, as 'path: old -> new' lines."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        lines = []
+        for key in sorted(set(old) | set(new), key=str):
+            where = f"{path}.{key}" if path else str(key)
+            if key not in new:
+                lines.append(f"{where}: {old[key]!r} -> (removed)")
+            elif key not in old:
+                lines.append(f"{where}: (absent) -> {new[key]!r}")
+            else:
+                lines += config_diff(old[key], new[key], where)
+        return lines
+    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+
+
+def select_ops(gpu_id: int):
+    """numpy for gpu_id < 0, else cupy on that GPU; RunError with the fix."""
+    if gpu_id < 0:
+        return get_ops("numpy")
+    if not has_cupy():
+        raise RunError(
+            f"--gpu {gpu_id} needs cupy, which is not installed: {INSTALL_HINT}"
+        )
+    if gpu_id >= gpu_count():
+        raise RunError(
+            f"--gpu {gpu_id} asks for a GPU that is not there (cupy sees "
+            f"{gpu_count()}); use --gpu -1 for the CPU"
+        )
+    return get_ops("cupy", gpu_id=gpu_id)
+
+
+def train(
+    config: dict,
+    output_dir: str | Path,
+    *,
+    config_source: str = "config",
+    resume: bool = False,
+    overwrite: bool = False,
+    gpu_id: int | None = None,
+    allow_extend: bool = False,
+    console: Console | None = None,
+) -> TrainResult:
+    """Run (or resume) the training job a config describes; write the filled
+    config, metrics.jsonl, checkpoints and final weights to `output_dir`."""
+    # --- setup: check everything before touching the run folder ---------------
+    report = validate_config(config, for_training=True)
+    if not report.ok:
+        raise ConfigError(report.errors)
+    system = SystemSection.model_validate(config.get("system", {}))
+    settings = TrainingSection.model_validate(
+        {k: v for k, v in config["training"].items() if k != "optimizer"}
+    )
+    gpu_id = system.gpu_id if gpu_id is None else gpu_id
+    data = build_block(config["data"], "data")
+    model = build_block(config["model"], "model")
+    opt_path = report.layout.optimizer_path
+    optimizer = report.optimizer
+    ops = select_ops(gpu_id)
+    xp = ops.xp
+    out = Path(output_dir)
+    ckpt_dir = out / "checkpoints"
+    console = console or Console(highlight=False, soft_wrap=True)
+    if out.exists() and not out.is_dir():
+        raise RunError(f"output path '{out}' is a file; give a folder with -o")
+    has_run = out.is_dir() and any((out / name).exists() for name in RUN_FILES)
+    if has_run and not (resume or overwrite):
+        raise RunError(
+            f"'{out}' already holds a run; add --resume to continue it or "
+            "--overwrite to start again"
+        )
+    relevant = relevant_config(config)
+    checkpoint = None
+    if resume and ckpt_dir.is_dir():
+        try:  # warnings as plain text: paths and errors are not rich markup
+            checkpoint = load_latest_checkpoint(
+                ckpt_dir, warn=lambda m: console.print(Text(f"⚠ {m}", style="yellow"))
+            )
+        except CheckpointError as err:
+            raise RunError(
+                f"cannot resume, {err}; start again with --overwrite"
+            ) from None
+    if checkpoint is not None:
+        _check_resumable(checkpoint.state, relevant, settings.max_steps, allow_extend)
+    if overwrite and not resume:
+        for name in RUN_FILES:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "config.cfg", _filled(config, system, settings).encode())
+
+    # --- data -------------------------------------------------------------------
+    X_train, X_dev = ops.asarray(data.X_train), ops.asarray(data.X_dev)
+    y_train, y_dev = ops.asarray(data.y_train), ops.asarray(data.y_dev)
+    loss_fn = (
+        softmax_cross_entropy if data.task == "classification" else mean_squared_error
+    )
+    n_train = data.X_train.shape[0]
+    batch_size = min(settings.batch_size, n_train)
+    rng = np.random.default_rng(system.seed)
+
+    # --- model: its parameters live in one flat buffer for the optimizer --------
+    model.initialize(data.n_features, data.n_outputs, ops, seed=system.seed)
+    store = ParamStore.from_arrays(model.params, ops=ops)
+    weights = {k: store.weights(k) for k in store}
+    model.use_params(weights, {k: store.gradient(k) for k in store})
+
+    # --- state: fresh, or exactly where the checkpoint left it ------------------
+    step, epoch, cursor = 0, 0, n_train  # cursor at the end: a new epoch first
+    order = np.arange(n_train)
+    loss_sum, loss_count, skipped = 0.0, 0, 0
+    best, evals_since_best, score = None, 0, None
+    resumed_from = None
+    if checkpoint is not None:
+        state = checkpoint.state
+        for key in store:
+            saved = checkpoint.arrays[f"w:{key_name(key)}"]
+            if saved.shape != store.shape(key):
+                raise RunError(f"checkpoint weights for {key} do not fit the model")
+            weights[key][...] = ops.asarray(saved)
+        optimizer.from_bytes(checkpoint.optimizer)
+        if gpu_id >= 0:
+            optimizer.to_gpu(gpu_id)
+        order = checkpoint.arrays["data_order"]
+        rng.bit_generator.state = state["rng"]
+        step, epoch, cursor = state["step"], state["epoch"], state["cursor"]
+        loss_sum, loss_count = state["loss_sum"], state["loss_count"]
+        best, evals_since_best = state["best_score"], state["evals_since_best"]
+        score, skipped = state["score"], state["skipped_steps"]
+        resumed_from = step
+        _truncate_metrics(out / "metrics.jsonl", step)
+    else:
+        if gpu_id >= 0:
+            optimizer.to_gpu(gpu_id)
+        (out / "metrics.jsonl").unlink(missing_ok=True)  # a fresh start
+
+    logger = TrainLogger(console, out / "metrics.jsonl", settings.max_steps)
+    header = {
+        "config": config_source,
+        "device": "cpu (numpy)" if isinstance(ops, NumpyOps) else f"gpu {gpu_id}",
+        "data": f"{data.name}: {data.X_train.shape[0]} train, {data.X_dev.shape[0]} dev",
+        "model": f"{model.name}, {model.n_params():,} parameters",
+        "optimizer": f"{report.blocks[opt_path][0]} at [{opt_path}]",
+        "output": str(out),
+    }
+    if resumed_from is not None:
+        header["resumed"] = f"from step {resumed_from} ({checkpoint.path.name})"
+    elif resume:
+        header["resumed"] = "no checkpoint yet; starting at step 0"
+    logger.start(header, step)
+
+    def save() -> None:
+        arrays = {f"w:{key_name(k)}": ops.to_numpy(weights[k]) for k in store}
+        arrays["data_order"] = order
+        state = {
+            "step": step, "epoch": epoch, "cursor": cursor,
+            "rng": rng.bit_generator.state, "loss_sum": loss_sum,
+            "loss_count": loss_count, "best_score": best,
+            "evals_since_best": evals_since_best, "score": score,
+            "skipped_steps": skipped, "config": relevant,
+            "max_steps": settings.max_steps,
+            "config_hash": config_hash(relevant), "backend": ops.name,
+            "optsvc": __version__,
+        }  # fmt: skip
+        save_checkpoint(
+            ckpt_dir, step, arrays=arrays, optimizer=optimizer.to_bytes(),
+            state=state, keep=settings.keep_checkpoints,
+        )  # fmt: skip
+
+    def dev_score() -> float:
+        # Evaluate with the averaged parameters when there are any, as spaCy does.
+        averages = optimizer.averages
+        if averages and all(k in averages for k in store):
+            model.use_params({k: averages[k] for k in store}, model.grads)
+            try:
+                return evaluate(model, X_dev, y_dev, data.task, xp)
+            finally:
+                model.use_params(weights, model.grads)
+        return evaluate(model, X_dev, y_dev, data.task, xp)
+
+    # --- the loop -------------------------------------------------------------------
+    update_store = getattr(optimizer, "update_store", None)
+    # The learning rate and every other hyperparameter that has a schedule.
+    logged = ["learn_rate", *(p for p in scheduled(optimizer) if p != "learn_rate")]
+    stopped_early = False
+    last_eval, last_save = step, step
+    clock, clock_step = time.perf_counter(), step
+    try:
+        while step < settings.max_steps and not stopped_early:
+            if cursor + batch_size > n_train:  # a new epoch, a new order
+                order = rng.permutation(n_train)
+                cursor, epoch = 0, epoch + 1
+            idx = ops.asarray(order[cursor : cursor + batch_size])
+            cursor += batch_size
+            Y, backprop = model.begin_update(X_train[idx])
+            loss, dY = loss_fn(Y, y_train[idx], xp)
+            backprop(dY)
+            bad = _nonfinite(loss, store, xp)
+            if bad is None:
+                if update_store is not None:
+                    update_store(store)
+                else:
+                    for key in store:
+                        optimizer(key, weights[key], store.gradient(key))
+                loss_sum, loss_count = loss_sum + loss, loss_count + 1
+            elif settings.nonfinite == "skip":
+                store.flat_gradients[...] = 0
+                skipped += 1
+                logger.warn(f"step {step + 1}: skipped, {bad}")
+            else:
+                raise RunError(
+                    f"step {step + 1}: {bad}; the step was refused and nothing "
+                    'was saved (set training.nonfinite = "skip" to skip such steps)'
+                )
+            optimizer.step_schedules()
+            step += 1
+            logger.advance(step)
+            if step % settings.eval_frequency == 0 or step == settings.max_steps:
+                score = dev_score()
+                optimizer.last_score = score
+                if best is None or score > best:
+                    best, evals_since_best = score, 0
+                else:
+                    evals_since_best += 1
+                now = time.perf_counter()
+                row = {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": loss_sum / loss_count if loss_count else None,
+                    "score": score,
+                    **{p: getattr(optimizer, ATTRS[p]) for p in logged},
+                    "steps_per_sec": (step - clock_step) / max(now - clock, 1e-9),
+                }
+                if skipped:
+                    row["skipped"] = skipped
+                logger.log_eval(row)
+                loss_sum, loss_count = 0.0, 0
+                clock, clock_step, last_eval = now, step, step
+                if settings.patience and evals_since_best >= settings.patience:
+                    stopped_early = True
+                    logger.info(f"no improvement in {settings.patience} evaluations")
+            if step % settings.checkpoint_frequency == 0 or step == settings.max_steps:
+                save()
+                last_save = step
+        if last_save != step:
+            save()
+    finally:
+        logger.finish()
+
+    # --- the result ------------------------------------------------------------------
+    final = {f"w:{key_name(k)}": ops.to_numpy(weights[k]) for k in store}
+    if optimizer.averages:
+        for k in store:
+            if k in optimizer.averages:
+                final[f"avg:{key_name(k)}"] = ops.to_numpy(optimizer.averages[k])
+    _save_npz(out / "final.npz", final)
+    if last_eval != step or score is None:
+        score = dev_score()
+    console.print(
+        f"final score {score:.4f} at step {step} (best {best if best is not None else score:.4f}); "
+        f"weights in {out / 'final.npz'}",
+        markup=False,
+    )
+    return TrainResult(out, step, score, best, resumed_from, stopped_early, skipped)
+
+
+def _nonfinite(loss: float, store: ParamStore, xp) -> str | None:
+    """What is not finite in this step, or None."""
+    if not math.isfinite(loss):
+        return f"the loss is {loss}"
+    if bool(xp.isfinite(store.flat_gradients).all()):
+        return None
+    for key in store:
+        if not bool(xp.isfinite(store.gradient(key)).all()):
+            return f"the gradient of parameter {key} holds NaN or inf"
+    return "a gradient holds NaN or inf"
+
+
+def _check_resumable(state: dict, relevant: dict, max_steps: int, allow_extend: bool):
+    saved = state.get("config")
+    if saved is not None and config_hash(saved) != config_hash(relevant):
+        lines = config_diff(saved, relevant)
+        raise RunError(
+            "the config changed since the checkpoint, so the run cannot be resumed "
+            "as it was:\n  "
+            + "\n  ".join(lines)
+            + "\nrestore those values, or start a new run with -o NEW_DIR or --overwrite"
+        )
+    if state["step"] > max_steps:
+        raise RunError(
+            f"the checkpoint is at step {state['step']}, past training.max_steps "
+            f"({max_steps}); there is nothing left to run"
+        )
+    saved_max = state.get("max_steps")
+    if saved_max is not None and saved_max != max_steps and not allow_extend:
+        raise RunError(
+            f"training.max_steps changed from {saved_max} to {max_steps}; add "
+            "--extend to continue the run to the new length"
+        )
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics rows past the checkpoint, which the resumed run will redo."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line torn by a kill
+    write_atomic(path, "".join(line + "\n" for line in keep).encode())
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_atomic(path, buf.getvalue())
+
+
+def _filled(config: dict, system: SystemSection, settings: TrainingSection) -> str:
+    """The config as run: overrides applied, defaults written out."""
+    filled = json.loads(json.dumps(config))
+    filled["system"] = {**system.model_dump(), **filled.get("system", {})}
+    filled["training"] = {**settings.model_dump(), **filled["training"]}
+    return config_to_str(filled)
+
+
+__all__ = ["train", "TrainResult", "RunError", "config_diff", "ConfigIssue"]
