@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 import optsvc
 from optsvc.config import ConfigError, load_config, parse_overrides
@@ -262,9 +263,10 @@ def train_cmd(
             gpu_id=gpu,
             allow_extend=extend,
             console=render.out,
+            err_console=render.err,
         )
     except RunError as error:
-        render.err.print(f"✘ {error}")
+        render.err.print(Text(f"✘ {error}"))
         raise typer.Exit(1) from None
 
 
