@@ -76,7 +76,7 @@ def registry_listing(registry, names: list[str]) -> None:
                     shown += f"={p.default!r}"
                 args.append(shown)
             doc = (inspect.getdoc(func) or "").split("\n\n")[0].replace("\n", " ")
-            table.add_row(name, ", ".join(args), doc)
+            table.add_row(Text(name), Text(", ".join(args)), Text(doc))
         out.print(table)
 
 

@@ -2,21 +2,27 @@
 
 The class does the bookkeeping (schedules, per-key state, update counts,
 bias correction); the arithmetic is one fused kernel per backend
-(`optsvc.backends.numpy_kernels`, `optsvc.backends.cuda_kernels`).
+(`optsvc.backends.cpu_kernels` or `numpy_kernels`, `cuda_kernels`). Two ways
+in: `optimizer(key, W, dW)` updates one parameter; `optimizer.update_store`
+updates every parameter of a `ParamStore` in one pass, with the same numbers.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
 from .backends import Ops, get_array_ops, get_ops
+from .params import FlatState
 from .schedules import Schedule, to_schedule
+
+if TYPE_CHECKING:
+    from .params import ParamStore
 
 KeyT = Hashable
 ScheduleT = Union[float, list, Any, Schedule]  # noqa: UP007 (a runtime alias)
@@ -67,16 +73,66 @@ def _hparam_schedule(name: str, value: Any) -> Schedule:
 
 
 class _Slot:
-    """Per-key state: flat moments and average, the shape, the update count."""
+    """Per-key state: flat moments and average, the shape, the update count.
 
-    __slots__ = ("shape", "m", "v", "ema", "nr")
+    A key of a `ParamStore` updated with `update_store` is bound to that
+    store's `FlatState` (`group`, `index`): its arrays are views into the
+    state's flat buffers and its update count lives in `group.nr`.
+    """
+
+    __slots__ = ("shape", "m", "v", "ema", "_nr", "group", "index")
 
     def __init__(self, shape: tuple) -> None:
         self.shape = shape
         self.m = None
         self.v = None
         self.ema = None
-        self.nr = 0
+        self._nr = 0
+        self.group: FlatState | None = None
+        self.index = -1
+
+    @property
+    def nr(self) -> int:
+        group = self.group
+        return self._nr if group is None else int(group.nr[self.index])
+
+    @nr.setter
+    def nr(self, value: int) -> None:
+        group = self.group
+        if group is None:
+            self._nr = value
+        else:
+            group.nr[self.index] = value
+
+    def detach(self) -> None:
+        """Keep the update count here, unbound from any FlatState."""
+        if self.group is not None:
+            self._nr = int(self.group.nr[self.index])
+            self.group, self.index = None, -1
+
+
+class _UpdateCounts(Mapping):
+    """`optimizer.nr_update`: key -> number of updates so far (read-only)."""
+
+    __slots__ = ("_opt",)
+
+    def __init__(self, opt: Optimizer) -> None:
+        self._opt = opt
+
+    def __getitem__(self, key: KeyT) -> int:
+        return self._opt._slots[key].nr
+
+    def __iter__(self) -> Iterator[KeyT]:
+        return iter(self._opt._slots)
+
+    def __len__(self) -> int:
+        return len(self._opt._slots)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._opt._slots
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
 
 
 class Optimizer:
@@ -122,8 +178,10 @@ class Optimizer:
         self.mom1: dict[KeyT, Any] = {}
         self.mom2: dict[KeyT, Any] = {}
         self.averages: dict[KeyT, Any] | None = {} if use_averages else None
-        self.nr_update: dict[KeyT, int] = {}
         self._slots: dict[KeyT, _Slot] = {}
+        self._nr_update = _UpdateCounts(self)
+        # id(store) -> the optimizer's state for that ParamStore's keys
+        self._states: dict[int, FlatState] = {}
         self._ops: Ops | None = ops
         # Thinc's RAdam memoises (step, N_sma, step_size) in ten slots shared
         # by all keys; kept so that the numbers stay Thinc's.
@@ -267,6 +325,11 @@ class Optimizer:
         """The backend holding the optimizer's state (None until the first update)."""
         return self._ops
 
+    @property
+    def nr_update(self) -> Mapping[KeyT, int]:
+        """How many times each key was updated (a read-only mapping)."""
+        return self._nr_update
+
     def __call__(
         self, key: KeyT, weights: Any, gradient: Any, *, lr_scale: float = 1.0
     ) -> tuple[Any, Any]:
@@ -318,8 +381,145 @@ class Optimizer:
             ema_rate=1.0 - d,
         )
         slot.nr = nr
-        self.nr_update[key] = nr
         return weights, gradient
+
+    def update_store(self, store: ParamStore, *, lr_scale: float = 1.0) -> None:
+        """Update every parameter of `store` in one pass, and zero its gradients.
+
+        The numbers are exactly those of calling
+        ``self(key, store.weights(key), store.gradient(key), lr_scale=lr_scale)``
+        for each key in store order: per-tensor clipping norms, per-key update
+        counts and bias correction, weight decay, L2, averages, RAdam's
+        rectification (its shared ten-slot buffer included); keys with no
+        parameters are skipped. The optimizer keeps the state of the store's
+        keys in flat buffers laid out like the store (`opt.mom1[key]`,
+        `opt.mom2[key]`, `opt.averages[key]` are views into them), so the
+        per-key call on a store key keeps working and shares that state, and
+        keys the optimizer already knows (from per-key calls or another
+        store) bring their state along. On numpy this is one compiled pass
+        over the flat buffers (numba; without it, the numpy kernel per key);
+        on cupy, one norm launch and one update launch for all tensors.
+
+        >>> import numpy as np
+        >>> from optsvc.params import ParamStore
+        >>> store = ParamStore.from_arrays({(0, "W"): np.ones((2, 3), "f"),
+        ...                                 (0, "b"): np.zeros(3, "f")})
+        >>> store.flat_gradients[:] = 0.5
+        >>> opt = Optimizer(0.001)
+        >>> opt.update_store(store)
+        >>> opt.nr_update[(0, "W")], bool(store.flat_gradients.any())
+        (1, False)
+        """
+        ops = self._ops or store.ops
+        if not ops.owns(store.flat_weights):
+            raise ValueError(
+                f"the parameter store is on {ops.device_of(store.flat_weights)}, "
+                f"but the optimizer's state is on {_where(ops)}; move the store, or "
+                "call optimizer.to_gpu() / optimizer.to_cpu() first"
+            )
+        lr, L2, b1, b2, eps, clip, b1_f32, b2_f32 = self._current()
+        state = self._states.get(id(store))
+        if state is None or state.stale or state.store_ref() is not store:
+            keys = [key for key in store if store.size_of(key) > 0]
+            if not keys:
+                return
+            first = keys[0]
+        else:
+            first = state.keys[0]
+        if not self.use_radam and not (b1 > 0.0 and b2 > 0.0) and b2 > 0.0:
+            raise ValueError(
+                f"beta1 = 0 with beta2 = {b2} is not supported (key {first!r}); "
+                "use beta1 > 0 for Adam or beta1 = beta2 = 0 for SGD"
+            )
+        if state is None or state.stale or state.store_ref() is not store:
+            state = self._lay_out(store, keys, ops)
+        self._ops = ops
+        nr = state.nr + 1
+        params = state.params
+        kind = SGD_KIND
+        for start, stop in state.runs(nr):
+            n = int(nr[start])
+            if self.use_radam:
+                kind, c = self._radam_step(n, b1, b2)
+                c = c * lr * lr_scale
+            elif b1 > 0.0 and b2 > 0.0:
+                kind = ADAM_KIND
+                c = lr * (1.0 - b2**n) ** 0.5 / (1.0 - b1**n) * lr_scale
+            else:
+                c = lr_scale * lr
+            params.lr[start:stop] = c
+            params.kind[start:stop] = kind
+            params.ema_rate[start:stop] = 1.0 - min((1.0 + n) / (10.0 + n), 0.9999)
+        if not self.use_radam and b1 > 0.0 and b2 > 0.0:
+            b1, b2 = b1_f32, b2_f32
+        if kind != SGD_KIND and state.m is None:
+            self._flat_moments(state, ops)
+        ops.multi_update(
+            store.flat_weights,
+            store.flat_gradients,
+            state.m,
+            state.v,
+            state.ema,
+            layout=state.layout,
+            params=params,
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            l2=0.0 if self.L2_is_weight_decay else L2,
+            clip=clip,
+            decay=lr_scale * lr * L2 if self.L2_is_weight_decay else 0.0,
+        )
+        state.nr = nr
+
+    def _lay_out(self, store: ParamStore, keys: list, ops: Ops) -> FlatState:
+        """A FlatState for `store`, its keys' slots bound to it and their
+        state (from per-key calls, another store, or a restore) copied in."""
+        for key in keys:
+            slot = self._slots.get(key)
+            if slot is not None and slot.shape != store.shape(key):
+                raise ValueError(
+                    f"key {key!r} was first used with shape {slot.shape}, now with "
+                    f"{store.shape(key)} in the parameter store; each parameter "
+                    "needs its own key"
+                )
+        offsets = [store.offset(key) for key in keys]
+        sizes = [store.size_of(key) for key in keys]
+        state = FlatState(store, ops, keys, offsets, sizes)
+        if self.averages is not None:
+            state.ema = ops.alloc((store.size,))
+        for index, key in enumerate(keys):
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = self._slots[key] = _Slot(store.shape(key))
+            else:
+                if slot.group is not None:
+                    slot.group.stale = True
+                state.nr[index] = slot.nr
+                slot.detach()
+            if state.ema is not None:
+                ema = state.view(state.ema, index)
+                if slot.ema is not None:
+                    ema[...] = slot.ema
+                slot.ema = ema
+                self.averages[key] = ema.reshape(slot.shape)
+            slot.group, slot.index = state, index
+            state.slots.append(slot)
+        if any(slot.m is not None for slot in state.slots):
+            self._flat_moments(state, ops)
+        self._states = {
+            k: s for k, s in self._states.items() if s.store_ref() is not None
+        }
+        self._states[id(store)] = state
+        return state
+
+    def _flat_moments(self, state: FlatState, ops: Ops) -> None:
+        state.m, state.v = ops.alloc((state.size,)), ops.alloc((state.size,))
+        for index, (key, slot) in enumerate(zip(state.keys, state.slots)):
+            m, v = state.view(state.m, index), state.view(state.v, index)
+            if slot.m is not None:
+                m[...], v[...] = slot.m, slot.v
+            slot.m = self.mom1[key] = m
+            slot.v = self.mom2[key] = v
 
     def _check(self, key, weights, gradient, ops: Ops, slot: _Slot | None) -> None:
         for what, array in (("weights", weights), ("gradient", gradient)):
@@ -411,6 +611,11 @@ class Optimizer:
         source = self._ops
         if source is target:
             return
+        # The flat state of parameter stores stays behind: each key's arrays
+        # move on their own, and the next update_store lays them out anew.
+        for slot in self._slots.values():
+            slot.detach()
+        self._states = {}
 
         def move(array):
             host = source.to_numpy(array) if source is not None else np.asarray(array)

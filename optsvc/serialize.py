@@ -258,7 +258,9 @@ def _restore(opt, meta: dict, arrays: dict[str, np.ndarray]) -> None:
     opt._step, opt._last_score = step, last_score
     opt._radam_buffer = radam_buffer
     opt._slots, opt.mom1, opt.mom2, opt.averages = slots, mom1, mom2, averages
-    opt.nr_update = {key: slot.nr for key, slot in slots.items()}
+    # Restored keys hold their own arrays; the next update_store with a
+    # ParamStore lays their state out in flat buffers again.
+    opt._states = {}
     opt._ops = ops
 
 

@@ -36,6 +36,19 @@ class SimulatedGpuOps(NumpyOps):
 
         cuda_kernels.fused_update(w, g, m, v, ema, **hyper)
 
+    def make_layout(self, offsets, sizes):
+        from optsvc.backends import cuda_kernels
+        from optsvc.backends.ops import Layout
+
+        return Layout(offsets, sizes, cuda_kernels.make_layout(offsets, sizes))
+
+    def multi_update(self, w, g, m, v, ema, *, layout, params, **hyper) -> None:
+        from optsvc.backends import cuda_kernels
+
+        cuda_kernels.multi_update(
+            w, g, m, v, ema, layout=layout.device, params=params.packed, **hyper
+        )
+
 
 def _backends():
     params = [pytest.param("numpy", id="numpy")]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ops import Ops
+from .ops import Layout, Ops, TensorParams
 
 try:  # cupy is the optional extra optsvc[cuda12] / optsvc[cuda13]
     import cupy
@@ -37,7 +37,8 @@ def is_cupy_array(array) -> bool:
 
 
 class CupyOps(Ops):
-    """Arrays on one CUDA device, updated by one fused kernel per tensor."""
+    """Arrays on one CUDA device, updated by the numba.cuda kernels: one fused
+    kernel per tensor, or two launches for all tensors of a parameter store."""
 
     name = "cupy"
 
@@ -80,6 +81,32 @@ class CupyOps(Ops):
         with self.device:
             stream = cuda_kernels.external_stream(cupy.cuda.get_current_stream().ptr)
             cuda_kernels.fused_update(w, g, m, v, ema, stream=stream, **hyper)
+
+    def make_layout(self, offsets, sizes) -> Layout:
+        from . import cuda_kernels
+
+        with self.device:
+            device = cuda_kernels.make_layout(offsets, sizes)
+        return Layout(offsets, sizes, device)
+
+    def multi_update(
+        self, w, g, m, v, ema, *, layout: Layout, params: TensorParams, **hyper
+    ) -> None:
+        from . import cuda_kernels
+
+        with self.device:
+            stream = cuda_kernels.external_stream(cupy.cuda.get_current_stream().ptr)
+            cuda_kernels.multi_update(
+                w,
+                g,
+                m,
+                v,
+                ema,
+                layout=layout.device,
+                params=params.packed,
+                stream=stream,
+                **hyper,
+            )
 
     def __repr__(self) -> str:
         return f"CupyOps(gpu_id={self.gpu_id})"

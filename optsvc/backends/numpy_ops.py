@@ -1,21 +1,163 @@
-"""The CPU backend: numpy arrays and the blocked in-place numpy kernel."""
+"""The CPU backend: numpy arrays, updated by the numba-compiled one-pass kernel
+(`cpu_kernels`, the `fast` extra) or, without numba, by the blocked in-place
+numpy kernel (`numpy_kernels`)."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
 from . import numpy_kernels
-from .ops import Ops
+from .ops import Layout, Ops, TensorParams
+
+# Set OPTSVC_NO_NUMBA=1 to use the numpy kernel even where numba imports.
+_NO_NUMBA_ENV = "OPTSVC_NO_NUMBA"
+
+
+def _load_cpu_kernels():
+    """The compiled kernels module, or None where numba is not usable."""
+    if os.environ.get(_NO_NUMBA_ENV, "") not in ("", "0"):
+        return None
+    try:
+        from . import cpu_kernels
+    except ImportError:  # numba absent, or too old / new for this numpy
+        return None
+    return cpu_kernels
 
 
 class NumpyOps(Ops):
-    """Arrays on the CPU, updated by `numpy_kernels.fused_update`."""
+    """Arrays on the CPU, updated in place by one fused kernel per tensor.
+
+    `compiled`: use the numba kernel (True: required, False: never, None:
+    when numba imports). The choice is made on the first update, so creating
+    the backend, and importing optsvc, never imports numba.
+
+    >>> NumpyOps(compiled=False).compiled
+    False
+    """
 
     name = "numpy"
     xp = np
 
-    def __init__(self) -> None:
+    def __init__(self, compiled: bool | None = None) -> None:
         self._scratch = numpy_kernels.Scratch()
+        self._want = compiled
+        self._kernels = None  # cpu_kernels module, False (numpy), None (unknown)
 
-    def fused_update(self, w, g, m, v, ema, **hyper) -> None:
-        numpy_kernels.fused_update(w, g, m, v, ema, scratch=self._scratch, **hyper)
+    @property
+    def compiled(self) -> bool:
+        """Whether updates run the numba kernel (resolves the choice now)."""
+        return bool(self._resolve())
+
+    def _resolve(self):
+        if self._kernels is None:
+            kernels = None if self._want is False else _load_cpu_kernels()
+            if kernels is None and self._want:
+                raise ImportError(
+                    "NumpyOps(compiled=True) needs numba: pip install 'optsvc[fast]'"
+                )
+            self._kernels = kernels or False
+        return self._kernels
+
+    def fused_update(
+        self, w, g, m, v, ema, *, kind, lr, b1, b2, eps, l2, clip, decay, ema_rate
+    ) -> None:
+        kernels = self._kernels
+        if kernels is None:
+            kernels = self._resolve()
+        if kernels:
+            kernels._fused(
+                w,
+                g,
+                kernels._EMPTY if m is None else m,
+                kernels._EMPTY if v is None else v,
+                kernels._EMPTY if ema is None else ema,
+                kind,
+                lr,
+                b1,
+                b2,
+                eps,
+                l2,
+                clip,
+                decay,
+                ema_rate,
+                ema is not None,
+            )
+            return
+        numpy_kernels.fused_update(
+            w,
+            g,
+            m,
+            v,
+            ema,
+            kind=kind,
+            lr=lr,
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            l2=l2,
+            clip=clip,
+            decay=decay,
+            ema_rate=ema_rate,
+            scratch=self._scratch,
+        )
+
+    def multi_update(
+        self,
+        w,
+        g,
+        m,
+        v,
+        ema,
+        *,
+        layout: Layout,
+        params: TensorParams,
+        b1,
+        b2,
+        eps,
+        l2,
+        clip,
+        decay,
+    ) -> None:
+        kernels = self._kernels
+        if kernels is None:
+            kernels = self._resolve()
+        if not kernels:  # numpy: one blocked kernel call per tensor
+            super().multi_update(
+                w,
+                g,
+                m,
+                v,
+                ema,
+                layout=layout,
+                params=params,
+                b1=b1,
+                b2=b2,
+                eps=eps,
+                l2=l2,
+                clip=clip,
+                decay=decay,
+            )
+            return
+        kernels.multi_update(
+            w,
+            g,
+            m,
+            v,
+            ema,
+            layout.offsets,
+            layout.sizes,
+            params.lr,
+            params.ema_rate,
+            params.kind,
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            l2=l2,
+            clip=clip,
+            decay=decay,
+        )
+
+    def __repr__(self) -> str:
+        return "NumpyOps()" if self._want is None else f"NumpyOps({self._want})"

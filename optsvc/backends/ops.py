@@ -1,11 +1,43 @@
 """The array backend interface: an `Ops` object wraps an array module (`xp`)
-and the fused optimizer update for that module."""
+and the fused optimizer updates for that module: one tensor at a time
+(`fused_update`) or many tensors in flat buffers at once (`multi_update`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+
+
+class Layout:
+    """Where each tensor lives in a flat buffer: `offsets` and `sizes` (int64
+    host arrays, one entry a tensor), plus whatever a backend precomputes
+    from them once (`device`: e.g. a chunk table in GPU memory)."""
+
+    __slots__ = ("offsets", "sizes", "device")
+
+    def __init__(self, offsets, sizes, device: Any = None) -> None:
+        self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        self.sizes = np.ascontiguousarray(sizes, dtype=np.int64)
+        if self.offsets.shape != self.sizes.shape or self.offsets.ndim != 1:
+            raise ValueError("offsets and sizes must be 1-D and of one length")
+        self.device = device
+
+    def __len__(self) -> int:
+        return int(self.offsets.shape[0])
+
+
+class TensorParams:
+    """The per-tensor scalars of one multi-tensor step, on the host: the
+    learning-rate multiplier, the averaging rate and the update kind of each
+    tensor, as float32 rows of one array (`packed`, shape (3, n)) so that a
+    GPU backend copies them to the device in one transfer."""
+
+    __slots__ = ("packed", "lr", "ema_rate", "kind")
+
+    def __init__(self, n: int) -> None:
+        self.packed = np.zeros((3, n), dtype=np.float32)
+        self.lr, self.ema_rate, self.kind = self.packed
 
 
 class Ops:
@@ -35,7 +67,39 @@ class Ops:
         return "cpu"
 
     def fused_update(self, w, g, m, v, ema, **hyper) -> None:  # pragma: no cover
+        """One tensor's update in place: flat float32 arrays `w`, `g`, `m`,
+        `v`, `ema` (`m`, `v` None for SGD, `ema` None without averages);
+        `hyper`: kind, lr, b1, b2, eps, l2, clip, decay, ema_rate."""
         raise NotImplementedError
+
+    def make_layout(self, offsets, sizes) -> Layout:
+        """The `Layout` of tensors at `offsets` with `sizes` in flat buffers,
+        prepared once for `multi_update`."""
+        return Layout(offsets, sizes)
+
+    def multi_update(
+        self, w, g, m, v, ema, *, layout: Layout, params: TensorParams, **hyper
+    ) -> None:
+        """Every tensor of `layout` updated in place, each exactly as
+        `fused_update` would update it alone, with `params`' per-tensor lr,
+        ema_rate and kind and the shared `hyper` (b1, b2, eps, l2, clip,
+        decay). This fallback calls `fused_update` once per tensor; backends
+        override it with one pass over the flat buffers."""
+        for t, (start, size) in enumerate(
+            zip(layout.offsets.tolist(), layout.sizes.tolist())
+        ):
+            stop = start + size
+            self.fused_update(
+                w[start:stop],
+                g[start:stop],
+                None if m is None else m[start:stop],
+                None if v is None else v[start:stop],
+                None if ema is None else ema[start:stop],
+                kind=int(params.kind[t]),
+                lr=float(params.lr[t]),
+                ema_rate=float(params.ema_rate[t]),
+                **hyper,
+            )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

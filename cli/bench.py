@@ -1,0 +1,98 @@
+"""`optsvc bench`: a thin Typer command over `optsvc.bench.run_bench`."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+import optsvc
+from optsvc.bench import machine, rows_table, run_bench
+
+
+class BenchFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+def bench(
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Config whose [optimizer] or [training.optimizer] block is "
+            "benchmarked (default: spaCy's default Adam: learn_rate 0.001, "
+            "grad_clip 1.0, L2 0.01 as weight decay, averages on).",
+            show_default=False,
+        ),
+    ] = None,
+    gpu: Annotated[
+        int, typer.Option("--gpu", help="GPU id to run on (cupy); -1 for the CPU.")
+    ] = -1,
+    workload: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--workload",
+            "-w",
+            help="W1 (one large tensor), W2 (many mid-sized), W3 (a small "
+            "model); repeat the option for several. Default: all three.",
+            show_default=False,
+        ),
+    ] = None,
+    output_format: Annotated[
+        BenchFormat, typer.Option("--format", help="table, or json for machines.")
+    ] = BenchFormat.table,
+    quick: Annotated[
+        bool,
+        typer.Option("--quick", help="Tiny workloads and few repeats: a smoke test."),
+    ] = False,
+    repeat: Annotated[
+        int | None,
+        typer.Option("--repeat", min=1, help="Timed steps per implementation."),
+    ] = None,
+    peers: Annotated[
+        bool,
+        typer.Option(
+            "--peers/--no-peers",
+            help="Also time Thinc and PyTorch where they are importable.",
+        ),
+    ] = True,
+) -> None:
+    """Time the optimizer step against the memory-bandwidth floor, Thinc and
+    PyTorch, in one run: ms/step, GB/s and the multiple of the floor (the
+    bytes the step must move / the bandwidth of an array copy measured now).
+    Run it single-threaded for CPU numbers: OMP_NUM_THREADS=1
+    OPENBLAS_NUM_THREADS=1.
+
+    Example: optsvc bench --workload W3 --format json
+    """
+    err = Console(stderr=True, highlight=False)
+    try:
+        rows = run_bench(
+            config,
+            gpu_id=gpu,
+            workloads=tuple(workload or ("W1", "W2", "W3")),
+            repeat=repeat,
+            include_peers=peers,
+            quick=quick,
+        )
+    except (ValueError, RuntimeError, ImportError) as error:
+        # ConfigError is a ValueError; RuntimeError / ImportError: no GPU or cupy.
+        err.print(f"✘ {error}", markup=False)
+        raise typer.Exit(1) from None
+    if output_format is BenchFormat.json:
+        report = {
+            "optsvc": optsvc.__version__,
+            "machine": machine(gpu),
+            "rows": rows,
+        }
+        typer.echo(json.dumps(report, indent=2))
+        return
+    Console(highlight=False).print(rows_table(rows))
+
+
+if __name__ == "__main__":  # python -m optsvc_cli.bench ...
+    typer.run(bench)

@@ -1,0 +1,287 @@
+"""`optsvc bench` (optsvc/bench.py, cli/bench.py): its output and its honesty
+checks, never its speed (speed lives in the benchmark, not in unit tests)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import types
+
+import pytest
+import typer
+from optsvc_cli.bench import bench as bench_command
+from typer.testing import CliRunner
+
+from optsvc import SGD, Adam, RAdam, bench
+from optsvc.bench import (
+    IMPL_MULTI,
+    IMPL_PER_KEY,
+    run_bench,
+    traffic_per_param,
+    workload_shapes,
+)
+
+ROW_KEYS = {
+    "workload",
+    "description",
+    "device",
+    "implementation",
+    "tensors",
+    "params",
+    "ms",
+    "ms_min",
+    "ms_max",
+    "gbps",
+    "x_floor",
+    "floor_ms",
+    "floor_gbps",
+    "floor_copy_bytes",
+    "bytes_per_param",
+    "speedup_vs_thinc",
+    "same_work",
+    "notes",
+    "run_id",
+    "threads",
+    "repeat",
+    "warmup",
+}
+
+
+def has_thinc() -> bool:
+    try:
+        import thinc  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return run_bench(workloads=("W3", "W1"), quick=True, repeat=2, warmup=1)
+
+
+def test_rows_cover_every_workload_and_implementation(rows):
+    impls = [IMPL_MULTI, IMPL_PER_KEY]
+    if has_thinc():
+        import thinc
+
+        impls.append(f"thinc {thinc.__version__} per-key")
+    assert [(r["workload"], r["implementation"]) for r in rows] == [
+        (w, i) for w in ("W3", "W1") for i in impls
+    ]
+    for row in rows:
+        assert set(row) == ROW_KEYS
+        assert row["device"] == "cpu" and row["repeat"] == 2 and row["warmup"] == 1
+        assert row["ms_min"] <= row["ms"] <= row["ms_max"]
+    assert rows[0]["tensors"] == 2 and rows[0]["params"] == 2 * 64 * 64
+
+
+def test_ratios_come_from_the_same_run(rows):
+    assert len({r["run_id"] for r in rows}) == 1
+    for workload in ("W3", "W1"):
+        group = [r for r in rows if r["workload"] == workload]
+        # one floor per workload, measured, and shared by its rows
+        assert len({(r["floor_ms"], r["floor_gbps"]) for r in group}) == 1
+        floor = group[0]
+        assert floor["floor_gbps"] > 0 and math.isfinite(floor["floor_gbps"])
+        assert floor["floor_copy_bytes"] >= 2 * 64 * 1024
+        moved = floor["bytes_per_param"] * floor["params"]
+        assert floor["floor_ms"] == pytest.approx(moved / floor["floor_gbps"] / 1e6)
+        thinc = [r for r in group if r["implementation"].startswith("thinc")]
+        for row in group:
+            assert row["x_floor"] == pytest.approx(row["ms"] / row["floor_ms"])
+            assert row["gbps"] == pytest.approx(moved / row["ms"] / 1e6)
+            if thinc:
+                assert row["speedup_vs_thinc"] == pytest.approx(
+                    thinc[0]["ms"] / row["ms"]
+                )
+            else:
+                assert row["speedup_vs_thinc"] is None
+        if thinc:
+            assert thinc[0]["speedup_vs_thinc"] == pytest.approx(1.0)
+
+
+def test_the_floor_is_the_copy_timed_in_the_run(monkeypatch):
+    # A stand-in copy that takes ~2 ms to "move" 1 GB: the floor must be
+    # derived from its measured time, once per workload, for that workload.
+    made = []
+
+    def slow_copy(dev, nbytes):
+        made.append(nbytes)
+
+        def copy():
+            time.sleep(0.002)
+
+        return copy, 10**9
+
+    monkeypatch.setattr(bench, "_copy_runner", slow_copy)
+    rows = run_bench(workloads=["W3", "W1"], quick=True, repeat=3, warmup=0)
+    assert len(made) == 2
+    w3, w1 = rows[0], rows[-1]
+    assert made == [w3["params"] * 20 // 2, w1["params"] * 20 // 2]  # Adam + avg
+    for row in (w3, w1):
+        assert 100 < row["floor_gbps"] <= 500  # 1 GB in (2 ms + overhead)
+
+
+def test_optsvc_and_thinc_do_the_same_work(rows):
+    for row in rows:
+        assert row["same_work"] is True and row["notes"] == ""
+        assert row["bytes_per_param"] == 44  # Adam + averages + clipping norm
+
+
+@pytest.mark.parametrize(
+    "make,expected",
+    [
+        (lambda: Adam(), 44),
+        (lambda: Adam(grad_clip=0.0, use_averages=False), 32),
+        (lambda: Adam(L2=0.01, L2_is_weight_decay=False), 48),
+        (lambda: RAdam(), 44),
+        (lambda: SGD(0.1, grad_clip=0.0, use_averages=False), 16),
+        (lambda: SGD(0.1, grad_clip=0.0), 24),
+        (lambda: SGD(0.1), 28),
+    ],
+)
+def test_traffic_per_parameter(make, expected):
+    assert traffic_per_param(make()) == expected
+
+
+def test_peers_that_do_less_say_so(monkeypatch):
+    # torch is not needed to check what the rows would say about it.
+    monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
+    dev = bench._Device(-1)
+    peers = {name: (notes, same) for name, _, notes, same in bench._peers(Adam(), dev)}
+    notes, same = peers["torch AdamW fused"]
+    assert not same
+    assert "no per-tensor clipping" in notes and "no averages" in notes
+    notes, same = peers["torch AdamW foreach + clip + EMA"]
+    assert same and "clip" in notes
+    bare = Adam(grad_clip=0.0, use_averages=False)
+    peers = {name: (notes, same) for name, _, notes, same in bench._peers(bare, dev)}
+    assert peers["torch AdamW fused"] == ("", True)
+    # no AdamW counterpart for SGD or RAdam
+    for opt in (SGD(0.1), RAdam()):
+        names = [name for name, *_ in bench._peers(opt, dev)]
+        assert not any(name.startswith("torch") for name in names)
+
+
+def test_a_failing_peer_is_reported_not_fatal(monkeypatch):
+    def broken(dev, keys, weights, grads):
+        raise RuntimeError("no device")
+
+    def crashing(dev, keys, weights, grads):
+        def step():
+            raise RuntimeError("kernel died")
+
+        return step, lambda: None
+
+    peers = [("peer A", broken, "", True), ("peer B", crashing, "", True)]
+    monkeypatch.setattr(bench, "_peers", lambda opt, dev: peers)
+    rows = run_bench(workloads=["W3"], quick=True, repeat=1, warmup=0)
+    by_impl = {r["implementation"]: r for r in rows}
+    assert by_impl["peer A"]["notes"] == "failed: RuntimeError: no device"
+    assert by_impl["peer B"]["notes"] == "failed: RuntimeError: kernel died"
+    assert by_impl["peer A"]["ms"] is None and by_impl["peer B"]["x_floor"] is None
+    assert by_impl[IMPL_MULTI]["ms"] > 0
+
+
+def test_workloads_as_the_issue_defines_them():
+    assert workload_shapes("W1")[1] == [(16 * 2**20,)]
+    assert workload_shapes("W2")[1] == [(64, 128)] * 2000
+    assert workload_shapes("W3")[1] == [(64, 64)] * 20
+    assert workload_shapes("W1", "gpu")[1] == [(64 * 2**20,)]
+    assert workload_shapes("W2", "gpu")[1] == [(16384,)] * 4000
+    assert workload_shapes("W3", "gpu")[1] == [(256, 256)] * 200
+    desc, shapes = workload_shapes("W2", scale=0.01)
+    assert shapes == [(64, 128)] * 20 and "x0.01" in desc
+    with pytest.raises(ValueError, match="unknown workload 'W9'.*W1, W2, W3"):
+        run_bench(workloads=["W3", "W9"], quick=True)
+
+
+CONFIGS = {
+    "optimizer": """
+[optimizer]
+@optimizers = "SGD.v1"
+learn_rate = 0.05
+grad_clip = 0.0
+""",
+    "training.optimizer": """
+[training]
+max_steps = 10
+
+[training.optimizer]
+@optimizers = "Adam.v1"
+use_averages = false
+
+[training.optimizer.learn_rate]
+@schedules = "warmup_linear.v1"
+initial_rate = 0.001
+warmup_steps = 2
+total_steps = 20
+""",
+}
+
+
+@pytest.mark.parametrize("where", list(CONFIGS))
+def test_config_optimizer_blocks(tmp_path, where):
+    path = tmp_path / "opt.cfg"
+    path.write_text(CONFIGS[where])
+    rows = run_bench(path, workloads=["W3"], quick=True, include_peers=False)
+    expected = 24 if where == "optimizer" else 36  # SGD + averages; Adam + clip
+    assert {r["bytes_per_param"] for r in rows} == {expected}
+    assert [r["implementation"] for r in rows] == [IMPL_MULTI, IMPL_PER_KEY]
+
+
+def test_config_without_an_optimizer_is_an_error(tmp_path):
+    path = tmp_path / "empty.cfg"
+    path.write_text("[training]\nmax_steps = 3\n")
+    with pytest.raises(ValueError, match=r"no \[optimizer\]"):
+        run_bench(path, workloads=["W3"], quick=True)
+
+
+# --- the command, through a throwaway Typer app (cli/main.py registers it) ---------
+
+
+@pytest.fixture(scope="module")
+def app():
+    app = typer.Typer()
+    app.command()(bench_command)
+    return app
+
+
+def test_help_shows_an_example(app):
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for text in ("Example: optsvc bench", "--workload", "--gpu", "--format"):
+        assert text in result.output
+
+
+def test_json_format(app):
+    args = ["--quick", "--workload", "W3", "--format", "json", "--no-peers"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert set(report) == {"optsvc", "machine", "rows"}
+    assert [r["implementation"] for r in report["rows"]] == [IMPL_MULTI, IMPL_PER_KEY]
+    assert set(report["rows"][0]) == ROW_KEYS
+
+
+def test_table_format(app):
+    result = CliRunner().invoke(app, ["--quick", "-w", "W3", "--no-peers"])
+    assert result.exit_code == 0, result.output
+    for text in ("x floor", "GB/s", "optsvc multi-tensor", "W3: 20 tensors", "floor"):
+        assert text in result.output
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--quick", "-w", "W7"], "unknown workload 'W7'"),
+        (["missing.cfg", "--quick"], "does not exist"),
+    ],
+)
+def test_user_errors_are_one_line(app, args, message):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output

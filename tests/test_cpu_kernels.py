@@ -1,0 +1,254 @@
+"""The numba CPU kernels (optsvc/backends/cpu_kernels.py) against the plain
+reference, and how NumpyOps chooses between them and the numpy kernel.
+
+Without clipping the compiled kernel must equal ``reference_update`` bit for
+bit (fastmath off: no FMA contraction, no reassociation, float32 throughout).
+With clipping the only difference is the float64 summation order of the norm,
+so the float32 norm agrees to within one ulp (and in practice exactly).
+"""
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kernel_reference import ADAM, MOMENTUM, SGD, reference_update
+
+pytest.importorskip(
+    "numba", reason="numba (the fast extra) is not installed", exc_type=ImportError
+)
+
+from optsvc.backends import NumpyOps, cpu_kernels  # noqa: E402
+from optsvc.backends.ops import Layout, TensorParams  # noqa: E402
+
+KINDS = {"sgd": SGD, "adam": ADAM, "momentum": MOMENTUM}
+HYPER = dict(lr=0.01, b1=0.9, b2=0.999, eps=1e-8, ema_rate=0.1)
+NAMES = ("w", "g", "m", "v", "ema")
+SIZES = [1, 7, cpu_kernels.LANES - 1, cpu_kernels.LANES, cpu_kernels.LANES + 1, 1000]
+CASES = list(
+    itertools.product(
+        KINDS,
+        [0.0, 0.01],  # l2 into the gradient
+        ["off", "fires", "idle"],  # clipping
+        [0.0, 1e-3],  # weight decay
+        [False, True],  # averages
+    )
+)
+
+
+def make(n, kind, averages, seed=0):
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "w": rng.standard_normal(n).astype(np.float32),
+        "g": rng.standard_normal(n).astype(np.float32),
+        "m": None,
+        "v": None,
+        "ema": rng.standard_normal(n).astype(np.float32) if averages else None,
+    }
+    if kind != SGD:
+        arrays["m"] = rng.standard_normal(n).astype(np.float32) * 0.1
+        arrays["v"] = rng.random(n).astype(np.float32) * 0.1
+    return arrays
+
+
+def copy(arrays):
+    return {k: None if a is None else a.copy() for k, a in arrays.items()}
+
+
+def clip_for(arrays, l2, mode):
+    if mode == "off":
+        return 0.0
+    g = arrays["g"] + np.float32(l2) * arrays["w"]
+    norm = float(np.sqrt(np.dot(g.astype(np.float64), g)))
+    return norm * (0.5 if mode == "fires" else 2.0)
+
+
+@pytest.mark.parametrize("kind,l2,clip_mode,decay,averages", CASES)
+def test_matches_reference(kind, l2, clip_mode, decay, averages):
+    for n in SIZES:
+        ours = make(n, KINDS[kind], averages, seed=n)
+        ref = copy(ours)
+        clip = clip_for(ours, l2, clip_mode)
+        hyper = dict(HYPER, kind=KINDS[kind], l2=l2, clip=clip, decay=decay)
+        for step in range(2):  # state carried across steps
+            ours["g"][:] = ref["g"][:] = np.float32(0.3 + step) * ours["w"] + 1
+            cpu_kernels.fused_update(**ours, **hyper)
+            reference_update(**ref, **hyper)
+        for name in NAMES:
+            if ours[name] is None:
+                continue
+            if clip_mode == "fires":
+                np.testing.assert_allclose(
+                    ours[name], ref[name], rtol=1e-6, atol=1e-7, err_msg=name
+                )
+            else:
+                np.testing.assert_array_equal(ours[name], ref[name], err_msg=name)
+        assert not ours["g"].any()
+
+
+def test_branches_follow_host_values():
+    # l2, clip and decay that round to 0 in float32 still take the
+    # reference's branches (clip then zeroes the gradient: norm >= 0).
+    ours = make(33, ADAM, True)
+    ref = copy(ours)
+    hyper = dict(HYPER, kind=ADAM, l2=1e-50, clip=1e-50, decay=1e-50)
+    cpu_kernels.fused_update(**ours, **hyper)
+    reference_update(**ref, **hyper)
+    for name in NAMES:
+        np.testing.assert_array_equal(ours[name], ref[name], err_msg=name)
+
+
+def test_non_finite_values_propagate_like_the_reference():
+    ours = make(100, ADAM, True)
+    ours["g"][3], ours["g"][70], ours["w"][5] = np.nan, np.inf, -np.inf
+    ref = copy(ours)
+    hyper = dict(HYPER, kind=ADAM, l2=0.01, clip=0.0, decay=1e-3)
+    with np.errstate(invalid="ignore", over="ignore"):
+        cpu_kernels.fused_update(**ours, **hyper)
+        reference_update(**ref, **hyper)
+    for name in NAMES:
+        np.testing.assert_array_equal(ours[name], ref[name], err_msg=name)
+
+
+def test_norm_is_float64_in_a_fixed_order():
+    rng = np.random.default_rng(3)
+    g = rng.standard_normal(1000).astype(np.float32)
+    w = rng.standard_normal(1000).astype(np.float32)
+    flags = 1 | 2  # L2 and clip
+    ours = cpu_kernels._sumsq(g[10:990], w[10:990], np.float32(0.01), flags)
+    x = (g + np.float32(0.01) * w)[10:990].astype(np.float64)
+    assert ours == pytest.approx(float(np.dot(x, x)), rel=1e-14)
+    # the same order wherever the tensor starts (a view into a flat buffer)
+    shifted = np.concatenate([np.zeros(5, np.float32), g])
+    w_shifted = np.concatenate([np.zeros(5, np.float32), w])
+    again = cpu_kernels._sumsq(
+        shifted[15:995], w_shifted[15:995], np.float32(0.01), flags
+    )
+    assert again == ours
+
+
+@pytest.mark.parametrize("kind", list(KINDS.values()), ids=list(KINDS))
+def test_multi_update_equals_one_call_per_tensor(kind):
+    sizes = [5, 0, 130, 1, 64, 300]
+    offsets = np.cumsum([0, *sizes[:-1]])
+    flat = make(sum(sizes), kind, True, seed=kind)
+    ref = copy(flat)
+    nonempty = [i for i, s in enumerate(sizes) if s]
+    params = TensorParams(len(nonempty))
+    params.lr[:] = [0.01 * (i + 1) for i in range(len(nonempty))]
+    params.ema_rate[:] = [0.1 / (i + 1) for i in range(len(nonempty))]
+    params.kind[:] = kind
+    shared = dict(b1=0.9, b2=0.99, eps=1e-7, l2=0.01, clip=3.0, decay=1e-3)
+    cpu_kernels.multi_update(
+        *(flat[k] for k in NAMES),
+        offsets[nonempty],
+        np.array(sizes)[nonempty],
+        params.lr,
+        params.ema_rate,
+        params.kind,
+        **shared,
+    )
+    for t, i in enumerate(nonempty):
+        part = {
+            k: None if a is None else a[offsets[i] : offsets[i] + sizes[i]]
+            for k, a in ref.items()
+        }
+        cpu_kernels.fused_update(
+            **part,
+            kind=kind,
+            lr=float(params.lr[t]),
+            ema_rate=float(params.ema_rate[t]),
+            **shared,
+        )
+    for name in NAMES:
+        if flat[name] is not None:
+            np.testing.assert_array_equal(flat[name], ref[name], err_msg=name)
+
+
+def test_numpy_ops_uses_the_compiled_kernel_and_falls_back():
+    assert NumpyOps().compiled is True
+    assert NumpyOps(compiled=False).compiled is False
+    # Both backends give the reference's numbers without clipping.
+    results = []
+    for ops in (NumpyOps(), NumpyOps(compiled=False)):
+        arrays = make(5000, ADAM, True, seed=9)
+        ops.fused_update(
+            *(arrays[k] for k in NAMES),
+            kind=ADAM,
+            **dict(HYPER, l2=0.01, clip=0.0, decay=1e-3),
+        )
+        results.append(arrays)
+    for name in NAMES:
+        np.testing.assert_array_equal(results[0][name], results[1][name])
+    # And the multi-tensor entry point of the fallback loops over tensors.
+    layout = Layout([0, 10], [10, 20])
+    params = TensorParams(2)
+    params.lr[:] = 0.1
+    flat = [make(30, SGD, False, seed=1) for _ in range(2)]
+    for ops, arrays in zip((NumpyOps(), NumpyOps(compiled=False)), flat):
+        ops.multi_update(
+            *(arrays[k] for k in NAMES),
+            layout=layout,
+            params=params,
+            b1=0.0,
+            b2=0.0,
+            eps=1e-8,
+            l2=0.0,
+            clip=0.0,
+            decay=0.0,
+        )
+    np.testing.assert_array_equal(flat[0]["w"], flat[1]["w"])
+
+
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    root = Path(cpu_kernels.__file__).resolve().parents[2]
+    paths = [str(root), os.environ.get("PYTHONPATH", "")]
+    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
+    full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=full_env, capture_output=True, text=True
+    )
+
+
+def test_numba_is_imported_on_the_first_update_not_before():
+    code = """
+import sys
+import numpy as np
+import optsvc
+opt = optsvc.Adam(0.01)
+assert "numba" not in sys.modules
+from optsvc.backends import cpu_kernels
+assert cpu_kernels._fused.signatures == [], "compiled at import"
+opt((0, "W"), np.ones(3, "f"), np.ones(3, "f"))
+assert cpu_kernels._fused.signatures, "the first update did not use numba"
+"""
+    proc = _run(code)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("how", ["env", "missing"])
+def test_without_numba_the_numpy_kernel_is_used(how):
+    code = """
+import sys
+import numpy as np
+if sys.argv[-1] == "missing":
+    sys.modules["numba"] = None  # numba cannot be imported
+from optsvc.backends import NumpyOps
+ops = NumpyOps()
+assert ops.compiled is False
+import optsvc
+opt = optsvc.Adam(0.01, ops=ops)
+opt((0, "W"), np.ones(3, "f"), np.ones(3, "f"))
+try:
+    NumpyOps(compiled=True).compiled
+except ImportError as exc:
+    assert "optsvc[fast]" in str(exc)
+else:
+    raise AssertionError("compiled=True without numba must fail")
+"""
+    env = {"OPTSVC_NO_NUMBA": "1"} if how == "env" else {}
+    proc = _run(code.replace("sys.argv[-1]", repr(how)), **env)
+    assert proc.returncode == 0, proc.stderr
