@@ -63,7 +63,8 @@ def bench(
 ) -> None:
     """Time the optimizer step against the memory-bandwidth floor, Thinc and
     PyTorch, in one run: ms/step, GB/s and the multiple of the floor (the
-    bytes the step must move / the bandwidth of an array copy measured now).
+    bytes the step must move / the memory bandwidth measured in the same run,
+    the better of an array copy and an in-place rewrite).
     Run it single-threaded for CPU numbers: OMP_NUM_THREADS=1
     OPENBLAS_NUM_THREADS=1.
 

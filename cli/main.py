@@ -31,6 +31,7 @@ from optsvc.schedules import Schedule
 from optsvc.validation import validate_config
 
 from . import render
+from .bench import bench
 
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
 
@@ -292,6 +293,9 @@ def registry_cmd(
     """
     names = [name.value] if name else [n.value for n in RegistryName]
     render.registry_listing(optsvc.registry, names)
+
+
+app.command("bench")(user_errors(bench))
 
 
 def main() -> None:
