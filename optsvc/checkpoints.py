@@ -9,6 +9,9 @@ A checkpoint is a folder ``DIR/step-00001234/`` holding
 - ``manifest.json``, written last: format, version, step, the size and SHA-256
   of each other file, and a checksum of the manifest itself.
 
+How each file is encoded, checked and verified is `optsvc.checkpoint_format`;
+this module writes and reads the folders.
+
 Crash safety (a ``kill -9`` or a power cut at any moment):
 
 - A new checkpoint is written into ``DIR/.tmp-step-00001234-<pid>/``, every file
@@ -35,40 +38,41 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
-import math
 import operator
 import os
-import re
 import shutil
-import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from .about import __version__
-
-FORMAT = "optsvc.checkpoint"
-VERSION = 1
-ARRAYS, OPTIMIZER, STATE = "arrays.npz", "optimizer.bin", "state.json"
-MANIFEST = "manifest.json"
-FILES = (ARRAYS, OPTIMIZER, STATE)
-
-_STEP_NAME = re.compile(r"step-(\d+)")
-_HIDDEN_NAME = re.compile(r"\.(tmp|old|del)-step-(\d+)-(\d+)")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_KINDS = "biufc"  # bool, integer, float, complex: no objects, strings or records
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so that equal arrays give equal bytes
+from .checkpoint_format import (
+    ARRAYS,
+    FILES,
+    FORMAT,
+    HIDDEN_NAME,
+    MANIFEST,
+    OPTIMIZER,
+    STATE,
+    STEP_NAME,
+    VERSION,
+    CheckpointError,
+    arrays_from_bytes,
+    arrays_to_bytes,
+    check_bytes,
+    check_step,
+    manifest_to_bytes,
+    read_file,
+    read_manifest,
+    state_from_bytes,
+    state_to_bytes,
+    step_name,
+)
 
 logger = logging.getLogger("optsvc")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be written, or read back and verified."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -80,15 +84,6 @@ class Checkpoint:
     arrays: dict[str, np.ndarray] = dataclasses.field(repr=False)
     optimizer: bytes = dataclasses.field(repr=False)
     state: dict
-
-
-def step_name(step: int) -> str:
-    """The folder name of a step's checkpoint.
-
-    >>> step_name(1234)
-    'step-00001234'
-    """
-    return f"step-{step:08d}"
 
 
 def config_hash(config: str | bytes | Mapping) -> str:
@@ -140,13 +135,13 @@ def save_checkpoint(
     one is never deleted; `keep=None` keeps all), and the temporary folders of
     writers that crashed are removed.
     """
-    step = _check_step(step)
+    step = check_step(step)
     if keep is not None and (isinstance(keep, bool) or operator.index(keep) < 1):
         raise ValueError(f"keep must be a positive int or None, got {keep!r}")
     files = {
-        ARRAYS: _arrays_to_bytes(arrays),
-        OPTIMIZER: _check_bytes(optimizer),
-        STATE: _state_to_bytes(state),
+        ARRAYS: arrays_to_bytes(arrays),
+        OPTIMIZER: check_bytes(optimizer),
+        STATE: state_to_bytes(state),
     }
     manifest = {
         "format": FORMAT,
@@ -195,18 +190,6 @@ def save_checkpoint(
     return final
 
 
-def manifest_to_bytes(manifest: dict) -> bytes:
-    """The manifest as written: sorted, indented JSON with its own checksum."""
-    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    full = dict(body, manifest_sha256=_manifest_digest(body))
-    return json.dumps(full, indent=1, sort_keys=True).encode()
-
-
-def _manifest_digest(body: dict) -> str:
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def _settle(final: Path, tmp: Path, aside: Path) -> None:
     """Bring this process's leftovers for `final` to a clean state: the old
     checkpoint back in place if the new one never got there, no temp folder."""
@@ -224,7 +207,7 @@ def _remove_leftovers(directory: Path, own_pid: int) -> None:
     """Remove the hidden folders of writers that died; an ``.old-`` folder whose
     step folder is missing (a crash mid-replace) is renamed back instead."""
     for name in sorted(os.listdir(directory)):
-        match = _HIDDEN_NAME.fullmatch(name)
+        match = HIDDEN_NAME.fullmatch(name)
         if not match:
             continue
         kind, step, pid = match[1], int(match[2]), int(match[3])
@@ -323,96 +306,6 @@ def _remove_tree(path: Path) -> None:
         pass
 
 
-# --- checking what is saved -------------------------------------------------------
-
-
-def _check_step(step: Any) -> int:
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
-        raise CheckpointError(f"step must be an int, got {step!r}")
-    if step < 0:
-        raise CheckpointError(f"step must be >= 0, got {step}")
-    return int(step)
-
-
-def _check_bytes(optimizer: Any) -> bytes:
-    if not isinstance(optimizer, (bytes, bytearray, memoryview)):
-        raise CheckpointError(
-            "optimizer must be bytes, such as Optimizer.to_bytes(), got a "
-            f"{type(optimizer).__name__}"
-        )
-    return bytes(optimizer)
-
-
-def _check_array(name: Any, value: Any) -> np.ndarray:
-    if not isinstance(name, str) or not name or "\x00" in name:
-        raise CheckpointError(
-            f"array name {name!r}: names must be non-empty strings without NUL"
-        )
-    if isinstance(value, np.generic):
-        value = np.asarray(value)
-    if not isinstance(value, np.ndarray):
-        hint = (
-            "; copy it to the host first (ops.to_numpy)"
-            if hasattr(value, "__cuda_array_interface__")
-            else ""
-        )
-        raise CheckpointError(
-            f"arrays[{name!r}]: expected a numpy array, got {type(value).__name__}"
-            + hint
-        )
-    if value.dtype.kind not in _KINDS:
-        raise CheckpointError(
-            f"arrays[{name!r}] has dtype {value.dtype}; only bool, integer, float "
-            "and complex arrays can be saved (no objects, strings or records)"
-        )
-    return value
-
-
-def _arrays_to_bytes(arrays: Any) -> bytes:
-    if not isinstance(arrays, Mapping):
-        raise CheckpointError(
-            f"arrays must be a dict of name -> numpy array, got {type(arrays).__name__}"
-        )
-    checked = {name: _check_array(name, value) for name, value in arrays.items()}
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for name, array in checked.items():
-            info = zipfile.ZipInfo(name + ".npy", date_time=_ZIP_DATE)
-            with zf.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, array, allow_pickle=False)
-    return buf.getvalue()
-
-
-def _state_to_bytes(state: Any) -> bytes:
-    if not isinstance(state, dict):
-        raise CheckpointError(f"state must be a dict, got {type(state).__name__}")
-    _check_plain(state, "state")
-    return (json.dumps(state, indent=1) + "\n").encode()
-
-
-def _check_plain(value: Any, where: str) -> None:
-    """Refuse what JSON would not give back as it was (tuples, numpy scalars,
-    non-string keys), naming where it is."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise CheckpointError(
-                    f"{where}: key {key!r} is not a string; JSON keys must be strings"
-                )
-            _check_plain(item, f"{where}.{key}")
-        return
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_plain(item, f"{where}[{i}]")
-        return
-    raise CheckpointError(
-        f"{where}: a {type(value).__name__} is not plain JSON data (use dicts with "
-        "string keys, lists, str, int, float, bool or None)"
-    )
-
-
 # --- reading ------------------------------------------------------------------------
 
 
@@ -426,7 +319,7 @@ def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
         raise CheckpointError(f"{directory}: not a folder, cannot hold checkpoints")
     found = []
     for name in os.listdir(directory):
-        match = _STEP_NAME.fullmatch(name)
+        match = STEP_NAME.fullmatch(name)
         if match and name == step_name(int(match[1])):
             found.append((int(match[1]), directory / name))
     return [path for _, path in sorted(found)]
@@ -436,14 +329,14 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read the checkpoint in folder `path`, verifying its manifest, sizes and
     SHA-256s; CheckpointError says what is wrong if anything is."""
     path = Path(path)
-    manifest = _read_manifest(path)
-    data = {name: _read_file(path, name, manifest["files"][name]) for name in FILES}
+    manifest = read_manifest(path)
+    data = {name: read_file(path, name, manifest["files"][name]) for name in FILES}
     return Checkpoint(
         path=path,
         step=manifest["step"],
-        arrays=_arrays_from_bytes(path, data[ARRAYS]),
+        arrays=arrays_from_bytes(path, data[ARRAYS]),
         optimizer=data[OPTIMIZER],
-        state=_state_from_bytes(path, data[STATE]),
+        state=state_from_bytes(path, data[STATE]),
     )
 
 
@@ -478,167 +371,7 @@ def _candidates(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     for name in os.listdir(directory):
-        match = _HIDDEN_NAME.fullmatch(name)
+        match = HIDDEN_NAME.fullmatch(name)
         if match and match[1] == "old":
             found.append((int(match[2]), 0, directory / name))
     return [path for *_, path in sorted(found, key=lambda f: f[:2], reverse=True)]
-
-
-def _fail(path: Path, problem: str) -> CheckpointError:
-    return CheckpointError(f"{path}: {problem}")
-
-
-def _read_manifest(path: Path) -> dict:
-    if not path.is_dir():
-        if os.path.lexists(path):
-            raise _fail(path, "not a folder (a checkpoint is a folder)")
-        raise _fail(path, "no such checkpoint folder")
-    try:
-        raw = (path / MANIFEST).read_bytes()
-    except FileNotFoundError:
-        raise _fail(
-            path, f"{MANIFEST} is missing (an empty or unfinished checkpoint folder)"
-        ) from None
-    except OSError as err:
-        raise _fail(path, f"cannot read {MANIFEST} ({err})") from None
-    try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is one too
-        raise _fail(path, f"{MANIFEST} is not valid JSON ({err})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else manifest
-        raise _fail(path, f"{MANIFEST} is not a checkpoint manifest ({found!r:.60})")
-    if not _is_int(manifest.get("version")) or manifest["version"] != VERSION:
-        raise _fail(
-            path,
-            f"{MANIFEST} has format version {manifest.get('version')!r}; this "
-            f"optsvc reads version {VERSION}",
-        )
-    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    if manifest.get("manifest_sha256") != _manifest_digest(body):
-        raise _fail(path, f"{MANIFEST} is corrupt: its own checksum does not match")
-    problem = _manifest_problem(body)
-    if problem:
-        raise _fail(path, f"{MANIFEST} is malformed: {problem}")
-    folder_step = _folder_step(path.name)
-    if folder_step is not None and folder_step != body["step"]:
-        raise _fail(
-            path,
-            f"{MANIFEST} is for step {body['step']}, but the folder is named for "
-            f"step {folder_step}",
-        )
-    return body
-
-
-def _folder_step(name: str) -> int | None:
-    match = _STEP_NAME.fullmatch(name)
-    if match:
-        return int(match[1])
-    match = _HIDDEN_NAME.fullmatch(name)
-    return int(match[2]) if match else None
-
-
-def _manifest_problem(body: dict) -> str | None:
-    expected = {"format", "version", "step", "created_by", "files"}
-    if set(body) != expected:
-        return f"its keys are {sorted(body)}, expected {sorted(expected)}"
-    if not _is_int(body["step"]) or body["step"] < 0:
-        return f"step {body['step']!r} is not an int >= 0"
-    files = body["files"]
-    if not isinstance(files, dict) or set(files) != set(FILES):
-        return f"'files' should list {', '.join(FILES)}"
-    for name, entry in files.items():
-        if (
-            not isinstance(entry, dict)
-            or set(entry) != {"size", "sha256"}
-            or not _is_int(entry["size"])
-            or entry["size"] < 0
-            or not isinstance(entry["sha256"], str)
-            or not _SHA256.fullmatch(entry["sha256"])
-        ):
-            return f"the entry of {name} should be {{'size': int, 'sha256': hex}}"
-    return None
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _read_file(path: Path, name: str, entry: dict) -> bytes:
-    try:
-        with open(path / name, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size != entry["size"]:
-                cut = " (truncated)" if size < entry["size"] else ""
-                raise _fail(
-                    path,
-                    f"{name} is {size} bytes, but {MANIFEST} says {entry['size']}{cut}",
-                )
-            data = f.read()
-    except FileNotFoundError:
-        raise _fail(path, f"{name} is missing") from None
-    except OSError as err:
-        raise _fail(path, f"cannot read {name} ({err})") from None
-    if (
-        len(data) != entry["size"]
-        or hashlib.sha256(data).hexdigest() != entry["sha256"]
-    ):
-        raise _fail(path, f"{name} does not match its SHA-256 in {MANIFEST} (corrupt)")
-    return data
-
-
-def _arrays_from_bytes(path: Path, data: bytes) -> dict[str, np.ndarray]:
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
-        raise _fail(path, f"{ARRAYS} is not a readable .npz archive ({err})") from None
-    arrays: dict[str, np.ndarray] = {}
-    with zf:
-        for info in zf.infolist():
-            name = info.filename.removesuffix(".npy")
-            if name == info.filename or name in arrays:
-                raise _fail(path, f"{ARRAYS}: unexpected member {info.filename!r}")
-            arrays[name] = _read_member(path, zf, info, name)
-    return arrays
-
-
-def _read_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str):
-    fmt = np.lib.format
-    try:
-        # The header first: the dtype decides whether the data may be read at all.
-        with zf.open(info) as f:
-            version = fmt.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = fmt.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, _, dtype = fmt.read_array_header_2_0(f)
-            else:
-                raise _fail(path, f"{ARRAYS}: {name!r} uses .npy version {version}")
-        if dtype.hasobject:
-            raise _fail(
-                path,
-                f"{ARRAYS}: {name!r} is an object array, which only pickle could "
-                "load; refused",
-            )
-        if dtype.kind not in _KINDS:
-            raise _fail(path, f"{ARRAYS}: {name!r} has unsupported dtype {dtype}")
-        if math.prod(shape) * dtype.itemsize > info.file_size:
-            raise _fail(path, f"{ARRAYS}: {name!r} is shorter than its shape says")
-        with zf.open(info) as f:
-            return fmt.read_array(f, allow_pickle=False)
-    except CheckpointError:
-        raise
-    except Exception as err:  # a corrupt member raises many kinds of error
-        raise _fail(
-            path, f"{ARRAYS}: {name!r} is not readable ({type(err).__name__}: {err})"
-        ) from None
-
-
-def _state_from_bytes(path: Path, data: bytes) -> dict:
-    try:
-        state = json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError) as err:
-        raise _fail(path, f"{STATE} is not valid JSON ({err})") from None
-    if not isinstance(state, dict):
-        raise _fail(path, f"{STATE} does not hold a JSON object")
-    return state

@@ -5,137 +5,41 @@ bias correction); the arithmetic is one fused kernel per backend
 (`optsvc.backends.cpu_kernels` or `numpy_kernels`, `cuda_kernels`). Two ways
 in: `optimizer(key, W, dW)` updates one parameter; `optimizer.update_store`
 updates every parameter of a `ParamStore` in one pass, with the same numbers.
+
+Around this module: `optsvc.hyperparams` (the hyperparameters as schedules,
+their defaults and checks), `optsvc.optimizer_state` (the per-key state),
+`optsvc.multi_tensor` (`update_store`'s flat-buffer step), `optsvc.serialize`
+(the state as bytes).
 """
 
 from __future__ import annotations
 
 import math
-import numbers
-from collections.abc import Hashable, Iterator, Mapping
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Union
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .backends import Ops, get_array_ops, get_ops
-from .params import FlatState
-from .schedules import Schedule, to_schedule
+from .hyperparams import (
+    ADAM_DEFAULTS,
+    HPARAMS,
+    SGD_DEFAULTS,
+    ScheduledHyperparams,
+    ScheduleT,
+    _check_lr_scale,
+    _hparam_schedule,
+)
+from .optimizer_state import FlatState, KeyT, _Slot, _UpdateCounts
+from .schedules import Schedule
 
 if TYPE_CHECKING:
     from .params import ParamStore
 
-KeyT = Hashable
-ScheduleT = Union[float, list, Any, Schedule]  # noqa: UP007 (a runtime alias)
-
-# Hyperparameters by argument name, in the order the optimizer evaluates them.
-HPARAMS = ("learn_rate", "L2", "beta1", "beta2", "eps", "grad_clip")
-
 SGD_KIND, ADAM_KIND, MOMENTUM_KIND = 0, 1, 2
 
-SGD_DEFAULTS: dict[str, Any] = {"L2": 0.0, "L2_is_weight_decay": True, "grad_clip": 1.0}
-ADAM_DEFAULTS: dict[str, Any] = {
-    "learn_rate": 0.001,
-    "beta1": 0.9,
-    "beta2": 0.999,
-    "eps": 1e-08,
-    "L2": 0.0,
-    "grad_clip": 1.0,
-    "L2_is_weight_decay": True,
-}
 
-
-def _check_range(name: str, value: float, where: str, *, finite_only=False) -> None:
-    ok = math.isfinite(value)
-    if finite_only:
-        if not ok:
-            raise ValueError(f"'{name}' must be finite, got {value!r} {where}")
-        return
-    if name in ("beta1", "beta2"):
-        ok = ok and 0.0 <= value < 1.0
-        expected = "in [0, 1)"
-    elif name == "eps":
-        ok = ok and value > 0.0
-        expected = "> 0"
-    else:
-        ok = ok and value >= 0.0
-        expected = ">= 0"
-    if not ok:
-        raise ValueError(f"'{name}' must be {expected}, got {value!r} {where}")
-
-
-def _hparam_schedule(name: str, value: Any) -> Schedule:
-    """`value` as a Schedule; every item of a list is range-checked now."""
-    schedule = to_schedule(name, value)
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_range(name, float(item), f"(list item {i})")
-    return schedule
-
-
-class _Slot:
-    """Per-key state: flat moments and average, the shape, the update count.
-
-    A key of a `ParamStore` updated with `update_store` is bound to that
-    store's `FlatState` (`group`, `index`): its arrays are views into the
-    state's flat buffers and its update count lives in `group.nr`.
-    """
-
-    __slots__ = ("shape", "m", "v", "ema", "_nr", "group", "index")
-
-    def __init__(self, shape: tuple) -> None:
-        self.shape = shape
-        self.m = None
-        self.v = None
-        self.ema = None
-        self._nr = 0
-        self.group: FlatState | None = None
-        self.index = -1
-
-    @property
-    def nr(self) -> int:
-        group = self.group
-        return self._nr if group is None else int(group.nr[self.index])
-
-    @nr.setter
-    def nr(self, value: int) -> None:
-        group = self.group
-        if group is None:
-            self._nr = value
-        else:
-            group.nr[self.index] = value
-
-    def detach(self) -> None:
-        """Keep the update count here, unbound from any FlatState."""
-        if self.group is not None:
-            self._nr = int(self.group.nr[self.index])
-            self.group, self.index = None, -1
-
-
-class _UpdateCounts(Mapping):
-    """`optimizer.nr_update`: key -> number of updates so far (read-only)."""
-
-    __slots__ = ("_opt",)
-
-    def __init__(self, opt: Optimizer) -> None:
-        self._opt = opt
-
-    def __getitem__(self, key: KeyT) -> int:
-        return self._opt._slots[key].nr
-
-    def __iter__(self) -> Iterator[KeyT]:
-        return iter(self._opt._slots)
-
-    def __len__(self) -> int:
-        return len(self._opt._slots)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._opt._slots
-
-    def __repr__(self) -> str:
-        return repr(dict(self))
-
-
-class Optimizer:
+class Optimizer(ScheduledHyperparams):
     """Stochastic gradient descent with first- and second-moment momentum:
     SGD (beta1 = beta2 = 0), Adam, or RAdam (`use_radam`), as in Thinc.
 
@@ -188,136 +92,6 @@ class Optimizer:
         self._radam_buffer: list[list] = [[None, None, None] for _ in range(10)]
         self._current(full_check=True)  # check every first value now
 
-    # --- hyperparameters -------------------------------------------------------
-
-    def _current(self, *, full_check: bool = False) -> tuple:
-        """The hyperparameters at this step, evaluated once per step. Values
-        are range-checked when a schedule is set; later steps only need to
-        be finite (Thinc's own schedules may leave the range, e.g.
-        slanted_triangular past num_steps)."""
-        if (
-            self._hp is not None
-            and self._hp_step == self._step
-            and self._hp_score is self._last_score
-        ):
-            return self._hp
-        step, score = self._step, self._last_score
-        values = []
-        for name in HPARAMS:
-            value = self._schedules[name](step, key=None, last_score=score)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise ValueError(
-                    f"'{name}' schedule gave {value!r} at step {step}; "
-                    "expected a number"
-                )
-            value = float(value)
-            _check_range(name, value, f"(at step {step})", finite_only=not full_check)
-            values.append(value)
-        # Thinc's compiled CPU Adam forms 1 - beta in float32 from float32
-        # betas; the kernels form float32(1 - beta). Passing betas rounded to
-        # float32 makes the two agree exactly (1 - b is exact then).
-        values += [float(np.float32(values[2])), float(np.float32(values[3]))]
-        self._hp = tuple(values)
-        self._hp_step, self._hp_score = step, score
-        return self._hp
-
-    def _set_hparam(self, name: str, value: Any) -> None:
-        old = self._schedules[name]
-        self._schedules[name] = _hparam_schedule(name, value)
-        self._hp = None
-        try:
-            self._current(full_check=True)
-        except ValueError:
-            self._schedules[name] = old
-            self._hp = None
-            raise
-
-    @property
-    def schedules(self) -> Mapping[str, Schedule]:
-        """Each hyperparameter's Schedule, by argument name (read-only)."""
-        return MappingProxyType(self._schedules)
-
-    @property
-    def learn_rate(self) -> float:
-        return self._current()[0]
-
-    @learn_rate.setter
-    def learn_rate(self, value: ScheduleT) -> None:
-        self._set_hparam("learn_rate", value)
-
-    @property
-    def L2(self) -> float:
-        return self._current()[1]
-
-    @L2.setter
-    def L2(self, value: ScheduleT) -> None:
-        self._set_hparam("L2", value)
-
-    @property
-    def b1(self) -> float:
-        return self._current()[2]
-
-    @b1.setter
-    def b1(self, value: ScheduleT) -> None:
-        self._set_hparam("beta1", value)
-
-    @property
-    def b2(self) -> float:
-        return self._current()[3]
-
-    @b2.setter
-    def b2(self, value: ScheduleT) -> None:
-        self._set_hparam("beta2", value)
-
-    @property
-    def eps(self) -> float:
-        return self._current()[4]
-
-    @eps.setter
-    def eps(self, value: ScheduleT) -> None:
-        self._set_hparam("eps", value)
-
-    @property
-    def grad_clip(self) -> float:
-        return self._current()[5]
-
-    @grad_clip.setter
-    def grad_clip(self, value: ScheduleT) -> None:
-        self._set_hparam("grad_clip", value)
-
-    # --- step and score ----------------------------------------------------------
-
-    @property
-    def step(self) -> int:
-        """The schedule step: how many times `step_schedules()` was called."""
-        return self._step
-
-    def step_schedules(self) -> None:
-        """Advance every schedule by one step."""
-        self._step += 1
-
-    @property
-    def last_score(self) -> tuple[int, float] | None:
-        """`(step, score)` of the last evaluation, or None; schedules such as
-        `plateau` read it. Set a float (stored with the current step) or a
-        `(step, score)` tuple."""
-        return self._last_score
-
-    @last_score.setter
-    def last_score(self, score: float | tuple[int, float] | None) -> None:
-        if score is None:
-            self._last_score = None
-            return
-        if isinstance(score, tuple):
-            if len(score) != 2 or not isinstance(score[0], int):
-                raise ValueError(f"last_score must be (step, score), got {score!r}")
-            step, value = score
-        else:
-            step, value = self._step, score
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ValueError(f"last_score must be a number, got {value!r}")
-        self._last_score = (int(step), float(value))
-
     # --- the update ----------------------------------------------------------------
 
     @property
@@ -335,6 +109,7 @@ class Optimizer:
     ) -> tuple[Any, Any]:
         """Update `weights` in place from `gradient`, zero `gradient`, and
         return both. `key` names the parameter, usually `(node_id, "W")`."""
+        lr_scale = _check_lr_scale(lr_scale)
         if getattr(gradient, "size", 1) == 0:
             return weights, gradient
         ops = self._ops or get_array_ops(weights)
@@ -410,116 +185,11 @@ class Optimizer:
         >>> opt.nr_update[(0, "W")], bool(store.flat_gradients.any())
         (1, False)
         """
-        ops = self._ops or store.ops
-        if not ops.owns(store.flat_weights):
-            raise ValueError(
-                f"the parameter store is on {ops.device_of(store.flat_weights)}, "
-                f"but the optimizer's state is on {_where(ops)}; move the store, or "
-                "call optimizer.to_gpu() / optimizer.to_cpu() first"
-            )
-        lr, L2, b1, b2, eps, clip, b1_f32, b2_f32 = self._current()
-        state = self._states.get(id(store))
-        if state is None or state.stale or state.store_ref() is not store:
-            keys = [key for key in store if store.size_of(key) > 0]
-            if not keys:
-                return
-            first = keys[0]
-        else:
-            first = state.keys[0]
-        if not self.use_radam and not (b1 > 0.0 and b2 > 0.0) and b2 > 0.0:
-            raise ValueError(
-                f"beta1 = 0 with beta2 = {b2} is not supported (key {first!r}); "
-                "use beta1 > 0 for Adam or beta1 = beta2 = 0 for SGD"
-            )
-        if state is None or state.stale or state.store_ref() is not store:
-            state = self._lay_out(store, keys, ops)
-        self._ops = ops
-        nr = state.nr + 1
-        params = state.params
-        kind = SGD_KIND
-        for start, stop in state.runs(nr):
-            n = int(nr[start])
-            if self.use_radam:
-                kind, c = self._radam_step(n, b1, b2)
-                c = c * lr * lr_scale
-            elif b1 > 0.0 and b2 > 0.0:
-                kind = ADAM_KIND
-                c = lr * (1.0 - b2**n) ** 0.5 / (1.0 - b1**n) * lr_scale
-            else:
-                c = lr_scale * lr
-            params.lr[start:stop] = c
-            params.kind[start:stop] = kind
-            params.ema_rate[start:stop] = 1.0 - min((1.0 + n) / (10.0 + n), 0.9999)
-        if not self.use_radam and b1 > 0.0 and b2 > 0.0:
-            b1, b2 = b1_f32, b2_f32
-        if kind != SGD_KIND and state.m is None:
-            self._flat_moments(state, ops)
-        ops.multi_update(
-            store.flat_weights,
-            store.flat_gradients,
-            state.m,
-            state.v,
-            state.ema,
-            layout=state.layout,
-            params=params,
-            b1=b1,
-            b2=b2,
-            eps=eps,
-            l2=0.0 if self.L2_is_weight_decay else L2,
-            clip=clip,
-            decay=lr_scale * lr * L2 if self.L2_is_weight_decay else 0.0,
-        )
-        state.nr = nr
+        lr_scale = _check_lr_scale(lr_scale)
+        # Imported here: multi_tensor imports this module.
+        from .multi_tensor import update_store
 
-    def _lay_out(self, store: ParamStore, keys: list, ops: Ops) -> FlatState:
-        """A FlatState for `store`, its keys' slots bound to it and their
-        state (from per-key calls, another store, or a restore) copied in."""
-        for key in keys:
-            slot = self._slots.get(key)
-            if slot is not None and slot.shape != store.shape(key):
-                raise ValueError(
-                    f"key {key!r} was first used with shape {slot.shape}, now with "
-                    f"{store.shape(key)} in the parameter store; each parameter "
-                    "needs its own key"
-                )
-        offsets = [store.offset(key) for key in keys]
-        sizes = [store.size_of(key) for key in keys]
-        state = FlatState(store, ops, keys, offsets, sizes)
-        if self.averages is not None:
-            state.ema = ops.alloc((store.size,))
-        for index, key in enumerate(keys):
-            slot = self._slots.get(key)
-            if slot is None:
-                slot = self._slots[key] = _Slot(store.shape(key))
-            else:
-                if slot.group is not None:
-                    slot.group.stale = True
-                state.nr[index] = slot.nr
-                slot.detach()
-            if state.ema is not None:
-                ema = state.view(state.ema, index)
-                if slot.ema is not None:
-                    ema[...] = slot.ema
-                slot.ema = ema
-                self.averages[key] = ema.reshape(slot.shape)
-            slot.group, slot.index = state, index
-            state.slots.append(slot)
-        if any(slot.m is not None for slot in state.slots):
-            self._flat_moments(state, ops)
-        self._states = {
-            k: s for k, s in self._states.items() if s.store_ref() is not None
-        }
-        self._states[id(store)] = state
-        return state
-
-    def _flat_moments(self, state: FlatState, ops: Ops) -> None:
-        state.m, state.v = ops.alloc((state.size,)), ops.alloc((state.size,))
-        for index, (key, slot) in enumerate(zip(state.keys, state.slots)):
-            m, v = state.view(state.m, index), state.view(state.v, index)
-            if slot.m is not None:
-                m[...], v[...] = slot.m, slot.v
-            slot.m = self.mom1[key] = m
-            slot.v = self.mom2[key] = v
+        update_store(self, store, lr_scale)
 
     def _check(self, key, weights, gradient, ops: Ops, slot: _Slot | None) -> None:
         for what, array in (("weights", weights), ("gradient", gradient)):

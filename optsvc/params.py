@@ -3,20 +3,17 @@
 A `ParamStore` holds the weights and gradients of many keys as views into two
 flat float32 arrays, in the order the keys were added, so that an optimizer
 can update all of them in one pass (`Optimizer.update_store`) while code that
-uses the parameters keeps working with ordinary arrays. `FlatState` is an
-optimizer's state for one store, laid out the same way.
+uses the parameters keeps working with ordinary arrays. An optimizer's state
+for one store is laid out the same way (`optsvc.multi_tensor.FlatState`).
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Hashable, Iterator, Mapping
-from typing import Any
 
 import numpy as np
 
 from .backends import Ops, get_current_ops
-from .backends.ops import TensorParams
 
 
 class ParamStore:
@@ -93,53 +90,3 @@ class ParamStore:
 
     def __repr__(self) -> str:
         return f"<ParamStore {len(self._keys)} keys, {self.size} parameters>"
-
-
-class FlatState:
-    """An optimizer's state for the keys of one `ParamStore`, in flat buffers
-    laid out like the store's: the moments `m`, `v` and the averages `ema`
-    (each `store.size` long, or None until needed), the update count of each
-    key (`nr`, int64 on the host), and the tables the multi-tensor kernels
-    read (`layout`, `params`). Only keys with parameters have an entry.
-
-    The optimizer's per-key view of a store key (`opt.mom1[key]`,
-    `opt.averages[key]`, its update count) points into these buffers, so the
-    per-key call and the multi-tensor step share the state.
-    """
-
-    def __init__(self, store: ParamStore, ops: Ops, keys: list, offsets, sizes):
-        self.store_ref = weakref.ref(store)
-        self.ops = ops
-        self.size = store.size
-        self.keys = keys
-        self.slots: list[Any] = []
-        self.offsets = np.asarray(offsets, dtype=np.int64)
-        self.sizes = np.asarray(sizes, dtype=np.int64)
-        self.nr = np.zeros(len(keys), dtype=np.int64)
-        self.m: Any = None
-        self.v: Any = None
-        self.ema: Any = None
-        self.layout = ops.make_layout(self.offsets, self.sizes)
-        self.params = TensorParams(len(keys))
-        # Set when another store's state takes over one of these keys: the
-        # buffers no longer hold that key's state, and the optimizer lays the
-        # state out anew on the next multi-tensor step with this store.
-        self.stale = False
-
-    def view(self, flat, index: int):
-        """Tensor `index`'s part of one of the flat buffers (1-D)."""
-        start = int(self.offsets[index])
-        return flat[start : start + int(self.sizes[index])]
-
-    def runs(self, nr) -> list[tuple[int, int]]:
-        """[start, stop) ranges of consecutive tensors with equal `nr`."""
-        n = len(nr)
-        if n == 0:
-            return []
-        if nr[0] == nr[-1] and (n < 3 or bool((nr == nr[0]).all())):
-            return [(0, n)]
-        bounds = (np.flatnonzero(nr[1:] != nr[:-1]) + 1).tolist()
-        return list(zip([0, *bounds], [*bounds, n]))
-
-    def __repr__(self) -> str:
-        return f"<FlatState {len(self.keys)} keys, {self.size} parameters>"

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError
-from .optimizers import HPARAMS, Optimizer
+from .hyperparams import HPARAMS
+from .optimizers import Optimizer
 from .schedules import Schedule
 
 # Attribute names of a hyperparameter on the optimizer, by argument name.

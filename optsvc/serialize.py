@@ -19,6 +19,7 @@ import numpy as np
 
 from . import schedules_extra  # noqa: F401  (fills SCHEDULE_FNS)
 from .backends import get_ops
+from .optimizer_state import _Slot
 from .schedules import SCHEDULE_FNS, PlateauState, Schedule
 
 FORMAT = "optsvc.optimizer"
@@ -211,8 +212,6 @@ def optimizer_from_bytes(opt, data: bytes) -> None:
 
 
 def _restore(opt, meta: dict, arrays: dict[str, np.ndarray]) -> None:
-    from .optimizers import _Slot
-
     schedules = {
         name: schedule_from_json(js, name, opt._schedules.get(name))
         for name, js in meta["schedules"].items()

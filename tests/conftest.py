@@ -2,7 +2,7 @@ import os
 
 
 # --- numba CUDA simulator switch -------------------------------------------
-# The numba.cuda kernels (optsvc/backends/cuda_kernels.py) are tested on the CPU
+# The numba.cuda kernels (optsvc/backends/cuda_*.py) are tested on the CPU
 # under numba's CUDA simulator unless a real GPU is usable (checked via cupy).
 # numba reads NUMBA_ENABLE_CUDASIM once, when it is first imported, so this must
 # run before anything imports numba; setdefault keeps an explicit user choice.
@@ -37,15 +37,15 @@ class SimulatedGpuOps(NumpyOps):
         cuda_kernels.fused_update(w, g, m, v, ema, **hyper)
 
     def make_layout(self, offsets, sizes):
-        from optsvc.backends import cuda_kernels
+        from optsvc.backends import cuda_multi
         from optsvc.backends.ops import Layout
 
-        return Layout(offsets, sizes, cuda_kernels.make_layout(offsets, sizes))
+        return Layout(offsets, sizes, cuda_multi.make_layout(offsets, sizes))
 
     def multi_update(self, w, g, m, v, ema, *, layout, params, **hyper) -> None:
-        from optsvc.backends import cuda_kernels
+        from optsvc.backends import cuda_multi
 
-        cuda_kernels.multi_update(
+        cuda_multi.multi_update(
             w, g, m, v, ema, layout=layout.device, params=params.packed, **hyper
         )
 

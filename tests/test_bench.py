@@ -1,4 +1,4 @@
-"""`optsvc bench` (optsvc/bench.py, cli/bench.py): its output and its honesty
+"""`optsvc bench` (optsvc/bench/, cli/bench.py): its output and its honesty
 checks, never its speed (speed lives in the benchmark, not in unit tests)."""
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from optsvc.bench import (
     traffic_per_param,
     workload_shapes,
 )
+from optsvc.bench.implementations import _peers
+from optsvc.bench.timing import _Device
 
 ROW_KEYS = {
     "workload",
@@ -57,6 +59,17 @@ def has_thinc() -> bool:
     return True
 
 
+def has_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+TORCH_IMPLS = ["torch AdamW fused", "torch AdamW foreach + clip + EMA"]
+
+
 @pytest.fixture(scope="module")
 def rows():
     return run_bench(workloads=("W3", "W1"), quick=True, repeat=2, warmup=1)
@@ -68,6 +81,8 @@ def test_rows_cover_every_workload_and_implementation(rows):
         import thinc
 
         impls.append(f"thinc {thinc.__version__} per-key")
+    if has_torch():
+        impls += TORCH_IMPLS
     assert [(r["workload"], r["implementation"]) for r in rows] == [
         (w, i) for w in ("W3", "W1") for i in impls
     ]
@@ -116,7 +131,7 @@ def test_the_floor_is_the_copy_timed_in_the_run(monkeypatch):
 
         return copy, 10**9
 
-    monkeypatch.setattr(bench, "_copy_runner", slow_copy)
+    monkeypatch.setattr(bench.run, "_copy_runner", slow_copy)
     rows = run_bench(workloads=["W3", "W1"], quick=True, repeat=3, warmup=0)
     assert len(made) == 2
     w3, w1 = rows[0], rows[-1]
@@ -127,8 +142,18 @@ def test_the_floor_is_the_copy_timed_in_the_run(monkeypatch):
 
 def test_optsvc_and_thinc_do_the_same_work(rows):
     for row in rows:
+        if row["implementation"] in TORCH_IMPLS:
+            continue
         assert row["same_work"] is True and row["notes"] == ""
         assert row["bytes_per_param"] == 44  # Adam + averages + clipping norm
+
+
+@pytest.mark.skipif(not has_torch(), reason="torch is not installed")
+def test_torch_rows_say_what_they_leave_out(rows):
+    fused = [r for r in rows if r["implementation"] == "torch AdamW fused"]
+    assert fused and all(r["same_work"] is False for r in fused)
+    assert all("no per-tensor clipping" in r["notes"] for r in fused)
+    assert all("no averages" in r["notes"] for r in fused)
 
 
 @pytest.mark.parametrize(
@@ -150,19 +175,19 @@ def test_traffic_per_parameter(make, expected):
 def test_peers_that_do_less_say_so(monkeypatch):
     # torch is not needed to check what the rows would say about it.
     monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
-    dev = bench._Device(-1)
-    peers = {name: (notes, same) for name, _, notes, same in bench._peers(Adam(), dev)}
+    dev = _Device(-1)
+    peers = {name: (notes, same) for name, _, notes, same in _peers(Adam(), dev)}
     notes, same = peers["torch AdamW fused"]
     assert not same
     assert "no per-tensor clipping" in notes and "no averages" in notes
     notes, same = peers["torch AdamW foreach + clip + EMA"]
     assert same and "clip" in notes
     bare = Adam(grad_clip=0.0, use_averages=False)
-    peers = {name: (notes, same) for name, _, notes, same in bench._peers(bare, dev)}
+    peers = {name: (notes, same) for name, _, notes, same in _peers(bare, dev)}
     assert peers["torch AdamW fused"] == ("", True)
     # no AdamW counterpart for SGD or RAdam
     for opt in (SGD(0.1), RAdam()):
-        names = [name for name, *_ in bench._peers(opt, dev)]
+        names = [name for name, *_ in _peers(opt, dev)]
         assert not any(name.startswith("torch") for name in names)
 
 
@@ -177,7 +202,7 @@ def test_a_failing_peer_is_reported_not_fatal(monkeypatch):
         return step, lambda: None
 
     peers = [("peer A", broken, "", True), ("peer B", crashing, "", True)]
-    monkeypatch.setattr(bench, "_peers", lambda opt, dev: peers)
+    monkeypatch.setattr(bench.run, "_peers", lambda opt, dev: peers)
     rows = run_bench(workloads=["W3"], quick=True, repeat=1, warmup=0)
     by_impl = {r["implementation"]: r for r in rows}
     assert by_impl["peer A"]["notes"] == "failed: RuntimeError: no device"

@@ -27,6 +27,7 @@ numba = pytest.importorskip(
 
 from kernel_reference import ADAM, MOMENTUM, SGD, reference_update  # noqa: E402
 
+from optsvc.backends import cuda_common  # noqa: E402
 from optsvc.backends import cuda_kernels as ck  # noqa: E402
 
 SIM = bool(numba.config.ENABLE_CUDASIM)
@@ -160,18 +161,18 @@ def _clipped_call(rng, n=40):
 
 
 def _default_stream_scratch():
-    return ck._scratch[(ck._device_id(ck._loaded), 0)]
+    return ck._scratch[(cuda_common._device_id(ck._loaded), 0)]
 
 
 def test_scratch_buffer_is_reused():
     rng = np.random.default_rng(7)
     _clipped_call(rng)
     sc = _default_stream_scratch()
-    n_scratch, n_devices = len(ck._scratch), len(ck._devices)
+    n_scratch, n_devices = len(ck._scratch), len(cuda_common._devices)
     for _ in range(4):
         _clipped_call(rng)
     assert _default_stream_scratch() is sc
-    assert (len(ck._scratch), len(ck._devices)) == (n_scratch, n_devices)
+    assert (len(ck._scratch), len(cuda_common._devices)) == (n_scratch, n_devices)
     assert sc.buf.shape == (2,)
     assert not sc.dirty
     # The slot the next clipped call accumulates into is already zero.
@@ -269,7 +270,8 @@ def test_module_imports_without_numba():
 import sys
 import numpy as np
 import optsvc.backends.cuda_kernels as ck
-assert "numba" not in sys.modules, "importing cuda_kernels imported numba"
+import optsvc.backends.cuda_multi
+assert "numba" not in sys.modules, "importing the CUDA kernels imported numba"
 sys.modules["numba"] = None  # make numba unimportable from here on
 a = np.zeros(3, np.float32)
 try:

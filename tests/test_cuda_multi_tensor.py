@@ -1,4 +1,4 @@
-"""The multi-tensor numba.cuda kernels (`cuda_kernels.multi_update`): the
+"""The multi-tensor numba.cuda kernels (`cuda_multi.multi_update`): the
 chunk table, per-tensor norms and clipping, per-tensor learning rates,
 averaging rates and kinds, all against `reference_update` tensor by tensor.
 
@@ -21,7 +21,7 @@ numba = pytest.importorskip(
     exc_type=ImportError,
 )
 
-from optsvc.backends import cuda_kernels as ck  # noqa: E402
+from optsvc.backends import cuda_multi as cm  # noqa: E402
 
 SIM = bool(numba.config.ENABLE_CUDASIM)
 if SIM:
@@ -112,9 +112,9 @@ def run_both(state, offsets, sizes, params, *, exact, layout=None, **shared):
             **shared,
         )
     dev = {k: to_device(a) for k, a in state.items()}
-    layout = layout or ck.make_layout(offsets, sizes)
+    layout = layout or cm.make_layout(offsets, sizes)
     assert (
-        ck.multi_update(
+        cm.multi_update(
             *(dev[k] for k in NAMES), layout=layout, params=params, **shared
         )
         is None
@@ -163,7 +163,7 @@ def test_consecutive_clipped_calls_reuse_the_scratch():
     # Clipped, unclipped and clipped again on one layout: a norm row that is
     # not re-zeroed between clipped calls would give wrong norms later.
     offsets, sizes, total = layout_arrays()
-    layout = ck.make_layout(offsets, sizes)
+    layout = cm.make_layout(offsets, sizes)
     state = make_state(total, True, True, seed=6)
     params = tensor_params([ADAM] * 6, seed=3)
     rng = np.random.default_rng(7)
@@ -181,7 +181,7 @@ def test_consecutive_clipped_calls_reuse_the_scratch():
 
 def test_dirty_scratch_is_rezeroed():
     offsets, sizes, total = layout_arrays()
-    layout = ck.make_layout(offsets, sizes)
+    layout = cm.make_layout(offsets, sizes)
     layout.sumsq.copy_to_device(np.full(2 * len(sizes), 7.0))  # garbage
     layout.dirty = True
     state = make_state(total, True, False, seed=8)
@@ -195,8 +195,8 @@ def test_dirty_scratch_is_rezeroed():
 
 def test_chunk_table():
     offsets, sizes, _ = layout_arrays()
-    layout = ck.make_layout(offsets, sizes)
-    chunk = ck._loaded["chunk"]
+    layout = cm.make_layout(offsets, sizes)
+    chunk = cm._loaded["chunk"]
     tensor = np.asarray(layout.chunk_tensor.copy_to_host())
     start = np.asarray(layout.chunk_start.copy_to_host())
     stop = np.asarray(layout.chunk_stop.copy_to_host())
@@ -210,9 +210,9 @@ def test_chunk_table():
 
 
 def test_empty_layout_is_a_no_op():
-    layout = ck.make_layout([], [])
+    layout = cm.make_layout([], [])
     a = to_device(np.ones(4, np.float32))
-    ck.multi_update(
+    cm.multi_update(
         a, a, None, None, None, layout=layout, params=np.zeros((3, 0), np.float32),
         l2=0.0, clip=1.0, decay=0.0, **HYPER,
     )  # fmt: skip
@@ -220,24 +220,24 @@ def test_empty_layout_is_a_no_op():
 
 
 def test_rejects_bad_arguments():
-    layout = ck.make_layout([0, 4], [4, 4])
+    layout = cm.make_layout([0, 4], [4, 4])
     a = to_device(np.ones(8, np.float32))
     kw = dict(HYPER, l2=0.0, clip=0.0, decay=0.0)
     params = tensor_params([SGD, SGD], seed=0)
     with pytest.raises(ValueError, match="shape"):
-        ck.multi_update(
+        cm.multi_update(
             a, a, None, None, None, layout=layout, params=params[:, :1], **kw
         )
     with pytest.raises(ValueError, match="m and v"):
         adam = tensor_params([SGD, ADAM], seed=0)
-        ck.multi_update(a, a, None, None, None, layout=layout, params=adam, **kw)
+        cm.multi_update(a, a, None, None, None, layout=layout, params=adam, **kw)
     with pytest.raises(ValueError, match="kind"):
         bad = tensor_params([SGD, 7], seed=0)
-        ck.multi_update(a, a, None, None, None, layout=layout, params=bad, **kw)
+        cm.multi_update(a, a, None, None, None, layout=layout, params=bad, **kw)
     with pytest.raises(ValueError, match="layout needs 8"):
         short = to_device(np.ones(6, np.float32))
-        ck.multi_update(
+        cm.multi_update(
             short, short, None, None, None, layout=layout, params=params, **kw
         )
     with pytest.raises(ValueError, match="non-empty"):
-        ck.make_layout([0, 4], [4, 0])
+        cm.make_layout([0, 4], [4, 0])

@@ -766,7 +766,7 @@ def test_gpu_code_path_under_the_cuda_simulator(tmp_path, monkeypatch):
     from conftest import SimulatedGpuOps
 
     from optsvc import optimizers
-    from optsvc.backends import cuda_kernels
+    from optsvc.backends import cuda_multi
 
     cfg = make_config(
         tmp_path / "tiny.cfg",
@@ -786,7 +786,7 @@ def test_gpu_code_path_under_the_cuda_simulator(tmp_path, monkeypatch):
 
     sim = SimulatedGpuOps()
     launches = []
-    real_multi = cuda_kernels.multi_update
+    real_multi = cuda_multi.multi_update
 
     def counted(*args, **kwargs):
         launches.append(1)
@@ -801,7 +801,7 @@ def test_gpu_code_path_under_the_cuda_simulator(tmp_path, monkeypatch):
             "get_ops",
             lambda name, **kw: sim if name == "cupy" else real_get_ops(name, **kw),
         )
-        monkeypatch.setattr(cuda_kernels, "multi_update", counted)
+        monkeypatch.setattr(cuda_multi, "multi_update", counted)
 
     on_the_simulator()
 

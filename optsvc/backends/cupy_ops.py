@@ -83,20 +83,20 @@ class CupyOps(Ops):
             cuda_kernels.fused_update(w, g, m, v, ema, stream=stream, **hyper)
 
     def make_layout(self, offsets, sizes) -> Layout:
-        from . import cuda_kernels
+        from . import cuda_multi
 
         with self.device:
-            device = cuda_kernels.make_layout(offsets, sizes)
+            device = cuda_multi.make_layout(offsets, sizes)
         return Layout(offsets, sizes, device)
 
     def multi_update(
         self, w, g, m, v, ema, *, layout: Layout, params: TensorParams, **hyper
     ) -> None:
-        from . import cuda_kernels
+        from . import cuda_common, cuda_multi
 
         with self.device:
-            stream = cuda_kernels.external_stream(cupy.cuda.get_current_stream().ptr)
-            cuda_kernels.multi_update(
+            stream = cuda_common.external_stream(cupy.cuda.get_current_stream().ptr)
+            cuda_multi.multi_update(
                 w,
                 g,
                 m,

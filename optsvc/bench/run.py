@@ -1,0 +1,196 @@
+"""`run_bench`: every implementation timed on each workload, in the same
+rounds as the floor's copy, one row per (workload, implementation)."""
+
+from __future__ import annotations
+
+import statistics
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..optimizers import Optimizer
+from .implementations import IMPL_MULTI, IMPL_PER_KEY, _optsvc_runner, _peers
+from .timing import (
+    _copy_runner,
+    _Device,
+    _inplace_runner,
+    _interleaved,
+    single_thread,
+)
+from .workloads import (
+    QUICK_SCALE,
+    default_optimizer,
+    optimizer_from_config,
+    state_bytes_per_param,
+    traffic_per_param,
+    workload_shapes,
+)
+
+
+def run_bench(
+    config: str | Path | None = None,
+    *,
+    gpu_id: int = -1,
+    workloads: Sequence[str] = ("W1", "W2", "W3"),
+    repeat: int | None = None,
+    warmup: int | None = None,
+    include_peers: bool = True,
+    quick: bool = False,
+    scale: float | None = None,
+    build: Callable[[], Optimizer] | None = None,
+) -> list[dict]:
+    """Time the optimizer step on each workload and return one row per
+    (workload, implementation).
+
+    config: a config file whose optimizer block is benchmarked (default:
+    spaCy's default Adam, see `default_optimizer`); `build` instead gives a
+    function that returns a fresh optimizer. gpu_id >= 0 runs on that GPU
+    (cupy). repeat / warmup: timed and untimed rounds (default 9 / 2; 3 / 1
+    with `quick`); in each round every implementation, and the floor's copy,
+    takes one step in turn. quick: workloads shrunk by `QUICK_SCALE` (or by
+    `scale`), for tests.
+
+    Each row: workload, description, device, implementation, tensors, params,
+    ms (median), ms_min, ms_max, gbps, x_floor, floor_ms, floor_gbps,
+    floor_copy_bytes, bytes_per_param, speedup_vs_thinc, same_work, notes,
+    and the run's run_id, threads, repeat, warmup. A workload's floor is
+    bytes_per_param * params / floor_gbps, with floor_gbps the median speed
+    of copying arrays as large as the step's (floor_copy_bytes moved), taken
+    in the same rounds. Every ratio is computed from numbers of this run.
+    """
+    if config is not None and build is not None:
+        raise ValueError("give a config or a build function, not both")
+    if build is None:
+        build = default_optimizer
+        if config is not None:
+            path = config
+            build = lambda: optimizer_from_config(path)  # noqa: E731
+    probe = build()
+    scale = (QUICK_SCALE if quick else 1.0) if scale is None else scale
+    repeat = repeat or (3 if quick else 9)
+    warmup = warmup if warmup is not None else (1 if quick else 2)
+    dev = _Device(gpu_id)
+    names = list(dict.fromkeys(workloads))
+    for name in names:
+        workload_shapes(name, dev.kind)  # unknown names fail before any timing
+    per_param = traffic_per_param(probe)
+    footprint = state_bytes_per_param(probe)
+    impls: list[tuple[str, Callable, str, bool]] = [
+        (IMPL_MULTI, _optsvc_runner(build, multi=True), "", True),
+        (IMPL_PER_KEY, _optsvc_runner(build, multi=False), "", True),
+    ]
+    if include_peers:
+        impls += _peers(probe, dev)
+    run_id = uuid.uuid4().hex[:12]
+    rows: list[dict] = []
+    with single_thread() as threads:
+        for name in names:
+            desc, shapes = workload_shapes(name, dev.kind, scale)
+            rows += _bench_workload(
+                name, desc, shapes, impls, dev, per_param, footprint, warmup, repeat
+            )
+            for row in rows[-len(impls) :]:
+                row.update(run_id=run_id, threads=threads)
+    return rows
+
+
+def _make_arrays(dev: _Device, shapes, seed=0):
+    rng = np.random.default_rng(seed)
+    keys = [(i, "W") for i in range(len(shapes))]
+    weights = {
+        k: (0.1 * rng.standard_normal(s)).astype(np.float32)
+        for k, s in zip(keys, shapes)
+    }
+    grads = {
+        k: (0.01 * rng.standard_normal(s)).astype(np.float32)
+        for k, s in zip(keys, shapes)
+    }
+    return keys, weights, grads
+
+
+def _bench_workload(
+    name, desc, shapes, impls, dev: _Device, per_param, footprint, warmup, repeat
+) -> list[dict]:
+    n_params = int(sum(np.prod(s) for s in shapes))
+    keys, weights, grads = _make_arrays(dev, shapes)
+    # Two measures of the bandwidth, over as many bytes as the step's arrays
+    # hold: a copy, and an in-place rewrite (the optimizer's access pattern,
+    # which avoids a copy's write-allocate reads). The faster sets the floor.
+    copy, copy_moved = _copy_runner(dev, footprint * n_params // 2)
+    rewrite, rewrite_moved = _inplace_runner(dev, footprint * n_params)
+    runners = {"floor": (copy, lambda: None), "floor_inplace": (rewrite, lambda: None)}
+    failed = {}
+    for impl, setup, _, _ in impls:
+        try:
+            runners[impl] = setup(dev, keys, weights, grads)
+        except Exception as err:
+            if impl in (IMPL_MULTI, IMPL_PER_KEY):
+                raise
+            failed[impl] = err  # a peer that fails is reported, not fatal
+    del weights, grads
+    times = _interleaved(runners, dev, warmup=warmup, repeat=repeat)
+    runners.clear()
+    dev.free()
+    for impl in (IMPL_MULTI, IMPL_PER_KEY):
+        if isinstance(times[impl], Exception):
+            raise times[impl]
+    for floor in ("floor", "floor_inplace"):
+        if isinstance(times[floor], Exception):
+            raise times[floor]
+    bandwidth = max(
+        copy_moved / statistics.median(times["floor"]),
+        rewrite_moved / statistics.median(times["floor_inplace"]),
+    )
+    moved = per_param * n_params
+    floor_s = moved / bandwidth
+    group = []
+    for impl, _, notes, same_work in impls:
+        result = failed.get(impl, times.get(impl))
+        if isinstance(result, Exception):
+            row = _row(name, desc, dev, impl, shapes, n_params, None)
+            row["notes"] = f"failed: {type(result).__name__}: {result}"
+        else:
+            row = _row(name, desc, dev, impl, shapes, n_params, result)
+            median = statistics.median(result)
+            row.update(
+                gbps=moved / median / 1e9,
+                x_floor=median / floor_s,
+                same_work=same_work,
+                notes=notes,
+            )
+        group.append(row)
+    thinc_ms = next(
+        (r["ms"] for r in group if r["implementation"].startswith("thinc")), None
+    )
+    for row in group:
+        row.update(
+            floor_ms=floor_s * 1e3,
+            floor_gbps=bandwidth / 1e9,
+            floor_copy_bytes=copy_moved,
+            bytes_per_param=per_param,
+            speedup_vs_thinc=(thinc_ms / row["ms"] if thinc_ms and row["ms"] else None),
+            repeat=repeat,
+            warmup=warmup,
+        )
+    return group
+
+
+def _row(name, desc, dev, impl, shapes, n_params, times) -> dict:
+    ms = None if times is None else statistics.median(times) * 1e3
+    return {
+        "workload": name,
+        "description": desc,
+        "device": dev.name,
+        "implementation": impl,
+        "tensors": len(shapes),
+        "params": n_params,
+        "ms": ms,
+        "ms_min": None if times is None else min(times) * 1e3,
+        "ms_max": None if times is None else max(times) * 1e3,
+        "gbps": None,
+        "x_floor": None,
+        "same_work": False,
+        "notes": "",
+    }

@@ -1,0 +1,184 @@
+"""How `optsvc bench` times: the device and its clock, the memory bandwidth
+(the floor's denominator), interleaved rounds, one thread, and a description
+of the machine the numbers were measured on."""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backends import Ops, get_ops
+
+# The bandwidth copy is never smaller than this (bytes of each array).
+MIN_COPY_BYTES = 64 * 1024
+
+
+class _Device:
+    """Array helpers of one device: numpy, or cupy on `gpu_id`."""
+
+    def __init__(self, gpu_id: int) -> None:
+        self.gpu_id = gpu_id
+        self.ops: Ops = (
+            get_ops("numpy") if gpu_id < 0 else get_ops("cupy", gpu_id=gpu_id)
+        )
+        self.xp = self.ops.xp
+        self.name = "cpu" if gpu_id < 0 else f"gpu:{gpu_id}"
+        self.kind = "cpu" if gpu_id < 0 else "gpu"
+
+    def sync(self) -> None:
+        if self.gpu_id >= 0:
+            self.xp.cuda.Device(self.gpu_id).synchronize()
+
+    def free(self) -> None:
+        gc.collect()
+        if self.gpu_id >= 0:
+            self.xp.get_default_memory_pool().free_all_blocks()
+
+
+def _time(
+    step: Callable[[], Any], refill: Callable[[], Any], dev: _Device, *, warmup, repeat
+) -> list[float]:
+    """Seconds of each timed step; gradients refilled (untimed) before each."""
+    times = []
+    for i in range(warmup + repeat):
+        refill()
+        dev.sync()
+        start = time.perf_counter()
+        step()
+        dev.sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def _copy_runner(dev: _Device, nbytes: int):
+    """A step that copies one float32 array of `nbytes` into another, and the
+    bytes it moves (read + write)."""
+    n = max(nbytes, MIN_COPY_BYTES) // 4
+    src = dev.xp.ones(n, dtype=np.float32)
+    dst = dev.xp.zeros(n, dtype=np.float32)
+
+    def copy():
+        dev.xp.copyto(dst, src)
+
+    return copy, 2 * 4 * n
+
+
+def _inplace_runner(dev: _Device, nbytes: int):
+    """A step that reads and rewrites one float32 array of `nbytes` in place
+    (the optimizer's own access pattern: no write-allocate traffic), and the
+    bytes it moves (read + write)."""
+    n = max(nbytes, MIN_COPY_BYTES) // 4
+    buf = dev.xp.ones(n, dtype=np.float32)
+
+    def scale():
+        dev.xp.multiply(buf, np.float32(1.0), out=buf)
+
+    return scale, 2 * 4 * n
+
+
+def measure_bandwidth(dev: _Device, nbytes: int, repeat: int = 7) -> float:
+    """Bytes per second of an array copy (bytes read + bytes written) between
+    two float32 arrays of `nbytes` each, median of `repeat` copies after
+    warm-up: the memory-bandwidth floor's denominator."""
+    copy, moved = _copy_runner(dev, nbytes)
+    times = _time(copy, lambda: None, dev, warmup=2, repeat=repeat)
+    return moved / statistics.median(times)
+
+
+def _interleaved(runners: dict, dev: _Device, *, warmup: int, repeat: int) -> dict:
+    """Seconds of each timed step of each runner (name -> (step, refill)),
+    taken in rounds: every runner steps once per round, in turn, so that
+    noise from the machine and the state of the caches fall on all alike. A
+    runner that raises is dropped and its exception returned in its place."""
+    times: dict[str, Any] = {name: [] for name in runners}
+    for i in range(warmup + repeat):
+        for name, (step, refill) in runners.items():
+            if isinstance(times[name], Exception):
+                continue
+            try:
+                refill()
+                dev.sync()
+                start = time.perf_counter()
+                step()
+                dev.sync()
+            except Exception as err:
+                times[name] = err
+                continue
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+@contextmanager
+def single_thread():
+    """Limit BLAS / OpenMP pools to one thread where that can be done now
+    (threadpoolctl, torch); yields a description of what was done."""
+    with ExitStack() as stack:
+        done = []
+        try:
+            from threadpoolctl import threadpool_limits
+
+            stack.enter_context(threadpool_limits(1))
+            done.append("threadpoolctl: 1")
+        except ImportError:
+            env = {
+                k: os.environ.get(k)
+                for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+            }
+            done.append(
+                "BLAS threads from the environment ("
+                + ", ".join(f"{k}={v}" for k, v in env.items())
+                + ")"
+            )
+        try:
+            import torch
+
+            old = torch.get_num_threads()
+            torch.set_num_threads(1)
+            stack.callback(torch.set_num_threads, old)
+            done.append("torch: 1")
+        except ImportError:
+            pass
+        yield "; ".join(done)
+
+
+def machine(gpu_id: int = -1) -> dict:
+    """What the numbers were measured on."""
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import numba
+
+        info["numba"] = numba.__version__
+    except ImportError:
+        info["numba"] = None
+    if gpu_id >= 0:
+        try:
+            xp = get_ops("cupy", gpu_id=gpu_id).xp
+            props = xp.cuda.runtime.getDeviceProperties(gpu_id)
+            info["gpu"] = props["name"].decode()
+            info["cupy"] = xp.__version__
+        except Exception as err:  # informative only
+            info["gpu"] = f"unknown ({type(err).__name__})"
+    return info

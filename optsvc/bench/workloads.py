@@ -1,0 +1,95 @@
+"""What `optsvc bench` measures: the workloads, the optimizer it times, and
+the bytes one step of that optimizer must move (the floor's numerator)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..optimizers import Adam, Optimizer
+
+# Workloads as issue 5 defines them: name -> (description, shapes), per device.
+_M = 2**20
+WORKLOADS: dict[str, dict[str, tuple[str, int, tuple[int, ...]]]] = {
+    "cpu": {
+        "W1": ("one 16M tensor", 1, (16 * _M,)),
+        "W2": ("2000 tensors of 64x128", 2000, (64, 128)),
+        "W3": ("20 tensors of 64x64", 20, (64, 64)),
+    },
+    "gpu": {
+        "W1": ("one 64M tensor", 1, (64 * _M,)),
+        "W2": ("4000 tensors of 16K", 4000, (16384,)),
+        "W3": ("200 tensors of 256x256", 200, (256, 256)),
+    },
+}
+# --quick: every workload shrunk by this factor (W1's size, W2's and W3's
+# tensor counts, at least 2 tensors), for tests and smoke runs.
+QUICK_SCALE = 1 / 1024
+
+
+def default_optimizer() -> Optimizer:
+    """spaCy's default Adam: learn_rate 0.001, grad_clip 1.0, L2 0.01 as
+    weight decay, averages on."""
+    return Adam(0.001, L2=0.01, grad_clip=1.0, L2_is_weight_decay=True)
+
+
+def optimizer_from_config(path: str | Path) -> Optimizer:
+    """The optimizer a config file's `[optimizer]` (or spaCy's
+    `[training.optimizer]`) block builds, through the registry."""
+    from ..config import ConfigError, get_path, layout, load_config
+    from ..registry import registry
+
+    config = load_config(path)
+    where = layout(config).optimizer_path
+    if where is None:
+        raise ConfigError(
+            f"'{path}' has no [optimizer] or [training.optimizer] section to benchmark"
+        )
+    opt = registry.resolve({"optimizer": get_path(config, where)})["optimizer"]
+    if not isinstance(opt, Optimizer):
+        raise ConfigError(
+            f"{where} in '{path}' builds a {type(opt).__name__}, not an optsvc "
+            "Optimizer"
+        )
+    return opt
+
+
+def state_bytes_per_param(opt: Optimizer) -> int:
+    """Bytes a float32 parameter occupies across the arrays a step touches:
+    w and g, m and v for Adam / RAdam, the average."""
+    sgd = not opt.use_radam and not (opt.b1 > 0 and opt.b2 > 0)
+    return (8 if sgd else 16) + (4 if opt.averages is not None else 0)
+
+
+def traffic_per_param(opt: Optimizer) -> int:
+    """Bytes a float32 parameter must move for one step of `opt`: read and
+    write w and g (16), m and v for Adam / RAdam (+16), the average (+8), one
+    more read of g for the clipping norm (+4; +4 more to read w when L2 goes
+    into the gradient before clipping)."""
+    sgd = not opt.use_radam and not (opt.b1 > 0 and opt.b2 > 0)
+    total = 16 if sgd else 32
+    if opt.averages is not None:
+        total += 8
+    if opt.grad_clip > 0:
+        total += 4
+        if opt.L2 != 0 and not opt.L2_is_weight_decay:
+            total += 4
+    return total
+
+
+def workload_shapes(
+    name: str, device: str = "cpu", scale: float = 1.0
+) -> tuple[str, list[tuple[int, ...]]]:
+    """(description, tensor shapes) of workload `name` on "cpu" or "gpu",
+    shrunk by `scale` (< 1) for quick runs."""
+    try:
+        desc, count, shape = WORKLOADS[device][name]
+    except KeyError:
+        known = ", ".join(WORKLOADS.get(device, WORKLOADS["cpu"]))
+        raise ValueError(f"unknown workload {name!r}; choose from {known}") from None
+    if scale != 1.0:
+        if count == 1:
+            shape = (max(1, int(shape[0] * scale)),)
+        else:
+            count = max(2, int(round(count * scale)))
+        desc += f" (x{scale:g}: {count} of {'x'.join(map(str, shape))})"
+    return desc, [shape] * count
