@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from .backends import Ops
 from .optimizer_state import FlatState, _Slot
-from .optimizers import ADAM_KIND, SGD_KIND, _where
+from .optimizers import ADAM_KIND, SGD_KIND, _where, averaging_rate
 
 if TYPE_CHECKING:
     from .optimizers import Optimizer
@@ -42,11 +42,7 @@ def update_store(opt: Optimizer, store: ParamStore, lr_scale: float) -> None:
         first = keys[0]
     else:
         first = state.keys[0]
-    if not opt.use_radam and not (b1 > 0.0 and b2 > 0.0) and b2 > 0.0:
-        raise ValueError(
-            f"beta1 = 0 with beta2 = {b2} is not supported (key {first!r}); "
-            "use beta1 > 0 for Adam or beta1 = beta2 = 0 for SGD"
-        )
+    opt._check_betas(b1, b2, first)
     if state is None or state.stale or state.store_ref() is not store:
         state = _lay_out(opt, store, keys, ops)
     opt._ops = ops
@@ -55,18 +51,11 @@ def update_store(opt: Optimizer, store: ParamStore, lr_scale: float) -> None:
     kind = SGD_KIND
     for start, stop in state.runs(nr):
         n = int(nr[start])
-        if opt.use_radam:
-            kind, c = opt._radam_step(n, b1, b2)
-            c = c * lr * lr_scale
-        elif b1 > 0.0 and b2 > 0.0:
-            kind = ADAM_KIND
-            c = lr * (1.0 - b2**n) ** 0.5 / (1.0 - b1**n) * lr_scale
-        else:
-            c = lr_scale * lr
+        kind, c = opt._step_size(n, lr, b1, b2, lr_scale)
         params.lr[start:stop] = c
         params.kind[start:stop] = kind
-        params.ema_rate[start:stop] = 1.0 - min((1.0 + n) / (10.0 + n), 0.9999)
-    if not opt.use_radam and b1 > 0.0 and b2 > 0.0:
+        params.ema_rate[start:stop] = averaging_rate(n)
+    if kind == ADAM_KIND and not opt.use_radam:
         b1, b2 = b1_f32, b2_f32
     if kind != SGD_KIND and state.m is None:
         _flat_moments(opt, state, ops)

@@ -39,6 +39,12 @@ if TYPE_CHECKING:
 SGD_KIND, ADAM_KIND, MOMENTUM_KIND = 0, 1, 2
 
 
+def averaging_rate(nr: int) -> float:
+    """1 - d, with Thinc's decay d = min((1 + t) / (10 + t), 0.9999) of the
+    parameter averages at a key's t-th update."""
+    return 1.0 - min((1.0 + nr) / (10.0 + nr), 0.9999)
+
+
 class Optimizer(ScheduledHyperparams):
     """Stochastic gradient descent with first- and second-moment momentum:
     SGD (beta1 = beta2 = 0), Adam, or RAdam (`use_radam`), as in Thinc.
@@ -117,28 +123,17 @@ class Optimizer(ScheduledHyperparams):
         self._check(key, weights, gradient, ops, slot)
         self._ops = ops
         lr, L2, b1, b2, eps, clip, b1_f32, b2_f32 = self._current()
+        self._check_betas(b1, b2, key)
         nr = (slot.nr if slot is not None else 0) + 1
-        if self.use_radam:
-            kind, c = self._radam_step(nr, b1, b2)
-            c = c * lr * lr_scale
-        elif b1 > 0.0 and b2 > 0.0:
-            kind = ADAM_KIND
-            c = lr * (1.0 - b2**nr) ** 0.5 / (1.0 - b1**nr) * lr_scale
+        kind, c = self._step_size(nr, lr, b1, b2, lr_scale)
+        if kind == ADAM_KIND and not self.use_radam:
             b1, b2 = b1_f32, b2_f32
-        elif b2 > 0.0:
-            raise ValueError(
-                f"beta1 = 0 with beta2 = {b2} is not supported (key {key!r}); "
-                "use beta1 > 0 for Adam or beta1 = beta2 = 0 for SGD"
-            )
-        else:
-            kind, c = SGD_KIND, lr_scale * lr
         if slot is None:
             slot = self._new_slot(key, weights, ops)
         if kind != SGD_KIND and slot.m is None:
             slot.m = self.mom1[key] = ops.alloc((weights.size,))
             slot.v = self.mom2[key] = ops.alloc((weights.size,))
         decay = lr_scale * lr * L2 if self.L2_is_weight_decay else 0.0
-        d = min((1.0 + nr) / (10.0 + nr), 0.9999)
         ops.fused_update(
             weights.reshape(-1),
             gradient.reshape(-1),
@@ -153,10 +148,29 @@ class Optimizer(ScheduledHyperparams):
             l2=0.0 if self.L2_is_weight_decay else L2,
             clip=clip,
             decay=decay,
-            ema_rate=1.0 - d,
+            ema_rate=averaging_rate(nr),
         )
         slot.nr = nr
         return weights, gradient
+
+    def _check_betas(self, b1: float, b2: float, key: KeyT) -> None:
+        if not self.use_radam and b1 <= 0.0 < b2:
+            raise ValueError(
+                f"beta1 = 0 with beta2 = {b2} is not supported (key {key!r}); "
+                "use beta1 > 0 for Adam or beta1 = beta2 = 0 for SGD"
+            )
+
+    def _step_size(
+        self, nr: int, lr: float, b1: float, b2: float, lr_scale: float
+    ) -> tuple[int, float]:
+        """The kernel kind and the multiplier c of a key's nr-th update
+        (w -= c * direction), computed in float64 as Thinc computes them."""
+        if self.use_radam:
+            kind, c = self._radam_step(nr, b1, b2)
+            return kind, c * lr * lr_scale
+        if b1 > 0.0 and b2 > 0.0:  # Adam: bias correction folded into c
+            return ADAM_KIND, lr * (1.0 - b2**nr) ** 0.5 / (1.0 - b1**nr) * lr_scale
+        return SGD_KIND, lr_scale * lr
 
     def update_store(self, store: ParamStore, *, lr_scale: float = 1.0) -> None:
         """Update every parameter of `store` in one pass, and zero its gradients.
