@@ -89,15 +89,25 @@ def _is_number(x: Any) -> bool:
 def _number(spec: Arg, x: Any, what: str = "") -> None:
     if not _is_number(x):
         raise ValueError(f"{what}must be a number")
-    if not math.isfinite(x):
+    try:
+        finite = math.isfinite(x)
+    except OverflowError:  # an int too large for a float, e.g. 10**400
+        finite = False
+    if not finite:
         raise ValueError(f"{what}must be a finite number")
     if not _range_ok(spec, x):
         raise ValueError(f"{what}must be {spec.expected()}")
 
 
+# Step counts and sizes beyond this are mistakes (and overflow float maths).
+MAX_INT = 2**63 - 1
+
+
 def _integer(spec: Arg, x: Any, what: str = "") -> None:
     if isinstance(x, bool) or not isinstance(x, int):
         raise ValueError(f"{what}must be a whole number")
+    if abs(x) > MAX_INT:
+        raise ValueError(f"{what}must be a whole number below 2**63")
     if not _range_ok(spec, x):
         raise ValueError(f"{what}must be {spec.expected()}")
 
@@ -204,7 +214,9 @@ ARGS: dict[str, Arg] = {
     "noise": Arg("number", "standard deviation of the added noise", ge=0),
     "turns": Arg("number", "turns of each spiral arm", gt=0),
     "nonlinear": Arg("bool", "add a nonlinear part to the targets"),
-    "dev_fraction": Arg("number", "share of examples held out for evaluation", gt=0, lt=1),
+    "dev_fraction": Arg(
+        "number", "share of examples held out for evaluation", gt=0, lt=1
+    ),
     "seed": Arg("int", "random seed of the generator", ge=0),
     # models
     "hidden_width": Arg("int", "units in each hidden layer", ge=1),
@@ -247,7 +259,7 @@ def function_schema(registry_name: str, func_name: str, func) -> type[BaseModel]
 
 
 def _int(ge: int, desc: str):
-    return Annotated[StrictInt, Field(ge=ge, description=desc)]
+    return Annotated[StrictInt, Field(ge=ge, le=MAX_INT, description=desc)]
 
 
 class SystemSection(BaseModel):

@@ -216,9 +216,12 @@ def validate_config(config: dict, *, for_training: bool = False) -> Report:
     if report.optimizer is not None and isinstance(config.get("training"), dict):
         max_steps = config["training"].get("max_steps")
         if isinstance(max_steps, int) and max_steps > 0:
-            report.warnings.extend(
-                _dead_schedule_warnings(config, lay.optimizer_path, max_steps)
-            )
+            try:
+                report.warnings.extend(
+                    _dead_schedule_warnings(config, lay.optimizer_path, max_steps)
+                )
+            except ConfigError as err:
+                issues.extend(err.issues)
     return report
 
 
@@ -278,7 +281,7 @@ def build_block(block: dict, path: str) -> Any:
         kwargs[key] = value
     try:
         return func(**kwargs)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, ArithmeticError) as err:
         raise ConfigError(ConfigIssue(path, str(err))) from None
 
 
@@ -289,10 +292,21 @@ def _dead_schedule_warnings(config, opt_path, max_steps) -> list[ConfigIssue]:
     last_live = -1
     for step in range(0, max_steps, stride):
         opt._step = step
-        if opt.learn_rate > 0:
+        try:
+            live = opt.learn_rate > 0  # evaluates every hyperparameter
+        except (ValueError, ArithmeticError) as err:
+            reason = str(err) if isinstance(err, ValueError) else "the value overflows"
+            raise ConfigError(
+                ConfigIssue(
+                    opt_path,
+                    f"a schedule fails at step {step}, before training.max_steps "
+                    f"({max_steps}): {reason}",
+                )
+            ) from None
+        if live:
             last_live = step
     dead_from = last_live + stride
-    if last_live >= 0 and dead_from < 0.9 * max_steps:
+    if last_live >= 0 and 10 * dead_from < 9 * max_steps:
         return [
             ConfigIssue(
                 f"{opt_path}.learn_rate",
