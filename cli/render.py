@@ -84,6 +84,8 @@ def chart(name: str, steps: list[int], values: list[float], width=64, height=10)
     """A terminal line chart of one series."""
     finite = [v for v in values if math.isfinite(v)]
     lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    if hi == lo:  # a constant: one row, one label
+        height = 1
     span = hi - lo or 1.0
     cols = min(width, len(values))
     grid = [[" "] * cols for _ in range(height)]
@@ -94,12 +96,13 @@ def chart(name: str, steps: list[int], values: list[float], width=64, height=10)
         if not chunk:
             continue
         for v in (min(chunk), max(chunk)):
-            r = height - 1 - round((v - lo) / span * (height - 1))
+            r = height - 1 - round((v - lo) / span * max(height - 1, 0))
             grid[r][c] = "•"
     label_w = max(len(f"{hi:.4g}"), len(f"{lo:.4g}"))
     lines = [Text(name, style="bold")]
     for r, row in enumerate(grid):
         label = f"{hi:.4g}" if r == 0 else f"{lo:.4g}" if r == height - 1 else ""
+
         lines.append(Text(f"{label:>{label_w}} │" + "".join(row), style=""))
     axis = f"{'':>{label_w}} └" + "─" * cols
     first, last = str(steps[0]), str(steps[-1])

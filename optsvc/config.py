@@ -52,7 +52,10 @@ class ConfigError(ValueError):
 def _show(value: Any) -> str:
     if isinstance(value, dict):
         return "a section"
-    text = json.dumps(value) if isinstance(value, (str, list)) else repr(value)
+    if isinstance(value, (str, list, bool)) or value is None:
+        text = json.dumps(value)  # as configs write them: "a", [1, 2], true, null
+    else:
+        text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -105,7 +108,7 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
                 ConfigIssue(
                     name,
                     "override must name a section and a key",
-                    hint=f"e.g. --training.{name} VALUE",
+                    hint=f"e.g. --{_section_for(name)}.{name} VALUE",
                 )
             )
             continue
@@ -113,6 +116,16 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
     if issues:
         raise ConfigError(issues)
     return overrides
+
+
+def _section_for(key: str) -> str:
+    """The section a bare key most likely belongs to, for a hint."""
+    if key in ("seed", "gpu_id"):
+        return "system"
+    if key in ("learn_rate", "L2", "beta1", "beta2", "eps", "grad_clip",
+               "use_averages", "L2_is_weight_decay", "weight_decay"):  # fmt: skip
+        return "optimizer"
+    return "training"
 
 
 def _parse_value(text: str) -> Any:
@@ -158,7 +171,7 @@ def config_from_str(
         config = Config().from_str(text, interpolate=False)
     except Exception as err:  # confection/configparser raise many kinds
         raise ConfigError(
-            f"{source} is not a valid config file: {_one_line(err)}"
+            f"{source} is not a valid config file: {_one_line(err, source)}"
         ) from None
     issues = [
         ConfigIssue(
@@ -175,15 +188,17 @@ def config_from_str(
     try:
         config = Config().from_str(text, overrides=overrides, interpolate=True)
     except Exception as err:
-        raise ConfigError(f"{source}: {_one_line(err)}") from None
+        raise ConfigError(f"{source}: {_one_line(err, source)}") from None
     if not isinstance(config, dict) or not config:
         raise ConfigError(f"{source} holds no sections")
     return config
 
 
-def _one_line(err: Exception) -> str:
+def _one_line(err: Exception, source: str = "config") -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    text = " ".join(lines[:3]) or type(err).__name__
+    text = " ".join(" ".join(lines[:3]).split()) or type(err).__name__
+    text = text.replace("'<string>'", f"'{source}'").replace("<string>", source)
+    text = text.removeprefix("Config validation error ")
     return text if len(text) <= 300 else text[:297] + "..."
 
 

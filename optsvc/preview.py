@@ -86,7 +86,14 @@ def schedule_values(
         if step in scores:
             optimizer.last_score = (step, scores[step])
         for p in params:
-            values[p].append(getattr(optimizer, ATTRS[p]))
+            try:
+                values[p].append(getattr(optimizer, ATTRS[p]))
+            except (ValueError, ArithmeticError) as err:
+                reason = str(err) if isinstance(err, ValueError) else "it overflows"
+                raise ConfigError(
+                    f"the schedule of '{p}' fails at step {step}: {reason}; "
+                    "show fewer steps (--steps) or fix the schedule"
+                ) from None
         optimizer.step_schedules()
     return values
 

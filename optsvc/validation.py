@@ -149,6 +149,14 @@ def _check_reference(block, path, expected, issues) -> tuple[str, str] | None:
     return reg_name, name
 
 
+_COMPARISONS = (
+    ("greater than or equal to", ">="),
+    ("less than or equal to", "<="),
+    ("greater than", ">"),
+    ("less than", "<"),
+)
+
+
 def _check_model(
     schema: type[BaseModel], args: dict, path: str, what: str, issues: list
 ) -> None:
@@ -174,6 +182,8 @@ def _check_model(
             else:
                 msg = e["msg"].removeprefix("Value error, ")
                 msg = msg.replace("Input should be", "must be")
+                for words, sign in _COMPARISONS:
+                    msg = msg.replace(words, sign)
                 issues.append(
                     ConfigIssue(where, msg, value=e.get("input"), has_value=True)
                 )

@@ -244,11 +244,6 @@ def test_show_schedule_user_errors(tmp_path):
     assert result.exit_code == 2 and "svg" in result.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="preview.schedule_values lets the optimizer's ValueError/OverflowError "
-    "escape: 'internal error' (exit 2) instead of a user error (exit 1)",
-)
 def test_schedule_that_overflows_is_a_user_error(tmp_path):
     path = tmp_path / "grows.cfg"
     path.write_text(

@@ -514,7 +514,7 @@ def test_config_error_formatting():
     assert str(issue) == "a.b: must be >= 0, got -1.5 (h)"
     assert str(ConfigIssue("", "no file")) == "no file"
     assert (
-        str(ConfigIssue("a", "bad", value=None, has_value=True)) == "a: bad, got None"
+        str(ConfigIssue("a", "bad", value=None, has_value=True)) == "a: bad, got null"
     )
     assert str(ConfigIssue("a", "bad", value=None)) == "a: bad"
     assert str(ConfigIssue("a", "x", value="s", has_value=True)) == 'a: x, got "s"'
