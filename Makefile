@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= configs/quickstart.cfg
 SRC := optsvc cli tests $(wildcard bench)
 
-.PHONY: test lint format train venv thinc9-reference clean
+.PHONY: test lint format train soak venv thinc9-reference clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ format: $(STAMP)
 # on 2 CPU cores). Each run starts afresh in runs/quickstart.
 train: $(STAMP)
 	$(BIN)/optsvc train $(CONFIG) -o runs/quickstart --overwrite
+
+# The reliability soak (issue 6): 50 training runs SIGKILLed and resumed, checkpoint
+# corruptions, 10,000 fuzzed configs, command lines and optimizer calls; the
+# figures go to bench/results/soak.json (README, Reliability). About 20-30 min
+# on 2 CPU cores; exit 1 if any promise broke. `make test` runs a small version
+# (tests/test_reliability.py).
+soak: $(STAMP)
+	$(BIN)/python tests/soak.py --kills 50 --fuzz 10000 --json bench/results/soak.json
 
 # Thinc 9.1.1 pins confection < 1.0, so its reference trajectories come from
 # a separate virtualenv (see tests/reference/README.md).

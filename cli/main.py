@@ -34,6 +34,8 @@ from . import render
 from .bench import bench
 
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
+# show-schedule computes every step in Python (about 15 s a million steps).
+MAX_SHOW_STEPS = 1_000_000
 
 app = typer.Typer(
     name="optsvc",
@@ -53,8 +55,9 @@ app = typer.Typer(
 
 
 def user_errors(command):
-    """Render ConfigError as a list of problems and exit 1; anything else
-    unexpected as one line (exit 2) rather than a traceback."""
+    """Render ConfigError as a list of problems and exit 1, and so a job too
+    large for the memory or a failed read or write (one line each); anything
+    else unexpected as one line (exit 2) rather than a traceback."""
 
     @functools.wraps(command)
     def run(*args, **kwargs):
@@ -65,10 +68,48 @@ def user_errors(command):
             raise typer.Exit(1) from None
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
-        except Exception as error:  # a bug: say so in one line
+        except MemoryError as error:  # a job too large for this machine
             render.err.print(
-                f"✘ internal error: {type(error).__name__}: {error} "
-                "(please report this with the command you ran)"
+                Text(
+                    f"✘ not enough memory for this job ({error}); make it smaller "
+                    "(data.n_samples, model.hidden_width, model.depth, "
+                    "training.batch_size)"
+                )
+            )
+            raise typer.Exit(1) from None
+        except RecursionError:  # e.g. a value like [[[[...]]]] thousands deep
+            render.err.print(
+                Text(
+                    "✘ a value in the config or on the command line is nested too "
+                    "deeply to be read; simplify it"
+                )
+            )
+            raise typer.Exit(1) from None
+        except OSError as error:  # disk full, permissions, a path that is not there
+            render.err.print(
+                Text(
+                    f"✘ {error}; check the path, the free space and the "
+                    "permissions, then run the command again"
+                )
+            )
+            raise typer.Exit(1) from None
+        except Exception as error:
+            if isinstance(error, ValueError) and "Circular reference" in str(error):
+                # json of a value that holds itself: `x = ${a}` inside [a]
+                render.err.print(
+                    Text(
+                        "✘ the config refers to a section from inside that "
+                        "section (a circular ${...} reference), so it cannot be "
+                        "read; remove that reference"
+                    )
+                )
+                raise typer.Exit(1) from None
+            # a bug: say so in one line
+            render.err.print(
+                Text(  # plain text: the message may hold [brackets]
+                    f"✘ internal error: {type(error).__name__}: {error} "
+                    "(please report this with the command you ran)"
+                )
             )
             raise typer.Exit(2) from None
 
@@ -179,6 +220,11 @@ def show_schedule_cmd(
             f"unknown hyperparameter {unknown[0]!r}; choose from {', '.join(ATTRS)}"
         )
     n = steps or default_steps(cfg, opt, params)
+    if n > MAX_SHOW_STEPS:
+        raise ConfigError(
+            f"{n:,} steps are more than show-schedule shows (at most "
+            f"{MAX_SHOW_STEPS:,}); pass --steps N with a smaller N"
+        )
     score_map = read_scores(scores) if scores else None
     values = schedule_values(opt, n, params, score_map)
     if fmt is Format.json:

@@ -52,10 +52,13 @@ class ConfigError(ValueError):
 def _show(value: Any) -> str:
     if isinstance(value, dict):
         return "a section"
-    if isinstance(value, (str, list, bool)) or value is None:
-        text = json.dumps(value)  # as configs write them: "a", [1, 2], true, null
-    else:
-        text = repr(value)
+    try:
+        if isinstance(value, (str, list, bool)) or value is None:
+            text = json.dumps(value)  # as configs write them: "a", [1, 2], true, null
+        else:
+            text = repr(value)
+    except (ValueError, RecursionError):  # e.g. a list that holds itself
+        text = "a value that refers to itself"
     return text if len(text) <= 80 else text[:77] + "..."
 
 

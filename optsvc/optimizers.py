@@ -96,7 +96,8 @@ class Optimizer(ScheduledHyperparams):
         # Thinc's RAdam memoises (step, N_sma, step_size) in ten slots shared
         # by all keys; kept so that the numbers stay Thinc's.
         self._radam_buffer: list[list] = [[None, None, None] for _ in range(10)]
-        self._current(full_check=True)  # check every first value now
+        _, _, b1, b2, *_ = self._current(full_check=True)  # check first values now
+        self._check_betas(b1, b2, None)
 
     # --- the update ----------------------------------------------------------------
 
@@ -119,7 +120,12 @@ class Optimizer(ScheduledHyperparams):
         if getattr(gradient, "size", 1) == 0:
             return weights, gradient
         ops = self._ops or get_array_ops(weights)
-        slot = self._slots.get(key)
+        try:
+            slot = self._slots.get(key)
+        except TypeError:
+            raise TypeError(
+                f"key {key!r} must be hashable, such as a (node_id, name) tuple"
+            ) from None
         self._check(key, weights, gradient, ops, slot)
         self._ops = ops
         lr, L2, b1, b2, eps, clip, b1_f32, b2_f32 = self._current()
@@ -153,10 +159,11 @@ class Optimizer(ScheduledHyperparams):
         slot.nr = nr
         return weights, gradient
 
-    def _check_betas(self, b1: float, b2: float, key: KeyT) -> None:
+    def _check_betas(self, b1: float, b2: float, key: KeyT | None) -> None:
         if not self.use_radam and b1 <= 0.0 < b2:
+            where = f" (key {key!r})" if key is not None else ""
             raise ValueError(
-                f"beta1 = 0 with beta2 = {b2} is not supported (key {key!r}); "
+                f"'beta1' = 0 with 'beta2' = {b2} is not supported{where}; "
                 "use beta1 > 0 for Adam or beta1 = beta2 = 0 for SGD"
             )
 
@@ -208,7 +215,9 @@ class Optimizer(ScheduledHyperparams):
     def _check(self, key, weights, gradient, ops: Ops, slot: _Slot | None) -> None:
         for what, array in (("weights", weights), ("gradient", gradient)):
             if not ops.owns(array):
-                if not hasattr(array, "dtype") or not hasattr(array, "shape"):
+                if isinstance(array, np.generic) or not (
+                    hasattr(array, "dtype") and hasattr(array, "shape")
+                ):
                     raise TypeError(
                         f"{what} for key {key!r} must be an array, "
                         f"got {type(array).__name__}"
@@ -232,6 +241,11 @@ class Optimizer(ScheduledHyperparams):
             raise ValueError(
                 f"weights for key {key!r} are {weights.dtype}; optsvc updates float32 "
                 "parameters (convert with .astype('float32'))"
+            )
+        if not (weights.flags.writeable and gradient.flags.writeable):
+            raise ValueError(
+                f"weights and gradient for key {key!r} must be writeable arrays "
+                "(the update is in place)"
             )
         if not (weights.flags.c_contiguous and gradient.flags.c_contiguous):
             raise ValueError(

@@ -31,7 +31,7 @@ from .checkpoints import (
     load_latest_checkpoint,
     save_checkpoint,
 )
-from .config import ConfigError, ConfigIssue, config_to_str
+from .config import SPACY_SECTIONS, ConfigError, ConfigIssue, config_to_str
 from .logger import TrainLogger
 from .models import evaluate, mean_squared_error, softmax_cross_entropy
 from .params import ParamStore
@@ -125,6 +125,12 @@ def train(
     report = validate_config(config, for_training=True)
     if not report.ok:
         raise ConfigError(report.errors)
+    if report.layout.is_spacy:  # validate checks only its optimizer block
+        found = ", ".join(f"[{s}]" for s in sorted(SPACY_SECTIONS & set(config)))
+        raise ConfigError(
+            f"this is a spaCy config (it has {found}); optsvc train runs optsvc "
+            "training configs: [system], [data], [model], [training], [optimizer]"
+        )
     system = SystemSection.model_validate(config.get("system", {}))
     settings = TrainingSection.model_validate(
         {k: v for k, v in config["training"].items() if k != "optimizer"}
@@ -170,6 +176,13 @@ def train(
                     f"cannot resume, {err}; start again with --overwrite"
                 ) from None
         if checkpoint is not None:
+            problem = _state_problem(checkpoint.state)
+            if problem:
+                raise RunError(
+                    f"cannot resume from {checkpoint.path}: its state.json {problem}; "
+                    "delete that folder to resume from an earlier checkpoint, or "
+                    "start again with --overwrite"
+                )
             _check_resumable(
                 checkpoint.state, relevant, settings.max_steps, allow_extend
             )
@@ -209,16 +222,18 @@ def train(
         resumed_from = None
         if checkpoint is not None:
             state = checkpoint.state
+            problem = _restore_problem(checkpoint, store, n_train, optimizer, rng)
+            if problem:
+                raise RunError(
+                    f"cannot resume from {checkpoint.path}: {problem}; delete that "
+                    "folder to resume from an earlier checkpoint, or start again "
+                    "with --overwrite"
+                )
             for key in store:
-                saved = checkpoint.arrays[f"w:{key_name(key)}"]
-                if saved.shape != store.shape(key):
-                    raise RunError(f"checkpoint weights for {key} do not fit the model")
-                weights[key][...] = ops.asarray(saved)
-            optimizer.from_bytes(checkpoint.optimizer)
+                weights[key][...] = ops.asarray(checkpoint.arrays[f"w:{key_name(key)}"])
             if gpu_id >= 0:
                 optimizer.to_gpu(gpu_id)
             order = checkpoint.arrays["data_order"]
-            rng.bit_generator.state = state["rng"]
             step, epoch, cursor = state["step"], state["epoch"], state["cursor"]
             loss_sum, loss_count = state["loss_sum"], state["loss_count"]
             best, evals_since_best = state["best_score"], state["evals_since_best"]
@@ -246,6 +261,12 @@ def train(
         logger.start(header, step)
 
         def save() -> None:
+            bad = _nonfinite_state(optimizer, store, xp)
+            if bad is not None:
+                raise RunError(
+                    f"step {step}: {bad}; the checkpoint was not saved (is the "
+                    "learning rate too large?)"
+                )
             arrays = {f"w:{key_name(k)}": ops.to_numpy(weights[k]) for k in store}
             arrays["data_order"] = order
             state = {
@@ -258,10 +279,18 @@ def train(
                 "config_hash": config_hash(relevant), "backend": ops.name,
                 "optsvc": __version__,
             }  # fmt: skip
-            save_checkpoint(
-                ckpt_dir, step, arrays=arrays, optimizer=optimizer.to_bytes(),
-                state=state, keep=settings.keep_checkpoints,
-            )  # fmt: skip
+            try:
+                save_checkpoint(
+                    ckpt_dir, step, arrays=arrays, optimizer=optimizer.to_bytes(),
+                    state=state, keep=settings.keep_checkpoints,
+                )  # fmt: skip
+            except OSError as err:  # disk full, permissions, ...
+                raise RunError(
+                    f"step {step}: the checkpoint could not be written "
+                    f"({err.strerror or err}); the earlier checkpoints are kept, "
+                    "so free some space (or fix the folder's permissions) and "
+                    "continue with --resume"
+                ) from None
 
         def dev_score() -> float:
             # Evaluate with the averaged parameters when there are any, as spaCy does.
@@ -281,6 +310,7 @@ def train(
         stopped_early = False
         last_eval, last_save = step, step
         clock, clock_step = time.perf_counter(), step
+        numpy_errors = np.seterr(all="ignore")
         try:
             while step < settings.max_steps and not stopped_early:
                 if cursor + batch_size > n_train:  # a new epoch, a new order
@@ -293,12 +323,26 @@ def train(
                 backprop(dY)
                 bad = _nonfinite(loss, store, xp)
                 if bad is None:
-                    if update_store is not None:
-                        update_store(store)
-                    else:
-                        for key in store:
-                            optimizer(key, weights[key], store.gradient(key))
+                    try:
+                        if update_store is not None:
+                            update_store(store)
+                        else:
+                            for key in store:
+                                optimizer(key, weights[key], store.gradient(key))
+                    except ValueError as err:  # settings it cannot work with
+                        raise RunError(
+                            f"step {step + 1}: the optimizer cannot update the "
+                            f"parameters: {err}"
+                        ) from None
                     loss_sum, loss_count = loss_sum + loss, loss_count + 1
+                    if not bool(xp.isfinite(store.flat_weights).all()):
+                        raise RunError(
+                            f"step {step + 1}: the update made "
+                            f"{_nonfinite_weights(store, xp)} although the loss and "
+                            "gradients were finite (is the learning rate, "
+                            f"{optimizer.learn_rate:g}, too large?); the run was "
+                            "stopped and nothing was saved"
+                        )
                 elif settings.nonfinite == "skip":
                     store.flat_gradients[...] = 0
                     skipped += 1
@@ -346,6 +390,7 @@ def train(
             if last_save != step:
                 save()
         finally:
+            np.seterr(**numpy_errors)
             logger.finish()
 
         # --- the result ---
@@ -380,6 +425,89 @@ def _nonfinite(loss: float, store: ParamStore, xp) -> str | None:
     return "a gradient holds NaN or inf"
 
 
+def _nonfinite_weights(store: ParamStore, xp) -> str:
+    for key in store:
+        if not bool(xp.isfinite(store.weights(key)).all()):
+            return f"the weights of parameter {key} hold NaN or inf"
+    return "the weights hold NaN or inf"
+
+
+def _nonfinite_state(optimizer, store: ParamStore, xp) -> str | None:
+    """What holds NaN or inf among the weights and the optimizer's state."""
+    if not bool(xp.isfinite(store.flat_weights).all()):
+        return _nonfinite_weights(store, xp)
+    for what, arrays in (("moments", optimizer.mom1), ("moments", optimizer.mom2),
+                         ("averages", optimizer.averages or {})):  # fmt: skip
+        for key, array in arrays.items():
+            if not bool(xp.isfinite(array).all()):
+                return f"the optimizer's {what} of parameter {key} hold NaN or inf"
+    return None
+
+
+STATE_KEYS = {"step": int, "epoch": int, "cursor": int, "loss_count": int,
+              "evals_since_best": int, "skipped_steps": int, "rng": dict,
+              "loss_sum": (int, float), "best_score": (int, float, type(None)),
+              "score": (int, float, type(None))}  # fmt: skip
+
+
+def _state_problem(state: dict) -> str | None:
+    """Why a checkpoint's state cannot be resumed from, or None."""
+    for name, kind in STATE_KEYS.items():
+        if name not in state:
+            return f"has no '{name}'"
+        value = state[name]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            return f"has a bad '{name}' ({value!r:.60})"
+        if kind is int and value < 0:
+            return f"has a negative '{name}' ({value})"
+    return None
+
+
+def _restore_problem(checkpoint, store: ParamStore, n_train: int, optimizer, rng):
+    """Check a checkpoint against the model, and restore the optimizer and the
+    RNG from it; what does not fit, or None. The weights are not touched."""
+    arrays, names = checkpoint.arrays, {f"w:{key_name(k)}": k for k in store}
+    for name, key in names.items():
+        saved = arrays.get(name)
+        if saved is None:
+            return f"it holds no weights for parameter {key}"
+        if saved.shape != store.shape(key) or saved.dtype != store.flat_weights.dtype:
+            return (
+                f"its weights for parameter {key} are {saved.dtype} of shape "
+                f"{saved.shape}, but the model's are {store.flat_weights.dtype} of "
+                f"shape {store.shape(key)}"
+            )
+    extra = sorted(n for n in arrays if n.startswith("w:") and n not in names)
+    if extra:
+        return f"it holds weights the model does not have ({', '.join(extra[:3])})"
+    order = arrays.get("data_order")
+    if (
+        order is None
+        or order.dtype.kind not in "iu"
+        or order.shape != (n_train,)
+        or not np.array_equal(np.sort(order), np.arange(n_train))
+    ):
+        return f"its data_order is not an ordering of the {n_train} training examples"
+    if checkpoint.state["cursor"] > n_train:
+        return f"its data position {checkpoint.state['cursor']} is past the data"
+    try:
+        rng.bit_generator.state = checkpoint.state["rng"]
+    except (KeyError, TypeError, ValueError) as err:
+        return f"its random generator state is malformed ({err})"
+    try:
+        optimizer.from_bytes(checkpoint.optimizer)
+    except ValueError as err:  # StateError
+        return f"its optimizer state is refused: {err}"
+    for key in store:
+        average = (optimizer.averages or {}).get(key)
+        moment = optimizer.mom1.get(key)
+        if (average is not None and average.shape != store.shape(key)) or (
+            moment is not None and moment.size != store.size_of(key)
+        ):
+            return f"its optimizer state for parameter {key} does not fit the model"
+    return None
+
+
 def _check_resumable(state: dict, relevant: dict, max_steps: int, allow_extend: bool):
     saved = state.get("config")
     if saved is not None and config_hash(saved) != config_hash(relevant):
@@ -411,10 +539,16 @@ def _check_resumable(state: dict, relevant: dict, max_steps: int, allow_extend: 
 
 
 def _remove_leftovers(out: Path) -> None:
-    """Temporary files of an earlier, killed writer (we hold the lock now)."""
+    """Temporary files of an earlier, killed writer (we hold the lock now, so
+    no other process writes here). Saving a checkpoint also tidies its folder,
+    but a run resumed at its last step saves none."""
     for path in out.glob(".*.tmp-*"):
         if path.is_file():
             path.unlink(missing_ok=True)
+    for pattern in (".tmp-step-*", ".del-step-*"):
+        for path in (out / "checkpoints").glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

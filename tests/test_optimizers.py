@@ -171,7 +171,10 @@ def test_every_hyperparameter_takes_every_form(attr, arg):
         "schedule": (decaying(0.5, 1.0), [0.5, 0.25, 0.5 / 3, 0.125]),
     }
     for given, expected in forms.values():
-        opt = Adam(**{arg: given}) if arg != "learn_rate" else Adam(given)
+        kwargs = {arg: given}
+        if arg == "beta1" and given == 0:
+            kwargs["beta2"] = 0  # beta1 = 0 is SGD, which needs beta2 = 0 too
+        opt = Adam(**kwargs) if arg != "learn_rate" else Adam(given)
         seen = []
         for _ in range(4):
             seen.append(getattr(opt, attr))
@@ -301,9 +304,14 @@ def test_radam_weight_decay_is_l2_as_decay():
 
 
 def test_beta1_zero_with_beta2_is_refused_clearly(ops):
-    opt = Adam(0.01, beta1=0.0, ops=ops)
+    with pytest.raises(ValueError, match="'beta1' = 0 with 'beta2' = 0.999"):
+        Adam(0.01, beta1=0.0, ops=ops)
+    # A schedule that reaches beta1 = 0 later is refused at that update.
+    opt = Adam(0.01, beta1=[0.9, 0.0], ops=ops)
     w, g = arrays(ops)
-    with pytest.raises(ValueError, match="beta1 = 0"):
+    opt((0, "W"), w, g)
+    opt.step_schedules()
+    with pytest.raises(ValueError, match=r"'beta1' = 0 .*\(key \(0, 'W'\)\)"):
         opt((0, "W"), w, g)
 
 
