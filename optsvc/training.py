@@ -10,13 +10,11 @@ any moment and resumed ends with the same weights, bit for bit on the CPU.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -31,24 +29,29 @@ from .checkpoints import (
     load_latest_checkpoint,
     save_checkpoint,
 )
-from .config import SPACY_SECTIONS, ConfigError, ConfigIssue, config_to_str
+from .config import SPACY_SECTIONS, ConfigError, ConfigIssue
 from .logger import TrainLogger
 from .models import evaluate, mean_squared_error, softmax_cross_entropy
 from .params import ParamStore
 from .preview import ATTRS, scheduled
 from .runlock import LockedError, RunLock
+from .runs import (
+    RUN_FILES,
+    RunError,
+    check_resumable,
+    config_diff,
+    filled_config,
+    key_name,
+    relevant_config,
+    remove_leftovers,
+    restore_problem,
+    save_npz,
+    state_problem,
+    truncate_metrics,
+)
 from .schema import SystemSection, TrainingSection
 from .serialize import write_atomic
 from .validation import build_block, validate_config
-
-# Settings that change how a run is recorded, not what it computes.
-NOT_RELEVANT = {("training", "checkpoint_frequency"), ("training", "keep_checkpoints"),
-                ("training", "max_steps"), ("system", "gpu_id")}  # fmt: skip
-RUN_FILES = ("config.cfg", "metrics.jsonl", "checkpoints", "final.npz")
-
-
-class RunError(RuntimeError):
-    """A run that cannot start or continue, with the reason and the fix."""
 
 
 @dataclass
@@ -60,35 +63,6 @@ class TrainResult:
     resumed_from: int | None
     stopped_early: bool
     skipped_steps: int
-
-
-def key_name(key: tuple) -> str:
-    return "/".join(str(k) for k in key)
-
-
-def relevant_config(config: dict) -> dict:
-    """The config without the settings in NOT_RELEVANT."""
-    out = json.loads(json.dumps(config))
-    for section, key in NOT_RELEVANT:
-        if isinstance(out.get(section), dict):
-            out[section].pop(key, None)
-    return out
-
-
-def config_diff(old: Any, new: Any, path: str = "") -> list[str]:
-    """Dotted paths whose values differ, as 'path: old -> new' lines."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        lines = []
-        for key in sorted(set(old) | set(new), key=str):
-            where = f"{path}.{key}" if path else str(key)
-            if key not in new:
-                lines.append(f"{where}: {old[key]!r} -> (removed)")
-            elif key not in old:
-                lines.append(f"{where}: (absent) -> {new[key]!r}")
-            else:
-                lines += config_diff(old[key], new[key], where)
-        return lines
-    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
 
 
 def select_ops(gpu_id: int):
@@ -156,7 +130,7 @@ def train(
     except LockedError as err:
         raise RunError(str(err)) from None
     try:
-        _remove_leftovers(out)
+        remove_leftovers(out)
         has_run = out.is_dir() and any((out / name).exists() for name in RUN_FILES)
         if has_run and not (resume or overwrite):
             raise RunError(
@@ -176,14 +150,14 @@ def train(
                     f"cannot resume, {err}; start again with --overwrite"
                 ) from None
         if checkpoint is not None:
-            problem = _state_problem(checkpoint.state)
+            problem = state_problem(checkpoint.state)
             if problem:
                 raise RunError(
                     f"cannot resume from {checkpoint.path}: its state.json {problem}; "
                     "delete that folder to resume from an earlier checkpoint, or "
                     "start again with --overwrite"
                 )
-            _check_resumable(
+            check_resumable(
                 checkpoint.state, relevant, settings.max_steps, allow_extend
             )
         if overwrite and not resume:
@@ -194,7 +168,9 @@ def train(
                 elif target.exists():
                     target.unlink()
         out.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / "config.cfg", _filled(config, system, settings).encode())
+        write_atomic(
+            out / "config.cfg", filled_config(config, system, settings).encode()
+        )
 
         # --- data ---
         X_train, X_dev = ops.asarray(data.X_train), ops.asarray(data.X_dev)
@@ -222,7 +198,7 @@ def train(
         resumed_from = None
         if checkpoint is not None:
             state = checkpoint.state
-            problem = _restore_problem(checkpoint, store, n_train, optimizer, rng)
+            problem = restore_problem(checkpoint, store, n_train, optimizer, rng)
             if problem:
                 raise RunError(
                     f"cannot resume from {checkpoint.path}: {problem}; delete that "
@@ -239,7 +215,7 @@ def train(
             best, evals_since_best = state["best_score"], state["evals_since_best"]
             score, skipped = state["score"], state["skipped_steps"]
             resumed_from = step
-            _truncate_metrics(out / "metrics.jsonl", step)
+            truncate_metrics(out / "metrics.jsonl", step)
         else:
             if gpu_id >= 0:
                 optimizer.to_gpu(gpu_id)
@@ -399,7 +375,7 @@ def train(
             for k in store:
                 if k in optimizer.averages:
                     final[f"avg:{key_name(k)}"] = ops.to_numpy(optimizer.averages[k])
-        _save_npz(out / "final.npz", final)
+        save_npz(out / "final.npz", final)
         if last_eval != step or score is None:
             score = dev_score()
         shown_best = score if best is None else best
@@ -442,143 +418,6 @@ def _nonfinite_state(optimizer, store: ParamStore, xp) -> str | None:
             if not bool(xp.isfinite(array).all()):
                 return f"the optimizer's {what} of parameter {key} hold NaN or inf"
     return None
-
-
-STATE_KEYS = {"step": int, "epoch": int, "cursor": int, "loss_count": int,
-              "evals_since_best": int, "skipped_steps": int, "rng": dict,
-              "loss_sum": (int, float), "best_score": (int, float, type(None)),
-              "score": (int, float, type(None))}  # fmt: skip
-
-
-def _state_problem(state: dict) -> str | None:
-    """Why a checkpoint's state cannot be resumed from, or None."""
-    for name, kind in STATE_KEYS.items():
-        if name not in state:
-            return f"has no '{name}'"
-        value = state[name]
-        if isinstance(value, bool) or not isinstance(value, kind):
-            return f"has a bad '{name}' ({value!r:.60})"
-        if kind is int and value < 0:
-            return f"has a negative '{name}' ({value})"
-    return None
-
-
-def _restore_problem(checkpoint, store: ParamStore, n_train: int, optimizer, rng):
-    """Check a checkpoint against the model, and restore the optimizer and the
-    RNG from it; what does not fit, or None. The weights are not touched."""
-    arrays, names = checkpoint.arrays, {f"w:{key_name(k)}": k for k in store}
-    for name, key in names.items():
-        saved = arrays.get(name)
-        if saved is None:
-            return f"it holds no weights for parameter {key}"
-        if saved.shape != store.shape(key) or saved.dtype != store.flat_weights.dtype:
-            return (
-                f"its weights for parameter {key} are {saved.dtype} of shape "
-                f"{saved.shape}, but the model's are {store.flat_weights.dtype} of "
-                f"shape {store.shape(key)}"
-            )
-    extra = sorted(n for n in arrays if n.startswith("w:") and n not in names)
-    if extra:
-        return f"it holds weights the model does not have ({', '.join(extra[:3])})"
-    order = arrays.get("data_order")
-    if (
-        order is None
-        or order.dtype.kind not in "iu"
-        or order.shape != (n_train,)
-        or not np.array_equal(np.sort(order), np.arange(n_train))
-    ):
-        return f"its data_order is not an ordering of the {n_train} training examples"
-    if checkpoint.state["cursor"] > n_train:
-        return f"its data position {checkpoint.state['cursor']} is past the data"
-    try:
-        rng.bit_generator.state = checkpoint.state["rng"]
-    except (KeyError, TypeError, ValueError) as err:
-        return f"its random generator state is malformed ({err})"
-    try:
-        optimizer.from_bytes(checkpoint.optimizer)
-    except ValueError as err:  # StateError
-        return f"its optimizer state is refused: {err}"
-    for key in store:
-        average = (optimizer.averages or {}).get(key)
-        moment = optimizer.mom1.get(key)
-        if (average is not None and average.shape != store.shape(key)) or (
-            moment is not None and moment.size != store.size_of(key)
-        ):
-            return f"its optimizer state for parameter {key} does not fit the model"
-    return None
-
-
-def _check_resumable(state: dict, relevant: dict, max_steps: int, allow_extend: bool):
-    saved = state.get("config")
-    if saved is not None and config_hash(saved) != config_hash(relevant):
-        lines = config_diff(saved, relevant)
-        raise RunError(
-            "the config changed since the checkpoint, so the run cannot be resumed "
-            "as it was:\n  "
-            + "\n  ".join(lines)
-            + "\nrestore those values, or start a new run with -o NEW_DIR or "
-            "--overwrite"
-            + (
-                "\n(values written as ${training.max_steps} follow max_steps, so "
-                "--extend cannot lengthen a run whose schedule depends on it)"
-                if state.get("max_steps") not in (None, max_steps)
-                else ""
-            )
-        )
-    if state["step"] > max_steps:
-        raise RunError(
-            f"the checkpoint is at step {state['step']}, past training.max_steps "
-            f"({max_steps}); there is nothing left to run"
-        )
-    saved_max = state.get("max_steps")
-    if saved_max is not None and saved_max != max_steps and not allow_extend:
-        raise RunError(
-            f"training.max_steps changed from {saved_max} to {max_steps}; add "
-            "--extend to continue the run to the new length"
-        )
-
-
-def _remove_leftovers(out: Path) -> None:
-    """Temporary files of an earlier, killed writer (we hold the lock now, so
-    no other process writes here). Saving a checkpoint also tidies its folder,
-    but a run resumed at its last step saves none."""
-    for path in out.glob(".*.tmp-*"):
-        if path.is_file():
-            path.unlink(missing_ok=True)
-    for pattern in (".tmp-step-*", ".del-step-*"):
-        for path in (out / "checkpoints").glob(pattern):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics rows past the checkpoint, which the resumed run will redo."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf8").splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue  # a line torn by a kill
-    write_atomic(path, "".join(line + "\n" for line in keep).encode())
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    write_atomic(path, buf.getvalue())
-
-
-def _filled(config: dict, system: SystemSection, settings: TrainingSection) -> str:
-    """The config as run: overrides applied, defaults written out."""
-    filled = json.loads(json.dumps(config))
-    filled["system"] = {**system.model_dump(), **filled.get("system", {})}
-    filled["training"] = {**settings.model_dump(), **filled["training"]}
-    return config_to_str(filled)
 
 
 __all__ = ["train", "TrainResult", "RunError", "config_diff", "ConfigIssue"]
