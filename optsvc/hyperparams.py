@@ -61,6 +61,8 @@ def _check_range(name: str, value: float, where: str, *, finite_only=False) -> N
 def _check_lr_scale(lr_scale: Any) -> float:
     """`lr_scale` as a float; a clear error if it is not a finite number >= 0
     (a NaN or negative scale would silently corrupt the weights)."""
+    if type(lr_scale) is float and 0.0 <= lr_scale < math.inf:  # the usual case
+        return lr_scale
     if isinstance(lr_scale, bool) or not isinstance(lr_scale, numbers.Real):
         raise TypeError(
             f"lr_scale must be a number, got {type(lr_scale).__name__} {lr_scale!r:.60}"
