@@ -216,6 +216,25 @@ def _on_device(k: dict[str, Any], x: Any) -> Any:
     return cuda.as_cuda_array(x, sync=False)
 
 
+def update_flags(l2: float, clip: float, decay: float, has_ema: bool) -> np.int32:
+    """Which optional parts of the update run, decided from the float64 host
+    values (as the reference decides them), not from their float32 roundings."""
+    return np.int32(
+        (_L2 if l2 != 0 else 0)
+        | (_CLIP if clip > 0 else 0)
+        | (_DECAY if decay != 0 else 0)
+        | (_EMA if has_ema else 0)
+    )
+
+
+def shared_scalars(b1, b2, eps, l2, clip, decay) -> tuple:
+    """The float32 scalars every tensor of a step shares, `1 - beta` formed in
+    float64 and rounded once, as the CPU kernels do."""
+    f32 = np.float32
+    return (f32(b1), f32(1.0 - b1), f32(b2), f32(1.0 - b2), f32(eps), f32(l2),
+            f32(clip), f32(decay))  # fmt: skip
+
+
 def external_stream(ptr: int) -> Any:
     """Wrap a stream created elsewhere (e.g. cupy's current stream pointer)."""
     k = _load()

@@ -35,8 +35,6 @@ import numpy as np
 from . import cuda_common
 from .cuda_common import (
     _CLIP,
-    _DECAY,
-    _EMA,
     _GPU_THREADS,
     _L2,
     ADAM,
@@ -47,6 +45,8 @@ from .cuda_common import (
     _device_state,
     _on_device,
     external_stream,
+    shared_scalars,
+    update_flags,
 )
 
 __all__ = [
@@ -263,27 +263,10 @@ def fused_update(
         v = _on_device(k, v)
     ema = dev.dummy32 if ema is None else _on_device(k, ema)
     kind = np.int32(kind)
-    flags = np.int32(
-        (_L2 if l2 != 0 else 0)
-        | (_CLIP if clip > 0 else 0)
-        | (_DECAY if decay != 0 else 0)
-        | (_EMA if ema is not dev.dummy32 else 0)
-    )
-
-    f32 = np.float32
-    l2_32 = f32(l2)
-    scalars = (
-        f32(lr),
-        f32(b1),
-        f32(1.0 - b1),
-        f32(b2),
-        f32(1.0 - b2),
-        f32(eps),
-        l2_32,
-        f32(clip),
-        f32(decay),
-        f32(ema_rate),
-    )
+    flags = update_flags(l2, clip, decay, ema is not dev.dummy32)
+    shared = shared_scalars(b1, b2, eps, l2, clip, decay)
+    l2_32 = shared[5]
+    scalars = (np.float32(lr), *shared, np.float32(ema_rate))
     update = k["update"]
     if not flags & _CLIP:
         update[blocks, threads, stream](

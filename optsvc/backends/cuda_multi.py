@@ -27,8 +27,6 @@ import numpy as np
 from . import cuda_common
 from .cuda_common import (
     _CLIP,
-    _DECAY,
-    _EMA,
     _GPU_THREADS,
     _L2,
     ADAM,
@@ -38,6 +36,8 @@ from .cuda_common import (
     _device_id,
     _device_state,
     _on_device,
+    shared_scalars,
+    update_flags,
 )
 
 __all__ = ["MultiLayout", "make_layout", "multi_update"]
@@ -277,24 +277,9 @@ def multi_update(
     m = dev.dummy32 if m is None else _on_device(k, m)
     v = dev.dummy32 if v is None else _on_device(k, v)
     ema = dev.dummy32 if ema is None else _on_device(k, ema)
-    flags = np.int32(
-        (_L2 if l2 != 0 else 0)
-        | (_CLIP if clip > 0 else 0)
-        | (_DECAY if decay != 0 else 0)
-        | (_EMA if ema is not dev.dummy32 else 0)
-    )
-    f32 = np.float32
-    l2_32 = f32(l2)
-    scalars = (
-        f32(b1),
-        f32(1.0 - b1),
-        f32(b2),
-        f32(1.0 - b2),
-        f32(eps),
-        l2_32,
-        f32(clip),
-        f32(decay),
-    )
+    flags = update_flags(l2, clip, decay, ema is not dev.dummy32)
+    scalars = shared_scalars(b1, b2, eps, l2, clip, decay)
+    l2_32 = scalars[5]
     tables = (layout.chunk_tensor, layout.chunk_start, layout.chunk_stop)
     update = k["multi_update"]
     with layout.lock:
