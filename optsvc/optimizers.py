@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .backends import Ops, get_array_ops, get_ops
+from .backends.ops import ADAM, MOMENTUM, SGD
 from .hyperparams import (
     ADAM_DEFAULTS,
     HPARAMS,
@@ -36,7 +37,7 @@ from .schedules import Schedule
 if TYPE_CHECKING:
     from .params import ParamStore
 
-SGD_KIND, ADAM_KIND, MOMENTUM_KIND = 0, 1, 2
+SGD_KIND, ADAM_KIND, MOMENTUM_KIND = SGD, ADAM, MOMENTUM  # the kernels' kinds
 
 
 def averaging_rate(nr: int) -> float:

@@ -31,13 +31,16 @@ import math
 import numba
 import numpy as np
 
-SGD, ADAM, MOMENTUM = 0, 1, 2
+from .ops import ADAM, MOMENTUM, SGD  # noqa: F401  (the kinds, re-exported)
+from .ops import CLIP_FLAG as _CLIP
+from .ops import DECAY_FLAG as _DECAY
+from .ops import EMA_FLAG as _EMA
+from .ops import L2_FLAG as _L2
 
 # Interleaved float64 partial sums of the clipping norm: element i of a tensor
 # goes to lane i % LANES. Fixed, so every entry point sums in the same order.
 LANES = 64
 
-_L2, _CLIP, _DECAY, _EMA = 1, 2, 4, 8
 
 _jit = numba.njit(cache=True, fastmath=False, nogil=True, error_model="numpy")
 

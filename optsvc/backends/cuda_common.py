@@ -38,12 +38,11 @@ from typing import Any
 
 import numpy as np
 
-SGD, ADAM, MOMENTUM = 0, 1, 2
-
-# Bits of the kernels' ``flags`` argument. They mirror the reference's Python
-# tests (``l2 != 0``, ``clip > 0``, ...) on the float64 host values, so a value
-# that rounds to 0 in float32 still takes the same branch as the reference.
-_L2, _CLIP, _DECAY, _EMA = 1, 2, 4, 8
+from .ops import ADAM, MOMENTUM, SGD  # noqa: F401  (the kinds, re-exported)
+from .ops import CLIP_FLAG as _CLIP
+from .ops import DECAY_FLAG as _DECAY
+from .ops import EMA_FLAG as _EMA
+from .ops import L2_FLAG as _L2
 
 # Launch configuration. On a GPU: 256 threads per block and at most
 # _BLOCKS_PER_SM * SMs blocks (8 x 256 = 2048 threads, a full SM on sm_80/sm_90),

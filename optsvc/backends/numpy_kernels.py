@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SGD, ADAM, MOMENTUM = 0, 1, 2
+from .ops import ADAM, MOMENTUM, SGD  # noqa: F401  (the kinds, re-exported)
 
 # Elements per block: 7 arrays of 16K float32 (448 KiB) stay in a typical L2.
 BLOCK = 16384

@@ -8,6 +8,16 @@ from typing import Any
 
 import numpy as np
 
+# The update kinds every kernel implements: w -= lr * g (SGD), Adam's
+# w -= lr * m / (sqrt(v) + eps), and momentum only (RAdam before its variance
+# is rectified: w -= lr * m).
+SGD, ADAM, MOMENTUM = 0, 1, 2
+
+# Bits of the compiled kernels' ``flags`` argument. They mirror the
+# reference's Python tests (``l2 != 0``, ``clip > 0``, ...) on the float64 host
+# values, so a value that rounds to 0 in float32 takes the reference's branch.
+L2_FLAG, CLIP_FLAG, DECAY_FLAG, EMA_FLAG = 1, 2, 4, 8
+
 
 class Layout:
     """Where each tensor lives in a flat buffer: `offsets` and `sizes` (int64
