@@ -83,17 +83,9 @@ def blobs(
     ((80, 4), dtype('float32'), (20,), 5)
     """
     fn = "blobs"
-    _check_int(fn, "n_samples", n_samples, minimum=2)
     _check_int(fn, "n_features", n_features, minimum=1)
-    _check_int(fn, "n_classes", n_classes, minimum=2)
     _check_float(fn, "spread", spread, minimum=0.0)
-    _check_fraction(fn, dev_fraction)
-    _check_int(fn, "seed", seed, minimum=0)
-    if n_samples < n_classes:
-        raise ValueError(
-            f"{fn}: 'n_samples' ({n_samples}) must be at least 'n_classes' "
-            f"({n_classes}), so that every class has a sample"
-        )
+    _check_classes(fn, n_samples, n_classes, dev_fraction, seed)
     rng = np.random.default_rng(seed)
     centers = rng.uniform(-10.0, 10.0, size=(n_classes, n_features))
     y = _balanced_labels(n_samples, n_classes)
@@ -133,17 +125,9 @@ def spirals(
     ((240, 2), 2, 2)
     """
     fn = "spirals"
-    _check_int(fn, "n_samples", n_samples, minimum=2)
-    _check_int(fn, "n_classes", n_classes, minimum=2)
     _check_float(fn, "noise", noise, minimum=0.0)
     _check_float(fn, "turns", turns, minimum=0.0)
-    _check_fraction(fn, dev_fraction)
-    _check_int(fn, "seed", seed, minimum=0)
-    if n_samples < n_classes:
-        raise ValueError(
-            f"{fn}: 'n_samples' ({n_samples}) must be at least 'n_classes' "
-            f"({n_classes}), so that every class has a sample"
-        )
+    _check_classes(fn, n_samples, n_classes, dev_fraction, seed)
     rng = np.random.default_rng(seed)
     y = _balanced_labels(n_samples, n_classes)
     radius = rng.uniform(0.0, 1.0, size=n_samples)
@@ -214,6 +198,19 @@ def regression(
 
 
 # --- helpers -------------------------------------------------------------------
+
+
+def _check_classes(fn: str, n_samples, n_classes, dev_fraction, seed) -> None:
+    """The arguments every classification set shares."""
+    _check_int(fn, "n_samples", n_samples, minimum=2)
+    _check_int(fn, "n_classes", n_classes, minimum=2)
+    _check_fraction(fn, dev_fraction)
+    _check_int(fn, "seed", seed, minimum=0)
+    if n_samples < n_classes:
+        raise ValueError(
+            f"{fn}: 'n_samples' ({n_samples}) must be at least 'n_classes' "
+            f"({n_classes}), so that every class has a sample"
+        )
 
 
 def _check_int(fn: str, name: str, value, *, minimum: int) -> None:
