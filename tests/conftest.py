@@ -1,4 +1,5 @@
 import os
+import sys
 
 
 # --- numba CUDA simulator switch -------------------------------------------
@@ -48,6 +49,20 @@ class SimulatedGpuOps(NumpyOps):
         cuda_multi.multi_update(
             w, g, m, v, ema, layout=layout.device, params=params.packed, **hyper
         )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fast_simulator():
+    """The CUDA simulator runs each thread as a Python thread and polls them at
+    every syncthreads(); with the default 5 ms GIL switch interval its norm
+    kernels crawl. A short interval halves the simulated tests' runtime."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+        yield
+        return
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    yield
+    sys.setswitchinterval(old)
 
 
 def _backends():

@@ -39,3 +39,25 @@ def reference_update(
         w -= f32(decay) * w
     if ema is not None:
         ema -= f32(ema_rate) * (ema - w)
+
+
+def random_state(n, kind, averages, seed=0):
+    """Random float32 inputs of one update: w, g, and m, v (not for SGD) and
+    ema (with averages), as the keyword arguments of the kernels."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "w": rng.standard_normal(n).astype(np.float32),
+        "g": rng.standard_normal(n).astype(np.float32),
+        "m": None,
+        "v": None,
+        "ema": rng.standard_normal(n).astype(np.float32) if averages else None,
+    }
+    if kind != SGD:
+        arrays["m"] = rng.standard_normal(n).astype(np.float32) * 0.1
+        arrays["v"] = rng.random(n).astype(np.float32) * 0.1
+    return arrays
+
+
+def copy_state(arrays):
+    """A deep copy of `random_state`'s dict."""
+    return {k: None if a is None else a.copy() for k, a in arrays.items()}

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kernel_reference import ADAM, MOMENTUM, SGD, reference_update
+from kernel_reference import (
+    ADAM,
+    MOMENTUM,
+    SGD,
+    copy_state,
+    random_state,
+    reference_update,
+)
 
 pytest.importorskip(
     "numba", reason="numba (the fast extra) is not installed", exc_type=ImportError
@@ -39,25 +46,6 @@ CASES = list(
 )
 
 
-def make(n, kind, averages, seed=0):
-    rng = np.random.default_rng(seed)
-    arrays = {
-        "w": rng.standard_normal(n).astype(np.float32),
-        "g": rng.standard_normal(n).astype(np.float32),
-        "m": None,
-        "v": None,
-        "ema": rng.standard_normal(n).astype(np.float32) if averages else None,
-    }
-    if kind != SGD:
-        arrays["m"] = rng.standard_normal(n).astype(np.float32) * 0.1
-        arrays["v"] = rng.random(n).astype(np.float32) * 0.1
-    return arrays
-
-
-def copy(arrays):
-    return {k: None if a is None else a.copy() for k, a in arrays.items()}
-
-
 def clip_for(arrays, l2, mode):
     if mode == "off":
         return 0.0
@@ -69,8 +57,8 @@ def clip_for(arrays, l2, mode):
 @pytest.mark.parametrize("kind,l2,clip_mode,decay,averages", CASES)
 def test_matches_reference(kind, l2, clip_mode, decay, averages):
     for n in SIZES:
-        ours = make(n, KINDS[kind], averages, seed=n)
-        ref = copy(ours)
+        ours = random_state(n, KINDS[kind], averages, seed=n)
+        ref = copy_state(ours)
         clip = clip_for(ours, l2, clip_mode)
         hyper = dict(HYPER, kind=KINDS[kind], l2=l2, clip=clip, decay=decay)
         for step in range(2):  # state carried across steps
@@ -92,8 +80,8 @@ def test_matches_reference(kind, l2, clip_mode, decay, averages):
 def test_branches_follow_host_values():
     # l2, clip and decay that round to 0 in float32 still take the
     # reference's branches (clip then zeroes the gradient: norm >= 0).
-    ours = make(33, ADAM, True)
-    ref = copy(ours)
+    ours = random_state(33, ADAM, True)
+    ref = copy_state(ours)
     hyper = dict(HYPER, kind=ADAM, l2=1e-50, clip=1e-50, decay=1e-50)
     cpu_kernels.fused_update(**ours, **hyper)
     reference_update(**ref, **hyper)
@@ -102,9 +90,9 @@ def test_branches_follow_host_values():
 
 
 def test_non_finite_values_propagate_like_the_reference():
-    ours = make(100, ADAM, True)
+    ours = random_state(100, ADAM, True)
     ours["g"][3], ours["g"][70], ours["w"][5] = np.nan, np.inf, -np.inf
-    ref = copy(ours)
+    ref = copy_state(ours)
     hyper = dict(HYPER, kind=ADAM, l2=0.01, clip=0.0, decay=1e-3)
     with np.errstate(invalid="ignore", over="ignore"):
         cpu_kernels.fused_update(**ours, **hyper)
@@ -134,8 +122,8 @@ def test_norm_is_float64_in_a_fixed_order():
 def test_multi_update_equals_one_call_per_tensor(kind):
     sizes = [5, 0, 130, 1, 64, 300]
     offsets = np.cumsum([0, *sizes[:-1]])
-    flat = make(sum(sizes), kind, True, seed=kind)
-    ref = copy(flat)
+    flat = random_state(sum(sizes), kind, True, seed=kind)
+    ref = copy_state(flat)
     nonempty = [i for i, s in enumerate(sizes) if s]
     params = TensorParams(len(nonempty))
     params.lr[:] = [0.01 * (i + 1) for i in range(len(nonempty))]
@@ -174,7 +162,7 @@ def test_numpy_ops_uses_the_compiled_kernel_and_falls_back():
     # Both backends give the reference's numbers without clipping.
     results = []
     for ops in (NumpyOps(), NumpyOps(compiled=False)):
-        arrays = make(5000, ADAM, True, seed=9)
+        arrays = random_state(5000, ADAM, True, seed=9)
         ops.fused_update(
             *(arrays[k] for k in NAMES),
             kind=ADAM,
@@ -187,7 +175,7 @@ def test_numpy_ops_uses_the_compiled_kernel_and_falls_back():
     layout = Layout([0, 10], [10, 20])
     params = TensorParams(2)
     params.lr[:] = 0.1
-    flat = [make(30, SGD, False, seed=1) for _ in range(2)]
+    flat = [random_state(30, SGD, False, seed=1) for _ in range(2)]
     for ops, arrays in zip((NumpyOps(), NumpyOps(compiled=False)), flat):
         ops.multi_update(
             *(arrays[k] for k in NAMES),

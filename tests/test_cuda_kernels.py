@@ -47,20 +47,6 @@ NAMES = ("w", "g", "m", "v", "ema")
 HYPER = dict(lr=0.005, b1=0.9, b2=0.999, eps=1e-8, ema_rate=0.1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_simulator():
-    # The simulator runs each CUDA thread as a Python thread and polls them at
-    # every syncthreads(); with the default 5 ms GIL switch interval the norm
-    # kernel's reduction crawls. A short interval halves this file's runtime.
-    if not SIM:
-        yield
-        return
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    yield
-    sys.setswitchinterval(old)
-
-
 def to_device(a):
     if a is None:
         return None

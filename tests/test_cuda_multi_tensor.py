@@ -9,8 +9,6 @@ clipped tensors are compared to rtol 1e-6; the rest bit for bit under the
 simulator.
 """
 
-import sys
-
 import numpy as np
 import pytest
 from kernel_reference import ADAM, MOMENTUM, SGD, reference_update
@@ -40,17 +38,6 @@ NAMES = ("w", "g", "m", "v", "ema")
 # empty tensors have no entry, and the layout need not cover the buffer).
 SIZES = [5, 150, 64, 1, 65, 30]
 GAP = 3
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_simulator():
-    if not SIM:
-        yield
-        return
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    yield
-    sys.setswitchinterval(old)
 
 
 def to_device(a):

@@ -5,7 +5,14 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from kernel_reference import ADAM, MOMENTUM, SGD, reference_update
+from kernel_reference import (
+    ADAM,
+    MOMENTUM,
+    SGD,
+    copy_state,
+    random_state,
+    reference_update,
+)
 
 from optsvc.backends import numpy_kernels
 from optsvc.backends.numpy_kernels import BLOCK, fused_update
@@ -22,33 +29,14 @@ CASES = list(
 )
 
 
-def make(n, kind, averages, seed=0):
-    rng = np.random.default_rng(seed)
-    arrays = {
-        "w": rng.standard_normal(n).astype(np.float32),
-        "g": rng.standard_normal(n).astype(np.float32),
-        "m": None,
-        "v": None,
-        "ema": rng.standard_normal(n).astype(np.float32) if averages else None,
-    }
-    if kind != SGD:
-        arrays["m"] = rng.standard_normal(n).astype(np.float32) * 0.1
-        arrays["v"] = rng.random(n).astype(np.float32) * 0.1
-    return arrays
-
-
-def copy(arrays):
-    return {k: None if a is None else a.copy() for k, a in arrays.items()}
-
-
 HYPER = dict(lr=0.01, b1=0.9, b2=0.999, eps=1e-8, ema_rate=0.1)
 
 
 @pytest.mark.parametrize("kind,l2,clip,decay,averages", CASES)
 @pytest.mark.parametrize("n", [1, 7, BLOCK - 1, BLOCK + 3, 3 * BLOCK])
 def test_kernel_matches_reference(n, kind, l2, clip, decay, averages):
-    ours = make(n, KINDS[kind], averages)
-    ref = copy(ours)
+    ours = random_state(n, KINDS[kind], averages)
+    ref = copy_state(ours)
     hyper = dict(HYPER, kind=KINDS[kind], l2=l2, clip=clip, decay=decay)
     for _ in range(3):  # state carried across steps
         ours["g"][:] = ref["g"][:] = np.float32(0.3) * ours["w"] + 1
@@ -62,8 +50,8 @@ def test_kernel_matches_reference(n, kind, l2, clip, decay, averages):
 
 
 def test_kernel_is_bit_exact_without_clipping():
-    ours = make(5000, ADAM, True)
-    ref = copy(ours)
+    ours = random_state(5000, ADAM, True)
+    ref = copy_state(ours)
     hyper = dict(HYPER, kind=ADAM, l2=0.01, clip=0.0, decay=1e-3)
     fused_update(**ours, **hyper)
     reference_update(**ref, **hyper)
@@ -73,7 +61,7 @@ def test_kernel_is_bit_exact_without_clipping():
 
 def test_kernel_allocates_nothing_per_step():
     n = 4 * BLOCK
-    arrays = make(n, ADAM, True)
+    arrays = random_state(n, ADAM, True)
     scratch = numpy_kernels.Scratch()
     hyper = dict(HYPER, kind=ADAM, l2=0.0, clip=1.0, decay=1e-3, scratch=scratch)
     fused_update(**arrays, **hyper)
