@@ -18,8 +18,8 @@ import typer
 from rich.text import Text
 
 import optsvc
-from optsvc.config import ConfigError, load_config, parse_overrides
-from optsvc.preview import (
+from optsvc.config.parse import ConfigError, load_config, parse_overrides
+from optsvc.config.preview import (
     ATTRS,
     as_rows,
     default_steps,
@@ -27,8 +27,9 @@ from optsvc.preview import (
     schedule_values,
     scheduled,
 )
-from optsvc.schedules import Schedule
-from optsvc.validation import validate_config
+from optsvc.config.validation import validate_config
+from optsvc.errors import OptsvcError
+from optsvc.schedules.base import Schedule
 
 from . import render
 from .bench import bench
@@ -65,6 +66,9 @@ def user_errors(command):
             return command(*args, **kwargs)
         except ConfigError as error:
             render.errors(error, str(kwargs.get("config") or ""))
+            raise typer.Exit(1) from None
+        except OptsvcError as error:  # every other user error: its message says it
+            render.err.print(Text(f"✘ {error}"))
             raise typer.Exit(1) from None
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
@@ -296,25 +300,21 @@ def train_cmd(
 
     Example: optsvc train configs/quickstart.cfg -o runs/quick --training.max_steps 500
     """
-    from optsvc.training import RunError, train
+    from optsvc.training.loop import train
 
     cfg = load_config(config, parse_overrides(ctx.args))
     out = output or Path("runs") / config.stem
-    try:
-        train(
-            cfg,
-            out,
-            config_source=str(config),
-            resume=resume,
-            overwrite=overwrite,
-            gpu_id=gpu,
-            allow_extend=extend,
-            console=render.out,
-            err_console=render.err,
-        )
-    except RunError as error:
-        render.err.print(Text(f"✘ {error}"))
-        raise typer.Exit(1) from None
+    train(
+        cfg,
+        out,
+        config_source=str(config),
+        resume=resume,
+        overwrite=overwrite,
+        gpu_id=gpu,
+        allow_extend=extend,
+        console=render.out,
+        err_console=render.err,
+    )
 
 
 class RegistryName(str, Enum):

@@ -9,10 +9,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from optsvc.config import ConfigError
-from optsvc.preview import describe
-from optsvc.schema import config_params
-from optsvc.validation import Report
+from optsvc.config.parse import ConfigError
+from optsvc.config.preview import describe
+from optsvc.config.schema import config_params
+from optsvc.config.validation import Report
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -17,8 +17,8 @@ from .backends import (
     set_current_ops,
     use_ops,
 )
-from .optimizers import SGD, Adam, Optimizer, RAdam
-from .registry import registry
+from .errors import OptsvcError
+from .optim import SGD, Adam, Optimizer, ParamStore, RAdam, StateError
 from .schedules import (
     Schedule,
     compounding,
@@ -26,23 +26,32 @@ from .schedules import (
     constant_then,
     cyclic_triangular,
     decaying,
-    plateau,
-    slanted_triangular,
-    warmup_linear,
-)
-from .schedules_extra import (
     exponential_decay,
     linear_warmup,
     one_cycle,
     piecewise_constant,
+    plateau,
+    slanted_triangular,
     step_decay,
     warmup_cosine,
+    warmup_linear,
 )
-from .serialize import StateError
+
+
+def __getattr__(name: str):
+    # The confection registry loads the config layer (confection, pydantic
+    # schemas, the example data sets and models): only when it is asked for.
+    if name == "registry":
+        from .config.registry import registry
+
+        return registry
+    raise AttributeError(f"module 'optsvc' has no attribute {name!r}")
+
 
 __all__ = [
     "__version__",
     "Optimizer",
+    "ParamStore",
     "SGD",
     "Adam",
     "RAdam",
@@ -71,4 +80,5 @@ __all__ = [
     "require_gpu",
     "prefer_gpu",
     "StateError",
+    "OptsvcError",
 ]

@@ -346,8 +346,8 @@ def startup_seconds() -> float:
 def prepare_jobs(work: Path, names=None) -> dict[str, Job]:
     """Write each job's config and run it once, uninterrupted, in process:
     the reference every resumed run is compared with."""
-    from optsvc.config import load_config
-    from optsvc.training import train
+    from optsvc.config.parse import load_config
+    from optsvc.training.loop import train
 
     jobs = {}
     folder = work / "jobs"
@@ -403,7 +403,11 @@ def run_difference(run: Path, reference: Path) -> str | None:
 
 def checkpoint_problems(run: Path) -> list[str]:
     """Every `step-*` folder must verify and hold only finite numbers."""
-    from optsvc.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
+    from optsvc.training.checkpoints import (
+        CheckpointError,
+        list_checkpoints,
+        load_checkpoint,
+    )
 
     problems = []
     for path in list_checkpoints(run / "checkpoints"):
@@ -506,7 +510,7 @@ def _listdir(path: Path) -> list[str]:
 
 def _probe_lock(run: Path, pid: int, fig: Figures) -> None:
     """While `pid` trains in `run`, a second train must be refused."""
-    from optsvc.runlock import LockedError, RunLock
+    from optsvc.training.lock import LockedError, RunLock
 
     try:
         lock = RunLock(run)
@@ -613,7 +617,7 @@ def _rewrite_manifest(folder: Path) -> None:
     check under test (pickle, shape, dtype) can fail then."""
     import hashlib
 
-    from optsvc.checkpoints import manifest_to_bytes
+    from optsvc.training.checkpoints import manifest_to_bytes
 
     manifest = json.loads((folder / "manifest.json").read_text())
     for name in manifest["files"]:
@@ -650,7 +654,7 @@ def corruption_campaign(
     """Damage copies of the finished reference run (checkpoints at its last
     three checkpoint steps) `n` times, cycling through CORRUPTIONS, and
     resume each with `optsvc train --resume` (in process)."""
-    from optsvc.checkpoints import list_checkpoints
+    from optsvc.training.checkpoints import list_checkpoints
 
     folder = work / "corrupt"
     folder.mkdir(parents=True, exist_ok=True)
@@ -1033,7 +1037,7 @@ def fuzz_case(rng: random.Random) -> tuple[str | bytes, list[str], str]:
 
 def _job_size(path: Path, overrides: list[str]) -> float | None:
     """A rough cost of the job (data x model), None if it does not load."""
-    from optsvc.config import load_config, parse_overrides
+    from optsvc.config.parse import load_config, parse_overrides
 
     try:
         cfg = load_config(path, parse_overrides(overrides))
@@ -1409,7 +1413,7 @@ def run_optimizer_case(case: dict) -> str | None:
                 f"lr_scale={case['lr_scale']!r} store={case['store']}")  # fmt: skip
     try:
         if case["store"]:
-            from optsvc.params import ParamStore
+            from optsvc.optim.params import ParamStore
 
             store = ParamStore.from_arrays(
                 {k: np.ones(s, "f") for k, s in KNOWN_SHAPES.items()}

@@ -59,4 +59,4 @@ def test_only_the_registry_imports_confection():
         for p in root.rglob("*.py")
         if "import confection" in p.read_text() or "from confection" in p.read_text()
     )
-    assert importers == ["config.py", "registry.py"]
+    assert importers == ["config/parse.py", "config/registry.py"]

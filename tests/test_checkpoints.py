@@ -26,8 +26,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from optsvc import checkpoints
-from optsvc.checkpoints import (
+from optsvc.training import checkpoints
+from optsvc.training.checkpoints import (
     ARRAYS,
     FILES,
     MANIFEST,
@@ -745,7 +745,7 @@ def test_a_planted_pickle_is_refused_without_running_it(two, member):
 
 WRITER = f"""
 import itertools, sys
-from optsvc.checkpoints import load_latest_checkpoint, save_checkpoint
+from optsvc.training.checkpoints import load_latest_checkpoint, save_checkpoint
 {PAYLOAD_SRC}
 directory = sys.argv[1]
 latest = load_latest_checkpoint(directory)

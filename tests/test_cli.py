@@ -16,8 +16,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import optsvc
-from optsvc.registry import registry
-from optsvc.schema import config_params
+from optsvc.config.registry import registry
+from optsvc.config.schema import config_params
 
 runner = CliRunner()
 

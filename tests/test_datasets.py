@@ -9,7 +9,7 @@ import pytest
 from confection import Config
 
 from optsvc import registry
-from optsvc.datasets import Dataset, blobs, regression, spirals
+from optsvc.toys.datasets import Dataset, blobs, regression, spirals
 
 FUNCS = {"blobs": blobs, "spirals": spirals, "regression": regression}
 SMALL = {

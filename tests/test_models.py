@@ -14,8 +14,9 @@ from conftest import SimulatedGpuOps, _backends
 
 from optsvc import registry
 from optsvc.backends import Ops, get_ops
-from optsvc.datasets import blobs, regression, spirals
-from optsvc.models import (
+from optsvc.optim.params import ParamStore
+from optsvc.toys.datasets import blobs, regression, spirals
+from optsvc.toys.models import (
     Model,
     evaluate,
     linear,
@@ -23,7 +24,6 @@ from optsvc.models import (
     mlp,
     softmax_cross_entropy,
 )
-from optsvc.params import ParamStore
 
 # --- the fake device -----------------------------------------------------------
 

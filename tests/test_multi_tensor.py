@@ -29,8 +29,8 @@ from conftest import to_host
 import optsvc
 from optsvc import SGD, Adam, RAdam
 from optsvc.backends import NumpyOps, get_ops
-from optsvc.optimizer_state import FlatState
-from optsvc.params import ParamStore
+from optsvc.optim.params import ParamStore
+from optsvc.optim.state import FlatState
 
 # Mixed shapes: empty tensors, scalars-as-(1,), sizes around the CPU kernel's
 # 64 lanes and the simulator's 64-element chunks, 3-D.

@@ -7,7 +7,7 @@ import pytest
 
 import optsvc
 from optsvc import SGD, Adam, Optimizer, RAdam, Schedule, decaying, plateau
-from optsvc.schedules import constant
+from optsvc.schedules.thinc import constant
 
 
 def arrays(ops, shape=(4, 3), seed=0, scale=1.0):

@@ -30,11 +30,12 @@ from hypothesis.extra import numpy as hnp
 from optsvc_cli.main import app
 from typer.testing import CliRunner
 
-from optsvc import models, training
-from optsvc.checkpoints import list_checkpoints, load_checkpoint
-from optsvc.config import load_config
-from optsvc.serialize import read_archive
-from optsvc.training import RunError, train
+from optsvc.config.parse import load_config
+from optsvc.optim.serialize import read_archive
+from optsvc.toys import models
+from optsvc.training import loop as training
+from optsvc.training.checkpoints import list_checkpoints, load_checkpoint
+from optsvc.training.loop import RunError, train
 
 LINUX = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="SIGKILL, flock and /proc/self/fd"

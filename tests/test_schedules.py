@@ -25,9 +25,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import optsvc
-import optsvc.schedules
-import optsvc.schedules_extra
-from optsvc.schedules import Schedule, to_schedule
+import optsvc.schedules.extra
+import optsvc.schedules.thinc
+from optsvc.schedules.base import Schedule
+from optsvc.schedules.thinc import to_schedule
 
 REGISTERED = sorted(optsvc.registry.schedules.get_all())
 STEPS = list(range(301)) + [1000, 4321, 10**4, 10**6, 10**9]
@@ -1505,10 +1506,10 @@ def test_registered_function_builds_schedule_named_after_it(case):
     assert isinstance(sched, Schedule)
     assert sched.name == case.name
     # the function is findable by name, so saved schedules can be rebuilt
-    assert optsvc.schedules.SCHEDULE_FNS[sched.name] is sched._schedule
+    assert optsvc.schedules.base.SCHEDULE_FNS[sched.name] is sched._schedule
 
 
-@pytest.mark.parametrize("module", [optsvc.schedules, optsvc.schedules_extra])
+@pytest.mark.parametrize("module", [optsvc.schedules.thinc, optsvc.schedules.extra])
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.failed == 0

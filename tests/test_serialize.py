@@ -20,9 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import optsvc
-from optsvc import Schedule, StateError, serialize
-from optsvc.registry import registry
-from optsvc.schedules import PlateauState
+from optsvc import Schedule, StateError
+from optsvc.config.registry import registry
+from optsvc.optim import serialize
+from optsvc.schedules.thinc import PlateauState
 
 HP_PROPS = ("learn_rate", "L2", "b1", "b2", "eps", "grad_clip")
 HPARAMS = ("learn_rate", "L2", "beta1", "beta2", "eps", "grad_clip")

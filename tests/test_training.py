@@ -31,10 +31,10 @@ from rich.console import Console
 from rich.text import Text
 from typer.testing import CliRunner
 
-from optsvc import training
-from optsvc.checkpoints import list_checkpoints
-from optsvc.config import ConfigError, config_from_str, load_config
-from optsvc.training import RunError, config_diff, train
+from optsvc.config.parse import ConfigError, config_from_str, load_config
+from optsvc.training import loop as training
+from optsvc.training.checkpoints import list_checkpoints
+from optsvc.training.loop import RunError, config_diff, train
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.cfg"
@@ -765,8 +765,8 @@ def test_gpu_code_path_under_the_cuda_simulator(tmp_path, monkeypatch):
         pytest.skip("a real GPU is here; the simulator is off")
     from conftest import SimulatedGpuOps
 
-    from optsvc import optimizers
     from optsvc.backends import cuda_multi
+    from optsvc.optim import optimizer as optimizers
 
     cfg = make_config(
         tmp_path / "tiny.cfg",
@@ -854,7 +854,7 @@ def test_a_second_train_on_the_same_folder_is_refused_while_the_first_runs(
 ):
     run = tmp_path / "run"
     run.mkdir()
-    from optsvc.runlock import RunLock
+    from optsvc.training.lock import RunLock
 
     # The lock a live `optsvc train` holds is an flock on RUN/.lock.
     holder = RunLock(run)
@@ -872,7 +872,7 @@ def test_a_lock_left_by_a_killed_run_is_recovered(job, tmp_path):
     run.mkdir()
     code = (
         "import sys, time\n"
-        "from optsvc.runlock import RunLock\n"
+        "from optsvc.training.lock import RunLock\n"
         f"RunLock({str(run)!r})\n"
         "print('locked', flush=True)\n"
         "time.sleep(60)\n"

@@ -15,10 +15,15 @@ from hypothesis import strategies as st
 from optsvc_cli.main import app
 from typer.testing import CliRunner
 
-from optsvc.config import ConfigError, ConfigIssue, config_from_str, parse_overrides
-from optsvc.registry import registry
-from optsvc.schema import ARGS, SECTIONS
-from optsvc.validation import validate_config
+from optsvc.config.parse import (
+    ConfigError,
+    ConfigIssue,
+    config_from_str,
+    parse_overrides,
+)
+from optsvc.config.registry import registry
+from optsvc.config.schema import ARGS, SECTIONS
+from optsvc.config.validation import validate_config
 
 ROOT = Path(__file__).parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*.cfg"))

@@ -1,5 +1,5 @@
 """The CPU backend: numpy arrays, updated by the numba-compiled one-pass kernel
-(`cpu_kernels`, the `fast` extra) or, without numba, by the blocked in-place
+(`numba_kernels`, the `fast` extra) or, without numba, by the blocked in-place
 numpy kernel (`numpy_kernels`)."""
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from .ops import Layout, Ops, TensorParams
 _NO_NUMBA_ENV = "OPTSVC_NO_NUMBA"
 
 
-def _load_cpu_kernels():
+def _load_numba_kernels():
     """The compiled kernels module, or None where numba is not usable."""
     if os.environ.get(_NO_NUMBA_ENV, "") not in ("", "0"):
         return None
     try:
-        from . import cpu_kernels
+        from . import numba_kernels
     except ImportError:  # numba absent, or too old / new for this numpy
         return None
-    return cpu_kernels
+    return numba_kernels
 
 
 class NumpyOps(Ops):
@@ -43,7 +43,7 @@ class NumpyOps(Ops):
     def __init__(self, compiled: bool | None = None) -> None:
         self._scratch = numpy_kernels.Scratch()
         self._want = compiled
-        self._kernels = None  # cpu_kernels module, False (numpy), None (unknown)
+        self._kernels = None  # numba_kernels module, False (numpy), None (unknown)
 
     @property
     def compiled(self) -> bool:
@@ -52,7 +52,7 @@ class NumpyOps(Ops):
 
     def _resolve(self):
         if self._kernels is None:
-            kernels = None if self._want is False else _load_cpu_kernels()
+            kernels = None if self._want is False else _load_numba_kernels()
             if kernels is None and self._want:
                 raise ImportError(
                     "NumpyOps(compiled=True) needs numba: pip install 'optsvc[fast]'"

@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..optimizers import Optimizer
-from ..params import ParamStore
+from optsvc.optim.optimizer import Optimizer
+from optsvc.optim.params import ParamStore
+
 from .timing import _Device
 
 IMPL_MULTI = "optsvc multi-tensor"

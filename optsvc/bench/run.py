@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..optimizers import Optimizer
+from optsvc.optim.optimizer import Optimizer
+
 from .implementations import IMPL_MULTI, IMPL_PER_KEY, _optsvc_runner, _peers
 from .timing import (
     _copy_runner,

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import Ops, get_ops
+from optsvc.backends import Ops, get_ops
 
 # The bandwidth copy is never smaller than this (bytes of each array).
 MIN_COPY_BYTES = 64 * 1024

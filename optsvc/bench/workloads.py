@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..optimizers import Adam, Optimizer
+from optsvc.optim.optimizer import Adam, Optimizer
 
 # Workloads as issue 5 defines them: name -> (description, shapes), per device.
 _M = 2**20
@@ -35,8 +35,8 @@ def default_optimizer() -> Optimizer:
 def optimizer_from_config(path: str | Path) -> Optimizer:
     """The optimizer a config file's `[optimizer]` (or spaCy's
     `[training.optimizer]`) block builds, through the registry."""
-    from ..config import ConfigError, get_path, layout, load_config
-    from ..registry import registry
+    from optsvc.config.parse import ConfigError, get_path, layout, load_config
+    from optsvc.config.registry import registry
 
     config = load_config(path)
     where = layout(config).optimizer_path

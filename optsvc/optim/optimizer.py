@@ -2,14 +2,9 @@
 
 The class does the bookkeeping (schedules, per-key state, update counts,
 bias correction); the arithmetic is one fused kernel per backend
-(`optsvc.backends.cpu_kernels` or `numpy_kernels`, `cuda_kernels`). Two ways
+(`optsvc.backends.numba_kernels` or `numpy_kernels`, `cuda_kernels`). Two ways
 in: `optimizer(key, W, dW)` updates one parameter; `optimizer.update_store`
 updates every parameter of a `ParamStore` in one pass, with the same numbers.
-
-Around this module: `optsvc.hyperparams` (the hyperparameters as schedules,
-their defaults and checks), `optsvc.optimizer_state` (the per-key state),
-`optsvc.multi_tensor` (`update_store`'s flat-buffer step), `optsvc.serialize`
-(the state as bytes).
 """
 
 from __future__ import annotations
@@ -20,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .backends import Ops, get_array_ops, get_ops
-from .backends.ops import ADAM, MOMENTUM, SGD
-from .hyperparams import (
+from optsvc import registries
+from optsvc.backends import Ops, get_array_ops, get_ops
+from optsvc.backends.ops import ADAM, MOMENTUM, SGD
+from optsvc.optim.hyperparams import (
     ADAM_DEFAULTS,
     HPARAMS,
     SGD_DEFAULTS,
@@ -31,11 +27,11 @@ from .hyperparams import (
     _check_lr_scale,
     _hparam_schedule,
 )
-from .optimizer_state import FlatState, KeyT, _Slot, _UpdateCounts
-from .schedules import Schedule
+from optsvc.optim.state import FlatState, KeyT, _Slot, _UpdateCounts
+from optsvc.schedules.base import Schedule
 
 if TYPE_CHECKING:
-    from .params import ParamStore
+    from optsvc.optim.params import ParamStore
 
 SGD_KIND, ADAM_KIND, MOMENTUM_KIND = SGD, ADAM, MOMENTUM  # the kernels' kinds
 
@@ -198,7 +194,7 @@ class Optimizer(ScheduledHyperparams):
         on cupy, one norm launch and one update launch for all tensors.
 
         >>> import numpy as np
-        >>> from optsvc.params import ParamStore
+        >>> from optsvc.optim.params import ParamStore
         >>> store = ParamStore.from_arrays({(0, "W"): np.ones((2, 3), "f"),
         ...                                 (0, "b"): np.zeros(3, "f")})
         >>> store.flat_gradients[:] = 0.5
@@ -209,7 +205,7 @@ class Optimizer(ScheduledHyperparams):
         """
         lr_scale = _check_lr_scale(lr_scale)
         # Imported here: multi_tensor imports this module.
-        from .multi_tensor import update_store
+        from optsvc.optim.multi_tensor import update_store
 
         update_store(self, store, lr_scale)
 
@@ -333,20 +329,20 @@ class Optimizer(ScheduledHyperparams):
 
     def to_bytes(self) -> bytes:
         """All state as bytes (an .npz archive with a JSON member; no pickle)."""
-        from .serialize import optimizer_to_bytes
+        from optsvc.optim.serialize import optimizer_to_bytes
 
         return optimizer_to_bytes(self)
 
     def from_bytes(self, data: bytes) -> Optimizer:
         """Restore state written by `to_bytes`; returns self."""
-        from .serialize import optimizer_from_bytes
+        from optsvc.optim.serialize import optimizer_from_bytes
 
         optimizer_from_bytes(self, data)
         return self
 
     def to_disk(self, path) -> None:
         """Write `to_bytes()` to `path` atomically (temporary file, fsync, rename)."""
-        from .serialize import write_atomic
+        from optsvc.optim.serialize import write_atomic
 
         write_atomic(path, self.to_bytes())
 
@@ -368,6 +364,7 @@ def _where(ops: Ops) -> str:
     return f"gpu:{ops.gpu_id}" if hasattr(ops, "gpu_id") else "cpu"
 
 
+@registries.optimizers.register("SGD.v1")
 def SGD(
     learn_rate: ScheduleT,
     *,
@@ -394,6 +391,7 @@ def SGD(
     )
 
 
+@registries.optimizers.register("Adam.v1")
 def Adam(
     learn_rate: ScheduleT = ADAM_DEFAULTS["learn_rate"],
     *,
@@ -424,6 +422,7 @@ def Adam(
     )
 
 
+@registries.optimizers.register("RAdam.v1")
 def RAdam(
     learn_rate: ScheduleT = ADAM_DEFAULTS["learn_rate"],
     *,

@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoints import config_hash
-from .config import config_to_str
-from .params import ParamStore
-from .schema import SystemSection, TrainingSection
-from .serialize import write_atomic
+from optsvc.config.parse import config_to_str
+from optsvc.config.schema import SystemSection, TrainingSection
+from optsvc.errors import OptsvcError
+from optsvc.optim.params import ParamStore
+from optsvc.optim.serialize import write_atomic
+from optsvc.training.checkpoints import config_hash
 
 # Settings that change how a run is recorded, not what it computes.
 NOT_RELEVANT = {("training", "checkpoint_frequency"), ("training", "keep_checkpoints"),
@@ -28,7 +29,7 @@ NOT_RELEVANT = {("training", "checkpoint_frequency"), ("training", "keep_checkpo
 RUN_FILES = ("config.cfg", "metrics.jsonl", "checkpoints", "final.npz")
 
 
-class RunError(RuntimeError):
+class RunError(OptsvcError, RuntimeError):
     """A run that cannot start or continue, with the reason and the fix."""
 
 

@@ -12,8 +12,10 @@ import fcntl
 import os
 from pathlib import Path
 
+from optsvc.errors import OptsvcError
 
-class LockedError(RuntimeError):
+
+class LockedError(OptsvcError, RuntimeError):
     """Another live process is using the run folder."""
 
 

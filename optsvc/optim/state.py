@@ -5,7 +5,7 @@ second moments and its average (flat arrays, None until needed) and its
 update count. `optimizer.mom1`, `mom2` and `averages` hold the same arrays by
 key, and `optimizer.nr_update` is a read-only view of the counts
 (`_UpdateCounts`). For the keys of a `ParamStore` updated with
-`update_store` (optsvc.multi_tensor), the state lives in flat buffers laid out
+`update_store` (optsvc.optim.multi_tensor), the state lives in flat buffers laid out
 like the store (`FlatState`), and each key's slot is bound to them: its
 arrays are views into the buffers and its count is an entry of `FlatState.nr`.
 """
@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .backends import Ops
-from .backends.ops import TensorParams
+from optsvc.backends import Ops
+from optsvc.backends.ops import TensorParams
 
 if TYPE_CHECKING:
-    from .optimizers import Optimizer
-    from .params import ParamStore
+    from optsvc.optim.optimizer import Optimizer
+    from optsvc.optim.params import ParamStore
 
 KeyT = Hashable
 

@@ -8,10 +8,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
-from .hyperparams import HPARAMS
-from .optimizers import Optimizer
-from .schedules import Schedule
+from optsvc.config.parse import ConfigError
+from optsvc.optim.hyperparams import HPARAMS
+from optsvc.optim.optimizer import Optimizer
+from optsvc.schedules.base import Schedule
 
 # Attribute names of a hyperparameter on the optimizer, by argument name.
 ATTRS = {"learn_rate": "learn_rate", "L2": "L2", "beta1": "b1", "beta2": "b2",

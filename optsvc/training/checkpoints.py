@@ -9,7 +9,7 @@ A checkpoint is a folder ``DIR/step-00001234/`` holding
 - ``manifest.json``, written last: format, version, step, the size and SHA-256
   of each other file, and a checksum of the manifest itself.
 
-How each file is encoded, checked and verified is `optsvc.checkpoint_format`;
+How each file is encoded, checked and verified is `optsvc.training.checkpoint_format`;
 this module writes and reads the folders.
 
 Crash safety (a ``kill -9`` or a power cut at any moment):
@@ -48,8 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .about import __version__
-from .checkpoint_format import (
+from optsvc.about import __version__
+from optsvc.training.checkpoint_format import (
     ARRAYS,
     FILES,
     FORMAT,

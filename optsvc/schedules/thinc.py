@@ -1,108 +1,25 @@
-"""Schedules: hyperparameter values as a function of the training step.
+"""Thinc 9.1.1's schedules, with its names, signatures and formulas, and the
+conversion of plain values (numbers, lists, generators) into schedules.
 
-A `Schedule` is a name, a function and a dict of attributes, called as
-`schedule(step, **extra)` (extra: `key`, `last_score`), exactly as in Thinc 9.
-The eight schedules Thinc 9.1.1 registers are here with its names, signatures
-and formulas; the ones Thinc lacks live in `schedules_extra.py`.
-
-Any state a schedule keeps (plateau's patience) lives in its attributes as
-plain data, so `optsvc.serialize` can save and restore it.
+The schedules Thinc lacks live in `optsvc.schedules.extra`.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import numbers
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import GeneratorType
-from typing import Any, Generic, TypeVar
+from typing import Any
 
-OutT = TypeVar("OutT")
-
-# Schedule functions by schedule name, so that saved schedules can be rebuilt
-# without pickling code. Filled by `schedule_fn`.
-SCHEDULE_FNS: dict[str, Callable[..., Any]] = {}
-
-
-def schedule_fn(name: str) -> Callable[[Callable], Callable]:
-    """Record `fn` as the function behind schedules called `name`."""
-
-    def decorate(fn: Callable) -> Callable:
-        SCHEDULE_FNS[name] = fn
-        return fn
-
-    return decorate
-
-
-class Schedule(Generic[OutT]):
-    """A hyperparameter schedule: `fn(schedule, step, **extra)` plus attributes.
-
-    >>> sched = Schedule("halve", lambda s, step, **_: s.attrs["rate"] / 2**step,
-    ...                  attrs={"rate": 1.0})
-    >>> sched(3)
-    0.125
-    """
-
-    __slots__ = ("name", "_schedule", "_attrs")
-
-    def __init__(
-        self,
-        name: str,
-        schedule: Callable[..., OutT],
-        *,
-        attrs: dict[str, Any] | None = None,
-    ) -> None:
-        self.name = name
-        self._schedule = schedule
-        self._attrs = dict(attrs or {})
-
-    def __call__(self, step: int, **extra: Any) -> OutT:
-        """The value at `step` (a non-negative int)."""
-        if step < 0:
-            raise ValueError(f"Schedule step must be non-negative, got {step}")
-        return self._schedule(self, step, **extra)
-
-    @property
-    def attrs(self) -> dict[str, Any]:
-        """The schedule's parameters and state."""
-        return self._attrs
-
-    def to_generator(
-        self, start: int = 0, step_size: int = 1, **extra: Any
-    ) -> Iterator[OutT]:
-        """Yield the values at `start`, `start + step_size`, ... forever."""
-        if start < 0:
-            raise ValueError(f"Schedule start must be non-negative, got {start}")
-        if step_size < 0:
-            raise ValueError(
-                f"Schedule step_size must be non-negative, got {step_size}"
-            )
-        return (self(step, **extra) for step in itertools.count(start, step_size))
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{k}={v!r}" for k, v in self._attrs.items())
-        return f"Schedule({self.name!r}, {shown})"
-
-
-def _check_number(fn: str, name: str, value: Any, *, minimum: float | None = None):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{fn}: '{name}' must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{fn}: '{name}' must be finite, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{fn}: '{name}' must be >= {minimum}, got {value!r}")
-
-
-def _check_schedule(fn: str, name: str, value: Any) -> None:
-    if not isinstance(value, Schedule):
-        raise ValueError(f"{fn}: '{name}' must be a Schedule, got {value!r}")
-
+from optsvc import registries
+from optsvc.schedules.base import Schedule, _check_number, _check_schedule, schedule_fn
 
 # --- Thinc 9.1.1's schedules ---------------------------------------------------
 
 
+@registries.schedules.register("constant.v1")
 def constant(rate: float) -> Schedule[float]:
     """The same value at every step.
 
@@ -118,6 +35,7 @@ def _constant(schedule: Schedule, step: int, **kwargs: Any) -> float:
     return schedule.attrs["rate"]
 
 
+@registries.schedules.register("constant_then.v1")
 def constant_then(
     rate: float, steps: int, schedule: Schedule[float]
 ) -> Schedule[float]:
@@ -147,6 +65,7 @@ def _constant_then(schedule: Schedule, step: int, **kwargs: Any) -> float:
     return schedule.attrs["schedule"](step, **kwargs)
 
 
+@registries.schedules.register("decaying.v1")
 def decaying(base_rate: float, decay: float, *, t: float = 0.0) -> Schedule[float]:
     """Inverse-time decay: `base_rate / (1 + decay * (step + t))`.
 
@@ -167,6 +86,7 @@ def _decaying(schedule: Schedule, step: int, **kwargs: Any) -> float:
     return a["base_rate"] * (1.0 / (1.0 + a["decay"] * (step + a["t"])))
 
 
+@registries.schedules.register("compounding.v1")
 def compounding(
     start: float, stop: float, compound: float, *, t: float = 0.0
 ) -> Schedule[float]:
@@ -196,6 +116,7 @@ def _compounding(schedule: Schedule, step: int, **kwargs: Any) -> float:
     return max(value, a["stop"]) if a["start"] > a["stop"] else min(value, a["stop"])
 
 
+@registries.schedules.register("warmup_linear.v1")
 def warmup_linear(
     initial_rate: float, warmup_steps: int, total_steps: int
 ) -> Schedule[float]:
@@ -234,6 +155,7 @@ def _warmup_linear(schedule: Schedule, step: int, **kwargs: Any) -> float:
     return factor * a["initial_rate"]
 
 
+@registries.schedules.register("slanted_triangular.v1")
 def slanted_triangular(
     max_rate: float,
     num_steps: int,
@@ -286,6 +208,7 @@ def _slanted_triangular(schedule: Schedule, step: int, **kwargs: Any) -> float:
     return a["max_rate"] * (1 + p * (ratio - 1)) * (1 / ratio)
 
 
+@registries.schedules.register("cyclic_triangular.v1")
 def cyclic_triangular(min_lr: float, max_lr: float, period: int) -> Schedule[float]:
     """Triangular cycles between `min_lr` and `max_lr`, `2 * period` steps each.
 
@@ -324,6 +247,7 @@ class PlateauState:
     n_plateaus: int = 0
 
 
+@registries.schedules.register("plateau.v1")
 def plateau(
     max_patience: int, scale: float, schedule: Schedule[float]
 ) -> Schedule[float]:

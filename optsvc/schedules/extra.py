@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .schedules import Schedule, _check_number, _check_schedule, schedule_fn
+from optsvc import registries
+from optsvc.schedules.base import Schedule, _check_number, _check_schedule, schedule_fn
 
 
 def _warmup_args(fn: str, warmup_steps: int, total_steps: int) -> None:
@@ -22,6 +23,7 @@ def _warmup_args(fn: str, warmup_steps: int, total_steps: int) -> None:
         )
 
 
+@registries.schedules.register("warmup_cosine.v1")
 def warmup_cosine(
     initial_rate: float,
     warmup_steps: int,
@@ -65,6 +67,7 @@ def _warmup_cosine(schedule: Schedule, step: int, **kwargs: Any) -> float:
     return a["final_rate"] + (a["initial_rate"] - a["final_rate"]) * cosine
 
 
+@registries.schedules.register("exponential_decay.v1")
 def exponential_decay(
     initial_rate: float,
     decay_rate: float,
@@ -107,6 +110,7 @@ def _exponential_decay(schedule: Schedule, step: int, **kwargs: Any) -> float:
     return max(a["final_rate"], a["initial_rate"] * a["decay_rate"] ** exponent)
 
 
+@registries.schedules.register("step_decay.v1")
 def step_decay(
     initial_rate: float, step_size: int, gamma: float = 0.1
 ) -> Schedule[float]:
@@ -131,6 +135,7 @@ def _step_decay(schedule: Schedule, step: int, **kwargs: Any) -> float:
     return a["initial_rate"] * a["gamma"] ** (step // a["step_size"])
 
 
+@registries.schedules.register("piecewise_constant.v1")
 def piecewise_constant(boundaries: list[int], values: list[float]) -> Schedule[float]:
     """`values[i]` for steps in [boundaries[i-1], boundaries[i]); one more
     value than boundaries, boundaries strictly increasing.
@@ -172,12 +177,13 @@ def _piecewise_constant(schedule: Schedule, step: int, **kwargs: Any) -> float:
     return a["values"][-1]
 
 
+@registries.schedules.register("linear_warmup.v1")
 def linear_warmup(warmup_steps: int, schedule: Schedule[float]) -> Schedule[float]:
     """Ramp linearly from 0 to `schedule(warmup_steps)` over `warmup_steps`
     steps, then follow `schedule(step)` (the inner schedule sees the global
     step, as with Thinc's `constant_then`).
 
-    >>> from optsvc.schedules import constant
+    >>> from optsvc.schedules.thinc import constant
     >>> s = linear_warmup(4, constant(1.0))
     >>> [s(0), s(2), s(4), s(100)]
     [0.0, 0.5, 1.0, 1.0]
@@ -200,6 +206,7 @@ def _linear_warmup(schedule: Schedule, step: int, **kwargs: Any) -> float:
     return inner(step, **kwargs)
 
 
+@registries.schedules.register("one_cycle.v1")
 def one_cycle(
     max_rate: float,
     total_steps: int,

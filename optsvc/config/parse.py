@@ -13,6 +13,8 @@ from typing import Any
 
 from confection import Config
 
+from optsvc.errors import OptsvcError
+
 # Sections that mark a spaCy config: optsvc checks only its optimizer block.
 SPACY_SECTIONS = {"nlp", "components", "corpora", "paths", "pretraining", "initialize"}
 OPTSVC_SECTIONS = ("system", "data", "model", "training", "optimizer")
@@ -37,7 +39,7 @@ class ConfigIssue:
         return text
 
 
-class ConfigError(ValueError):
+class ConfigError(OptsvcError, ValueError):
     """A config that cannot be used; `.issues` lists every problem found."""
 
     def __init__(self, issues: Sequence[ConfigIssue] | ConfigIssue | str):

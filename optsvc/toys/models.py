@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .backends import Ops, get_current_ops
+from optsvc import registries
+from optsvc.backends import Ops, get_current_ops
 
 Key = tuple[int, str]
 
@@ -204,6 +205,7 @@ class Model:
 # --- registered models -----------------------------------------------------------
 
 
+@registries.models.register("linear.v1")
 def linear() -> Model:
     """One linear layer: softmax regression on the logits (classification) or
     linear least squares (regression). Sizes come from the data set.
@@ -214,6 +216,7 @@ def linear() -> Model:
     return Model("linear")
 
 
+@registries.models.register("mlp.v1")
 def mlp(*, hidden_width: int = 64, depth: int = 2, activation: str = "relu") -> Model:
     """A multi-layer perceptron: `depth` hidden layers of `hidden_width` units
     with the activation, then a linear output layer.

@@ -1,7 +1,7 @@
 """Checking a whole config before anything is built, then building it.
 
 `validate_config` walks the raw (interpolated) sections, checks each
-registered-function block against its schema (`optsvc.schema`), collects
+registered-function block against its schema (`optsvc.config.schema`), collects
 every problem with its dotted path, and only then builds the optimizer to
 catch what only the functions themselves know. `build_block` turns a checked
 block into objects, with errors naming the path.
@@ -14,10 +14,17 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .config import ConfigError, ConfigIssue, Layout, did_you_mean, get_path, layout
-from .optimizers import HPARAMS, Optimizer
-from .registry import registry
-from .schema import ARGS, SECTIONS, Nested, function_schema
+from optsvc.config.parse import (
+    ConfigError,
+    ConfigIssue,
+    Layout,
+    did_you_mean,
+    get_path,
+    layout,
+)
+from optsvc.config.registry import registry
+from optsvc.config.schema import ARGS, SECTIONS, Nested, function_schema
+from optsvc.optim.optimizer import HPARAMS, Optimizer
 
 REGISTRIES = ("optimizers", "schedules", "datasets", "models")
 # Which registry each optsvc section's block names, and an example.

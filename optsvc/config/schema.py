@@ -247,7 +247,7 @@ def function_schema(registry_name: str, func_name: str, func) -> type[BaseModel]
         if spec is None:
             raise KeyError(
                 f"{registry_name} '{func_name}': argument '{param.name}' has no "
-                "entry in optsvc.schema.ARGS"
+                "entry in optsvc.config.schema.ARGS"
             )
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[param.name] = (field_type(spec), Field(default, description=spec.desc))

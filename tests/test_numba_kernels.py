@@ -1,4 +1,4 @@
-"""The numba CPU kernels (optsvc/backends/cpu_kernels.py) against the plain
+"""The numba CPU kernels (optsvc/backends/numba_kernels.py) against the plain
 reference, and how NumpyOps chooses between them and the numpy kernel.
 
 Without clipping the compiled kernel must equal ``reference_update`` bit for
@@ -28,13 +28,20 @@ pytest.importorskip(
     "numba", reason="numba (the fast extra) is not installed", exc_type=ImportError
 )
 
-from optsvc.backends import NumpyOps, cpu_kernels  # noqa: E402
+from optsvc.backends import NumpyOps, numba_kernels  # noqa: E402
 from optsvc.backends.ops import Layout, TensorParams  # noqa: E402
 
 KINDS = {"sgd": SGD, "adam": ADAM, "momentum": MOMENTUM}
 HYPER = dict(lr=0.01, b1=0.9, b2=0.999, eps=1e-8, ema_rate=0.1)
 NAMES = ("w", "g", "m", "v", "ema")
-SIZES = [1, 7, cpu_kernels.LANES - 1, cpu_kernels.LANES, cpu_kernels.LANES + 1, 1000]
+SIZES = [
+    1,
+    7,
+    numba_kernels.LANES - 1,
+    numba_kernels.LANES,
+    numba_kernels.LANES + 1,
+    1000,
+]
 CASES = list(
     itertools.product(
         KINDS,
@@ -63,7 +70,7 @@ def test_matches_reference(kind, l2, clip_mode, decay, averages):
         hyper = dict(HYPER, kind=KINDS[kind], l2=l2, clip=clip, decay=decay)
         for step in range(2):  # state carried across steps
             ours["g"][:] = ref["g"][:] = np.float32(0.3 + step) * ours["w"] + 1
-            cpu_kernels.fused_update(**ours, **hyper)
+            numba_kernels.fused_update(**ours, **hyper)
             reference_update(**ref, **hyper)
         for name in NAMES:
             if ours[name] is None:
@@ -83,7 +90,7 @@ def test_branches_follow_host_values():
     ours = random_state(33, ADAM, True)
     ref = copy_state(ours)
     hyper = dict(HYPER, kind=ADAM, l2=1e-50, clip=1e-50, decay=1e-50)
-    cpu_kernels.fused_update(**ours, **hyper)
+    numba_kernels.fused_update(**ours, **hyper)
     reference_update(**ref, **hyper)
     for name in NAMES:
         np.testing.assert_array_equal(ours[name], ref[name], err_msg=name)
@@ -95,7 +102,7 @@ def test_non_finite_values_propagate_like_the_reference():
     ref = copy_state(ours)
     hyper = dict(HYPER, kind=ADAM, l2=0.01, clip=0.0, decay=1e-3)
     with np.errstate(invalid="ignore", over="ignore"):
-        cpu_kernels.fused_update(**ours, **hyper)
+        numba_kernels.fused_update(**ours, **hyper)
         reference_update(**ref, **hyper)
     for name in NAMES:
         np.testing.assert_array_equal(ours[name], ref[name], err_msg=name)
@@ -106,13 +113,13 @@ def test_norm_is_float64_in_a_fixed_order():
     g = rng.standard_normal(1000).astype(np.float32)
     w = rng.standard_normal(1000).astype(np.float32)
     flags = 1 | 2  # L2 and clip
-    ours = cpu_kernels._sumsq(g[10:990], w[10:990], np.float32(0.01), flags)
+    ours = numba_kernels._sumsq(g[10:990], w[10:990], np.float32(0.01), flags)
     x = (g + np.float32(0.01) * w)[10:990].astype(np.float64)
     assert ours == pytest.approx(float(np.dot(x, x)), rel=1e-14)
     # the same order wherever the tensor starts (a view into a flat buffer)
     shifted = np.concatenate([np.zeros(5, np.float32), g])
     w_shifted = np.concatenate([np.zeros(5, np.float32), w])
-    again = cpu_kernels._sumsq(
+    again = numba_kernels._sumsq(
         shifted[15:995], w_shifted[15:995], np.float32(0.01), flags
     )
     assert again == ours
@@ -130,7 +137,7 @@ def test_multi_update_equals_one_call_per_tensor(kind):
     params.ema_rate[:] = [0.1 / (i + 1) for i in range(len(nonempty))]
     params.kind[:] = kind
     shared = dict(b1=0.9, b2=0.99, eps=1e-7, l2=0.01, clip=3.0, decay=1e-3)
-    cpu_kernels.multi_update(
+    numba_kernels.multi_update(
         *(flat[k] for k in NAMES),
         offsets[nonempty],
         np.array(sizes)[nonempty],
@@ -144,7 +151,7 @@ def test_multi_update_equals_one_call_per_tensor(kind):
             k: None if a is None else a[offsets[i] : offsets[i] + sizes[i]]
             for k, a in ref.items()
         }
-        cpu_kernels.fused_update(
+        numba_kernels.fused_update(
             **part,
             kind=kind,
             lr=float(params.lr[t]),
@@ -192,7 +199,7 @@ def test_numpy_ops_uses_the_compiled_kernel_and_falls_back():
 
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:
-    root = Path(cpu_kernels.__file__).resolve().parents[2]
+    root = Path(numba_kernels.__file__).resolve().parents[2]
     paths = [str(root), os.environ.get("PYTHONPATH", "")]
     full_env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
     full_env.update(env)
@@ -208,10 +215,10 @@ import numpy as np
 import optsvc
 opt = optsvc.Adam(0.01)
 assert "numba" not in sys.modules
-from optsvc.backends import cpu_kernels
-assert cpu_kernels._fused.signatures == [], "compiled at import"
+from optsvc.backends import numba_kernels
+assert numba_kernels._fused.signatures == [], "compiled at import"
 opt((0, "W"), np.ones(3, "f"), np.ones(3, "f"))
-assert cpu_kernels._fused.signatures, "the first update did not use numba"
+assert numba_kernels._fused.signatures, "the first update did not use numba"
 """
     proc = _run(code)
     assert proc.returncode == 0, proc.stderr

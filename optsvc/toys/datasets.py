@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from optsvc import registries
+
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
@@ -56,6 +58,7 @@ class Dataset:
         )
 
 
+@registries.datasets.register("blobs.v1")
 def blobs(
     *,
     n_samples: int = 2000,
@@ -95,6 +98,7 @@ def blobs(
     return _dataset(fn, "classification", X_train, y_train, X_dev, y_dev, n_classes)
 
 
+@registries.datasets.register("spirals.v1")
 def spirals(
     *,
     n_samples: int = 2000,
@@ -138,6 +142,7 @@ def spirals(
     return _dataset(fn, "classification", X_train, y_train, X_dev, y_dev, n_classes)
 
 
+@registries.datasets.register("regression.v1")
 def regression(
     *,
     n_samples: int = 2000,

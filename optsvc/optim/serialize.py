@@ -17,17 +17,19 @@ from typing import Any
 
 import numpy as np
 
-from . import schedules_extra  # noqa: F401  (fills SCHEDULE_FNS)
-from .backends import get_ops
-from .optimizer_state import _Slot
-from .schedules import SCHEDULE_FNS, PlateauState, Schedule
+import optsvc.schedules  # noqa: F401  (fills SCHEDULE_FNS)
+from optsvc.backends import get_ops
+from optsvc.errors import OptsvcError
+from optsvc.optim.state import _Slot
+from optsvc.schedules.base import SCHEDULE_FNS, Schedule
+from optsvc.schedules.thinc import PlateauState
 
 FORMAT = "optsvc.optimizer"
 VERSION = 1
 _META = "__meta__"
 
 
-class StateError(ValueError):
+class StateError(OptsvcError, ValueError):
     """Saved optimizer state that cannot be written or read back."""
 
 

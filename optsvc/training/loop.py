@@ -20,22 +20,25 @@ import numpy as np
 from rich.console import Console
 from rich.text import Text
 
-from . import __version__
-from .backends import NumpyOps, get_ops
-from .backends.cupy_ops import INSTALL_HINT, gpu_count, has_cupy
-from .checkpoints import (
+from optsvc.about import __version__
+from optsvc.backends import NumpyOps, get_ops
+from optsvc.backends.cupy_ops import INSTALL_HINT, gpu_count, has_cupy
+from optsvc.config.parse import SPACY_SECTIONS, ConfigError, ConfigIssue
+from optsvc.config.preview import ATTRS, scheduled
+from optsvc.config.schema import SystemSection, TrainingSection
+from optsvc.config.validation import build_block, validate_config
+from optsvc.optim.params import ParamStore
+from optsvc.optim.serialize import write_atomic
+from optsvc.toys.models import evaluate, mean_squared_error, softmax_cross_entropy
+from optsvc.training.checkpoints import (
     CheckpointError,
     config_hash,
     load_latest_checkpoint,
     save_checkpoint,
 )
-from .config import SPACY_SECTIONS, ConfigError, ConfigIssue
-from .logger import TrainLogger
-from .models import evaluate, mean_squared_error, softmax_cross_entropy
-from .params import ParamStore
-from .preview import ATTRS, scheduled
-from .runlock import LockedError, RunLock
-from .runs import (
+from optsvc.training.lock import LockedError, RunLock
+from optsvc.training.logger import TrainLogger
+from optsvc.training.run_folder import (
     RUN_FILES,
     RunError,
     check_resumable,
@@ -49,9 +52,6 @@ from .runs import (
     state_problem,
     truncate_metrics,
 )
-from .schema import SystemSection, TrainingSection
-from .serialize import write_atomic
-from .validation import build_block, validate_config
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The multi-tensor step: `Optimizer.update_store` over a `ParamStore`.
 
 The optimizer keeps the state of a store's keys in flat buffers laid out like
-the store's (`optsvc.optimizer_state.FlatState`: moments, averages, update
+the store's (`optsvc.optim.state.FlatState`: moments, averages, update
 counts, and the tables the backend's `multi_update` reads), so that one pass
 of one kernel updates every key. Each key's `_Slot` is bound to that state:
 `opt.mom1[key]`, `opt.mom2[key]` and `opt.averages[key]` are views into the
@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .backends import Ops
-from .optimizer_state import FlatState, _Slot
-from .optimizers import ADAM_KIND, SGD_KIND, _where, averaging_rate
+from optsvc.backends import Ops
+from optsvc.optim.optimizer import ADAM_KIND, SGD_KIND, _where, averaging_rate
+from optsvc.optim.state import FlatState, _Slot
 
 if TYPE_CHECKING:
-    from .optimizers import Optimizer
-    from .params import ParamStore
+    from optsvc.optim.optimizer import Optimizer
+    from optsvc.optim.params import ParamStore
 
 
 def update_store(opt: Optimizer, store: ParamStore, lr_scale: float) -> None:

@@ -5,7 +5,7 @@ number, a list (one value a step, the last repeats), a generator or a
 `Schedule`; all become Schedules, evaluated once per step (with `key=None` and
 the optimizer's `last_score`), not once per parameter. A value is range-checked
 when its schedule is set (every item of a list at once); later steps only need
-to be finite. `ScheduledHyperparams` gives `Optimizer` (optsvc.optimizers) its
+to be finite. `ScheduledHyperparams` gives `Optimizer` (optsvc.optim.optimizer) its
 hyperparameter properties, its schedule step and its last score. The checks of
 an update call's `lr_scale` (a multiplier on the learning rate) are here too.
 """
@@ -20,7 +20,8 @@ from typing import Any, Union
 
 import numpy as np
 
-from .schedules import Schedule, to_schedule
+from optsvc.schedules.base import Schedule
+from optsvc.schedules.thinc import to_schedule
 
 ScheduleT = Union[float, list, Any, Schedule]  # noqa: UP007 (a runtime alias)
 

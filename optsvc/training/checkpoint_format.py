@@ -1,6 +1,6 @@
 """What is in a checkpoint folder, file by file, and how it is checked.
 
-`optsvc.checkpoints` saves and loads checkpoint folders (atomically, with crash
+`optsvc.training.checkpoints` saves and loads checkpoint folders (atomically, with crash
 recovery and pruning); this module knows their contents: the file names and
 folder names, the manifest (format, version, step, each file's size and
 SHA-256, its own checksum), ``arrays.npz`` (numeric arrays only, written with
@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from optsvc.errors import OptsvcError
+
 FORMAT = "optsvc.checkpoint"
 VERSION = 1
 ARRAYS, OPTIMIZER, STATE = "arrays.npz", "optimizer.bin", "state.json"
@@ -38,7 +40,7 @@ _KINDS = "biufc"  # bool, integer, float, complex: no objects, strings or record
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so that equal arrays give equal bytes
 
 
-class CheckpointError(ValueError):
+class CheckpointError(OptsvcError, ValueError):
     """A checkpoint that cannot be written, or read back and verified."""
 
 

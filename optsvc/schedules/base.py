@@ -1,0 +1,96 @@
+"""The `Schedule` object: hyperparameter values as a function of the step.
+
+A `Schedule` is a name, a function and a dict of attributes, called as
+`schedule(step, **extra)` (extra: `key`, `last_score`), exactly as in Thinc 9.
+Any state a schedule keeps (plateau's patience) lives in its attributes as
+plain data, so `optsvc.optim.serialize` can save and restore it; the function
+is found again by name in `SCHEDULE_FNS`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+OutT = TypeVar("OutT")
+
+# Schedule functions by schedule name, so that saved schedules can be rebuilt
+# without pickling code. Filled by `schedule_fn`.
+SCHEDULE_FNS: dict[str, Callable[..., Any]] = {}
+
+
+def schedule_fn(name: str) -> Callable[[Callable], Callable]:
+    """Record `fn` as the function behind schedules called `name`."""
+
+    def decorate(fn: Callable) -> Callable:
+        SCHEDULE_FNS[name] = fn
+        return fn
+
+    return decorate
+
+
+class Schedule(Generic[OutT]):
+    """A hyperparameter schedule: `fn(schedule, step, **extra)` plus attributes.
+
+    >>> sched = Schedule("halve", lambda s, step, **_: s.attrs["rate"] / 2**step,
+    ...                  attrs={"rate": 1.0})
+    >>> sched(3)
+    0.125
+    """
+
+    __slots__ = ("name", "_schedule", "_attrs")
+
+    def __init__(
+        self,
+        name: str,
+        schedule: Callable[..., OutT],
+        *,
+        attrs: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self._schedule = schedule
+        self._attrs = dict(attrs or {})
+
+    def __call__(self, step: int, **extra: Any) -> OutT:
+        """The value at `step` (a non-negative int)."""
+        if step < 0:
+            raise ValueError(f"Schedule step must be non-negative, got {step}")
+        return self._schedule(self, step, **extra)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The schedule's parameters and state."""
+        return self._attrs
+
+    def to_generator(
+        self, start: int = 0, step_size: int = 1, **extra: Any
+    ) -> Iterator[OutT]:
+        """Yield the values at `start`, `start + step_size`, ... forever."""
+        if start < 0:
+            raise ValueError(f"Schedule start must be non-negative, got {start}")
+        if step_size < 0:
+            raise ValueError(
+                f"Schedule step_size must be non-negative, got {step_size}"
+            )
+        return (self(step, **extra) for step in itertools.count(start, step_size))
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self._attrs.items())
+        return f"Schedule({self.name!r}, {shown})"
+
+
+def _check_number(fn: str, name: str, value: Any, *, minimum: float | None = None):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{fn}: '{name}' must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{fn}: '{name}' must be finite, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{fn}: '{name}' must be >= {minimum}, got {value!r}")
+
+
+def _check_schedule(fn: str, name: str, value: Any) -> None:
+    if not isinstance(value, Schedule):
+        raise ValueError(f"{fn}: '{name}' must be a Schedule, got {value!r}")
