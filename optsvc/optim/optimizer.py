@@ -342,7 +342,7 @@ class Optimizer(ScheduledHyperparams):
 
     def to_disk(self, path) -> None:
         """Write `to_bytes()` to `path` atomically (temporary file, fsync, rename)."""
-        from optsvc.optim.serialize import write_atomic
+        from optsvc.fileio import write_atomic
 
         write_atomic(path, self.to_bytes())
 

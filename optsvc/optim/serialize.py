@@ -11,8 +11,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -263,24 +261,3 @@ def _restore(opt, meta: dict, arrays: dict[str, np.ndarray]) -> None:
     # ParamStore lays their state out in flat buffers again.
     opt._states = {}
     opt._ops = ops
-
-
-def write_atomic(path, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves the old file or the new
-    one, never a torn one: temporary file, fsync, rename, fsync the folder."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

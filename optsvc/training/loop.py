@@ -27,8 +27,8 @@ from optsvc.config.parse import SPACY_SECTIONS, ConfigError, ConfigIssue
 from optsvc.config.preview import ATTRS, scheduled
 from optsvc.config.schema import SystemSection, TrainingSection
 from optsvc.config.validation import build_block, validate_config
+from optsvc.fileio import write_atomic
 from optsvc.optim.params import ParamStore
-from optsvc.optim.serialize import write_atomic
 from optsvc.toys.models import evaluate, mean_squared_error, softmax_cross_entropy
 from optsvc.training.checkpoints import (
     CheckpointError,

@@ -19,8 +19,8 @@ import numpy as np
 from optsvc.config.parse import config_to_str
 from optsvc.config.schema import SystemSection, TrainingSection
 from optsvc.errors import OptsvcError
+from optsvc.fileio import write_atomic
 from optsvc.optim.params import ParamStore
-from optsvc.optim.serialize import write_atomic
 from optsvc.training.checkpoints import config_hash
 
 # Settings that change how a run is recorded, not what it computes.
