@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import optsvc
-from optsvc import Schedule, StateError
+from optsvc import Schedule, StateError, fileio
 from optsvc.config.registry import registry
 from optsvc.optim import serialize
 from optsvc.schedules.thinc import PlateauState
@@ -847,7 +847,7 @@ def _failing_write(monkeypatch, how):
                 self.f.close()
 
         monkeypatch.setattr(
-            serialize,
+            fileio,
             "open",
             lambda *a, **kw: Torn(real_open(*a, **kw)),
             raising=False,
