@@ -35,7 +35,7 @@ def warnings(report: Report) -> None:
 
 def summary(report: Report, source: str) -> None:
     """What `optsvc validate` found valid, and what it would build."""
-    lay = report.layout
+    lay = report.sections
     out.print(Text(f"✔ {source} is valid", style="bold green"))
     opt = report.optimizer
     if opt is not None:

@@ -453,13 +453,13 @@ def test_validate_config_error_paths():
 def test_validate_config_report():
     report = validate_config(config_from_str(TRAINING + WARMUP))
     assert report.ok and report.optimizer is not None
-    assert report.layout.optimizer_path == "optimizer"
+    assert report.sections.optimizer_path == "optimizer"
     assert set(report.blocks) == {"optimizer", "optimizer.learn_rate"}
     assert report.blocks["optimizer.learn_rate"][0] == "warmup_linear.v1"
     assert report.warnings == []
     report = validate_config(config_from_str(SPACY.replace("25000", "25")))
-    assert report.ok and report.layout.is_spacy
-    assert report.layout.optimizer_path == "training.optimizer"
+    assert report.ok and report.sections.is_spacy
+    assert report.sections.optimizer_path == "training.optimizer"
     issue = validate_config(config_from_str(ADAM + "beta1 = 2\n")).errors[0]
     assert (issue.path, issue.value, issue.has_value) == ("optimizer.beta1", 2, True)
 

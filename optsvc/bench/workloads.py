@@ -35,11 +35,11 @@ def default_optimizer() -> Optimizer:
 def optimizer_from_config(path: str | Path) -> Optimizer:
     """The optimizer a config file's `[optimizer]` (or spaCy's
     `[training.optimizer]`) block builds, through the registry."""
-    from optsvc.config.parse import ConfigError, get_path, layout, load_config
+    from optsvc.config.parse import ConfigError, find_sections, get_path, load_config
     from optsvc.config.registry import registry
 
     config = load_config(path)
-    where = layout(config).optimizer_path
+    where = find_sections(config).optimizer_path
     if where is None:
         raise ConfigError(
             f"'{path}' has no [optimizer] or [training.optimizer] section to benchmark"

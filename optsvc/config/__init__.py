@@ -9,6 +9,7 @@ The names below are the config layer's interface to the layers above it
 from optsvc.config.parse import (
     ConfigError,
     ConfigIssue,
+    SPACY_SECTIONS,
     config_to_str,
     did_you_mean,
     get_path,
@@ -27,6 +28,7 @@ __all__ = [
     "load_config",
     "parse_overrides",
     "SystemSection",
+    "SPACY_SECTIONS",
     "TrainingSection",
     "Report",
     "build_block",

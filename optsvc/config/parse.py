@@ -230,7 +230,7 @@ def _has_section(config: dict, dotted: str) -> bool:
 
 
 @dataclass
-class Layout:
+class ConfigSections:
     """Which sections a config has and where its optimizer block is."""
 
     optimizer_path: str | None
@@ -239,7 +239,7 @@ class Layout:
     unchecked: list[str] = field(default_factory=list)
 
 
-def layout(config: dict) -> Layout:
+def find_sections(config: dict) -> ConfigSections:
     """Find the optimizer block (`[optimizer]` or spaCy's `[training.optimizer]`)
     and tell which top-level sections optsvc checks."""
     is_spacy = bool(SPACY_SECTIONS & set(config))
@@ -254,9 +254,13 @@ def layout(config: dict) -> Layout:
         unchecked = [s for s in config if s != "training" or path is None]
         if path == "training.optimizer":
             unchecked.append("training (other than training.optimizer)")
-        return Layout(path, True, checked, sorted(set(unchecked) - set(checked)))
+        return ConfigSections(
+            path, True, checked, sorted(set(unchecked) - set(checked))
+        )
     checked = [s for s in config if s in OPTSVC_SECTIONS]
-    return Layout(path, False, checked, [s for s in config if s not in OPTSVC_SECTIONS])
+    return ConfigSections(
+        path, False, checked, [s for s in config if s not in OPTSVC_SECTIONS]
+    )
 
 
 def config_to_str(config: dict) -> str:

@@ -17,13 +17,20 @@ from pydantic import BaseModel, ValidationError
 from optsvc.config.parse import (
     ConfigError,
     ConfigIssue,
-    Layout,
+    ConfigSections,
     did_you_mean,
+    find_sections,
     get_path,
-    layout,
 )
 from optsvc.config.registry import registry
-from optsvc.config.schema import ARGS, SECTIONS, Nested, function_schema
+from optsvc.config.schema import (
+    ARGS,
+    SECTIONS,
+    Nested,
+    SystemSection,
+    TrainingSection,
+    function_schema,
+)
 from optsvc.optim.optimizer import HPARAMS, Optimizer
 
 REGISTRIES = ("optimizers", "schedules", "datasets", "models")
@@ -35,11 +42,15 @@ SECTION_REGISTRY = {"data": ("datasets", "blobs.v1"), "model": ("models", "mlp.v
 class Report:
     """What `validate_config` found: errors, warnings and what would be built."""
 
-    layout: Layout
+    sections: ConfigSections
     errors: list[ConfigIssue] = field(default_factory=list)
     warnings: list[ConfigIssue] = field(default_factory=list)
     blocks: dict[str, tuple[str, dict]] = field(default_factory=dict)
     optimizer: Optimizer | None = None
+    # A training config's [system] and [training] settings, defaults filled
+    # in (None for a config that is not optsvc's training config).
+    system: SystemSection | None = None
+    training: TrainingSection | None = None
 
     @property
     def ok(self) -> bool:
@@ -198,9 +209,9 @@ def _check_model(
 
 def validate_config(config: dict, *, for_training: bool = False) -> Report:
     """Check every section optsvc knows, then build the optimizer."""
-    report = Report(layout(config))
+    report = Report(find_sections(config))
     issues = report.errors
-    lay = report.layout
+    lay = report.sections
     if lay.optimizer_path is None:
         issues.append(
             ConfigIssue(
@@ -239,6 +250,11 @@ def validate_config(config: dict, *, for_training: bool = False) -> Report:
                 )
             except ConfigError as err:
                 issues.extend(err.issues)
+    if for_training and not issues and not lay.is_spacy:
+        report.system = SystemSection.model_validate(config.get("system", {}))
+        report.training = TrainingSection.model_validate(
+            {k: v for k, v in config["training"].items() if k != "optimizer"}
+        )
     return report
 
 

@@ -25,7 +25,6 @@ from optsvc.backends import NumpyOps, get_ops
 from optsvc.backends.cupy_ops import INSTALL_HINT, gpu_count, has_cupy
 from optsvc.config.parse import SPACY_SECTIONS, ConfigError, ConfigIssue
 from optsvc.config.preview import ATTRS, scheduled
-from optsvc.config.schema import SystemSection, TrainingSection
 from optsvc.config.validation import build_block, validate_config
 from optsvc.fileio import write_atomic
 from optsvc.optim.params import ParamStore
@@ -99,20 +98,17 @@ def train(
     report = validate_config(config, for_training=True)
     if not report.ok:
         raise ConfigError(report.errors)
-    if report.layout.is_spacy:  # validate checks only its optimizer block
+    if report.sections.is_spacy:  # validate checks only its optimizer block
         found = ", ".join(f"[{s}]" for s in sorted(SPACY_SECTIONS & set(config)))
         raise ConfigError(
             f"this is a spaCy config (it has {found}); optsvc train runs optsvc "
             "training configs: [system], [data], [model], [training], [optimizer]"
         )
-    system = SystemSection.model_validate(config.get("system", {}))
-    settings = TrainingSection.model_validate(
-        {k: v for k, v in config["training"].items() if k != "optimizer"}
-    )
+    system, settings = report.system, report.training
     gpu_id = system.gpu_id if gpu_id is None else gpu_id
     data = build_block(config["data"], "data")
     model = build_block(config["model"], "model")
-    opt_path = report.layout.optimizer_path
+    opt_path = report.sections.optimizer_path
     optimizer = report.optimizer
     ops = select_ops(gpu_id)
     xp = ops.xp
