@@ -7,9 +7,9 @@ The names below are the config layer's interface to the layers above it
 """
 
 from optsvc.config.parse import (
+    SPACY_SECTIONS,
     ConfigError,
     ConfigIssue,
-    SPACY_SECTIONS,
     config_to_str,
     did_you_mean,
     get_path,
