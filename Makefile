@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 CONFIG ?= configs/quickstart.cfg
 SRC := optsvc cli tests $(wildcard bench)
 
-.PHONY: test lint format train soak venv thinc9-reference clean
+
+.PHONY: test test-fast lint format train soak venv thinc9-reference clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +20,11 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The inner loop: everything but the tests marked slow (subprocesses, SIGKILL,
+# fuzz and soak). `make test` (and CI) runs them all.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(SRC)

@@ -10,7 +10,14 @@ import contextlib
 import contextvars
 from collections.abc import Iterator
 
-from .cupy_ops import INSTALL_HINT, CupyOps, gpu_count, has_cupy, is_cupy_array
+from .cupy_ops import (
+    CupyOps,
+    DeviceError,
+    check_gpu,
+    gpu_count,
+    has_cupy,
+    is_cupy_array,
+)
 from .numpy_ops import NumpyOps
 from .ops import Ops
 
@@ -73,10 +80,16 @@ def get_array_ops(array) -> Ops:
     return _default_numpy_ops()
 
 
+def ops_for_device(gpu_id: int) -> Ops:
+    """numpy for a negative `gpu_id` (the CPU), else cupy on that GPU;
+    DeviceError, with the fix, when that GPU cannot be used."""
+    if gpu_id < 0:
+        return _default_numpy_ops()
+    return get_ops("cupy", gpu_id=gpu_id)
+
+
 def require_gpu(gpu_id: int = 0) -> Ops:
-    """Switch to the GPU, or raise RuntimeError saying why it can't be used."""
-    if not has_cupy():
-        raise RuntimeError(f"cupy is not installed; install it with {INSTALL_HINT}")
+    """Switch to the GPU, or raise DeviceError saying why it can't be used."""
     ops = get_ops("cupy", gpu_id=gpu_id)
     set_current_ops(ops)
     return ops
@@ -84,7 +97,9 @@ def require_gpu(gpu_id: int = 0) -> Ops:
 
 def prefer_gpu(gpu_id: int = 0) -> bool:
     """Switch to the GPU if one can be used; return whether it was."""
-    if not has_cupy() or gpu_count() <= gpu_id:
+    try:
+        check_gpu(gpu_id)
+    except DeviceError:
         return False
     require_gpu(gpu_id)
     return True
@@ -99,6 +114,11 @@ __all__ = [
     "set_current_ops",
     "use_ops",
     "get_array_ops",
+    "ops_for_device",
+    "DeviceError",
+    "check_gpu",
+    "has_cupy",
+    "gpu_count",
     "require_gpu",
     "prefer_gpu",
 ]

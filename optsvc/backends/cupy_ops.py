@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from optsvc.errors import OptsvcError
+
 from .ops import Layout, Ops, TensorParams
 
 try:  # cupy is the optional extra optsvc[cuda12] / optsvc[cuda13]
@@ -32,6 +34,27 @@ def gpu_count() -> int:
         return 0
 
 
+class DeviceError(OptsvcError, RuntimeError):
+    """The GPU asked for cannot be used (no cupy, or no such device)."""
+
+
+def check_gpu(gpu_id: int) -> None:
+    """Raise DeviceError, with the fix, unless cupy can use GPU `gpu_id`.
+
+    The one place that decides whether a GPU can be used and says why not.
+    """
+    if cupy is None:
+        raise DeviceError(
+            f"GPU {gpu_id} needs cupy, which is not installed: {INSTALL_HINT}"
+        )
+    count = gpu_count()
+    if gpu_id < 0 or gpu_id >= count:
+        raise DeviceError(
+            f"GPU {gpu_id} is not there (cupy sees {count} CUDA device(s)); "
+            "use GPU id -1 for the CPU"
+        )
+
+
 def is_cupy_array(array) -> bool:
     return cupy is not None and isinstance(array, cupy.ndarray)
 
@@ -43,13 +66,7 @@ class CupyOps(Ops):
     name = "cupy"
 
     def __init__(self, gpu_id: int = 0) -> None:
-        if cupy is None:
-            raise RuntimeError(f"cupy is not installed; install it with {INSTALL_HINT}")
-        count = gpu_count()
-        if gpu_id < 0 or gpu_id >= count:
-            raise RuntimeError(
-                f"GPU {gpu_id} is not available: cupy sees {count} CUDA device(s)"
-            )
+        check_gpu(gpu_id)
         self.xp = cupy
         self.gpu_id = gpu_id
         self.device = cupy.cuda.Device(gpu_id)

@@ -21,8 +21,7 @@ from rich.console import Console
 from rich.text import Text
 
 from optsvc.about import __version__
-from optsvc.backends import NumpyOps, get_ops
-from optsvc.backends.cupy_ops import INSTALL_HINT, gpu_count, has_cupy
+from optsvc.backends import NumpyOps, ops_for_device
 from optsvc.config.parse import SPACY_SECTIONS, ConfigError, ConfigIssue
 from optsvc.config.preview import ATTRS, scheduled
 from optsvc.config.validation import build_block, validate_config
@@ -65,19 +64,8 @@ class TrainResult:
 
 
 def select_ops(gpu_id: int):
-    """numpy for gpu_id < 0, else cupy on that GPU; RunError with the fix."""
-    if gpu_id < 0:
-        return get_ops("numpy")
-    if not has_cupy():
-        raise RunError(
-            f"--gpu {gpu_id} needs cupy, which is not installed: {INSTALL_HINT}"
-        )
-    if gpu_id >= gpu_count():
-        raise RunError(
-            f"--gpu {gpu_id} asks for a GPU that is not there (cupy sees "
-            f"{gpu_count()}); use --gpu -1 for the CPU"
-        )
-    return get_ops("cupy", gpu_id=gpu_id)
+    """The backend for `gpu_id`: DeviceError (a user error) when it can't be used."""
+    return ops_for_device(gpu_id)
 
 
 def train(
