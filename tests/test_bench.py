@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 import types
 
 import pytest
@@ -119,25 +118,40 @@ def test_ratios_come_from_the_same_run(rows):
 
 
 def test_the_floor_is_the_copy_timed_in_the_run(monkeypatch):
-    # A stand-in copy that takes ~2 ms to "move" 1 GB: the floor must be
-    # derived from its measured time, once per workload, for that workload.
+    # A stand-in copy that "moves" 1 GB in exactly 2 ms of a fake clock (and
+    # an in-place rewrite that moves 1 GB in 4 ms): the floor must be derived
+    # from the copy's measured time, once per workload, for that workload.
+    clock = types.SimpleNamespace(now=0.0)
+
+    def perf_counter():
+        clock.now += 1e-9  # every other timed step takes 1 ns of fake time
+        return clock.now
+
+    def stand_in(seconds, moved, calls=None):
+        def make(dev, nbytes):
+            if calls is not None:
+                calls.append(nbytes)
+
+            def step():
+                clock.now += seconds
+
+            return step, moved
+
+        return make
+
     made = []
-
-    def slow_copy(dev, nbytes):
-        made.append(nbytes)
-
-        def copy():
-            time.sleep(0.002)
-
-        return copy, 10**9
-
-    monkeypatch.setattr(bench.run, "_copy_runner", slow_copy)
+    monkeypatch.setattr(
+        bench.timing, "time", types.SimpleNamespace(perf_counter=perf_counter)
+    )
+    monkeypatch.setattr(bench.run, "_copy_runner", stand_in(0.002, 10**9, made))
+    monkeypatch.setattr(bench.run, "_inplace_runner", stand_in(0.004, 10**9))
     rows = run_bench(workloads=["W3", "W1"], quick=True, repeat=3, warmup=0)
     assert len(made) == 2
     w3, w1 = rows[0], rows[-1]
     assert made == [w3["params"] * 20 // 2, w1["params"] * 20 // 2]  # Adam + avg
     for row in (w3, w1):
-        assert 100 < row["floor_gbps"] <= 500  # 1 GB in (2 ms + overhead)
+        # 1 GB over the copy's 2 ms (plus the clock's 1 ns a reading)
+        assert row["floor_gbps"] == pytest.approx(500, rel=1e-5)
 
 
 def test_optsvc_and_thinc_do_the_same_work(rows):

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reference.replay import build_optimizer, build_spec
+from reference.replay import replay as shared_replay
 
 REF_DIR = Path(__file__).resolve().parent / "reference"
 TRAJECTORIES = json.loads((REF_DIR / "thinc9_trajectories.json").read_text())
@@ -29,58 +31,8 @@ SCHEDULE_RTOL = 1e-12
 
 
 # ---------------------------------------------------------------------------
-# JSON -> objects
-
-
-def build_spec(registry, value):
-    """A hyperparameter as stored in the JSON -> the value to pass.
-
-    number -> itself; {"list": [...]} -> list; {"generator": [...]} -> a fresh
-    generator; {"@schedules": name, **args} -> registry.schedules.get(name)(**args)
-    with nested schedule args built first.
-    """
-    if isinstance(value, dict):
-        if "@schedules" in value:
-            args = {
-                k: build_spec(registry, v)
-                for k, v in value.items()
-                if k != "@schedules"
-            }
-            return registry.schedules.get(value["@schedules"])(**args)
-        if set(value) == {"list"}:
-            return list(value["list"])
-        if set(value) == {"generator"}:
-            values = list(value["generator"])
-            return (x for x in values)
-        raise ValueError(f"unknown hyperparameter spec: {value!r}")
-    return value
-
-
-def build_optimizer(registry, case, *, learn_rate=None):
-    args = {k: build_spec(registry, v) for k, v in case["args"].items()}
-    if learn_rate is not None:
-        args["learn_rate"] = learn_rate
-    return registry.optimizers.get(case["optimizer"])(**args)
-
-
-# ---------------------------------------------------------------------------
-# The replay loop (the generator runs exactly this against Thinc)
-
-
-def step_scalar(t):
-    return float(((t * 37) % 17) - 8) / 4.0
-
-
-def make_grad(base, t, w):
-    # float32, only * and +: bit-identical on every numpy
-    return base * np.float32(step_scalar(t)) + np.float32(0.05) * w
-
-
-ACTIVE = {
-    "always": lambda t: True,
-    "every3": lambda t: t % 3 == 0,
-    "from40": lambda t: t >= 40,
-}
+# The replay loop: the generator runs exactly this (reference/replay.py)
+# against Thinc
 
 
 def read_learn_rate(opt, key):
@@ -91,30 +43,14 @@ def read_learn_rate(opt, key):
 def replay(mod, case, *, read_lr=read_learn_rate, learn_rate=None, lr_scale=None):
     """Run one case. Returns lr_trace, checkpoints ({"step": [w per key]}),
     nr_update and averages (None without use_averages)."""
-    tensors = TENSOR_SETS[case["tensors"]]
     opt = build_optimizer(mod.registry, case, learn_rate=learn_rate)
-    lr_scale = case["lr_scale"] if lr_scale is None else lr_scale
-    keys = [tuple(k["key"]) for k in tensors]
-    ws = [np.asarray(k["init"], dtype=np.float32).reshape(k["shape"]) for k in tensors]
-    bases = [
-        np.asarray(k["base"], dtype=np.float32).reshape(k["shape"]) for k in tensors
-    ]
-    active = [ACTIVE[k["active"]] for k in tensors]
-    scores = case.get("scores", {})
-    marks = {int(s) for s in case["checkpoints"]}
-
-    lr_trace, checkpoints = [], {}
-    for t in range(case["steps"]):
-        lr_trace.append(read_lr(opt, keys[0]))
-        for i, key in enumerate(keys):
-            if active[i](t):
-                g = make_grad(bases[i], t, ws[i])
-                opt(key, ws[i], g, lr_scale=lr_scale)
-        opt.step_schedules()
-        if str(t + 1) in scores:
-            opt.last_score = scores[str(t + 1)]
-        if t + 1 in marks:
-            checkpoints[str(t + 1)] = [w.copy() for w in ws]
+    keys, lr_trace, checkpoints, _ = shared_replay(
+        opt,
+        TENSOR_SETS[case["tensors"]],
+        case,
+        lr_scale=case["lr_scale"] if lr_scale is None else lr_scale,
+        read_lr=read_lr,
+    )
     averages = None
     if opt.averages:
         averages = [np.array(opt.averages[k]) for k in keys]

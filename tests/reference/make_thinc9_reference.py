@@ -29,6 +29,10 @@ import thinc.backends.ops
 from thinc.api import registry
 from thinc.schedules import Schedule
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from replay import build_spec as shared_build_spec  # noqa: E402
+from replay import replay  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 SCHEDULES_PATH = HERE / "thinc9_schedules.json"
 TRAJECTORIES_PATH = HERE / "thinc9_trajectories.json"
@@ -38,21 +42,11 @@ if thinc.__version__ != "9.1.1":
 
 
 # ---------------------------------------------------------------------------
-# JSON spec -> objects (the test file has the same builder, for optsvc)
+# JSON spec -> objects: the builder and the loop are shared with the parity test
 
 
 def build_spec(value):
-    if isinstance(value, dict):
-        if "@schedules" in value:
-            args = {k: build_spec(v) for k, v in value.items() if k != "@schedules"}
-            return registry.schedules.get(value["@schedules"])(**args)
-        if set(value) == {"list"}:
-            return list(value["list"])
-        if set(value) == {"generator"}:
-            values = list(value["generator"])
-            return (x for x in values)
-        raise ValueError(f"bad spec {value!r}")
-    return value
+    return shared_build_spec(registry, value)
 
 
 def sched(name, **args):
@@ -294,22 +288,6 @@ def make_schedules():
 # Trajectories
 
 
-def step_scalar(t):
-    return float(((t * 37) % 17) - 8) / 4.0
-
-
-def make_grad(base, t, w):
-    # float32 throughout; only * and + so every numpy gives identical bits
-    return base * np.float32(step_scalar(t)) + np.float32(0.05) * w
-
-
-ACTIVE = {
-    "always": lambda t: True,
-    "every3": lambda t: t % 3 == 0,
-    "from40": lambda t: t >= 40,
-}
-
-
 def make_tensor_sets():
     rng = np.random.default_rng(20240909)
     layouts = {
@@ -410,42 +388,36 @@ def run_case(case, tensors, clip_counter):
     else:
         trace_opt = opt
 
-    keys = [tuple(k["key"]) for k in tensors]
-    ws = [np.asarray(k["init"], dtype=np.float32).reshape(k["shape"]) for k in tensors]
-    bases = [
-        np.asarray(k["base"], dtype=np.float32).reshape(k["shape"]) for k in tensors
-    ]
-    active = [ACTIVE[k["active"]] for k in tensors]
     scores = case.get("scores", {})
     steps = case["steps"]
     marks = sorted({c for c in CHECKPOINTS if c <= steps} | {steps})
 
-    clip_counter.reset()
-    lr_trace, checkpoints = [], {}
-    for t in range(steps):
-        lr_trace.append(
-            f(
-                trace_opt.learn_rate(
-                    trace_opt.step, key=keys[0], last_score=opt.last_score
-                )
-            )
+    def read_lr(opt, key):
+        return f(
+            trace_opt.learn_rate(trace_opt.step, key=key, last_score=opt.last_score)
         )
-        for i, key in enumerate(keys):
-            if active[i](t):
-                g = make_grad(bases[i], t, ws[i])
-                w_out, _ = opt(key, ws[i], g, lr_scale=lr_scale)
-                assert np.shares_memory(w_out, ws[i])  # Thinc updates in place
-        opt.step_schedules()
+
+    def after_step(t):
         if trace_opt is not opt:
             trace_opt.step_schedules()
-        if str(t + 1) in scores:
-            opt.last_score = scores[str(t + 1)]
-            if trace_opt is not opt:
+            if str(t + 1) in scores:
                 trace_opt.last_score = scores[str(t + 1)]
-        if t + 1 in marks:
-            checkpoints[str(t + 1)] = [[f32(x) for x in w.ravel()] for w in ws]
-        for w in ws:
-            assert np.all(np.isfinite(w))
+
+    clip_counter.reset()
+    keys, lr_trace, checkpoints, ws = replay(
+        opt,
+        tensors,
+        {**case, "checkpoints": marks},
+        lr_scale=lr_scale,
+        read_lr=read_lr,
+        after_step=after_step,
+    )
+    checkpoints = {
+        step: [[f32(x) for x in w.ravel()] for w in weights]
+        for step, weights in checkpoints.items()
+    }
+    for w in ws:
+        assert np.all(np.isfinite(w))
 
     rec = dict(case)
     rec["lr_trace"] = lr_trace
