@@ -33,6 +33,8 @@ from optsvc.schedules.base import Schedule
 
 from . import render
 from .bench import bench
+from .plot import plot
+from .runs import runs
 
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
 # show-schedule computes every step in Python (about 15 s a million steps).
@@ -342,6 +344,8 @@ def registry_cmd(
 
 
 app.command("bench")(user_errors(bench))
+app.command("runs")(user_errors(runs))
+app.command("plot")(user_errors(plot))
 
 
 def main() -> None:

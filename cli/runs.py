@@ -1,0 +1,206 @@
+"""`optsvc runs`: a thin Typer command over `optsvc.analysis.list_runs`."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from optsvc.analysis import RunsError, RunSummary, list_runs
+
+
+class RunsFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+class SortColumn(str, Enum):
+    name = "name"
+    config = "config"
+    optimizer = "optimizer"
+    status = "status"
+    steps = "steps"
+    best = "best"
+    last = "last"
+    loss = "loss"
+    wall = "wall"
+
+
+SORT_KEYS = {"best": "best_score", "last": "last_score", "loss": "final_loss",
+             "wall": "wall_time_s"}  # fmt: skip
+CSV_FIELDS = ("name", "path", "config", "values", "optimizer", "status", "steps",
+              "max_steps", "best_score", "last_score", "final_loss", "wall_time_s",
+              "wall_time_from", "note")  # fmt: skip
+
+
+def runs(
+    folder: Annotated[
+        Path,
+        typer.Argument(help="Folder to search for runs, sweeps' trials included."),
+    ] = Path("runs"),
+    output_format: Annotated[
+        RunsFormat,
+        typer.Option("--format", help="table, or csv or json for machines."),
+    ] = RunsFormat.table,
+    sort: Annotated[
+        SortColumn,
+        typer.Option(
+            "--sort",
+            help="Column to sort by: name, config, optimizer, status, steps, "
+            "best, last, loss or wall; runs without a value go last.",
+        ),
+    ] = SortColumn.name,
+    descending: Annotated[
+        bool, typer.Option("--desc", help="Sort from the largest value down.")
+    ] = False,
+) -> None:
+    """List every run under a folder: its config, optimizer and schedule,
+    status, steps done of max, best and last score, final loss and wall time.
+
+    Status: running when a live optsvc train holds the run's lock (the lock
+    dies with the process, and is only tested, never taken); finished when
+    final.npz exists; interrupted when a checkpoint exists, so
+    `optsvc train RUN/config.cfg -o RUN --resume` continues it; failed when the
+    run recorded a failure, or when it ended with nothing to resume.
+
+    Wall time is the sum of the evaluation intervals in metrics.jsonl (so it
+    spans resumed sessions, not start-up); "(files)" marks a time taken from
+    file modification times instead (config.cfg to the newest file: the last
+    session only). The trials of a sweep show the config values that differ
+    between them.
+
+    Example: optsvc runs runs/ --sort best --desc
+    """
+    if not folder.exists():
+        raise RunsError(
+            f"there is no folder '{folder}'; give the folder that holds your "
+            "runs: optsvc runs DIR"
+        )
+    found = sort_runs(list_runs(folder), sort.value, descending)
+    if output_format is RunsFormat.json:
+        write_out(json.dumps([s.as_dict() for s in found], indent=1) + "\n")
+    elif output_format is RunsFormat.csv:
+        write_out(to_csv(found))
+    elif not found:
+        Console(stderr=True, highlight=False).print(Text(f"no runs under '{folder}'"))
+    elif sys.stdout.isatty():
+        Console(highlight=False).print(rich_table(found))
+    else:
+        write_out(plain_table(found))
+
+
+def sort_runs(found: list[RunSummary], column: str, descending: bool):
+    """By `column`, runs without a value last in either direction."""
+    attr = SORT_KEYS.get(column, column)
+    present = [s for s in found if getattr(s, attr) is not None]
+    missing = [s for s in found if getattr(s, attr) is None]
+    present.sort(key=lambda s: getattr(s, attr), reverse=descending)
+    return present + missing
+
+
+def to_csv(found: list[RunSummary]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for summary in found:
+        row = summary.as_dict()
+        row["values"] = "; ".join(f"{k}={v}" for k, v in summary.values.items())
+        writer.writerow({k: "" if row[k] is None else row[k] for k in CSV_FIELDS})
+    return buffer.getvalue()
+
+
+def cells(found: list[RunSummary]) -> tuple[list[str], list[list[str]]]:
+    """The table's header and rows as text: a values column only for sweeps'
+    trials, a note column only when some run has a note."""
+    header = ["name", "config", "optimizer / schedule", "status", "steps", "best",
+              "last", "final loss", "wall time"]  # fmt: skip
+    with_values = any(s.values for s in found)
+    with_notes = any(s.note for s in found)
+    if with_values:
+        header.insert(2, "values")
+    if with_notes:
+        header.append("note")
+    rows = []
+    for s in found:
+        row = [s.name, s.config, s.optimizer, s.status, _steps(s), _num(s.best_score),
+               _num(s.last_score), _num(s.final_loss), _wall(s)]  # fmt: skip
+        if with_values:
+            row.insert(2, ", ".join(f"{k}={v}" for k, v in s.values.items()))
+        if with_notes:
+            row.append(s.note)
+        rows.append(row)
+    return header, rows
+
+
+def rich_table(found: list[RunSummary]) -> Table:
+    header, rows = cells(found)
+    table = Table()
+    right = {"steps", "best", "last", "final loss", "wall time"}
+    for name in header:
+        table.add_column(name, justify="right" if name in right else "left")
+    styles = {"finished": "green", "running": "cyan", "interrupted": "yellow",
+              "failed": "red"}  # fmt: skip
+    status_col = header.index("status")
+    for row, summary in zip(rows, found):
+        texts = [Text(cell) for cell in row]  # plain text: names may hold [brackets]
+        texts[status_col].stylize(styles.get(summary.status, ""))
+        table.add_row(*texts)
+    return table
+
+
+def plain_table(found: list[RunSummary]) -> str:
+    header, rows = cells(found)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def write_out(text: str) -> None:
+    """Write to stdout; a reader that stops early (`| head -1`) ends the
+    command quietly instead of failing it."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the flush at exit does not fail again.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass
+        raise typer.Exit(0) from None
+
+
+def _steps(s: RunSummary) -> str:
+    done = "-" if s.steps is None else str(s.steps)
+    return done if s.max_steps is None else f"{done}/{s.max_steps}"
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _wall(s: RunSummary) -> str:
+    if s.wall_time_s is None:
+        return "-"
+    seconds = s.wall_time_s
+    if seconds < 60:
+        text = f"{seconds:.1f}s"
+    elif seconds < 3600:
+        text = f"{int(seconds // 60)}m {int(seconds % 60):02d}s"
+    else:
+        text = f"{int(seconds // 3600)}h {int(seconds % 3600 // 60):02d}m"
+    return text if s.wall_time_from == "metrics" else f"{text} (files)"

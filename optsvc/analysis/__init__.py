@@ -1,0 +1,40 @@
+"""Reading runs back: list them with their status and scores (`runs`) and
+draw their metrics (`plot`). Both read only what a run folder holds."""
+
+from optsvc.analysis.plot import (
+    MissingExtraError,
+    PlotError,
+    RunSeries,
+    load_runs,
+    make_figure,
+    save_plot,
+    text_chart,
+)
+from optsvc.analysis.runs import (
+    STATUSES,
+    RunsError,
+    RunSummary,
+    find_runs,
+    list_runs,
+    lock_held,
+    read_metrics,
+    summarize,
+)
+
+__all__ = [
+    "MissingExtraError",
+    "PlotError",
+    "RunSeries",
+    "RunSummary",
+    "RunsError",
+    "STATUSES",
+    "find_runs",
+    "list_runs",
+    "load_runs",
+    "lock_held",
+    "make_figure",
+    "read_metrics",
+    "save_plot",
+    "summarize",
+    "text_chart",
+]
