@@ -1,0 +1,46 @@
+"""Real run folders for the `optsvc runs` and `optsvc plot` tests, made by
+the training loop on a tiny version of configs/quickstart.cfg."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from optsvc.config import load_config
+from optsvc.training.loop import train
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "configs" / "quickstart.cfg"
+TINY = {
+    "training.max_steps": 40,
+    "data.n_samples": 200,
+    "training.eval_frequency": 10,
+    "training.checkpoint_frequency": 20,
+    "optimizer.learn_rate.warmup_steps": 10,
+}
+CYCLIC = {"@schedules": "cyclic_triangular.v1", "min_lr": 0.001, "max_lr": 0.01,
+          "period": 10}  # fmt: skip
+
+
+def tiny_config(learn_rate: dict | None = None, **overrides):
+    """quickstart.cfg, 40 steps on 200 examples; `learn_rate` replaces the
+    learning-rate schedule."""
+    config = load_config(QUICKSTART, {**TINY, **overrides})
+    if learn_rate is not None:
+        config["optimizer"]["learn_rate"] = learn_rate
+    return config
+
+
+def make_run(folder: Path, learn_rate: dict | None = None, **overrides) -> Path:
+    quiet = Console(file=io.StringIO())
+    train(tiny_config(learn_rate, **overrides), folder, console=quiet,
+          err_console=quiet)  # fmt: skip
+    return folder
+
+
+def metrics(folder: Path) -> list[dict]:
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
