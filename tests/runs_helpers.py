@@ -25,18 +25,18 @@ CYCLIC = {"@schedules": "cyclic_triangular.v1", "min_lr": 0.001, "max_lr": 0.01,
           "period": 10}  # fmt: skip
 
 
-def tiny_config(learn_rate: dict | None = None, **overrides):
-    """quickstart.cfg, 40 steps on 200 examples; `learn_rate` replaces the
-    learning-rate schedule."""
+def tiny_config(optimizer: dict | None = None, **overrides):
+    """quickstart.cfg, 40 steps on 200 examples; `optimizer` replaces values
+    of its [optimizer] block (a schedule as a dict)."""
     config = load_config(QUICKSTART, {**TINY, **overrides})
-    if learn_rate is not None:
-        config["optimizer"]["learn_rate"] = learn_rate
+    config["optimizer"].update(optimizer or {})
     return config
 
 
-def make_run(folder: Path, learn_rate: dict | None = None, **overrides) -> Path:
+def make_run(folder: Path, optimizer: dict | None = None, **overrides) -> Path:
+    """Train `tiny_config(optimizer, **overrides)` into `folder`, quietly."""
     quiet = Console(file=io.StringIO())
-    train(tiny_config(learn_rate, **overrides), folder, console=quiet,
+    train(tiny_config(optimizer, **overrides), folder, console=quiet,
           err_console=quiet)  # fmt: skip
     return folder
 
