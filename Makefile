@@ -8,7 +8,7 @@ CONFIG ?= configs/quickstart.cfg
 SRC := optsvc cli tests $(wildcard bench)
 
 
-.PHONY: test test-fast lint format train soak venv thinc9-reference clean
+.PHONY: test test-fast lint format train soak venv thinc9-reference clean plot-example
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ format: $(STAMP)
 # on 2 CPU cores). Each run starts afresh in runs/quickstart.
 train: $(STAMP)
 	$(BIN)/optsvc train $(CONFIG) -o runs/quickstart --overwrite
+
+# The README's picture: the quickstart job with two learning-rate schedules,
+# plotted by `optsvc plot` into docs/plot-two-schedules.png (about a minute).
+plot-example: $(STAMP)
+	$(BIN)/python docs/make_plot_example.py
 
 # The reliability soak (issue 6): 50 training runs SIGKILLed and resumed, checkpoint
 # corruptions, 10,000 fuzzed configs, command lines and optimizer calls; the

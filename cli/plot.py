@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -63,5 +62,5 @@ def plot(
         )
         return
     width = min(shutil.get_terminal_size((100, 24)).columns, 140)
-    write_out(text_chart(series, metric or [], width=width, color=sys.stdout.isatty()))
+    write_out(text_chart(series, metric or [], width=width))
     write_out("\n")

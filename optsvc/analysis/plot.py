@@ -146,22 +146,23 @@ def make_figure(runs: Sequence[RunSeries], metrics: Sequence[str]):
             f"run {INSTALL_HINT}"
         ) from None
     metrics = check_metrics(runs, metrics)
-    cols = 1 if len(metrics) < 3 else 2
+    cols = 1 if len(metrics) <= 3 else 2
     nrows = math.ceil(len(metrics) / cols)
-    fig = Figure(figsize=(6.4 * cols, 2.8 * nrows + 0.8), layout="constrained")
+    fig = Figure(figsize=(6.4 * cols, 2.4 * nrows + 0.8), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, cols, squeeze=False, sharex=True).ravel()
-    for ax, metric in zip(axes, metrics):
-        for i, run in enumerate(runs):
+    for i, (ax, metric) in enumerate(zip(axes, metrics)):
+        for j, run in enumerate(runs):
             steps, values = run.series(metric)
             if steps:
-                ax.plot(steps, values, label=run.label, color=f"C{i % 10}")
+                ax.plot(steps, values, label=run.label, color=f"C{j % 10}")
         ax.set_title(metric)
         ax.grid(True, alpha=0.3)
+        if i + cols >= len(metrics):  # nothing drawn below: label the steps here
+            ax.set_xlabel("step")
+            ax.tick_params(labelbottom=True)
     for ax in axes[len(metrics) :]:
         ax.set_visible(False)
-    for ax in axes[max(0, len(metrics) - cols) : len(metrics)]:
-        ax.set_xlabel("step")
     handles, labels = axes[0].get_legend_handles_labels()
     for ax in axes[1 : len(metrics)]:  # a run may lack the first metric
         for handle, label in zip(*ax.get_legend_handles_labels()):
@@ -198,11 +199,11 @@ def text_chart(
     *,
     width: int = 80,
     height: int = 14,
-    color: bool = False,
 ) -> str:
-    """The panels as text for a terminal (plotext), under one legend: ANSI
-    colours when `color`, plain characters otherwise; each run has its own
-    marker, so the runs stay apart without colours."""
+    """The panels as plain text for a terminal (plotext), under one legend;
+    each run has its own marker, so the runs stay apart without colours
+    (plotext's coloured themes paint a background that clashes with dark
+    terminals)."""
     import plotext
 
     metrics = check_metrics(runs, metrics)
@@ -215,19 +216,43 @@ def text_chart(
     for metric in metrics:
         fig.clear()
         fig.plot_size(max(width, 30), max(height, 6))
-        fig.theme("default" if color else "colorless")
+        fig.theme("colorless")
         fig.title(metric)
         fig.label("step", axis="x")
         fig.legend(active=False)  # inside the canvas it would hide data
+        drawn: list[int] = []
         for i, run in enumerate(runs):
             steps, values = run.series(metric)
             if steps:
                 signal = fig.signal(steps, values, marker=MARKERS[i % len(MARKERS)])
                 fig.draw(signal.lines())
-        text = str(fig.build())
-        panels.append(text if color else plotext.uncolorize(text))
+                drawn += steps
+        if drawn:
+            ticks = step_ticks(min(drawn), max(drawn))
+            fig.ruler("x").ticks(ticks, [str(t) for t in ticks])
+        panels.append(plotext.uncolorize(str(fig.build())))
     fig.clear()
     return "\n".join(panels)
+
+
+def step_ticks(lo: int, hi: int, most: int = 7) -> list[int]:
+    """Round steps from `lo` to `hi` (1, 2 or 5 times a power of ten apart),
+    at most `most` of them.
+
+    >>> step_ticks(50, 3000)
+    [500, 1000, 1500, 2000, 2500, 3000]
+    """
+    if hi <= lo:
+        return [lo]
+    span = hi - lo
+    gap = 1
+    while span / gap >= most:
+        for factor in (2, 2.5, 2):  # 1, 2, 5, 10, 20, 50, ...
+            gap = round(gap * factor)
+            if span / gap < most:
+                break
+    first = -(-lo // gap) * gap
+    return list(range(first, hi + 1, gap))
 
 
 def _short_keys(keys: list[str]) -> dict[str, str]:
