@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from optsvc.analysis import RunsError, RunSummary, list_runs
+from optsvc.analysis.runs import short_keys
 
 
 class RunsFormat(str, Enum):
@@ -136,7 +137,8 @@ def cells(found: list[RunSummary]) -> tuple[list[str], list[list[str]]]:
         row = [s.name, s.config, s.optimizer, s.status, _steps(s), _num(s.best_score),
                _num(s.last_score), _num(s.final_loss), _wall(s)]  # fmt: skip
         if with_values:
-            row.insert(2, ", ".join(f"{k}={v}" for k, v in s.values.items()))
+            short = short_keys(list(s.values))
+            row.insert(2, ", ".join(f"{short[k]}={v}" for k, v in s.values.items()))
         if with_notes:
             row.append(s.note)
         rows.append(row)

@@ -255,3 +255,57 @@ def test_a_closed_pipe_is_not_an_error(root):
         proc.stderr.close()
         assert proc.wait() == 0, err
         assert err == ""
+
+
+# --- what the folder may hold besides -------------------------------------------
+
+
+def copy_run(root: Path, name: str, dest: Path) -> Path:
+    shutil.copytree(root / name, dest)
+    return dest
+
+
+def test_wall_time_from_file_times_without_steps_per_sec(root, tmp_path):
+    run = copy_run(root, "finished", tmp_path / "old")
+    rows = metrics(run)
+    for row in rows:
+        del row["steps_per_sec"]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name, when in (("config.cfg", 1000), ("metrics.jsonl", 1100),
+                       ("checkpoints", 1120), ("final.npz", 1130)):  # fmt: skip
+        os.utime(run / name, (when, when))
+    row = listed(tmp_path)["old"]
+    assert (row["wall_time_s"], row["wall_time_from"]) == (130.0, "files")
+    result = runner.invoke(app, ["runs", str(tmp_path)])
+    assert "2m 10s (files)" in result.output
+
+
+def test_torn_lines_and_unknown_fields_are_tolerated(root, tmp_path):
+    run = copy_run(root, "interrupted", tmp_path / "torn")
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 50, "loss": 0.1, "new_field": [1, 2]}\n{"step": 6')
+    state_file = sorted((run / "checkpoints").glob("step-*"))[-1] / "state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "something_new": {"a": 1}}))
+    row = listed(tmp_path)["torn"]
+    assert row["status"] == "interrupted"
+    assert row["steps"] == 50 and row["final_loss"] == 0.1
+
+
+def test_a_recorded_failure_or_early_stop_is_shown(root, tmp_path):
+    failed = copy_run(root, "interrupted", tmp_path / "failed")
+    with (failed / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"status": "failed", "error": "out of memory"}) + "\n")
+    stopped = copy_run(root, "finished", tmp_path / "stopped")
+    state_file = sorted((stopped / "checkpoints").glob("step-*"))[-1] / "state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "stopped_early": True}))
+    rows = listed(tmp_path)
+    assert (rows["failed"]["status"], rows["failed"]["note"]) == (
+        "failed",
+        "out of memory",
+    )
+    assert (rows["stopped"]["status"], rows["stopped"]["note"]) == (
+        "finished",
+        "stopped early",
+    )

@@ -23,6 +23,7 @@ from optsvc.analysis.runs import (
     read_config,
     read_metrics,
     scheduled_params,
+    short_keys,
     sweep_values,
 )
 from optsvc.errors import OptsvcError
@@ -94,7 +95,7 @@ def run_labels(runs: Sequence[Path]) -> dict[Path, str]:
     for run in runs:
         differ = values.get(run)
         if differ:
-            short = _short_keys(list(differ))
+            short = short_keys(list(differ))
             shown = ", ".join(f"{short[k]}={_show(v)}" for k, v in differ.items())
             labels[run] = f"{names[run]} ({shown})"
         else:
@@ -253,21 +254,6 @@ def step_ticks(lo: int, hi: int, most: int = 7) -> list[int]:
                 break
     first = -(-lo // gap) * gap
     return list(range(first, hi + 1, gap))
-
-
-def _short_keys(keys: list[str]) -> dict[str, str]:
-    """The shortest dotted suffix of each key that no other key ends with."""
-    out = {}
-    for key in keys:
-        parts = key.split(".")
-        for n in range(1, len(parts) + 1):
-            tail = ".".join(parts[-n:])
-            if not any(
-                o != key and (o == tail or o.endswith("." + tail)) for o in keys
-            ):
-                break
-        out[key] = tail
-    return out
 
 
 def _show(value: Any) -> str:

@@ -154,22 +154,27 @@ def lock_held(folder: Path) -> bool | None:
         os.close(fd)
 
 
-def read_metrics(run: str | os.PathLike) -> list[dict[str, Any]]:
-    """The evaluation rows of metrics.jsonl, in order; lines torn by a kill or
-    that are not objects with a step are skipped."""
+def read_records(run: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every JSON object in metrics.jsonl, in order; lines torn by a kill are
+    skipped."""
     try:
         text = (Path(run) / "metrics.jsonl").read_text(encoding="utf8")
     except (OSError, UnicodeDecodeError):
         return []
-    rows = []
+    records = []
     for line in text.splitlines():
         try:
-            row = json.loads(line)
+            record = json.loads(line)
         except ValueError:
             continue
-        if isinstance(row, dict) and _number(row.get("step")) is not None:
-            rows.append(row)
-    return rows
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def read_metrics(run: str | os.PathLike) -> list[dict[str, Any]]:
+    """The evaluation rows of metrics.jsonl: its objects that have a step."""
+    return [r for r in read_records(run) if _number(r.get("step")) is not None]
 
 
 def latest_state(run: str | os.PathLike) -> dict[str, Any] | None:
@@ -229,12 +234,13 @@ def summarize(run: str | os.PathLike, name: str | None = None) -> RunSummary:
     """What `optsvc runs` shows of one run folder."""
     run = Path(run)
     config = read_config(run)
-    rows = read_metrics(run)
+    records = read_records(run)
+    rows = [r for r in records if _number(r.get("step")) is not None]
     state = latest_state(run)
     summary = RunSummary(path=run, name=name or run.name)
     summary.config = _describe_job(config)
     summary.optimizer = _describe_optimizer(config)
-    summary.status, summary.note = _status(run, rows, state)
+    summary.status, summary.note = _status(run, records, state)
     summary.max_steps = _max_steps(config, state)
     summary.steps = _steps_done(rows, state)
     scores = [s for s in (_number(r.get("score")) for r in rows) if s is not None]
@@ -300,6 +306,21 @@ def sweep_values(runs: list[Path]) -> dict[Path, dict[str, Any]]:
     return out
 
 
+def short_keys(keys: list[str]) -> dict[str, str]:
+    """The shortest dotted suffix of each key that no other key ends with."""
+    out = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            tail = ".".join(parts[-n:])
+            if not any(
+                o != key and (o == tail or o.endswith("." + tail)) for o in keys
+            ):
+                break
+        out[key] = tail
+    return out
+
+
 # --- the pieces of a summary ----------------------------------------------------
 
 
@@ -335,16 +356,16 @@ def _describe_optimizer(config: dict[str, Any] | None) -> str:
     return f"{name} / {shown}"
 
 
-def _failure(rows: list[dict[str, Any]], state: dict[str, Any] | None) -> str | None:
+def _failure(records: list[dict[str, Any]], state: dict[str, Any] | None) -> str | None:
     """The failure a run recorded, as a message, or None."""
-    for record in [*reversed(rows), state or {}]:
+    for record in [*reversed(records), state or {}]:
         if record.get("status") == "failed" or record.get("error"):
             return str(record.get("error") or record.get("reason") or "failed")
     return None
 
 
 def _status(
-    run: Path, rows: list[dict[str, Any]], state: dict[str, Any] | None
+    run: Path, records: list[dict[str, Any]], state: dict[str, Any] | None
 ) -> tuple[str, str]:
     held = lock_held(run)
     if held:
@@ -353,7 +374,7 @@ def _status(
     if (run / "final.npz").exists():
         ended = _ended_early(state)
         return "finished", "; ".join(n for n in (note, ended) if n)
-    failure = _failure(rows, state)
+    failure = _failure(records, state)
     if failure:
         return "failed", failure
     if state is not None:
@@ -417,10 +438,12 @@ def _file_time(run: Path) -> tuple[float | None, str | None]:
         start = (run / "config.cfg").stat().st_mtime
     except OSError:
         return None, None
-    ends = [start]
+    ends = []
     for name in ("metrics.jsonl", "final.npz", "checkpoints"):
         try:
             ends.append((run / name).stat().st_mtime)
         except OSError:
             pass
-    return max(ends) - start, "files"
+    if not ends:  # nothing written after the config: no time to tell
+        return None, None
+    return max(max(ends) - start, 0.0), "files"
