@@ -22,8 +22,9 @@ from optsvc.config.parse import (
     parse_overrides,
 )
 from optsvc.config.registry import registry
-from optsvc.config.schema import ARGS, SECTIONS
+from optsvc.config.schema import SECTIONS
 from optsvc.config.validation import validate_config
+from optsvc.spec import params_of
 
 ROOT = Path(__file__).parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*.cfg"))
@@ -550,7 +551,15 @@ def test_config_from_str_errors():
 
 # --- generated configs -------------------------------------------------------------
 
-KEYS = sorted(ARGS) + sorted({k for s in SECTIONS.values() for k in s.model_fields})
+ARG_NAMES = {
+    param.name
+    for reg in ("optimizers", "schedules", "datasets", "models")
+    for func in getattr(registry, reg).get_all().values()
+    for param in params_of(func)
+}
+KEYS = sorted(ARG_NAMES) + sorted(
+    {k for s in SECTIONS.values() for k in s.model_fields}
+)
 TYPOS = ["lern_rate", "beta_1", "l2", "warmup", "total_step", "max_step", "Seed"]
 NAMES = [
     (reg, name)
