@@ -144,7 +144,7 @@ def _reference_problem(reg_name, name, expected, names) -> dict | None:
         message = f"expects a function from @{expected}, not @{reg_name}"
         return {"message": message, "value": name, "has_value": True}
     if find_function(reg_name, name) is None:
-        hint = did_you_mean(str(name), names)
+        hint = did_you_mean(str(name).removeprefix(THINC_PREFIX), names)
         return {
             "message": f"unknown function in registry {reg_name}",
             "value": name,
