@@ -220,15 +220,8 @@ def show_schedule_cmd(
         )
     score_map = read_scores(scores) if scores else None
     values = schedule_values(opt, n, params, score_map)
-    if fmt is Format.json:
-        json.dump({"steps": n, "params": params, "rows": as_rows(values)}, sys.stdout)
-        sys.stdout.write("\n")
-        return
-    if fmt is Format.csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["step", *params])
-        for i in range(n):
-            writer.writerow([i, *(repr(values[p][i]) for p in params)])
+    if fmt in (Format.json, Format.csv):
+        _write_values(fmt, n, params, values)
         return
     if fmt is Format.chart:
         for p in params:
@@ -240,6 +233,18 @@ def show_schedule_cmd(
             "note: a plateau schedule only reacts to evaluation scores; none were "
             "given (--scores metrics.jsonl), so no plateau is assumed."
         )
+
+
+def _write_values(fmt: Format, n: int, params: list[str], values: dict) -> None:
+    """Every step's values on stdout, as json or csv, for machines."""
+    if fmt is Format.json:
+        json.dump({"steps": n, "params": params, "rows": as_rows(values)}, sys.stdout)
+        sys.stdout.write("\n")
+        return
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["step", *params])
+    for i in range(n):
+        writer.writerow([i, *(repr(values[p][i]) for p in params)])
 
 
 def _has_plateau(schedule: Schedule) -> bool:

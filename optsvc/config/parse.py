@@ -14,7 +14,10 @@ from typing import Any
 
 from confection import Config
 
+from optsvc import registries
+from optsvc.config.schema import SystemSection
 from optsvc.errors import OptsvcError
+from optsvc.spec import params_of
 
 # Sections that mark a spaCy config: optsvc checks only its optimizer block.
 SPACY_SECTIONS = {"nlp", "components", "corpora", "paths", "pretraining", "initialize"}
@@ -126,10 +129,10 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
 
 def _section_for(key: str) -> str:
     """The section a bare key most likely belongs to, for a hint."""
-    if key in ("seed", "gpu_id"):
+    if key in SystemSection.model_fields:
         return "system"
-    if key in ("learn_rate", "L2", "beta1", "beta2", "eps", "grad_clip",
-               "use_averages", "L2_is_weight_decay", "weight_decay"):  # fmt: skip
+    optimizers = registries.optimizers.get_all().values()
+    if any(p.name == key for func in optimizers for p in params_of(func)):
         return "optimizer"
     return "training"
 
