@@ -12,6 +12,10 @@ from rich.console import Console
 
 import optsvc
 from optsvc.bench import machine, rows_table, run_bench
+from optsvc.config import ConfigError
+from optsvc.errors import OptsvcError
+
+from . import render
 
 
 class BenchFormat(str, Enum):
@@ -70,7 +74,6 @@ def bench(
 
     Example: optsvc bench --workload W3 --format json
     """
-    err = Console(stderr=True, highlight=False)
     try:
         rows = run_bench(
             config,
@@ -80,19 +83,19 @@ def bench(
             include_peers=peers,
             quick=quick,
         )
-    except (ValueError, RuntimeError, ImportError) as error:
-        # ConfigError is a ValueError; RuntimeError / ImportError: no GPU or cupy.
-        err.print(f"✘ {error}", markup=False)
+    except ConfigError as error:  # as `optsvc validate` shows it
+        render.errors(error, str(config))
+        raise typer.Exit(1) from None
+    except (OptsvcError, ValueError, RuntimeError, ImportError) as error:
+        # OptsvcError: no GPU (DeviceError); ValueError: an unknown workload;
+        # RuntimeError / ImportError: what the peers' libraries raise.
+        Console(stderr=True, highlight=False).print(f"✘ {error}", markup=False)
         raise typer.Exit(1) from None
     if output_format is BenchFormat.json:
-        report = {
-            "optsvc": optsvc.__version__,
-            "machine": machine(gpu),
-            "rows": rows,
-        }
+        report = {"optsvc": optsvc.__version__, "machine": machine(gpu), "rows": rows}
         typer.echo(json.dumps(report, indent=2))
-        return
-    Console(highlight=False).print(rows_table(rows))
+    else:
+        Console(highlight=False).print(rows_table(rows))
 
 
 if __name__ == "__main__":  # python -m optsvc_cli.bench ...

@@ -18,7 +18,7 @@ import typer
 from rich.text import Text
 
 import optsvc
-from optsvc.config.parse import ConfigError, load_config, parse_overrides
+from optsvc.config import ConfigError, load_config, parse_overrides, validate_config
 from optsvc.config.preview import (
     ATTRS,
     as_rows,
@@ -27,7 +27,6 @@ from optsvc.config.preview import (
     schedule_values,
     scheduled,
 )
-from optsvc.config.validation import validate_config
 from optsvc.errors import OptsvcError
 from optsvc.schedules.base import Schedule
 
@@ -58,9 +57,10 @@ app = typer.Typer(
 
 
 def user_errors(command):
-    """Render ConfigError as a list of problems and exit 1, and so a job too
-    large for the memory or a failed read or write (one line each); anything
-    else unexpected as one line (exit 2) rather than a traceback."""
+    """Render a ConfigError as a list of problems and any other user error
+    (OptsvcError) as its one-line message, and exit 1; so too a job too large
+    for the memory or a failed read or write. Anything else is a bug: one
+    line, exit 2, never a traceback. Errors are told apart by type only."""
 
     @functools.wraps(command)
     def run(*args, **kwargs):
@@ -99,18 +99,7 @@ def user_errors(command):
                 )
             )
             raise typer.Exit(1) from None
-        except Exception as error:
-            if isinstance(error, ValueError) and "Circular reference" in str(error):
-                # json of a value that holds itself: `x = ${a}` inside [a]
-                render.err.print(
-                    Text(
-                        "✘ the config refers to a section from inside that "
-                        "section (a circular ${...} reference), so it cannot be "
-                        "read; remove that reference"
-                    )
-                )
-                raise typer.Exit(1) from None
-            # a bug: say so in one line
+        except Exception as error:  # a bug: say so in one line
             render.err.print(
                 Text(  # plain text: the message may hold [brackets]
                     f"✘ internal error: {type(error).__name__}: {error} "
@@ -233,15 +222,8 @@ def show_schedule_cmd(
         )
     score_map = read_scores(scores) if scores else None
     values = schedule_values(opt, n, params, score_map)
-    if fmt is Format.json:
-        json.dump({"steps": n, "params": params, "rows": as_rows(values)}, sys.stdout)
-        sys.stdout.write("\n")
-        return
-    if fmt is Format.csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["step", *params])
-        for i in range(n):
-            writer.writerow([i, *(repr(values[p][i]) for p in params)])
+    if fmt in (Format.json, Format.csv):
+        _write_values(fmt, n, params, values)
         return
     if fmt is Format.chart:
         for p in params:
@@ -253,6 +235,18 @@ def show_schedule_cmd(
             "note: a plateau schedule only reacts to evaluation scores; none were "
             "given (--scores metrics.jsonl), so no plateau is assumed."
         )
+
+
+def _write_values(fmt: Format, n: int, params: list[str], values: dict) -> None:
+    """Every step's values on stdout, as json or csv, for machines."""
+    if fmt is Format.json:
+        json.dump({"steps": n, "params": params, "rows": as_rows(values)}, sys.stdout)
+        sys.stdout.write("\n")
+        return
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["step", *params])
+    for i in range(n):
+        writer.writerow([i, *(repr(values[p][i]) for p in params)])
 
 
 def _has_plateau(schedule: Schedule) -> bool:

@@ -9,10 +9,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from optsvc.config.parse import ConfigError
+from optsvc.config import ConfigError, Report
 from optsvc.config.preview import describe
 from optsvc.config.schema import config_params
-from optsvc.config.validation import Report
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -7,6 +7,10 @@ and the optimizer library needs catalogue only, not confection. The config
 layer's `optsvc.config.registry.registry` is confection's view of these same
 objects. Third-party packages add functions through entry points named
 `optsvc_optimizers`, `optsvc_schedules`, ... (catalogue's convention).
+
+Each name is registered once, here. Thinc's registries reach the same
+functions as `optsvc.<name>` ("optsvc.Adam.v1"); the config layer reads that
+spelling as the same name (`optsvc.config.blocks.find_function`).
 """
 
 from __future__ import annotations

@@ -9,15 +9,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 from confection import Config
 from optsvc_cli import render
-from optsvc_cli.main import app
+from optsvc_cli.main import app, user_errors
 from rich.console import Console
 from typer.testing import CliRunner
 
 import optsvc
+from optsvc.config import ConfigError, ConfigIssue
 from optsvc.config.registry import registry
 from optsvc.config.schema import config_params
+from optsvc.errors import OptsvcError
 
 runner = CliRunner()
 
@@ -49,6 +52,36 @@ def test_console_script_runs():
         check=True,
     )
     assert out.stdout.startswith("optsvc ")
+
+
+# --- user errors are told apart by type --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "lines"),
+    [
+        (ConfigError([ConfigIssue("a.b", "one"), ConfigIssue("c", "two")]), 1,
+         ["✘ 2 errors", "  a.b: one", "  c: two"]),
+        (OptsvcError("the run folder is locked; wait for it"), 1,
+         ["✘ the run folder is locked; wait for it"]),
+        # No message is read for its words: a plain ValueError is a bug.
+        (ValueError("Circular reference detected"), 2,
+         ["✘ internal error: ValueError: Circular reference detected (please "
+          "report this with the command you ran)"]),
+    ],
+    ids=["config-error", "optsvc-error", "other"],
+)  # fmt: skip
+def test_user_errors_by_type(error, code, lines):
+    demo = typer.Typer()
+
+    @demo.command()
+    @user_errors
+    def fail() -> None:
+        raise error
+
+    result = runner.invoke(demo, [])
+    assert result.exit_code == code
+    assert result.output.splitlines() == lines
 
 
 # --- every command's help ------------------------------------------------------------

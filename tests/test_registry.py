@@ -10,6 +10,7 @@ from confection import Config
 
 import optsvc
 from optsvc import registry
+from optsvc.spec import unchecked
 
 LISTED = Path(__file__).with_name("registered_functions.txt")
 
@@ -107,3 +108,14 @@ def test_third_party_schedule_through_an_entry_point(tmp_path, monkeypatch):
         assert opt.learn_rate == 0.5
     finally:
         sys.modules.pop("myschedules", None)
+
+
+def test_every_registered_function_checks_its_python_calls():
+    # The same declarations (optsvc.spec) that the config schemas read.
+    for name in ("optimizers", "schedules", "datasets", "models"):
+        for func_name, func in getattr(registry, name).get_all().items():
+            assert unchecked(func) is not func, func_name
+    with pytest.raises(
+        ValueError, match="Adam: 'beta1' must be in \\[0, 1\\), got 1.5"
+    ):
+        optsvc.Adam(beta1=1.5)

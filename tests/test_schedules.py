@@ -1223,7 +1223,8 @@ def inner_schedule(draw):
 
 @st.composite
 def warmup_linear_args(draw):
-    warmup, total = draw(st.integers(0, 1000)), draw(st.integers(0, 1000))
+    # total_steps >= 1 (its declared range); warmup may pass it, as in Thinc
+    warmup, total = draw(st.integers(0, 1000)), draw(st.integers(1, 1000))
     return {"initial_rate": draw(rate), "warmup_steps": warmup, "total_steps": total}
 
 

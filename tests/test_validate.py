@@ -9,12 +9,17 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from optsvc_cli.main import app
 from typer.testing import CliRunner
 
+import optsvc
+import optsvc.toys
+from optsvc.bench import optimizer_from_config
+from optsvc.config import build_block, load_optimizer
 from optsvc.config.parse import (
     ConfigError,
     ConfigIssue,
@@ -22,8 +27,9 @@ from optsvc.config.parse import (
     parse_overrides,
 )
 from optsvc.config.registry import registry
-from optsvc.config.schema import ARGS, SECTIONS
+from optsvc.config.schema import SECTIONS, function_schema
 from optsvc.config.validation import validate_config
+from optsvc.spec import params_of, rules_of
 
 ROOT = Path(__file__).parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*.cfg"))
@@ -205,6 +211,34 @@ BAD = [
     ("folder", "DIR", [], FILE, "is a folder"),
     ("interpolation-missing", TRAINING + ADAM + "learn_rate = ${system.nope}\n", [],
      "~system.nope", "interpolation"),
+    ("circular-section", ADAM + "[a]\nx = ${a}\n", [],
+     "a.x", "refers to [a], a section it is inside (a circular ${...} reference)"),
+    ("circular-optimizer", ADAM + "learn_rate = ${optimizer}\n", [],
+     "optimizer.learn_rate", "circular ${...} reference"),
+    # --- Python and configs agree (these three were accepted from Python once)
+    ("warmup_linear-total-zero",
+     WARMUP.replace("warmup_steps = 250", "warmup_steps = 0").replace(
+         "total_steps = 20000", "total_steps = 0"), [],
+     "optimizer.learn_rate.total_steps", "must be >= 1, got 0"),
+    ("warmup_linear-negative-rate",
+     WARMUP.replace("initial_rate = 0.001", "initial_rate = -0.1"), [],
+     "optimizer.learn_rate.initial_rate", "must be >= 0, got -0.1"),
+    ("cyclic-fractional-period",
+     ADAM + '[optimizer.learn_rate]\n@schedules = "cyclic_triangular.v1"\n'
+     "min_lr = 0.1\nmax_lr = 1.0\nperiod = 0.5\n", [],
+     "optimizer.learn_rate.period", "must be a whole number, got 0.5"),
+    # --- rules across arguments, declared with the function
+    ("slanted-too-short",
+     ADAM + '[optimizer.learn_rate]\n@schedules = "slanted_triangular.v1"\n'
+     "max_rate = 0.1\nnum_steps = 5\n", [],
+     "optimizer.learn_rate.num_steps", "must be at least 1 / cut_frac"),
+    ("blobs-too-few-samples",
+     ADAM + '[data]\n@datasets = "blobs.v1"\nn_samples = 2\nn_classes = 3\n', [],
+     "data.n_samples", "must be at least n_classes (3)"),
+    ("warmup_cosine-after-total",
+     ADAM + '[optimizer.learn_rate]\n@schedules = "warmup_cosine.v1"\n'
+     "initial_rate = 0.1\nwarmup_steps = 20\ntotal_steps = 10\n", [],
+     "optimizer.learn_rate.warmup_steps", "must be <= total_steps (10), got 20"),
     # --- overrides
     ("override-unknown-section", ADAM, ["--nope.x", "1"],
      "nope.x", "not in the config"),
@@ -469,6 +503,244 @@ def test_validate_config_for_training_needs_sections():
     assert {i.path for i in report.errors} == {"data", "model", "training"}
 
 
+# --- one declaration: Python calls and config blocks agree --------------------------
+
+CONSTANT = {"@schedules": "constant.v1", "rate": 0.1}
+# A valid config block for every registered function, nested blocks as sections.
+VALID = {
+    "optimizers": {
+        "SGD.v1": {"learn_rate": 0.1},
+        "Adam.v1": {"learn_rate": 0.001, "beta1": 0.9},
+        "RAdam.v1": {"weight_decay": 0.01},
+    },
+    "schedules": {
+        "constant.v1": {"rate": 0.1},
+        "constant_then.v1": {"rate": 1.0, "steps": 2, "schedule": CONSTANT},
+        "decaying.v1": {"base_rate": 0.1, "decay": 0.01, "t": 1.0},
+        "compounding.v1": {"start": 1.0, "stop": 10.0, "compound": 1.5},
+        "warmup_linear.v1": {"initial_rate": 0.1, "warmup_steps": 2, "total_steps": 3},
+        "slanted_triangular.v1": {"max_rate": 0.1, "num_steps": 20},
+        "cyclic_triangular.v1": {"min_lr": 0.1, "max_lr": 1.0, "period": 2},
+        "plateau.v1": {"max_patience": 2, "scale": 0.5, "schedule": CONSTANT},
+        "warmup_cosine.v1": {"initial_rate": 0.1, "warmup_steps": 2, "total_steps": 3},
+        "exponential_decay.v1": {"initial_rate": 0.1, "decay_rate": 0.5,
+                                 "decay_steps": 2, "staircase": True},
+        "step_decay.v1": {"initial_rate": 0.1, "step_size": 2, "gamma": 0.5},
+        "piecewise_constant.v1": {"boundaries": [1, 2], "values": [0.5, 1, 2]},
+        "linear_warmup.v1": {"warmup_steps": 2, "schedule": CONSTANT},
+        "one_cycle.v1": {"max_rate": 0.1, "total_steps": 3, "pct_start": 0.5},
+    },
+    "datasets": {
+        "blobs.v1": {"n_samples": 3, "n_classes": 3, "spread": 0.5},
+        "spirals.v1": {"n_samples": 3, "n_classes": 2, "turns": 0.5},
+        "regression.v1": {"n_samples": 3, "n_outputs": 2, "nonlinear": False},
+    },
+    "models": {
+        "linear.v1": {},
+        "mlp.v1": {"hidden_width": 2, "depth": 1, "activation": "tanh"},
+    },
+}  # fmt: skip
+PROBES = [-1, 0, 1, 2, 3, 0.5, 1.5, -0.5, math.nan, math.inf, True, False, "1",
+          None, [], [0.5], [1, 2], [-1], "relu", "gelu"]  # fmt: skip
+FUNCTIONS = [(reg, name) for reg, names in VALID.items() for name in names]
+
+
+def test_every_registered_function_has_a_valid_example():
+    assert FUNCTIONS == [
+        (reg, name)
+        for reg in VALID
+        for name in sorted(getattr(registry, reg).get_all(), key=list(VALID[reg]).index)
+    ]
+
+
+def python_call(reg: str, name: str, args: dict):
+    """Call the function from Python, nested blocks built from Python too."""
+    args = {
+        k: python_call("schedules", v["@schedules"], {**v}) if isinstance(v, dict)
+        else v
+        for k, v in args.items()
+        if not k.startswith("@")
+    }  # fmt: skip
+    return getattr(registry, reg).get(name)(**args)
+
+
+def outcome(call) -> str | None:
+    """None when accepted, else the error message."""
+    try:
+        call()
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+@pytest.mark.parametrize(("reg", "name"), FUNCTIONS, ids=[n for _, n in FUNCTIONS])
+def test_python_and_config_accept_the_same_values(reg, name):
+    """Each argument in turn takes every probe value; the function called from
+    Python and the config block built by `build_block` accept or refuse it
+    together. The one place they may differ is a rule declared config-only,
+    where Python keeps Thinc's looser contract."""
+    func = getattr(registry, reg).get(name)
+    looser = [r for r in rules_of(func) if not r.python]
+    for param in params_of(func):
+        for probe in PROBES:
+            args = {**VALID[reg][name], param.name: probe}
+            block = {f"@{reg}": name, **args}
+            in_python = outcome(lambda args=args: python_call(reg, name, args))
+            in_config = outcome(lambda block=block: build_block(block, "x"))
+            if (in_python is None) != (in_config is None):
+                assert in_python is None, (param.name, probe, in_python, in_config)
+                assert any(r.problem(args) for r in looser), (param.name, probe)
+
+
+@pytest.mark.parametrize(
+    ("call", "block", "message"),
+    [
+        (lambda: optsvc.warmup_linear(0.1, 0, 0),
+         {"@schedules": "warmup_linear.v1", "initial_rate": 0.1, "warmup_steps": 0,
+          "total_steps": 0},
+         "'total_steps' must be >= 1, got 0"),
+        (lambda: optsvc.warmup_linear(-0.1, 10, 100),
+         {"@schedules": "warmup_linear.v1", "initial_rate": -0.1,
+          "warmup_steps": 10, "total_steps": 100},
+         "'initial_rate' must be >= 0, got -0.1"),
+        (lambda: optsvc.cyclic_triangular(0.1, 1.0, 0.5),
+         {"@schedules": "cyclic_triangular.v1", "min_lr": 0.1, "max_lr": 1.0,
+          "period": 0.5},
+         "'period' must be a whole number, got 0.5"),
+    ],
+    ids=["warmup_linear-total-0", "warmup_linear-negative", "cyclic-period-0.5"],
+)  # fmt: skip
+def test_refused_from_python_as_in_a_config(call, block, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call()
+    with pytest.raises(ConfigError) as info:
+        build_block(block, "optimizer.learn_rate")
+    arg = message.split("'")[1]
+    (issue,) = info.value.issues
+    assert issue.path == f"optimizer.learn_rate.{arg}"
+    assert f"{issue.message}, got {issue.value}" in message
+
+
+def test_warmup_past_total_stays_a_python_choice():
+    # Thinc accepts it from Python, so optsvc does; a config refuses it.
+    assert optsvc.warmup_linear(0.1, 200, 100)(100) == pytest.approx(0.05)
+    block = {"@schedules": "warmup_linear.v1", "initial_rate": 0.1,
+             "warmup_steps": 200, "total_steps": 100}  # fmt: skip
+    with pytest.raises(ConfigError, match="must be <= total_steps"):
+        build_block(block, "lr")
+    with pytest.raises(ValueError, match="'warmup_steps' must be <= total_steps"):
+        optsvc.warmup_cosine(0.1, 200, 100)  # a rule for both
+
+
+def test_every_argument_declares_its_meaning():
+    for reg, name in FUNCTIONS:
+        func = getattr(registry, reg).get(name)
+        for param in params_of(func):
+            assert param.arg.desc, (name, param.name)
+            assert param.kind != "any", (name, param.name)
+        schema = function_schema(func)
+        for param in params_of(func):
+            assert schema.model_fields[param.name].description == param.arg.desc
+
+
+# --- one build path ------------------------------------------------------------------
+
+THINC_NAMES = """\
+[training]
+max_steps = 40
+
+[training.optimizer]
+@optimizers = "optsvc.Adam.v1"
+
+[training.optimizer.learn_rate]
+@schedules = "optsvc.warmup_cosine.v1"
+initial_rate = 0.01
+warmup_steps = 10
+total_steps = 40
+"""
+
+
+def test_thinc_spelling_of_optsvc_names(tmp_path):
+    config = write_config(tmp_path, THINC_NAMES)
+    result, output = invoke(["validate", config])
+    assert result.exit_code == 0, output
+    assert "Adam.v1" in output and "warmup_cosine(initial_rate=0.01" in output
+    result, output = invoke(["show-schedule", config, "--format", "json"])
+    assert result.exit_code == 0, output
+    rates = [row["learn_rate"] for row in json.loads(output)["rows"]]
+    expected = optsvc.warmup_cosine(0.01, 10, 40)
+    assert rates == [expected(step) for step in range(40)]
+    opt = load_optimizer(config)
+    assert opt.schedules["learn_rate"].name == "warmup_cosine"
+    bad = write_config(tmp_path, THINC_NAMES.replace("optsvc.Adam", "optsvc.Adma"))
+    result, output = invoke(["validate", bad])
+    assert result.exit_code == 1
+    assert "unknown function in registry optimizers" in output
+    assert "did you mean 'Adam.v1'?" in output
+    listing = runner.invoke(app, ["registry", "optimizers"]).output
+    rows = [line.split("│") for line in listing.splitlines() if line[:1] == "│"]
+    assert "optsvc." not in listing  # each name is listed once, as registered
+    names = [row[1].strip() for row in rows]
+    assert sorted(filter(None, names)) == ["Adam.v1", "RAdam.v1", "SGD.v1"]
+
+
+def test_load_optimizer_reports_what_validate_reports(tmp_path):
+    text = TRAINING + ADAM + "beta1 = 1.5\nlern_rate = 0.1\n"
+    config = write_config(tmp_path, text)
+    expected = validate_config(config_from_str(text)).errors
+    assert [i.path for i in expected] == ["optimizer.beta1", "optimizer.lern_rate"]
+    for build in (load_optimizer, optimizer_from_config):
+        with pytest.raises(ConfigError) as info:
+            build(config)
+        assert info.value.issues == expected
+    _, output = invoke(["validate", config])
+    assert all(f"  {issue}" in output.splitlines() for issue in expected)
+
+
+def test_load_optimizer_from_a_file_a_dict_and_overrides(tmp_path):
+    config = write_config(tmp_path, WARMUP)
+    overrides = {"optimizer.learn_rate.total_steps": 500}
+    from_file = load_optimizer(config, overrides)
+    from_dict = load_optimizer(config_from_str(WARMUP), overrides)
+    for opt in (from_file, from_dict):
+        assert isinstance(opt, optsvc.Optimizer)
+        assert opt.schedules["learn_rate"].attrs["total_steps"] == 500
+    with pytest.raises(ConfigError, match="override names a section"):
+        load_optimizer(config_from_str(WARMUP), {"nope.x": 1})
+    with pytest.raises(ConfigError, match=r"no \[optimizer\] section"):
+        load_optimizer(config_from_str(TRAINING))
+
+
+def test_the_optimizer_is_built_once_and_left_at_step_0(monkeypatch):
+    import optsvc.config.validation as validation
+
+    built = []
+    real = validation.construct
+    monkeypatch.setattr(
+        validation, "construct", lambda *a: built.append(a[1]) or real(*a)
+    )
+    text = "[training]\nmax_steps = 10000\n\n" + WARMUP.replace("20000", "1000")
+    report = validate_config(config_from_str(text), for_training=False)
+    assert built == ["optimizer"]
+    assert [w.path for w in report.warnings] == ["optimizer.learn_rate"]
+    assert report.optimizer.step == 0 and report.optimizer.learn_rate == 0.0
+
+
+def test_sections_validated_once_into_the_report():
+    text = "[system]\nseed = 3\n\n[training]\nmax_steps = 20\n\n" + ADAM
+    text += '[data]\n@datasets = "blobs.v1"\nn_samples = 30\n\n'
+    text += '[model]\n@models = "mlp.v1"\nhidden_width = 4\n'
+    report = validate_config(config_from_str(text), for_training=True)
+    assert report.ok, report.errors
+    assert (report.system.seed, report.system.gpu_id) == (3, -1)
+    assert (report.training.max_steps, report.training.batch_size) == (20, 64)
+    data = report.build("data")
+    assert np.array_equal(data.X_dev, optsvc.toys.blobs(n_samples=30).X_dev)
+    assert report.build("model").hidden_widths == (4, 4)
+    with pytest.raises(KeyError):
+        report.build("nope")
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -550,7 +822,15 @@ def test_config_from_str_errors():
 
 # --- generated configs -------------------------------------------------------------
 
-KEYS = sorted(ARGS) + sorted({k for s in SECTIONS.values() for k in s.model_fields})
+ARG_NAMES = {
+    param.name
+    for reg in ("optimizers", "schedules", "datasets", "models")
+    for func in getattr(registry, reg).get_all().values()
+    for param in params_of(func)
+}
+KEYS = sorted(ARG_NAMES) + sorted(
+    {k for s in SECTIONS.values() for k in s.model_fields}
+)
 TYPOS = ["lern_rate", "beta_1", "l2", "warmup", "total_step", "max_step", "Seed"]
 NAMES = [
     (reg, name)

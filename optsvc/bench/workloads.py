@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from optsvc.optim.optimizer import Adam, Optimizer
+from optsvc.optim import Adam, Optimizer
 
 # Workloads as issue 5 defines them: name -> (description, shapes), per device.
 _M = 2**20
@@ -34,23 +34,11 @@ def default_optimizer() -> Optimizer:
 
 def optimizer_from_config(path: str | Path) -> Optimizer:
     """The optimizer a config file's `[optimizer]` (or spaCy's
-    `[training.optimizer]`) block builds, through the registry."""
-    from optsvc.config.parse import ConfigError, find_sections, get_path, load_config
-    from optsvc.config.registry import registry
+    `[training.optimizer]`) block builds, checked as `optsvc validate` checks
+    it (`optsvc.config.load_optimizer`)."""
+    from optsvc.config import load_optimizer  # the config layer, only when asked
 
-    config = load_config(path)
-    where = find_sections(config).optimizer_path
-    if where is None:
-        raise ConfigError(
-            f"'{path}' has no [optimizer] or [training.optimizer] section to benchmark"
-        )
-    opt = registry.resolve({"optimizer": get_path(config, where)})["optimizer"]
-    if not isinstance(opt, Optimizer):
-        raise ConfigError(
-            f"{where} in '{path}' builds a {type(opt).__name__}, not an optsvc "
-            "Optimizer"
-        )
-    return opt
+    return load_optimizer(path)
 
 
 def state_bytes_per_param(opt: Optimizer) -> int:

@@ -1,9 +1,12 @@
-"""Config files: reading them (`parse`), the schema of every block (`schema`),
-validation with dotted paths and the one build path (`validation`), the
-registry (`registry`) and the preview of schedules (`preview`).
+"""Config files: reading them (`parse`), the pydantic schemas derived from
+each registered function's signature (`schema`), checking and building one
+registered-function block (`blocks`), checking and building a whole config
+(`validation`), confection's view of the registries (`registry`) and the
+values of schedules over the steps (`preview`).
 
 The names below are the config layer's interface to the layers above it
-(training, bench, the CLI).
+(training, bench, the CLI) and to Python users: `load_optimizer` builds an
+optimizer from a config with the same checks and errors as `optsvc validate`.
 """
 
 from optsvc.config.parse import (
@@ -17,7 +20,12 @@ from optsvc.config.parse import (
     parse_overrides,
 )
 from optsvc.config.schema import SystemSection, TrainingSection
-from optsvc.config.validation import Report, build_block, validate_config
+from optsvc.config.validation import (
+    Report,
+    build_block,
+    load_optimizer,
+    validate_config,
+)
 
 __all__ = [
     "ConfigError",
@@ -32,5 +40,6 @@ __all__ = [
     "TrainingSection",
     "Report",
     "build_block",
+    "load_optimizer",
     "validate_config",
 ]

@@ -4,6 +4,7 @@ one `ConfigIssue` per problem, each naming the dotted config path."""
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 from collections.abc import Iterable, Sequence
@@ -13,7 +14,10 @@ from typing import Any
 
 from confection import Config
 
+from optsvc import registries
+from optsvc.config.schema import SystemSection
 from optsvc.errors import OptsvcError
+from optsvc.spec import params_of
 
 # Sections that mark a spaCy config: optsvc checks only its optimizer block.
 SPACY_SECTIONS = {"nlp", "components", "corpora", "paths", "pretraining", "initialize"}
@@ -125,10 +129,10 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
 
 def _section_for(key: str) -> str:
     """The section a bare key most likely belongs to, for a hint."""
-    if key in ("seed", "gpu_id"):
+    if key in SystemSection.model_fields:
         return "system"
-    if key in ("learn_rate", "L2", "beta1", "beta2", "eps", "grad_clip",
-               "use_averages", "L2_is_weight_decay", "weight_decay"):  # fmt: skip
+    optimizers = registries.optimizers.get_all().values()
+    if any(p.name == key for func in optimizers for p in params_of(func)):
         return "optimizer"
     return "training"
 
@@ -172,12 +176,35 @@ def config_from_str(
             f"{source} is empty; it needs at least an [optimizer] section"
         )
     overrides = dict(overrides or {})
-    try:
+    try:  # the text is parsed once; ${...} is resolved below
         config = Config().from_str(text, interpolate=False)
     except Exception as err:  # confection/configparser raise many kinds
         raise ConfigError(
             f"{source} is not a valid config file: {_one_line(err, source)}"
         ) from None
+    _check_override_sections(config, overrides)
+    _set_values(config, overrides)
+    if overrides or "$" in text:  # something to interpolate
+        try:  # confection resolves ${...} on its own serialization of the config
+            config = config.interpolate()
+        except Exception as err:
+            raise ConfigError(f"{source}: {_one_line(err, source)}") from None
+    config.is_interpolated = True
+    if not isinstance(config, dict) or not config:
+        raise ConfigError(f"{source} holds no sections")
+    _refuse_cycles(config)
+    return config
+
+
+def with_overrides(config: dict, overrides: dict[str, Any]) -> dict:
+    """A copy of a config already read, with dotted `overrides` applied."""
+    _check_override_sections(config, overrides)
+    config = copy.deepcopy(config)
+    _set_values(config, overrides)
+    return config
+
+
+def _check_override_sections(config: dict, overrides: dict[str, Any]) -> None:
     issues = [
         ConfigIssue(
             name,
@@ -190,13 +217,37 @@ def config_from_str(
     ]
     if issues:
         raise ConfigError(issues)
-    try:
-        config = Config().from_str(text, overrides=overrides, interpolate=True)
-    except Exception as err:
-        raise ConfigError(f"{source}: {_one_line(err, source)}") from None
-    if not isinstance(config, dict) or not config:
-        raise ConfigError(f"{source} holds no sections")
-    return config
+
+
+def _set_values(config: dict, overrides: dict[str, Any]) -> None:
+    for name, value in overrides.items():
+        *sections, key = name.split(".")
+        node = config
+        for part in sections:
+            node = node[part]
+        node[key] = value
+
+
+def _refuse_cycles(node: dict, path: str = "", inside: tuple = ()) -> None:
+    """A ${section} reference inside that same section makes the config hold
+    itself, which nothing can read or write: refuse it here, with its path."""
+    inside = (*inside, (id(node), path))
+    for key, value in node.items():
+        if not isinstance(value, dict):
+            continue
+        here = f"{path}.{key}" if path else str(key)
+        outer = next((p for i, p in inside if i == id(value)), None)
+        if outer is not None:
+            raise ConfigError(
+                ConfigIssue(
+                    here,
+                    f"refers to [{outer or 'the whole config'}], a section it is "
+                    "inside (a circular ${...} reference), so the config cannot "
+                    "be read",
+                    hint="remove that reference",
+                )
+            )
+        _refuse_cycles(value, here, inside)
 
 
 def _one_line(err: Exception, source: str = "config") -> str:

@@ -1,16 +1,17 @@
-"""The values each scheduled hyperparameter takes over the steps (what
-`optsvc show-schedule` prints)."""
+"""The values each scheduled hyperparameter takes over the steps: what
+`optsvc show-schedule` prints, and what `optsvc validate` warns about."""
 
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from optsvc.config.parse import ConfigError
-from optsvc.optim.hyperparams import HPARAMS
-from optsvc.optim.optimizer import Optimizer
+from optsvc.config.parse import ConfigError, ConfigIssue
+from optsvc.optim import Optimizer
 from optsvc.schedules.base import Schedule
 
 # Attribute names of a hyperparameter on the optimizer, by argument name.
@@ -21,7 +22,7 @@ DEFAULT_HORIZON = 1000
 
 def scheduled(optimizer: Optimizer) -> list[str]:
     """The hyperparameters whose schedule is not a constant."""
-    return [n for n in HPARAMS if optimizer.schedules[n].name != "constant"]
+    return [n for n, s in optimizer.schedules.items() if s.name != "constant"]
 
 
 def horizon(schedule: Schedule) -> int | None:
@@ -96,6 +97,58 @@ def schedule_values(
                 ) from None
         optimizer.step_schedules()
     return values
+
+
+def dead_schedule_warnings(
+    optimizer: Optimizer, opt_path: str, max_steps: int
+) -> list[ConfigIssue]:
+    """A warning when learn_rate is 0 from some step on, long before
+    `max_steps`; a ConfigError when a schedule fails before `max_steps`.
+    Reads the schedules (at most 2000 evenly spaced steps), not the optimizer,
+    whose step it leaves alone."""
+    stride = max(1, max_steps // 2000)
+    schedules = {n: s for n, s in optimizer.schedules.items() if s.name != "constant"}
+    learn_rate = optimizer.schedules["learn_rate"]
+    last_live = -1
+    for step in range(0, max_steps, stride) if schedules else ():
+        for name, schedule in schedules.items():
+            reason = _failure(schedule, name, step)
+            if reason:
+                raise ConfigError(
+                    ConfigIssue(
+                        opt_path,
+                        f"a schedule fails at step {step}, before "
+                        f"training.max_steps ({max_steps}): {reason}",
+                    )
+                )
+        if learn_rate(step, key=None, last_score=None) > 0:
+            last_live = step
+    dead_from = last_live + stride
+    if last_live >= 0 and 10 * dead_from < 9 * max_steps:
+        return [
+            ConfigIssue(
+                f"{opt_path}.learn_rate",
+                f"reaches 0 at about step {dead_from}, long before "
+                f"training.max_steps ({max_steps}); the steps after that will not "
+                "change the weights",
+            )
+        ]
+    return []
+
+
+def _failure(schedule: Schedule, name: str, step: int) -> str | None:
+    """Why a hyperparameter's schedule gives no usable value at `step`."""
+    try:
+        value = schedule(step, key=None, last_score=None)
+    except ValueError as err:
+        return str(err)
+    except ArithmeticError:
+        return "the value overflows"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return f"'{name}' schedule gave {value!r}; expected a number"
+    if not math.isfinite(value):
+        return f"'{name}' must be finite, got {value!r}"
+    return None
 
 
 def describe(schedule: Schedule) -> str:

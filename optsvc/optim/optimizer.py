@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from optsvc.optim.hyperparams import (
 )
 from optsvc.optim.state import FlatState, KeyT, _Slot, _UpdateCounts
 from optsvc.schedules.base import Schedule
+from optsvc.spec import Arg, checked
 
 if TYPE_CHECKING:
     from optsvc.optim.params import ParamStore
@@ -364,14 +365,37 @@ def _where(ops: Ops) -> str:
     return f"gpu:{ops.gpu_id}" if hasattr(ops, "gpu_id") else "cpu"
 
 
+# Each argument's type, range and meaning, declared once for SGD, Adam and
+# RAdam and so for their config schemas (see optsvc.spec).
+_BETA = "exponential decay rate of the {} moment estimate"
+LearnRate = Annotated[ScheduleT, Arg("learning rate", ge=0)]
+L2Penalty = Annotated[
+    ScheduleT, Arg("L2 penalty (weight decay when L2_is_weight_decay)", ge=0)
+]
+Beta1 = Annotated[ScheduleT, Arg(_BETA.format("first"), ge=0, lt=1)]
+Beta2 = Annotated[ScheduleT, Arg(_BETA.format("second"), ge=0, lt=1)]
+Eps = Annotated[
+    ScheduleT, Arg("added to the denominator for numerical stability", gt=0)
+]
+GradClip = Annotated[
+    ScheduleT, Arg("clip each gradient to this L2 norm (0: off)", ge=0)
+]
+WeightDecay = Annotated[
+    ScheduleT, Arg("decoupled weight decay (RAdam's name for L2)", ge=0)
+]
+L2IsWeightDecay = Annotated[bool, Arg("apply L2 as decoupled weight decay (AdamW)")]
+UseAverages = Annotated[bool, Arg("keep moving averages of the parameters")]
+
+
 @registries.optimizers.register("SGD.v1")
+@checked()
 def SGD(
-    learn_rate: ScheduleT,
+    learn_rate: LearnRate,
     *,
-    L2: ScheduleT = SGD_DEFAULTS["L2"],
-    grad_clip: ScheduleT = SGD_DEFAULTS["grad_clip"],
-    L2_is_weight_decay: bool = SGD_DEFAULTS["L2_is_weight_decay"],
-    use_averages: bool = True,
+    L2: L2Penalty = SGD_DEFAULTS["L2"],
+    grad_clip: GradClip = SGD_DEFAULTS["grad_clip"],
+    L2_is_weight_decay: L2IsWeightDecay = SGD_DEFAULTS["L2_is_weight_decay"],
+    use_averages: UseAverages = True,
     ops: Ops | None = None,
 ) -> Optimizer:
     """Plain SGD, `w -= learn_rate * g` (registered as `SGD.v1`).
@@ -392,16 +416,17 @@ def SGD(
 
 
 @registries.optimizers.register("Adam.v1")
+@checked()
 def Adam(
-    learn_rate: ScheduleT = ADAM_DEFAULTS["learn_rate"],
+    learn_rate: LearnRate = ADAM_DEFAULTS["learn_rate"],
     *,
-    L2: ScheduleT = ADAM_DEFAULTS["L2"],
-    beta1: ScheduleT = ADAM_DEFAULTS["beta1"],
-    beta2: ScheduleT = ADAM_DEFAULTS["beta2"],
-    eps: ScheduleT = ADAM_DEFAULTS["eps"],
-    grad_clip: ScheduleT = ADAM_DEFAULTS["grad_clip"],
-    L2_is_weight_decay: bool = ADAM_DEFAULTS["L2_is_weight_decay"],
-    use_averages: bool = True,
+    L2: L2Penalty = ADAM_DEFAULTS["L2"],
+    beta1: Beta1 = ADAM_DEFAULTS["beta1"],
+    beta2: Beta2 = ADAM_DEFAULTS["beta2"],
+    eps: Eps = ADAM_DEFAULTS["eps"],
+    grad_clip: GradClip = ADAM_DEFAULTS["grad_clip"],
+    L2_is_weight_decay: L2IsWeightDecay = ADAM_DEFAULTS["L2_is_weight_decay"],
+    use_averages: UseAverages = True,
     ops: Ops | None = None,
 ) -> Optimizer:
     """Adam, or AdamW with `L2_is_weight_decay` (registered as `Adam.v1`).
@@ -423,17 +448,18 @@ def Adam(
 
 
 @registries.optimizers.register("RAdam.v1")
+@checked()
 def RAdam(
-    learn_rate: ScheduleT = ADAM_DEFAULTS["learn_rate"],
+    learn_rate: LearnRate = ADAM_DEFAULTS["learn_rate"],
     *,
-    beta1: ScheduleT = ADAM_DEFAULTS["beta1"],
-    beta2: ScheduleT = ADAM_DEFAULTS["beta2"],
-    eps: ScheduleT = ADAM_DEFAULTS["eps"],
-    weight_decay: ScheduleT | None = None,
-    grad_clip: ScheduleT = ADAM_DEFAULTS["grad_clip"],
-    use_averages: bool = True,
-    L2: ScheduleT | None = None,
-    L2_is_weight_decay: bool = ADAM_DEFAULTS["L2_is_weight_decay"],
+    beta1: Beta1 = ADAM_DEFAULTS["beta1"],
+    beta2: Beta2 = ADAM_DEFAULTS["beta2"],
+    eps: Eps = ADAM_DEFAULTS["eps"],
+    weight_decay: WeightDecay | None = None,
+    grad_clip: GradClip = ADAM_DEFAULTS["grad_clip"],
+    use_averages: UseAverages = True,
+    L2: L2Penalty | None = None,
+    L2_is_weight_decay: L2IsWeightDecay = ADAM_DEFAULTS["L2_is_weight_decay"],
     ops: Ops | None = None,
 ) -> Optimizer:
     """Rectified Adam (registered as `RAdam.v1`). `weight_decay` is the L2

@@ -10,8 +10,6 @@ is found again by name in `SCHEDULE_FNS`.
 from __future__ import annotations
 
 import itertools
-import math
-import numbers
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -80,17 +78,3 @@ class Schedule(Generic[OutT]):
     def __repr__(self) -> str:
         shown = ", ".join(f"{k}={v!r}" for k, v in self._attrs.items())
         return f"Schedule({self.name!r}, {shown})"
-
-
-def _check_number(fn: str, name: str, value: Any, *, minimum: float | None = None):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{fn}: '{name}' must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{fn}: '{name}' must be finite, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{fn}: '{name}' must be >= {minimum}, got {value!r}")
-
-
-def _check_schedule(fn: str, name: str, value: Any) -> None:
-    if not isinstance(value, Schedule):
-        raise ValueError(f"{fn}: '{name}' must be a Schedule, got {value!r}")

@@ -7,29 +7,24 @@ plain ints; "progress" below is always clipped to [0, 1].
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
 from optsvc import registries
-from optsvc.schedules.base import Schedule, _check_number, _check_schedule, schedule_fn
-
-
-def _warmup_args(fn: str, warmup_steps: int, total_steps: int) -> None:
-    _check_number(fn, "warmup_steps", warmup_steps, minimum=0)
-    _check_number(fn, "total_steps", total_steps, minimum=1)
-    if warmup_steps > total_steps:
-        raise ValueError(
-            f"{fn}: 'warmup_steps' ({warmup_steps}) must not exceed "
-            f"'total_steps' ({total_steps})"
-        )
+from optsvc.schedules.base import Schedule, schedule_fn
+from optsvc.schedules.thinc import WARMUP_WITHIN_TOTAL
+from optsvc.spec import Arg, Rule, checked
 
 
 @registries.schedules.register("warmup_cosine.v1")
+@checked(WARMUP_WITHIN_TOTAL)
 def warmup_cosine(
-    initial_rate: float,
-    warmup_steps: int,
-    total_steps: int,
+    initial_rate: Annotated[float, Arg("peak value, reached after warmup", ge=0)],
+    warmup_steps: Annotated[int, Arg("steps of linear warmup", ge=0)],
+    total_steps: Annotated[int, Arg("step at which the decay ends", ge=1)],
     *,
-    final_rate: float = 0.0,
+    final_rate: Annotated[
+        float, Arg("the value never goes below this floor", ge=0)
+    ] = 0.0,
 ) -> Schedule[float]:
     """Linear warmup to `initial_rate`, then cosine decay to `final_rate`.
 
@@ -41,9 +36,6 @@ def warmup_cosine(
     >>> [round(s(i), 3) for i in (0, 1, 2, 4, 6, 9)]
     [0.0, 0.5, 1.0, 0.55, 0.1, 0.1]
     """
-    _check_number("warmup_cosine", "initial_rate", initial_rate, minimum=0)
-    _check_number("warmup_cosine", "final_rate", final_rate, minimum=0)
-    _warmup_args("warmup_cosine", warmup_steps, total_steps)
     return Schedule(
         "warmup_cosine",
         _warmup_cosine,
@@ -68,13 +60,16 @@ def _warmup_cosine(schedule: Schedule, step: int, **kwargs: Any) -> float:
 
 
 @registries.schedules.register("exponential_decay.v1")
+@checked()
 def exponential_decay(
-    initial_rate: float,
-    decay_rate: float,
-    decay_steps: int,
+    initial_rate: Annotated[float, Arg("value at step 0", ge=0)],
+    decay_rate: Annotated[float, Arg("factor per decay_steps", ge=0)],
+    decay_steps: Annotated[int, Arg("steps per factor of decay_rate", ge=1)],
     *,
-    staircase: bool = False,
-    final_rate: float = 0.0,
+    staircase: Annotated[bool, Arg("decay in discrete steps")] = False,
+    final_rate: Annotated[
+        float, Arg("the value never goes below this floor", ge=0)
+    ] = 0.0,
 ) -> Schedule[float]:
     """`initial_rate * decay_rate ** (step / decay_steps)`, never below
     `final_rate`; with `staircase`, the exponent is floored (step decay).
@@ -84,10 +79,6 @@ def exponential_decay(
     >>> exponential_decay(1.0, 0.5, 10, staircase=True)(19)
     0.5
     """
-    _check_number("exponential_decay", "initial_rate", initial_rate, minimum=0)
-    _check_number("exponential_decay", "decay_rate", decay_rate, minimum=0)
-    _check_number("exponential_decay", "decay_steps", decay_steps, minimum=1)
-    _check_number("exponential_decay", "final_rate", final_rate, minimum=0)
     return Schedule(
         "exponential_decay",
         _exponential_decay,
@@ -111,17 +102,17 @@ def _exponential_decay(schedule: Schedule, step: int, **kwargs: Any) -> float:
 
 
 @registries.schedules.register("step_decay.v1")
+@checked()
 def step_decay(
-    initial_rate: float, step_size: int, gamma: float = 0.1
+    initial_rate: Annotated[float, Arg("value at step 0", ge=0)],
+    step_size: Annotated[int, Arg("steps between decays", ge=1)],
+    gamma: Annotated[float, Arg("factor per decay", ge=0)] = 0.1,
 ) -> Schedule[float]:
     """PyTorch's StepLR: `initial_rate * gamma ** (step // step_size)`.
 
     >>> step_decay(1.0, 10, 0.5)(25)
     0.25
     """
-    _check_number("step_decay", "initial_rate", initial_rate, minimum=0)
-    _check_number("step_decay", "step_size", step_size, minimum=1)
-    _check_number("step_decay", "gamma", gamma, minimum=0)
     return Schedule(
         "step_decay",
         _step_decay,
@@ -135,8 +126,27 @@ def _step_decay(schedule: Schedule, step: int, **kwargs: Any) -> float:
     return a["initial_rate"] * a["gamma"] ** (step // a["step_size"])
 
 
+def _one_value_more(boundaries: list[int], values: list[float]) -> str | None:
+    if len(values) != len(boundaries) + 1:
+        return (
+            "'values' must have one more item than 'boundaries', got "
+            f"{len(values)} values and {len(boundaries)} boundaries"
+        )
+    return None
+
+
+def _increasing(boundaries: list[int]) -> str | None:
+    if any(b2 <= b1 for b1, b2 in zip(boundaries, boundaries[1:])):
+        return "must increase strictly"
+    return None
+
+
 @registries.schedules.register("piecewise_constant.v1")
-def piecewise_constant(boundaries: list[int], values: list[float]) -> Schedule[float]:
+@checked(Rule(_one_value_more), Rule(_increasing, at="boundaries"))
+def piecewise_constant(
+    boundaries: Annotated[list[int], Arg("steps where the value changes", ge=0)],
+    values: Annotated[list[float], Arg("one more value than boundaries")],
+) -> Schedule[float]:
     """`values[i]` for steps in [boundaries[i-1], boundaries[i]); one more
     value than boundaries, boundaries strictly increasing.
 
@@ -144,23 +154,6 @@ def piecewise_constant(boundaries: list[int], values: list[float]) -> Schedule[f
     >>> [s(9), s(10), s(20)]
     [1.0, 0.5, 0.1]
     """
-    if not isinstance(boundaries, (list, tuple)) or not isinstance(
-        values, (list, tuple)
-    ):
-        raise ValueError("piecewise_constant: 'boundaries' and 'values' must be lists")
-    for b in boundaries:
-        _check_number("piecewise_constant", "boundaries item", b, minimum=0)
-    for v in values:
-        _check_number("piecewise_constant", "values item", v)
-    if len(values) != len(boundaries) + 1:
-        raise ValueError(
-            "piecewise_constant: 'values' must have one more item than "
-            f"'boundaries', got {len(values)} values and {len(boundaries)} boundaries"
-        )
-    if any(b2 <= b1 for b1, b2 in zip(boundaries, boundaries[1:])):
-        raise ValueError(
-            f"piecewise_constant: 'boundaries' must increase strictly, got {boundaries}"
-        )
     return Schedule(
         "piecewise_constant",
         _piecewise_constant,
@@ -178,7 +171,11 @@ def _piecewise_constant(schedule: Schedule, step: int, **kwargs: Any) -> float:
 
 
 @registries.schedules.register("linear_warmup.v1")
-def linear_warmup(warmup_steps: int, schedule: Schedule[float]) -> Schedule[float]:
+@checked()
+def linear_warmup(
+    warmup_steps: Annotated[int, Arg("steps of linear warmup", ge=0)],
+    schedule: Annotated[Schedule[float], Arg("the schedule that follows")],
+) -> Schedule[float]:
     """Ramp linearly from 0 to `schedule(warmup_steps)` over `warmup_steps`
     steps, then follow `schedule(step)` (the inner schedule sees the global
     step, as with Thinc's `constant_then`).
@@ -188,8 +185,6 @@ def linear_warmup(warmup_steps: int, schedule: Schedule[float]) -> Schedule[floa
     >>> [s(0), s(2), s(4), s(100)]
     [0.0, 0.5, 1.0, 1.0]
     """
-    _check_number("linear_warmup", "warmup_steps", warmup_steps, minimum=0)
-    _check_schedule("linear_warmup", "schedule", schedule)
     return Schedule(
         "linear_warmup",
         _linear_warmup,
@@ -207,13 +202,20 @@ def _linear_warmup(schedule: Schedule, step: int, **kwargs: Any) -> float:
 
 
 @registries.schedules.register("one_cycle.v1")
+@checked()
 def one_cycle(
-    max_rate: float,
-    total_steps: int,
+    max_rate: Annotated[float, Arg("peak value", ge=0)],
+    total_steps: Annotated[int, Arg("length of the cycle, in steps", ge=2)],
     *,
-    pct_start: float = 0.25,
-    div_factor: float = 25.0,
-    final_div_factor: float = 1e4,
+    pct_start: Annotated[
+        float, Arg("fraction of steps spent increasing", gt=0, lt=1)
+    ] = 0.25,
+    div_factor: Annotated[
+        float, Arg("initial value = max_rate / div_factor", gt=0)
+    ] = 25.0,
+    final_div_factor: Annotated[
+        float, Arg("final value = initial / final_div_factor", gt=0)
+    ] = 1e4,
 ) -> Schedule[float]:
     """Smith's one-cycle policy with cosine annealing (PyTorch's OneCycleLR).
 
@@ -222,14 +224,6 @@ def one_cycle(
     max_rate / (div_factor * final_div_factor) at total_steps - 1, and stays
     there. Each phase: end + (start - end) * (1 + cos(pi * p)) / 2.
     """
-    _check_number("one_cycle", "max_rate", max_rate, minimum=0)
-    _check_number("one_cycle", "total_steps", total_steps, minimum=2)
-    _check_number("one_cycle", "div_factor", div_factor)
-    _check_number("one_cycle", "final_div_factor", final_div_factor)
-    if not 0 < pct_start < 1:
-        raise ValueError(f"one_cycle: 'pct_start' must be in (0, 1), got {pct_start!r}")
-    if div_factor <= 0 or final_div_factor <= 0:
-        raise ValueError("one_cycle: 'div_factor' and 'final_div_factor' must be > 0")
     return Schedule(
         "one_cycle",
         _one_cycle,

@@ -11,22 +11,23 @@ import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import GeneratorType
-from typing import Any
+from typing import Annotated, Any
 
 from optsvc import registries
-from optsvc.schedules.base import Schedule, _check_number, _check_schedule, schedule_fn
+from optsvc.schedules.base import Schedule, schedule_fn
+from optsvc.spec import Arg, Rule, checked
 
 # --- Thinc 9.1.1's schedules ---------------------------------------------------
 
 
 @registries.schedules.register("constant.v1")
-def constant(rate: float) -> Schedule[float]:
+@checked()
+def constant(rate: Annotated[float, Arg("the value")]) -> Schedule[float]:
     """The same value at every step.
 
     >>> constant(0.1)(500)
     0.1
     """
-    _check_number("constant", "rate", rate)
     return Schedule("constant", _constant, attrs={"rate": rate})
 
 
@@ -36,8 +37,11 @@ def _constant(schedule: Schedule, step: int, **kwargs: Any) -> float:
 
 
 @registries.schedules.register("constant_then.v1")
+@checked()
 def constant_then(
-    rate: float, steps: int, schedule: Schedule[float]
+    rate: Annotated[float, Arg("the value for the first steps")],
+    steps: Annotated[int, Arg("steps at that value", ge=0)],
+    schedule: Annotated[Schedule[float], Arg("the schedule that follows")],
 ) -> Schedule[float]:
     """`rate` for the first `steps` steps, then `schedule(step)`.
 
@@ -48,9 +52,6 @@ def constant_then(
     >>> [s(0), s(1), s(2)]
     [1.0, 1.0, 0.5]
     """
-    _check_number("constant_then", "rate", rate)
-    _check_number("constant_then", "steps", steps, minimum=0)
-    _check_schedule("constant_then", "schedule", schedule)
     return Schedule(
         "constant_then",
         _constant_then,
@@ -66,15 +67,18 @@ def _constant_then(schedule: Schedule, step: int, **kwargs: Any) -> float:
 
 
 @registries.schedules.register("decaying.v1")
-def decaying(base_rate: float, decay: float, *, t: float = 0.0) -> Schedule[float]:
+@checked()
+def decaying(
+    base_rate: Annotated[float, Arg("value at step 0")],
+    decay: Annotated[float, Arg("decay per step")],
+    *,
+    t: Annotated[float, Arg("step offset")] = 0.0,
+) -> Schedule[float]:
     """Inverse-time decay: `base_rate / (1 + decay * (step + t))`.
 
     >>> decaying(0.001, 1e-4)(1)
     0.000999900009999
     """
-    _check_number("decaying", "base_rate", base_rate)
-    _check_number("decaying", "decay", decay)
-    _check_number("decaying", "t", t)
     return Schedule(
         "decaying", _decaying, attrs={"base_rate": base_rate, "decay": decay, "t": t}
     )
@@ -87,8 +91,13 @@ def _decaying(schedule: Schedule, step: int, **kwargs: Any) -> float:
 
 
 @registries.schedules.register("compounding.v1")
+@checked()
 def compounding(
-    start: float, stop: float, compound: float, *, t: float = 0.0
+    start: Annotated[float, Arg("value at step 0")],
+    stop: Annotated[float, Arg("the value is clipped at this bound")],
+    compound: Annotated[float, Arg("factor per step")],
+    *,
+    t: Annotated[float, Arg("step offset")] = 0.0,
 ) -> Schedule[float]:
     """`start * compound ** (step + t)`, clipped at `stop` (from either side).
 
@@ -96,9 +105,6 @@ def compounding(
     >>> [s(0), s(1), s(2), s(9)]
     [1.0, 1.5, 2.25, 10.0]
     """
-    for name, value in (("start", start), ("stop", stop), ("compound", compound)):
-        _check_number("compounding", name, value)
-    _check_number("compounding", "t", t)
     return Schedule(
         "compounding",
         _compounding,
@@ -116,9 +122,24 @@ def _compounding(schedule: Schedule, step: int, **kwargs: Any) -> float:
     return max(value, a["stop"]) if a["start"] > a["stop"] else min(value, a["stop"])
 
 
+def _warmup_within_total(warmup_steps: int, total_steps: int) -> str | None:
+    if warmup_steps > total_steps:
+        return f"must be <= total_steps ({total_steps})"
+    return None
+
+
+# Warmup that ends after the schedule does: the rate never reaches its peak.
+WARMUP_WITHIN_TOTAL = Rule(_warmup_within_total, at="warmup_steps")
+
+
+# From Python, warmup_steps > total_steps stays allowed, as in Thinc (spaCy
+# configs in the wild rely on it); a config file refuses it as a mistake.
 @registries.schedules.register("warmup_linear.v1")
+@checked(WARMUP_WITHIN_TOTAL.config_only())
 def warmup_linear(
-    initial_rate: float, warmup_steps: int, total_steps: int
+    initial_rate: Annotated[float, Arg("peak value, reached after warmup", ge=0)],
+    warmup_steps: Annotated[int, Arg("steps of linear warmup", ge=0)],
+    total_steps: Annotated[int, Arg("step at which the schedule ends", ge=1)],
 ) -> Schedule[float]:
     """Linear warmup from 0 to `initial_rate` over `warmup_steps`, then a
     linear decline to 0 at `total_steps`.
@@ -130,9 +151,6 @@ def warmup_linear(
     >>> [s(0), s(1), s(2), s(3), s(4)]
     [0.0, 0.5, 1.0, 0.5, 0.0]
     """
-    _check_number("warmup_linear", "initial_rate", initial_rate)
-    _check_number("warmup_linear", "warmup_steps", warmup_steps, minimum=0)
-    _check_number("warmup_linear", "total_steps", total_steps, minimum=0)
     return Schedule(
         "warmup_linear",
         _warmup_linear,
@@ -155,14 +173,28 @@ def _warmup_linear(schedule: Schedule, step: int, **kwargs: Any) -> float:
     return factor * a["initial_rate"]
 
 
+def _rises_for_a_step(num_steps: int, cut_frac: float) -> str | None:
+    if int(num_steps * cut_frac) < 1:
+        return (
+            "must be at least 1 / cut_frac, so that the rate rises for a step, "
+            f"got num_steps * cut_frac = {num_steps * cut_frac:g}"
+        )
+    return None
+
+
 @registries.schedules.register("slanted_triangular.v1")
+@checked(Rule(_rises_for_a_step, at="num_steps"))
 def slanted_triangular(
-    max_rate: float,
-    num_steps: int,
+    max_rate: Annotated[float, Arg("peak value", ge=0)],
+    num_steps: Annotated[int, Arg("length of the schedule", ge=1)],
     *,
-    cut_frac: float = 0.1,
-    ratio: int = 32,
-    t: float = 0.0,
+    cut_frac: Annotated[
+        float, Arg("fraction of steps spent increasing", gt=0, lt=1)
+    ] = 0.1,
+    ratio: Annotated[
+        float, Arg("how much smaller the lowest value is than the peak", gt=0)
+    ] = 32,
+    t: Annotated[float, Arg("step offset")] = 0.0,
 ) -> Schedule[float]:
     """Howard and Ruder's slanted triangular rate.
 
@@ -170,19 +202,7 @@ def slanted_triangular(
     p = x / cut while x < cut, else 1 - (x - cut) / (cut * (1 / cut_frac - 1));
     rate = max_rate * (1 + p * (ratio - 1)) / ratio.
     """
-    _check_number("slanted_triangular", "max_rate", max_rate)
-    _check_number("slanted_triangular", "num_steps", num_steps, minimum=0)
-    _check_number("slanted_triangular", "cut_frac", cut_frac)
-    _check_number("slanted_triangular", "ratio", ratio)
-    if ratio <= 0:  # the rate divides by it at every step
-        raise ValueError(f"slanted_triangular: 'ratio' must be > 0, got {ratio!r}")
-    _check_number("slanted_triangular", "t", t)
     cut = int(num_steps * cut_frac)
-    if cut <= 0 or not 0 < cut_frac < 1:
-        raise ValueError(
-            "slanted_triangular: 'num_steps * cut_frac' must be at least 1 and "
-            f"0 < cut_frac < 1, got num_steps={num_steps!r}, cut_frac={cut_frac!r}"
-        )
     return Schedule(
         "slanted_triangular",
         _slanted_triangular,
@@ -209,18 +229,18 @@ def _slanted_triangular(schedule: Schedule, step: int, **kwargs: Any) -> float:
 
 
 @registries.schedules.register("cyclic_triangular.v1")
-def cyclic_triangular(min_lr: float, max_lr: float, period: int) -> Schedule[float]:
+@checked()
+def cyclic_triangular(
+    min_lr: Annotated[float, Arg("lowest value", ge=0)],
+    max_lr: Annotated[float, Arg("highest value", ge=0)],
+    period: Annotated[int, Arg("half the length of a cycle, in steps", ge=1)],
+) -> Schedule[float]:
     """Triangular cycles between `min_lr` and `max_lr`, `2 * period` steps each.
 
     With it = step + 1: cycle = floor(1 + it / (2 * period)),
     x = |it / period - 2 * cycle + 1|,
     rate = min_lr + (max_lr - min_lr) * max(0, 1 - x).
     """
-    _check_number("cyclic_triangular", "min_lr", min_lr)
-    _check_number("cyclic_triangular", "max_lr", max_lr)
-    _check_number("cyclic_triangular", "period", period)
-    if period <= 0:
-        raise ValueError(f"cyclic_triangular: 'period' must be > 0, got {period!r}")
     return Schedule(
         "cyclic_triangular",
         _cyclic_triangular,
@@ -248,8 +268,13 @@ class PlateauState:
 
 
 @registries.schedules.register("plateau.v1")
+@checked()
 def plateau(
-    max_patience: int, scale: float, schedule: Schedule[float]
+    max_patience: Annotated[
+        int, Arg("evaluations without improvement to a plateau", ge=1)
+    ],
+    scale: Annotated[float, Arg("factor applied at each plateau", ge=0)],
+    schedule: Annotated[Schedule[float], Arg("the schedule to scale")],
 ) -> Schedule[float]:
     """`schedule(step) * scale ** n_plateaus`, where a plateau is counted each
     time `max_patience` new scores in a row fail to beat the best score.
@@ -257,9 +282,6 @@ def plateau(
     Scores arrive as `last_score=(step_of_score, score)`; the optimizer passes
     its `last_score`. A score seen again (same step) is not counted twice.
     """
-    _check_number("plateau", "max_patience", max_patience, minimum=1)
-    _check_number("plateau", "scale", scale)
-    _check_schedule("plateau", "schedule", schedule)
     return Schedule(
         "plateau",
         _plateau,
@@ -307,6 +329,13 @@ def _plateau(
 
 
 # --- Plain Python values as schedules ----------------------------------------
+
+
+def _check_number(fn: str, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{fn}: '{name}' must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{fn}: '{name}' must be finite, got {value!r}")
 
 
 def from_list(values: list[float], *, name: str = "value") -> Schedule[float]:

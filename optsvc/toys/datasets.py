@@ -11,12 +11,13 @@ dev, never the samples themselves.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import numpy as np
 
 from optsvc import registries
+from optsvc.spec import Arg, Rule, checked
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,15 +59,52 @@ class Dataset:
         )
 
 
+# --- the arguments the data sets share ------------------------------------------
+
+Samples = Annotated[int, Arg("examples to generate (train + dev)", ge=2)]
+Features = Annotated[int, Arg("input dimensions", ge=1)]
+Classes = Annotated[int, Arg("number of classes", ge=2)]
+Noise = Annotated[float, Arg("standard deviation of the added noise", ge=0)]
+DevFraction = Annotated[
+    float, Arg("share of examples held out for evaluation", gt=0, lt=1)
+]
+Seed = Annotated[int, Arg("random seed of the generator", ge=0)]
+
+
+def _dev_split(n_samples: int, dev_fraction: float) -> str | None:
+    n_dev = _n_dev(n_samples, dev_fraction)
+    if not 1 <= n_dev <= n_samples - 1:
+        return (
+            f"leaves {n_dev} dev and {n_samples - n_dev} training samples of "
+            f"n_samples ({n_samples}); both need at least 1"
+        )
+    return None
+
+
+def _a_sample_per_class(n_samples: int, n_classes: int) -> str | None:
+    if n_samples < n_classes:
+        return (
+            f"must be at least n_classes ({n_classes}), so that every class has "
+            "a sample"
+        )
+    return None
+
+
+# Both splits hold a sample; with classes, every class holds one.
+DEV_SPLIT = Rule(_dev_split, at="dev_fraction")
+CLASS_SPLIT = (Rule(_a_sample_per_class, at="n_samples"), DEV_SPLIT)
+
+
 @registries.datasets.register("blobs.v1")
+@checked(*CLASS_SPLIT)
 def blobs(
     *,
-    n_samples: int = 2000,
-    n_features: int = 2,
-    n_classes: int = 3,
-    spread: float = 1.0,
-    dev_fraction: float = 0.2,
-    seed: int = 0,
+    n_samples: Samples = 2000,
+    n_features: Features = 2,
+    n_classes: Classes = 3,
+    spread: Annotated[float, Arg("standard deviation of each cluster", ge=0)] = 1.0,
+    dev_fraction: DevFraction = 0.2,
+    seed: Seed = 0,
 ) -> Dataset:
     """Gaussian blobs: one isotropic cluster per class (classification).
 
@@ -85,28 +123,27 @@ def blobs(
     >>> data.X_train.shape, data.X_train.dtype, data.y_dev.shape, data.n_outputs
     ((80, 4), dtype('float32'), (20,), 5)
     """
-    fn = "blobs"
-    _check_int(fn, "n_features", n_features, minimum=1)
-    _check_float(fn, "spread", spread, minimum=0.0)
-    _check_classes(fn, n_samples, n_classes, dev_fraction, seed)
     rng = np.random.default_rng(seed)
     centers = rng.uniform(-10.0, 10.0, size=(n_classes, n_features))
     y = _balanced_labels(n_samples, n_classes)
     X = centers[y] + spread * rng.standard_normal((n_samples, n_features))
-    X_train, y_train, X_dev, y_dev = _split(fn, rng, X, y, dev_fraction, stratify=True)
+    X_train, y_train, X_dev, y_dev = _split(rng, X, y, dev_fraction, stratify=True)
     X_train, X_dev = _standardize(X_train, X_dev)
-    return _dataset(fn, "classification", X_train, y_train, X_dev, y_dev, n_classes)
+    return _dataset(
+        "blobs", "classification", X_train, y_train, X_dev, y_dev, n_classes
+    )
 
 
 @registries.datasets.register("spirals.v1")
+@checked(*CLASS_SPLIT)
 def spirals(
     *,
-    n_samples: int = 2000,
-    n_classes: int = 3,
-    noise: float = 0.2,
-    turns: float = 1.0,
-    dev_fraction: float = 0.2,
-    seed: int = 0,
+    n_samples: Samples = 2000,
+    n_classes: Classes = 3,
+    noise: Noise = 0.2,
+    turns: Annotated[float, Arg("turns of each spiral arm", ge=0)] = 1.0,
+    dev_fraction: DevFraction = 0.2,
+    seed: Seed = 0,
 ) -> Dataset:
     """Interleaved 2-D spirals, one arm per class (classification).
 
@@ -128,30 +165,29 @@ def spirals(
     >>> data.X_train.shape, data.n_features, data.n_outputs
     ((240, 2), 2, 2)
     """
-    fn = "spirals"
-    _check_float(fn, "noise", noise, minimum=0.0)
-    _check_float(fn, "turns", turns, minimum=0.0)
-    _check_classes(fn, n_samples, n_classes, dev_fraction, seed)
     rng = np.random.default_rng(seed)
     y = _balanced_labels(n_samples, n_classes)
     radius = rng.uniform(0.0, 1.0, size=n_samples)
     angle = 2.0 * np.pi * (y / n_classes + turns * radius)
     angle += noise * rng.standard_normal(n_samples)
     X = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
-    X_train, y_train, X_dev, y_dev = _split(fn, rng, X, y, dev_fraction, stratify=True)
-    return _dataset(fn, "classification", X_train, y_train, X_dev, y_dev, n_classes)
+    X_train, y_train, X_dev, y_dev = _split(rng, X, y, dev_fraction, stratify=True)
+    return _dataset(
+        "spirals", "classification", X_train, y_train, X_dev, y_dev, n_classes
+    )
 
 
 @registries.datasets.register("regression.v1")
+@checked(DEV_SPLIT)
 def regression(
     *,
-    n_samples: int = 2000,
-    n_features: int = 8,
-    n_outputs: int = 1,
-    noise: float = 0.1,
-    nonlinear: bool = True,
-    dev_fraction: float = 0.2,
-    seed: int = 0,
+    n_samples: Samples = 2000,
+    n_features: Features = 8,
+    n_outputs: Annotated[int, Arg("regression targets per example", ge=1)] = 1,
+    noise: Noise = 0.1,
+    nonlinear: Annotated[bool, Arg("add a nonlinear part to the targets")] = True,
+    dev_fraction: DevFraction = 0.2,
+    seed: Seed = 0,
 ) -> Dataset:
     """A synthetic regression set: targets from a random smooth function.
 
@@ -174,15 +210,6 @@ def regression(
     >>> data.task, data.X_dev.shape, data.y_dev.shape, data.y_dev.dtype
     ('regression', (10, 3), (10, 2), dtype('float32'))
     """
-    fn = "regression"
-    _check_int(fn, "n_samples", n_samples, minimum=2)
-    _check_int(fn, "n_features", n_features, minimum=1)
-    _check_int(fn, "n_outputs", n_outputs, minimum=1)
-    _check_float(fn, "noise", noise, minimum=0.0)
-    if not isinstance(nonlinear, (bool, np.bool_)):
-        raise ValueError(f"{fn}: 'nonlinear' must be true or false, got {nonlinear!r}")
-    _check_fraction(fn, dev_fraction)
-    _check_int(fn, "seed", seed, minimum=0)
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n_samples, n_features))
     linear = rng.standard_normal((n_features, n_outputs)) / math.sqrt(n_features)
@@ -198,47 +225,13 @@ def regression(
     std = y.std(axis=0)
     y = (y - y.mean(axis=0)) / np.where(std > 0, std, 1.0)
     y = y + noise * rng.standard_normal((n_samples, n_outputs))
-    X_train, y_train, X_dev, y_dev = _split(fn, rng, X, y, dev_fraction, stratify=False)
-    return _dataset(fn, "regression", X_train, y_train, X_dev, y_dev, n_outputs)
+    X_train, y_train, X_dev, y_dev = _split(rng, X, y, dev_fraction, stratify=False)
+    return _dataset(
+        "regression", "regression", X_train, y_train, X_dev, y_dev, n_outputs
+    )
 
 
 # --- helpers -------------------------------------------------------------------
-
-
-def _check_classes(fn: str, n_samples, n_classes, dev_fraction, seed) -> None:
-    """The arguments every classification set shares."""
-    _check_int(fn, "n_samples", n_samples, minimum=2)
-    _check_int(fn, "n_classes", n_classes, minimum=2)
-    _check_fraction(fn, dev_fraction)
-    _check_int(fn, "seed", seed, minimum=0)
-    if n_samples < n_classes:
-        raise ValueError(
-            f"{fn}: 'n_samples' ({n_samples}) must be at least 'n_classes' "
-            f"({n_classes}), so that every class has a sample"
-        )
-
-
-def _check_int(fn: str, name: str, value, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{fn}: '{name}' must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{fn}: '{name}' must be >= {minimum}, got {value!r}")
-
-
-def _check_float(fn: str, name: str, value, *, minimum: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{fn}: '{name}' must be a number, got {value!r}")
-    if not math.isfinite(value) or value < minimum:
-        raise ValueError(
-            f"{fn}: '{name}' must be a finite number >= {minimum}, got {value!r}"
-        )
-
-
-def _check_fraction(fn: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{fn}: 'dev_fraction' must be a number, got {value!r}")
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"{fn}: 'dev_fraction' must be in (0, 1), got {value!r}")
 
 
 def _balanced_labels(n_samples: int, n_classes: int) -> np.ndarray:
@@ -246,14 +239,12 @@ def _balanced_labels(n_samples: int, n_classes: int) -> np.ndarray:
     return np.arange(n_samples, dtype=np.int64) % n_classes
 
 
-def _split(fn: str, rng: np.random.Generator, X, y, dev_fraction: float, *, stratify):
+def _n_dev(n_samples: int, dev_fraction: float) -> int:
+    return math.floor(n_samples * dev_fraction + 0.5)
+
+
+def _split(rng: np.random.Generator, X, y, dev_fraction: float, *, stratify):
     n = X.shape[0]
-    n_dev = math.floor(n * dev_fraction + 0.5)
-    if not 1 <= n_dev <= n - 1:
-        raise ValueError(
-            f"{fn}: 'dev_fraction' {dev_fraction!r} of 'n_samples' {n} leaves "
-            f"{n_dev} dev and {n - n_dev} training samples; both need at least 1"
-        )
     order = rng.permutation(n)
     if stratify:  # one class after another, shuffled within each class
         order = order[np.argsort(y[order], kind="stable")]

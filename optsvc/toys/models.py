@@ -13,16 +13,18 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 
 from optsvc import registries
 from optsvc.backends import Ops, get_current_ops
+from optsvc.spec import Arg, checked
 
 Key = tuple[int, str]
 
-ACTIVATIONS = ("relu", "tanh")
+Activation = Literal["relu", "tanh"]
+ACTIVATIONS = get_args(Activation)
 
 
 class Model:
@@ -206,6 +208,7 @@ class Model:
 
 
 @registries.models.register("linear.v1")
+@checked()
 def linear() -> Model:
     """One linear layer: softmax regression on the logits (classification) or
     linear least squares (regression). Sizes come from the data set.
@@ -217,7 +220,13 @@ def linear() -> Model:
 
 
 @registries.models.register("mlp.v1")
-def mlp(*, hidden_width: int = 64, depth: int = 2, activation: str = "relu") -> Model:
+@checked()
+def mlp(
+    *,
+    hidden_width: Annotated[int, Arg("units in each hidden layer", ge=1)] = 64,
+    depth: Annotated[int, Arg("number of hidden layers", ge=1)] = 2,
+    activation: Annotated[Activation, Arg("hidden activation")] = "relu",
+) -> Model:
     """A multi-layer perceptron: `depth` hidden layers of `hidden_width` units
     with the activation, then a linear output layer.
 
@@ -228,11 +237,6 @@ def mlp(*, hidden_width: int = 64, depth: int = 2, activation: str = "relu") -> 
     >>> mlp(hidden_width=32, depth=3, activation="tanh").hidden_widths
     (32, 32, 32)
     """
-    for arg, value in (("hidden_width", hidden_width), ("depth", depth)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ValueError(f"mlp: '{arg}' must be an integer, got {value!r}")
-        if value < 1:
-            raise ValueError(f"mlp: '{arg}' must be >= 1, got {value!r}")
     return Model("mlp", (hidden_width,) * depth, activation)
 
 
