@@ -795,7 +795,7 @@ def test_gpu_code_path_under_the_cuda_simulator(tmp_path, monkeypatch):
     real_get_ops = optimizers.get_ops
 
     def on_the_simulator():
-        monkeypatch.setattr(training, "select_ops", lambda gpu_id: sim)
+        monkeypatch.setattr(training, "ops_for_device", lambda gpu_id: sim)
         monkeypatch.setattr(
             optimizers,
             "get_ops",
