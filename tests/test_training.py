@@ -4,7 +4,8 @@ logging, its run folder, and resuming a run killed at any moment.
 All jobs are small versions of configs/quickstart.cfg (600 spirals, a narrow
 MLP, a few hundred steps), built by `make_config`. The resume tests run the
 real command in subprocesses and kill them with SIGKILL: from outside after a
-random delay or when a checkpoint's temporary folder appears, and from inside
+random delay or when the process says a checkpoint's temporary folder was
+made, and from inside
 at chosen filesystem calls (mid-checkpoint, just after a commit, while writing
 final.npz) through `KILL_DRIVER`, so that those points are hit every time.
 """
@@ -16,6 +17,7 @@ import json
 import os
 import random
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -33,7 +35,11 @@ from typer.testing import CliRunner
 
 from optsvc.config.parse import ConfigError, config_from_str, load_config
 from optsvc.training import loop as training
-from optsvc.training.checkpoints import list_checkpoints
+from optsvc.training.checkpoints import (
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from optsvc.training.loop import RunError, config_diff, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -229,7 +235,9 @@ KILL_DRIVER = r'''
 """`optsvc ARGS` that SIGKILLs itself at a chosen filesystem call. KILL_AT is
 "fsync:TEXT:N": just before the N-th os.fsync of a path containing TEXT (the
 data is written but not yet durable, the folder not yet renamed), or
-"rename:TEXT:N": just after the N-th os.rename whose source contains TEXT."""
+"rename:TEXT:N": just after the N-th os.rename whose source contains TEXT.
+Or it lets the test kill it from outside: "mkdir:TEXT:FD" writes a byte to
+file descriptor FD just after each os.mkdir of a path containing TEXT."""
 import os, signal, sys
 
 kind, text, nth = os.environ["KILL_AT"].split(":")
@@ -252,6 +260,15 @@ if kind == "fsync":
         return real_fsync(fd)
 
     os.fsync = fsync
+elif kind == "mkdir":
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kw):
+        real_mkdir(path, *args, **kw)
+        if text in os.fspath(path):
+            os.write(int(nth), b"!")
+
+    os.mkdir = mkdir
 else:
     real_rename = os.rename
 
@@ -279,32 +296,32 @@ def killed_at(driver: Path, point: str, *args) -> subprocess.CompletedProcess:
     )
 
 
-def killed_from_outside(args, *, delay: float | None, poll: Path | None) -> str:
-    """Start `optsvc ARGS` and SIGKILL it: with `poll`, as soon as a `.tmp-`
-    folder appears there once training has begun; else `delay` seconds after
-    it prints its first evaluation row (so the kill lands at a random step
-    however long the start takes). Returns what happened, for messages."""
+def killed_from_outside(driver: Path, args, *, delay: float | None) -> str:
+    """Start `optsvc ARGS` and SIGKILL it: with no `delay`, as soon as it
+    tells (through KILL_DRIVER, on a pipe) that it has made a checkpoint's
+    temporary folder, so the kill lands while that checkpoint is written;
+    else `delay` seconds after it prints its first evaluation row (so the
+    kill lands at a random step however long the start takes). Returns what
+    happened, for messages."""
+    read_end, write_end = os.pipe()
     proc = subprocess.Popen(
-        [*OPTSVC, *map(str, args)],
+        [sys.executable, str(driver), *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, "KILL_AT": f"mkdir:.tmp-step-:{write_end}"},
+        pass_fds=(write_end,),
     )
+    os.close(write_end)  # the child's copy stays open until it exits: then EOF
     try:
-        last = ""
-        for line in proc.stdout:  # the header ends with the output folder
-            if line.strip().startswith("output:"):
-                break
         what = "ran to the end before the kill"
-        if poll is not None:
-            deadline = time.monotonic() + 30
-            while proc.poll() is None and time.monotonic() < deadline:
-                tmp = [n for n in os.listdir(poll) if n.startswith(".tmp-")]
-                if tmp:
-                    proc.send_signal(signal.SIGKILL)
-                    what = f"killed while {tmp[0]} was being written"
-                    break
+        if delay is None:
+            ready, _, _ = select.select([read_end], [], [], 60)
+            if ready and os.read(read_end, 1):
+                proc.send_signal(signal.SIGKILL)
+                what = "killed while a checkpoint folder was being written"
         else:
+            last = ""
             for line in proc.stdout:
                 if line.startswith("step "):
                     last = line.split()[1]
@@ -316,6 +333,7 @@ def killed_from_outside(args, *, delay: float | None, poll: Path | None) -> str:
         rest = proc.stdout.read()
         code = proc.wait(timeout=60)
     finally:
+        os.close(read_end)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -363,13 +381,13 @@ def test_resume_after_sigkill_at_many_points_is_bit_identical(job, reference, tm
     # then twice after a random delay (seeded; training takes ~0.5 s here).
     rng = random.Random(20240613)
     for delay in (None, rng.uniform(0.0, 0.08), rng.uniform(0.0, 0.08)):
-        what = killed_from_outside(
-            [*train_args, "--resume"], delay=delay, poll=ckpt if delay is None else None
-        )
+        what = killed_from_outside(driver, [*train_args, "--resume"], delay=delay)
         log.append(f"{what} (newest checkpoint {step_folders(run)[-1]})")
 
-    # (g) dies while writing final.npz (if an earlier run got that far, this
-    # one resumes from step 400 and dies rewriting it).
+    # (g) dies while writing final.npz. (Should an earlier run have got that
+    # far, its final.npz goes: a finished run with its final.npz in place has
+    # nothing left to write, see test_resuming_a_finished_run_changes_nothing.)
+    (run / "final.npz").unlink(missing_ok=True)
     done = killed_at(driver, "fsync:.final.npz.tmp-:1", *train_args, "--resume")
     assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
     assert step_folders(run)[-1] == "step-00000400"
@@ -400,6 +418,162 @@ def test_resume_on_an_empty_folder_starts_from_scratch(job, reference, tmp_path)
     assert result.exit_code == 0, result.output
     assert "no checkpoint yet; starting at step 0" in result.output
     assert_same_run(empty, reference)
+
+
+# --- 2b. early stopping is part of the saved state ------------------------------------
+
+# Issue 15, item 1: with patience, a run killed at any moment (also after its
+# last checkpoint, while final.npz is written) and resumed stops where an
+# uninterrupted run stops, and a finished run stays finished.
+PATIENT = {
+    "training.patience": 2,
+    "training.eval_frequency": 10,
+    "training.checkpoint_frequency": 7,
+}
+
+
+@pytest.fixture(scope="module")
+def patient_job(tmp_path_factory) -> Path:
+    return make_config(tmp_path_factory.mktemp("patient") / "job.cfg", PATIENT)
+
+
+@pytest.fixture(scope="module")
+def patient_reference(patient_job, tmp_path_factory) -> Path:
+    """The uninterrupted run of `patient_job`: it stops early, at an
+    evaluation that is not a checkpoint step."""
+    out = tmp_path_factory.mktemp("patient-reference") / "run"
+    result = train(load_config(patient_job), out, console=quiet())
+    assert result.stopped_early and result.step < 400
+    assert result.step % 10 == 0 and result.step % 7 != 0
+    assert [r["step"] for r in metrics(out)][-1] == result.step
+    assert step_folders(out)[-1] == f"step-{result.step:08d}"
+    return out
+
+
+def stop_step(run: Path) -> int:
+    return metrics(run)[-1]["step"]
+
+
+@pytest.fixture(scope="module")
+def max_steps_reference(tmp_path_factory) -> Path:
+    """A run that ends at training.max_steps (80 steps); its job is job.cfg
+    beside it."""
+    folder = tmp_path_factory.mktemp("short")
+    job = make_config(folder / "job.cfg", {"training.max_steps": 80})
+    train(load_config(job), folder / "run", console=quiet())
+    return folder / "run"
+
+
+@pytest.mark.slow
+@POSIX
+@pytest.mark.parametrize(
+    "where",
+    ["last periodic checkpoint", "after the last checkpoint", "final.npz"],
+)
+def test_an_early_stopped_run_killed_anywhere_resumes_bit_identical(
+    patient_job, patient_reference, tmp_path, where
+):
+    stop = stop_step(patient_reference)
+    point = {
+        # mid-write of the checkpoint before the stop: resumed from the one
+        # before it, the run reaches the stop again
+        "last periodic checkpoint": f"fsync:.tmp-step-{stop // 7 * 7:08d}:2",
+        # the stop's checkpoint committed, final.npz not yet written
+        "after the last checkpoint": f"rename:.tmp-step-{stop:08d}:1",
+        "final.npz": "fsync:.final.npz.tmp-:1",
+    }[where]
+    driver = tmp_path / "kill_driver.py"
+    driver.write_text(KILL_DRIVER)
+    run = tmp_path / "run"
+    done = killed_at(driver, point, "train", patient_job, "-o", run)
+    assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
+    assert not (run / "final.npz").exists()
+
+    done = run_cli("train", patient_job, "-o", run, "--resume")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_same_run(run, patient_reference, f"killed at {where}")
+    assert "final score" in done.stdout and f"at step {stop} " in done.stdout
+    if where == "last periodic checkpoint":
+        assert "no improvement in 2 evaluations" in done.stdout
+    else:  # nothing left to train: it says so and only writes final.npz
+        assert f"resumed: from step {stop}" in done.stdout
+        assert (
+            f"the run had already ended at step {stop}: it stopped early, "
+            "no improvement in 2 evaluations; nothing to train"
+        ) in done.stdout
+    assert step_folders(run)[-1] == step_folders(patient_reference)[-1]
+
+
+def file_identity(path: Path) -> tuple:
+    """What changes when a file is rewritten, even with the same bytes."""
+    info = path.stat()
+    return info.st_ino, info.st_mtime_ns, path.read_bytes()
+
+
+@pytest.mark.parametrize("ended", ["early stop", "max_steps"])
+def test_resuming_a_finished_run_changes_nothing(
+    patient_job, patient_reference, max_steps_reference, tmp_path, ended
+):
+    """--resume on a run that has ended: exit 0 and one clear line; no
+    training, and final.npz, metrics.jsonl, config.cfg and the checkpoints
+    are left exactly as they were (not even rewritten)."""
+    source = patient_reference if ended == "early stop" else max_steps_reference
+    job = patient_job if ended == "early stop" else source.parent / "job.cfg"
+    run = Path(shutil.copytree(source, tmp_path / "run"))
+    kept = ["final.npz", "metrics.jsonl", "config.cfg"]
+    before = {name: file_identity(run / name) for name in kept}
+    checkpoints = sorted(os.listdir(run / "checkpoints"))
+
+    result = invoke("train", job, "-o", run, "--resume")
+    assert result.exit_code == 0, result.output
+    step = stop_step(source)
+    assert f"resumed: from step {step}" in result.stdout
+    why = (
+        "it stopped early, no improvement in 2 evaluations"
+        if ended == "early stop"
+        else "training.max_steps (80) is reached; to train longer, resume with a "
+        "larger --training.max_steps and --extend"
+    )
+    assert f"the run had already ended at step {step}: {why}" in result.stdout
+    assert re.search(rf"final score \d\.\d{{4}} at step {step} ", result.stdout)
+    assert not [line for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert {name: file_identity(run / name) for name in kept} == before
+    assert sorted(os.listdir(run / "checkpoints")) == checkpoints
+
+
+def test_a_finished_run_with_a_torn_final_npz_gets_it_rewritten(
+    patient_job, patient_reference, tmp_path
+):
+    run = Path(shutil.copytree(patient_reference, tmp_path / "run"))
+    data = (run / "final.npz").read_bytes()
+    (run / "final.npz").write_bytes(data[: len(data) // 2])
+    rows = (run / "metrics.jsonl").read_bytes()
+    result = invoke("train", patient_job, "-o", run, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "nothing to train" in result.stdout
+    assert_same_run(run, patient_reference)
+    assert (run / "metrics.jsonl").read_bytes() == rows
+
+
+def test_a_checkpoint_from_before_the_stop_reason_was_saved_stays_stopped(
+    patient_job, patient_reference, tmp_path
+):
+    """Checkpoints written before state.json recorded why a run ended: an
+    early-stopped one is still recognised (its evaluations since the best
+    reached the patience), so resuming it trains nothing."""
+    run = Path(shutil.copytree(patient_reference, tmp_path / "run"))
+    newest = list_checkpoints(run / "checkpoints")[-1]
+    old = load_checkpoint(newest)
+    del old.state["stopped"]
+    save_checkpoint(
+        run / "checkpoints", old.step, arrays=old.arrays,
+        optimizer=old.optimizer, state=old.state, keep=None,
+    )  # fmt: skip
+    (run / "final.npz").unlink()
+    result = invoke("train", patient_job, "-o", run, "--resume")
+    assert result.exit_code == 0, result.output
+    assert f"already ended at step {old.step}: it stopped early" in result.stdout
+    assert_same_run(run, patient_reference)
 
 
 # --- 3. a corrupt checkpoint is skipped for the previous good one ---------------------
