@@ -41,6 +41,8 @@ from optsvc.training.checkpoints import (
     save_checkpoint,
 )
 from optsvc.training.loop import RunError, config_diff, train
+from optsvc.training.run_folder import RunFolder, check_resumable
+from optsvc.training.state import TrainState
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.cfg"
@@ -341,6 +343,7 @@ def killed_from_outside(driver: Path, args, *, delay: float | None) -> str:
     return what
 
 
+@pytest.mark.slow
 @POSIX
 def test_resume_after_sigkill_at_many_points_is_bit_identical(job, reference, tmp_path):
     driver = tmp_path / "kill_driver.py"
@@ -588,6 +591,7 @@ def corrupt(path: Path, how: str) -> None:
         path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 @POSIX
 def test_truncated_newest_checkpoint_is_skipped_with_a_warning(
     job, reference, finished
@@ -637,6 +641,29 @@ def test_no_valid_checkpoint_is_a_clear_error(job, finished):
     assert result.exit_code == 1, result.output
     assert_one_sentence_error(result.stderr, "cannot resume", "--overwrite")
     assert "step-00000400" in result.stderr  # what is wrong with the newest
+
+
+def test_a_checkpoint_whose_state_does_not_read_back_is_skipped(
+    job, reference, finished
+):
+    """A state.json that passes its checksum but holds what no run writes
+    (here a negative data position) is skipped like a corrupt checkpoint:
+    a warning, then the previous good one."""
+    newest = list_checkpoints(finished / "checkpoints")[-1]
+    bad = load_checkpoint(newest)
+    bad.state["cursor"] = -1
+    save_checkpoint(
+        finished / "checkpoints", bad.step, arrays=bad.arrays,
+        optimizer=bad.optimizer, state=bad.state, keep=None,
+    )  # fmt: skip
+    (finished / "final.npz").unlink()
+    result = invoke("train", job, "-o", finished, "--resume")
+    assert result.exit_code == 0, result.output
+    [warning] = result.stderr.splitlines()
+    assert warning.startswith("⚠ skipping a bad checkpoint: ")
+    assert "step-00000400: state.json has 'cursor' = -1 out of range" in warning
+    assert "resumed: from step 360" in result.stdout
+    assert_same_run(finished, reference)
 
 
 # --- 4. a run is never overwritten by accident ----------------------------------------
@@ -1023,6 +1050,7 @@ def test_gpu_code_path_under_the_cuda_simulator(tmp_path, monkeypatch):
 # --- one process per run folder ---
 
 
+@pytest.mark.slow
 def test_a_second_train_on_the_same_folder_is_refused_while_the_first_runs(
     job, tmp_path
 ):
@@ -1041,6 +1069,7 @@ def test_a_second_train_on_the_same_folder_is_refused_while_the_first_runs(
     assert not (run / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_run_is_recovered(job, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -1063,3 +1092,152 @@ def test_a_lock_left_by_a_killed_run_is_recovered(job, tmp_path):
     done = run_cli("train", str(job), "-o", str(run), "--resume")
     assert done.returncode == 0, done.stderr
     assert not list(run.glob(".*.tmp-*"))
+
+
+# --- 11. the run folder's rules, without training -------------------------------------
+
+
+def no_warnings(message: str) -> None:
+    raise AssertionError(f"unexpected warning: {message}")
+
+
+def state_checkpoint(directory: Path, step: int, **changes) -> Path:
+    """A checkpoint holding only a TrainState at `step` (and `changes` to
+    its state.json), as a run of 5 examples writes it."""
+    state = TrainState.start(n_train=5, seed=0)
+    state.step = step
+    record, arrays = state.to_checkpoint()
+    return save_checkpoint(
+        directory, step, arrays=arrays, optimizer=b"", state={**record, **changes}
+    )
+
+
+def test_one_process_at_a_time_holds_a_run_folder(tmp_path):
+    first = RunFolder(tmp_path / "run").lock()
+    try:
+        with pytest.raises(
+            RunError, match=rf"another optsvc train \(pid {os.getpid()}"
+        ):
+            RunFolder(tmp_path / "run").lock()
+    finally:
+        first.release()
+    with RunFolder(tmp_path / "run") as again:
+        assert again.path.is_dir() and not again.holds_run()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(RunError, match="'.*file' is a file; give a folder with -o"):
+        RunFolder(tmp_path / "file").lock()
+
+
+def test_a_run_already_there_is_refused_resumed_or_cleared(tmp_path):
+    run = tmp_path / "run"
+    with RunFolder(run) as folder:
+        assert folder.begin(resume=False, overwrite=False, warn=no_warnings) == (
+            None,
+            None,
+        )
+        (run / "metrics.jsonl").write_text('{"step": 5}\n')
+        (run / "notes.txt").write_text("the user's own file")
+        assert folder.holds_run()
+        with pytest.raises(RunError, match="already holds a run; add --resume"):
+            folder.begin(resume=False, overwrite=False, warn=no_warnings)
+        # --resume without a checkpoint: start at step 0, nothing removed yet
+        assert folder.begin(resume=True, overwrite=False, warn=no_warnings) == (
+            None,
+            None,
+        )
+        assert (run / "metrics.jsonl").exists()
+        state_checkpoint(run / "checkpoints", 3)
+        (run / "final.npz").write_bytes(b"old")
+        # --overwrite: the run's files go, nothing else
+        folder.begin(resume=False, overwrite=True, warn=no_warnings)
+        assert sorted(os.listdir(run)) == [".lock", "notes.txt"]
+
+
+def test_what_killed_writers_left_is_removed_when_the_lock_is_taken(tmp_path):
+    run, dead = tmp_path / "run", 2**22 + 1
+    (run / "checkpoints" / f".tmp-step-00000007-{dead}").mkdir(parents=True)
+    (run / "checkpoints" / f".del-step-00000001-{dead}").mkdir()
+    # a step folder set aside mid-replace may be the only copy: it stays
+    (run / "checkpoints" / f".old-step-00000003-{dead}").mkdir()
+    (run / f".final.npz.tmp-{dead}").write_bytes(b"torn")
+    with RunFolder(run):
+        assert sorted(os.listdir(run)) == [".lock", "checkpoints"]
+        assert os.listdir(run / "checkpoints") == [f".old-step-00000003-{dead}"]
+
+
+def test_resume_takes_the_newest_checkpoint_whose_state_reads_back(tmp_path):
+    run = tmp_path / "run"
+    state_checkpoint(run / "checkpoints", 3)
+    state_checkpoint(run / "checkpoints", 6, stopped="tired")
+    warnings: list[str] = []
+    with RunFolder(run) as folder:
+        checkpoint, state = folder.begin(
+            resume=True, overwrite=False, warn=warnings.append
+        )
+    assert checkpoint.step == state.step == 3
+    [warning] = warnings
+    assert "step-00000006: state.json has a bad 'stopped' ('tired')" in warning
+    # none left: a refusal that names the newest problem and the fix
+    state_checkpoint(run / "checkpoints", 3, cursor=9)
+    with RunFolder(run) as folder:
+        with pytest.raises(
+            RunError, match="cannot resume, .*none of its 2 .*--overwrite"
+        ):
+            folder.begin(resume=True, overwrite=False, warn=warnings.append)
+
+
+def test_resume_checks_the_config_and_max_steps(tmp_path):
+    config = {"optimizer": {"beta1": 0.9}, "training": {"patience": 0}}
+    state = TrainState.start(n_train=5, seed=0)
+    state.step, state.config, state.max_steps = 50, config, 100
+    check_resumable(state, config, 100, allow_extend=False)
+    changed = {"optimizer": {"beta1": 0.8}, "training": {"patience": 0}}
+    with pytest.raises(RunError, match="optimizer.beta1: 0.9 -> 0.8"):
+        check_resumable(state, changed, 100, allow_extend=False)
+    with pytest.raises(RunError, match="from 100 to 200; add --extend"):
+        check_resumable(state, config, 200, allow_extend=False)
+    check_resumable(state, config, 200, allow_extend=True)
+    with pytest.raises(RunError, match="at step 50, past training.max_steps \\(40\\)"):
+        check_resumable(state, config, 40, allow_extend=True)
+    state.config = state.max_steps = None  # saved before either was recorded
+    check_resumable(state, changed, 200, allow_extend=False)
+
+
+def test_metrics_are_cut_back_to_the_checkpoint_and_damage_dropped(tmp_path):
+    with RunFolder(tmp_path / "run") as folder:
+        folder.truncate_metrics(10)  # none yet: nothing to do
+        assert not folder.metrics.exists()
+        lines = [
+            b'{"step": 10, "score": 0.5}',
+            b'{"step": 20}',
+            b'\xff\xfe{"step": 5}',  # not UTF-8
+            b'{"step": 3',  # torn by a kill
+            b"[1]",
+            b"[" * 100_000,  # too deep to read
+            b'{"step": 30}',
+            b'{"step": 15}',
+        ]
+        folder.metrics.write_bytes(b"\n".join(lines) + b"\n")
+        folder.truncate_metrics(20)
+        assert folder.metrics.read_bytes().splitlines() == [
+            b'{"step": 10, "score": 0.5}',
+            b'{"step": 20}',
+            b'{"step": 15}',
+        ]
+
+
+def test_final_npz_is_recognised_only_when_it_holds_exactly_the_weights(tmp_path):
+    weights = {"w:0/W": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    with RunFolder(tmp_path / "run") as folder:
+        assert not folder.final_holds(weights)  # missing
+        folder.write_final(weights)
+        assert folder.final_holds(weights)
+        assert not folder.final_holds({"w:0/W": weights["w:0/W"] + 1})
+        assert not folder.final_holds({"w:0/W": weights["w:0/W"].astype(np.float64)})
+        assert not folder.final_holds({**weights, "avg:0/W": weights["w:0/W"]})
+        data = folder.final.read_bytes()
+        folder.final.write_bytes(data[: len(data) // 2])
+        assert not folder.final_holds(weights)
+        folder.final.unlink()
+        os.mkfifo(folder.final)  # would block a reader: not even opened
+        assert not folder.final_holds(weights)
