@@ -257,6 +257,14 @@ JOBS: dict[str, dict[str, Any]] = {
             },
         },
     },
+    # Adam that stops early (patience 2) at an evaluation between two
+    # checkpoints: where it stopped is part of what a resume must restore
+    "early-stop": {
+        **SMALL,
+        "training.patience": 2,
+        "training.eval_frequency": 10,
+        "training.checkpoint_frequency": 7,
+    },
     # SGD without averages on blobs, a decaying L2, a tanh MLP
     "sgd-blobs": {
         **SMALL,
