@@ -102,7 +102,7 @@ def train(
             check_resumable(saved, job.relevant, job.settings.max_steps, allow_extend)
         data = DeviceData.load(job.data, job.ops)
         store = init_model(job, data)
-        state = start_state(job, data, store, checkpoint, saved)
+        state = resume_or_start(job, data, store, checkpoint, saved)
         ended = state.stopped is not None  # a finished run stays finished
         if not ended:
             prepare_folder(folder, job, state, resumed=checkpoint is not None)
@@ -216,7 +216,7 @@ def init_model(job: Job, data: DeviceData) -> ParamStore:
     return store
 
 
-def start_state(
+def resume_or_start(
     job: Job,
     data: DeviceData,
     store: ParamStore,
