@@ -956,6 +956,30 @@ def test_terminal_shows_header_progress_and_a_table(tmp_path):
 # --- 10. the GPU code path, with the CUDA kernels in simulation -----------------------
 
 
+def simulated_gpu(monkeypatch, sim, launches: list[int]):
+    """A function that sends train() (`--gpu 0`) and the optimizer's cupy
+    backend to `sim`, counting the multi-tensor kernel's launches."""
+    from optsvc.backends import cuda_multi
+    from optsvc.optim import optimizer as optimizers
+
+    real_multi, real_get_ops = cuda_multi.multi_update, optimizers.get_ops
+
+    def counted(*args, **kwargs):
+        launches.append(1)
+        return real_multi(*args, **kwargs)
+
+    def on_the_simulator():
+        monkeypatch.setattr(training, "ops_for_device", lambda gpu_id: sim)
+        monkeypatch.setattr(
+            optimizers,
+            "get_ops",
+            lambda name, **kw: sim if name == "cupy" else real_get_ops(name, **kw),
+        )
+        monkeypatch.setattr(cuda_multi, "multi_update", counted)
+
+    return on_the_simulator
+
+
 def test_gpu_code_path_under_the_cuda_simulator(tmp_path, monkeypatch):
     """train() with the GPU branches taken (--gpu 0) and the optimizer's update
     running the numba.cuda kernels under the simulator (numpy arrays). The
@@ -965,9 +989,6 @@ def test_gpu_code_path_under_the_cuda_simulator(tmp_path, monkeypatch):
     if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
         pytest.skip("a real GPU is here; the simulator is off")
     from conftest import SimulatedGpuOps
-
-    from optsvc.backends import cuda_multi
-    from optsvc.optim import optimizer as optimizers
 
     cfg = make_config(
         tmp_path / "tiny.cfg",
@@ -985,25 +1006,8 @@ def test_gpu_code_path_under_the_cuda_simulator(tmp_path, monkeypatch):
     on_cpu = tmp_path / "cpu"
     train(load_config(cfg), on_cpu, console=quiet())
 
-    sim = SimulatedGpuOps()
-    launches = []
-    real_multi = cuda_multi.multi_update
-
-    def counted(*args, **kwargs):
-        launches.append(1)
-        return real_multi(*args, **kwargs)
-
-    real_get_ops = optimizers.get_ops
-
-    def on_the_simulator():
-        monkeypatch.setattr(training, "ops_for_device", lambda gpu_id: sim)
-        monkeypatch.setattr(
-            optimizers,
-            "get_ops",
-            lambda name, **kw: sim if name == "cupy" else real_get_ops(name, **kw),
-        )
-        monkeypatch.setattr(cuda_multi, "multi_update", counted)
-
+    launches: list[int] = []
+    on_the_simulator = simulated_gpu(monkeypatch, SimulatedGpuOps(), launches)
     on_the_simulator()
 
     # --resume into a folder that a killed run left without a checkpoint: it
