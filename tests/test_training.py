@@ -534,8 +534,8 @@ def test_resuming_a_finished_run_changes_nothing(
     why = (
         "it stopped early, no improvement in 2 evaluations"
         if ended == "early stop"
-        else "training.max_steps (80) is reached; to train longer, resume with a "
-        "larger --training.max_steps and --extend"
+        else "training.max_steps (80) is reached; nothing to train (to go on, add "
+        "--extend with a larger --training.max_steps)"
     )
     assert f"the run had already ended at step {step}: {why}" in result.stdout
     assert re.search(rf"final score \d\.\d{{4}} at step {step} ", result.stdout)

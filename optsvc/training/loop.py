@@ -286,14 +286,17 @@ def header(
 
 
 def already_ended(state: TrainState, settings: TrainingSection) -> str:
+    """The line that says why a resumed run trains nothing."""
+    start = f"the run had already ended at step {state.step}"
     if state.stopped == EARLY_STOP:
-        why = f"it stopped early, no improvement in {settings.patience} evaluations"
-    else:
-        why = (
-            f"training.max_steps ({settings.max_steps}) is reached; to train longer, "
-            "resume with a larger --training.max_steps and --extend"
+        return (
+            f"{start}: it stopped early, no improvement in {settings.patience} "
+            "evaluations; nothing to train"
         )
-    return f"the run had already ended at step {state.step}: {why}; nothing to train"
+    return (
+        f"{start}: training.max_steps ({settings.max_steps}) is reached; nothing to "
+        "train (to go on, add --extend with a larger --training.max_steps)"
+    )
 
 
 # --- the loop -------------------------------------------------------------------------
