@@ -275,7 +275,11 @@ def train_cmd(
     ] = None,
     resume: Annotated[
         bool,
-        typer.Option("--resume", help="Continue from the latest valid checkpoint."),
+        typer.Option(
+            "--resume",
+            help="Continue from the latest valid checkpoint (a run that has "
+            "ended is left as it is).",
+        ),
     ] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a run already in the folder.")
@@ -292,7 +296,9 @@ def train_cmd(
     Logs an evaluation row every training.eval_frequency steps (loss, score and
     every scheduled hyperparameter), and writes the filled config,
     metrics.jsonl, checkpoints and the final weights to the run folder. A
-    killed run continues with --resume and ends with the same weights.
+    killed run continues with --resume and ends with the same weights; on a
+    run that has ended (max_steps reached or stopped early) --resume says so,
+    trains nothing and exits 0.
 
     Example: optsvc train configs/quickstart.cfg -o runs/quick --training.max_steps 500
     """

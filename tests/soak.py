@@ -257,6 +257,14 @@ JOBS: dict[str, dict[str, Any]] = {
             },
         },
     },
+    # Adam that stops early (patience 2) at an evaluation between two
+    # checkpoints: where it stopped is part of what a resume must restore
+    "early-stop": {
+        **SMALL,
+        "training.patience": 2,
+        "training.eval_frequency": 10,
+        "training.checkpoint_frequency": 7,
+    },
     # SGD without averages on blobs, a decaying L2, a tanh MLP
     "sgd-blobs": {
         **SMALL,
@@ -665,75 +673,8 @@ def corruption_campaign(
         kind = CORRUPTIONS[i % len(CORRUPTIONS)]
         run = folder / f"run-{i:04d}"
         shutil.copytree(job.reference, run)
-        ckpt = run / "checkpoints"
-        newest = ckpt / steps[-1]
         marker = folder / f"ran-{i}"
-        expect: dict[str, Any] = {"code": 0, "warnings": 1, "from": steps[-2]}
-        if isinstance(kind, tuple):
-            how, name = kind
-            what = _damage(newest / name, how, rng)
-        elif kind == "two-bad":
-            what = ", ".join(
-                _damage(ckpt / s / rng.choice(CHECKPOINT_FILES),
-                        rng.choice(("truncate", "flip", "delete")), rng)
-                for s in steps[-2:]
-            )  # fmt: skip
-            expect.update(warnings=2, **{"from": steps[-3]})
-        elif kind == "none-left":
-            what = ", ".join(
-                _damage(ckpt / s / rng.choice(CHECKPOINT_FILES),
-                        rng.choice(("truncate", "flip", "delete")), rng)
-                for s in steps
-            )  # fmt: skip
-            expect = {"code": 1, "warnings": len(steps), "error": "cannot resume"}
-        elif kind in ("tmp-leftover", "tmp-leftover-finished"):
-            # a writer killed mid-checkpoint: a partial temporary folder
-            at = steps[-1] if kind == "tmp-leftover" else "step-99999999"
-            tmp = ckpt / f".tmp-{at}-{dead}"
-            shutil.copytree(newest, tmp)
-            (tmp / "manifest.json").unlink()
-            _damage(tmp / "arrays.npz", "truncate", rng)
-            if kind == "tmp-leftover":
-                shutil.rmtree(newest)
-                expect.update(warnings=0)
-            else:
-                expect = {"code": 0, "warnings": 0, "from": steps[-1]}
-            what = f"leftover {tmp.name}"
-        elif kind == "old-leftover":
-            # killed mid-replace: the step folder renamed aside, not yet back
-            newest.rename(ckpt / f".old-{steps[-1]}-{dead}")
-            expect = {"code": 0, "warnings": 0, "from": steps[-1]}
-            what = f"{steps[-1]} renamed to .old-"
-        elif kind == "pickle-arrays":
-            victim = rng.choice(["w:0/W", "data_order", "evil"])
-
-            def plant(arrays, victim=victim, marker=marker):
-                arrays[victim] = np.array([Payload(marker), 1], dtype=object)
-
-            _replace_arrays(newest, plant)
-            what = f"a pickle in arrays.npz as {victim!r}, manifest recomputed"
-            expect["warning"] = "object array"
-        elif kind == "pickle-optimizer":
-            buf = io.BytesIO()
-            np.savez(buf, m0=np.array([Payload(marker)], dtype=object))
-            (newest / "optimizer.bin").write_bytes(buf.getvalue())
-            _rewrite_manifest(newest)
-            what = "a pickle as optimizer.bin, manifest recomputed"
-            expect = {"code": 1, "warnings": 0, "error": "optimizer state"}
-        elif kind == "shape-mismatch":
-            _replace_arrays(newest, lambda a: a.update({"w:0/W": a["w:0/W"][:, :1]}))
-            what = "w:0/W of another shape, manifest recomputed"
-            expect = {"code": 1, "warnings": 0, "error": "shape"}
-        elif kind == "dtype-mismatch":
-            _replace_arrays(
-                newest, lambda a: a.update({"w:0/W": a["w:0/W"].astype("float64")})
-            )
-            what = "w:0/W as float64, manifest recomputed"
-            expect = {"code": 1, "warnings": 0, "error": "float64"}
-        else:  # missing-weights
-            _replace_arrays(newest, lambda a: a.pop("w:0/b"))
-            what = "w:0/b removed, manifest recomputed"
-            expect = {"code": 1, "warnings": 0, "error": "no weights"}
+        what, expect = _corrupt(kind, run / "checkpoints", steps, marker, dead, rng)
         (run / "final.npz").unlink()
         fig.add("corruptions injected")
         fig.add(f"corruptions injected: {kind if isinstance(kind, str) else kind[0]}")
@@ -750,29 +691,8 @@ def corruption_campaign(
             continue
         if not check_output(fig, "corruption", case, code, out, err, codes=(0, 1)):
             continue
-        problems = []
-        if marker.exists():
-            problems.append("THE PICKLE PAYLOAD RAN")
-        warnings = [ln for ln in err.splitlines() if "skipping a bad checkpoint" in ln]
-        if code != expect["code"]:
-            problems.append(f"exit {code}, expected {expect['code']}")
-        if len(warnings) != expect["warnings"]:
-            problems.append(f"{len(warnings)} warnings, expected {expect['warnings']}")
-        if "warning" in expect and not any(expect["warning"] in w for w in warnings):
-            problems.append(f"no warning saying {expect['warning']!r}")
-        if code == 0 and not problems:
-            if f"resumed: from step {int(expect['from'][5:])}" not in out:
-                problems.append(f"not resumed from {expect['from']}")
-            difference = run_difference(run, job.reference)
-            if difference:
-                problems.append(difference)
-            left = [n for n in os.listdir(ckpt) if n.startswith((".tmp-", ".del-"))]
-            if left:
-                problems.append(f"temporary folders left: {left}")
-        if code == 1 and not problems:
-            errors = [ln for ln in err.splitlines() if not ln.startswith("⚠")]
-            if len(errors) != 1 or expect["error"] not in errors[0]:
-                problems.append(f"not one clear error line with {expect['error']!r}")
+        problems = ["THE PICKLE PAYLOAD RAN"] if marker.exists() else []
+        problems += _resume_problems(job, run, expect, code, out, err)
         if problems:
             fig.fail("corruption", f"{case}: {'; '.join(problems)}\n{out}{err}"[-3000:])
         else:
@@ -781,6 +701,119 @@ def corruption_campaign(
                     expect["warnings"] else "corruptions detected: refused" if code
                     else "corruptions detected: ignored leftovers")  # fmt: skip
         shutil.rmtree(run, ignore_errors=True)
+
+
+def _corrupt(
+    kind, ckpt: Path, steps: list[str], marker: Path, dead: int, rng: random.Random
+) -> tuple[str, dict[str, Any]]:
+    """Inflict `kind` on the checkpoints in `ckpt` (of `steps`, oldest first):
+    what was done, and what a resume must do about it."""
+    newest = ckpt / steps[-1]
+    expect: dict[str, Any] = {"code": 0, "warnings": 1, "from": steps[-2]}
+    if isinstance(kind, tuple):
+        how, name = kind
+        return _damage(newest / name, how, rng), expect
+    if kind in ("two-bad", "none-left"):
+        bad = steps[-2:] if kind == "two-bad" else steps
+        what = ", ".join(
+            _damage(ckpt / s / rng.choice(CHECKPOINT_FILES),
+                    rng.choice(("truncate", "flip", "delete")), rng)
+            for s in bad
+        )  # fmt: skip
+        if kind == "two-bad":
+            return what, {**expect, "warnings": 2, "from": steps[-3]}
+        return what, {"code": 1, "warnings": len(steps), "error": "cannot resume"}
+    if kind in ("tmp-leftover", "tmp-leftover-finished", "old-leftover"):
+        return _leftover(kind, ckpt, steps, dead, rng)
+    what, planted = _plant(kind, newest, marker, rng)
+    return what, {**expect, **planted}
+
+
+def _leftover(kind: str, ckpt: Path, steps: list[str], dead: int, rng):
+    """What a writer killed mid-checkpoint (a partial temporary folder) or
+    mid-replace (the step folder renamed aside) leaves."""
+    newest = ckpt / steps[-1]
+    if kind == "old-leftover":
+        newest.rename(ckpt / f".old-{steps[-1]}-{dead}")
+        return f"{steps[-1]} renamed to .old-", {
+            "code": 0, "warnings": 0, "from": steps[-1],
+        }  # fmt: skip
+    at = steps[-1] if kind == "tmp-leftover" else "step-99999999"
+    tmp = ckpt / f".tmp-{at}-{dead}"
+    shutil.copytree(newest, tmp)
+    (tmp / "manifest.json").unlink()
+    _damage(tmp / "arrays.npz", "truncate", rng)
+    if kind == "tmp-leftover":
+        shutil.rmtree(newest)
+        expect = {"code": 0, "warnings": 0, "from": steps[-2]}
+    else:
+        expect = {"code": 0, "warnings": 0, "from": steps[-1]}
+    return f"leftover {tmp.name}", expect
+
+
+def _plant(kind: str, newest: Path, marker: Path, rng: random.Random):
+    """Checksum-valid content that must be refused (pickles, arrays that do
+    not fit the model): what was planted, and what a resume must do."""
+    refused = {"code": 1, "warnings": 0}
+    if kind == "pickle-arrays":
+        victim = rng.choice(["w:0/W", "data_order", "evil"])
+
+        def plant(arrays, victim=victim, marker=marker):
+            arrays[victim] = np.array([Payload(marker), 1], dtype=object)
+
+        _replace_arrays(newest, plant)
+        what = f"a pickle in arrays.npz as {victim!r}, manifest recomputed"
+        return what, {"code": 0, "warnings": 1, "warning": "object array"}
+    if kind == "pickle-optimizer":
+        buf = io.BytesIO()
+        np.savez(buf, m0=np.array([Payload(marker)], dtype=object))
+        (newest / "optimizer.bin").write_bytes(buf.getvalue())
+        _rewrite_manifest(newest)
+        what = "a pickle as optimizer.bin, manifest recomputed"
+        return what, {**refused, "error": "optimizer state"}
+    if kind == "shape-mismatch":
+        _replace_arrays(newest, lambda a: a.update({"w:0/W": a["w:0/W"][:, :1]}))
+        return "w:0/W of another shape, manifest recomputed", {
+            **refused, "error": "shape",
+        }  # fmt: skip
+    if kind == "dtype-mismatch":
+        _replace_arrays(
+            newest, lambda a: a.update({"w:0/W": a["w:0/W"].astype("float64")})
+        )
+        return "w:0/W as float64, manifest recomputed", {**refused, "error": "float64"}
+    _replace_arrays(newest, lambda a: a.pop("w:0/b"))  # missing-weights
+    return "w:0/b removed, manifest recomputed", {**refused, "error": "no weights"}
+
+
+def _resume_problems(
+    job: Job, run: Path, expect: dict, code: int, out: str, err: str
+) -> list[str]:
+    """How a resume of a damaged run broke its promise (`expect`), if it did."""
+    problems = []
+    warnings = [ln for ln in err.splitlines() if "skipping a bad checkpoint" in ln]
+    if code != expect["code"]:
+        problems.append(f"exit {code}, expected {expect['code']}")
+    if len(warnings) != expect["warnings"]:
+        problems.append(f"{len(warnings)} warnings, expected {expect['warnings']}")
+    if "warning" in expect and not any(expect["warning"] in w for w in warnings):
+        problems.append(f"no warning saying {expect['warning']!r}")
+    if problems:
+        return problems
+    if code == 0:
+        if f"resumed: from step {int(expect['from'][5:])}" not in out:
+            problems.append(f"not resumed from {expect['from']}")
+        difference = run_difference(run, job.reference)
+        if difference:
+            problems.append(difference)
+        ckpt = run / "checkpoints"
+        left = [n for n in os.listdir(ckpt) if n.startswith((".tmp-", ".del-"))]
+        if left:
+            problems.append(f"temporary folders left: {left}")
+    else:
+        errors = [ln for ln in err.splitlines() if not ln.startswith("⚠")]
+        if len(errors) != 1 or expect["error"] not in errors[0]:
+            problems.append(f"not one clear error line with {expect['error']!r}")
+    return problems
 
 
 # --- 3. fuzzed configs ---

@@ -7,6 +7,7 @@ the folder as the crash left it; one test kills a real writer with SIGKILL.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -41,6 +42,7 @@ from optsvc.training.checkpoints import (
     save_checkpoint,
     step_name,
 )
+from optsvc.training.state import EARLY_STOP, MAX_STEPS, TrainState
 
 # The data of a checkpoint is a function of (step, version), so that what is
 # loaded can be checked against what that step wrote; the SIGKILL test's writer
@@ -759,6 +761,7 @@ for step in itertools.count(latest.step if latest else 1):
 """
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments(tmp_path):
     rng = random.Random(20240611)
     directory = tmp_path / "ckpt"
@@ -799,6 +802,7 @@ ARRAY = DTYPES.flatmap(
 NAMES = st.text(min_size=1, max_size=12).filter(lambda s: "\x00" not in s)
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(arrays=st.dictionaries(NAMES, ARRAY, max_size=5), fortran=st.booleans())
 def test_any_arrays_round_trip(tmp_path_factory, arrays, fortran):
@@ -809,3 +813,131 @@ def test_any_arrays_round_trip(tmp_path_factory, arrays, fortran):
         m.setattr(os, "fsync", lambda fd: None)  # speed; not durability
         path = save_checkpoint(directory, 0, arrays=arrays, optimizer=b"", state={})
     assert_arrays_equal(load_checkpoint(path).arrays, arrays)
+
+
+# --- the training state each checkpoint records (optsvc.training.state) --------------
+
+
+def a_state() -> TrainState:
+    """A state with every field away from its default."""
+    state = TrainState.start(n_train=10, seed=3)
+    state.order = state.rng.permutation(10)
+    state.step, state.epoch, state.cursor = 17, 2, 4
+    state.loss_sum, state.loss_count, state.skipped_steps = 3.25, 7, 1
+    state.score, state.best_score, state.evals_since_best = 0.5, 0.75, 1
+    state.stopped = EARLY_STOP
+    state.config, state.max_steps = {"training": {"patience": 2}}, 400
+    state.backend = "cupy"
+    return state
+
+
+def saved_state(directory, state: TrainState, edit=None, edit_arrays=None):
+    """`state` written into a checkpoint (state.json changed by `edit`, the
+    arrays by `edit_arrays`: checksums still valid) and loaded back."""
+    record, arrays = state.to_checkpoint()
+    if edit is not None:
+        edit(record)
+    if edit_arrays is not None:
+        edit_arrays(arrays)
+    path = save_checkpoint(
+        directory, state.step, arrays=arrays, optimizer=b"", state=record, keep=None
+    )
+    return load_checkpoint(path)
+
+
+def test_the_training_state_round_trips_through_a_checkpoint(tmp_path):
+    state = a_state()
+    back = TrainState.from_checkpoint(saved_state(tmp_path, state))
+    for field in dataclasses.fields(TrainState):
+        if field.name not in ("order", "rng"):
+            assert getattr(back, field.name) == getattr(state, field.name), field.name
+    assert back.order.dtype == state.order.dtype
+    assert back.order.tobytes() == state.order.tobytes()
+    # the generator goes on exactly where it was
+    assert back.rng.permutation(10).tolist() == state.rng.permutation(10).tolist()
+
+
+def test_every_field_of_the_state_is_written():
+    record, arrays = a_state().to_checkpoint()
+    fields = {field.name for field in dataclasses.fields(TrainState)}
+    assert fields - {"order"} <= set(record)
+    assert set(arrays) == {"data_order"}
+    json.dumps(record, allow_nan=False)  # plain, finite JSON data
+
+
+def _set(key, value):
+    return lambda record: record.__setitem__(key, value)
+
+
+BAD_STATES = {
+    "no step": (lambda r: r.pop("step"), None, "has no 'step'"),
+    "bool epoch": (_set("epoch", True), None, "bad 'epoch' (True)"),
+    "float cursor": (_set("cursor", 1.0), None, "bad 'cursor' (1.0)"),
+    "negative count": (_set("loss_count", -1), None, "'loss_count' = -1 out of"),
+    "huge step": (_set("step", 10**30), None, "'step' = 1e+30 out of range"),
+    "another step": (_set("step", 16), None, "is for step 16, the checkpoint for 17"),
+    "cursor past the data": (_set("cursor", 11), None, "data position 11 past"),
+    "NaN loss": (_set("loss_sum", float("nan")), None, "'loss_sum' = NaN"),
+    "text score": (_set("score", "high"), None, "bad 'score' ('high')"),
+    "stop reason": (_set("stopped", "tired"), None, "bad 'stopped' ('tired')"),
+    "config": (_set("config", [1]), None, "bad 'config'"),
+    "empty rng": (_set("rng", {}), None, "malformed random generator state"),
+    "other rng": (
+        lambda r: r["rng"].__setitem__("bit_generator", "MT19937"),
+        None,
+        "malformed random generator state",
+    ),
+    "huge rng": (
+        lambda r: r["rng"]["state"].__setitem__("state", 2**200),
+        None,
+        "malformed random generator state",
+    ),
+    "no order": (None, lambda a: a.pop("data_order"), "has no array 'data_order'"),
+    "repeated order": (
+        None,
+        lambda a: a.__setitem__("data_order", np.zeros(10, np.int64)),
+        "'data_order' that is not an ordering",
+    ),
+    "float order": (
+        None,
+        lambda a: a.__setitem__("data_order", np.arange(10.0)),
+        "'data_order' that is not an ordering",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "edit, edit_arrays, match", BAD_STATES.values(), ids=BAD_STATES
+)
+def test_a_state_no_run_writes_is_refused_naming_the_value(
+    tmp_path, edit, edit_arrays, match
+):
+    checkpoint = saved_state(tmp_path, a_state(), edit, edit_arrays)
+    with pytest.raises(CheckpointError) as info:
+        TrainState.from_checkpoint(checkpoint)
+    assert str(info.value).startswith(f"{checkpoint.path}: state.json ")
+    assert match in str(info.value)
+
+
+def test_checkpoints_written_before_new_fields_still_read():
+    record, arrays = a_state().to_checkpoint()
+    for key in ("stopped", "config", "max_steps", "backend", "optsvc", "config_hash"):
+        del record[key]
+    checkpoint = checkpoints.Checkpoint(Path("step-00000017"), 17, arrays, b"", record)
+    state = TrainState.from_checkpoint(checkpoint)
+    assert state.stopped is state.config is state.max_steps is None
+
+
+def test_when_a_run_has_ended():
+    state = TrainState.start(n_train=10, seed=0)
+    assert state.ended_by(max_steps=100, patience=0) is None
+    state.step = 100
+    assert state.ended_by(max_steps=100, patience=0) == MAX_STEPS
+    assert state.ended_by(max_steps=200, patience=0) is None  # --extend
+    # a checkpoint from before the reason was recorded: the count tells
+    state.evals_since_best = 2
+    assert state.ended_by(max_steps=200, patience=2) == EARLY_STOP
+    assert state.ended_by(max_steps=200, patience=3) is None
+    # early stopping is final, whatever max_steps says now
+    state.stopped, state.evals_since_best = EARLY_STOP, 0
+    assert state.ended_by(max_steps=200, patience=2) == EARLY_STOP

@@ -61,6 +61,7 @@ def assert_held(fig: soak.Figures) -> None:
 # --- the campaigns, small -------------------------------------------------------------
 
 
+@pytest.mark.slow
 @LINUX
 def test_crash_campaign(jobs, work):
     """6 SIGKILLs (mid-checkpoint, after a random delay, while final.npz is
@@ -80,6 +81,7 @@ def test_crash_campaign(jobs, work):
     assert counts["resumes bit-identical"] == counts["runs resumed to the end"]
 
 
+@pytest.mark.slow
 def test_corruption_campaign(jobs, work):
     """Each file of a checkpoint truncated, bit-flipped and deleted; leftover
     temporary folders; two and all checkpoints bad; planted pickles; arrays
@@ -92,6 +94,7 @@ def test_corruption_campaign(jobs, work):
     assert fig.counts["corruptions detected"] == n
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")  # confection on 'single' quotes
 def test_config_fuzz(work):
     """300 generated configs through `optsvc validate` (a share as
@@ -104,6 +107,7 @@ def test_config_fuzz(work):
     assert fig.counts["configs trained"] > 0
 
 
+@pytest.mark.slow
 def test_cli_fuzz(jobs, work):
     """200 random argument lists for `optsvc`."""
     fig = soak.Figures()
@@ -114,6 +118,7 @@ def test_cli_fuzz(jobs, work):
         assert fig.counts[f"command line exit {code}"] > 0, fig.counts
 
 
+@pytest.mark.slow
 def test_optimizer_fuzz():
     fig = soak.Figures()
     soak.optimizer_fuzz(400, random.Random(10), fig)
@@ -464,6 +469,7 @@ def calls(draw):
     }
 
 
+@pytest.mark.slow
 @settings(
     max_examples=300,
     deadline=None,
@@ -510,6 +516,7 @@ def test_an_unhashable_key_is_a_clear_error():
     assert soak.run_optimizer_case(case) is None
 
 
+@pytest.mark.slow
 def test_the_soak_script_runs_and_reports(tmp_path):
     """`python tests/soak.py` end to end at a tiny size, with its JSON."""
     out = tmp_path / "soak.json"

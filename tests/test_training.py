@@ -4,7 +4,8 @@ logging, its run folder, and resuming a run killed at any moment.
 All jobs are small versions of configs/quickstart.cfg (600 spirals, a narrow
 MLP, a few hundred steps), built by `make_config`. The resume tests run the
 real command in subprocesses and kill them with SIGKILL: from outside after a
-random delay or when a checkpoint's temporary folder appears, and from inside
+random delay or when the process says a checkpoint's temporary folder was
+made, and from inside
 at chosen filesystem calls (mid-checkpoint, just after a commit, while writing
 final.npz) through `KILL_DRIVER`, so that those points are hit every time.
 """
@@ -16,6 +17,7 @@ import json
 import os
 import random
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -33,8 +35,14 @@ from typer.testing import CliRunner
 
 from optsvc.config.parse import ConfigError, config_from_str, load_config
 from optsvc.training import loop as training
-from optsvc.training.checkpoints import list_checkpoints
+from optsvc.training.checkpoints import (
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from optsvc.training.loop import RunError, config_diff, train
+from optsvc.training.run_folder import RunFolder, check_resumable
+from optsvc.training.state import TrainState
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.cfg"
@@ -229,7 +237,9 @@ KILL_DRIVER = r'''
 """`optsvc ARGS` that SIGKILLs itself at a chosen filesystem call. KILL_AT is
 "fsync:TEXT:N": just before the N-th os.fsync of a path containing TEXT (the
 data is written but not yet durable, the folder not yet renamed), or
-"rename:TEXT:N": just after the N-th os.rename whose source contains TEXT."""
+"rename:TEXT:N": just after the N-th os.rename whose source contains TEXT.
+Or it lets the test kill it from outside: "mkdir:TEXT:FD" writes a byte to
+file descriptor FD just after each os.mkdir of a path containing TEXT."""
 import os, signal, sys
 
 kind, text, nth = os.environ["KILL_AT"].split(":")
@@ -252,6 +262,15 @@ if kind == "fsync":
         return real_fsync(fd)
 
     os.fsync = fsync
+elif kind == "mkdir":
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kw):
+        real_mkdir(path, *args, **kw)
+        if text in os.fspath(path):
+            os.write(int(nth), b"!")
+
+    os.mkdir = mkdir
 else:
     real_rename = os.rename
 
@@ -279,32 +298,32 @@ def killed_at(driver: Path, point: str, *args) -> subprocess.CompletedProcess:
     )
 
 
-def killed_from_outside(args, *, delay: float | None, poll: Path | None) -> str:
-    """Start `optsvc ARGS` and SIGKILL it: with `poll`, as soon as a `.tmp-`
-    folder appears there once training has begun; else `delay` seconds after
-    it prints its first evaluation row (so the kill lands at a random step
-    however long the start takes). Returns what happened, for messages."""
+def killed_from_outside(driver: Path, args, *, delay: float | None) -> str:
+    """Start `optsvc ARGS` and SIGKILL it: with no `delay`, as soon as it
+    tells (through KILL_DRIVER, on a pipe) that it has made a checkpoint's
+    temporary folder, so the kill lands while that checkpoint is written;
+    else `delay` seconds after it prints its first evaluation row (so the
+    kill lands at a random step however long the start takes). Returns what
+    happened, for messages."""
+    read_end, write_end = os.pipe()
     proc = subprocess.Popen(
-        [*OPTSVC, *map(str, args)],
+        [sys.executable, str(driver), *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, "KILL_AT": f"mkdir:.tmp-step-:{write_end}"},
+        pass_fds=(write_end,),
     )
+    os.close(write_end)  # the child's copy stays open until it exits: then EOF
     try:
-        last = ""
-        for line in proc.stdout:  # the header ends with the output folder
-            if line.strip().startswith("output:"):
-                break
         what = "ran to the end before the kill"
-        if poll is not None:
-            deadline = time.monotonic() + 30
-            while proc.poll() is None and time.monotonic() < deadline:
-                tmp = [n for n in os.listdir(poll) if n.startswith(".tmp-")]
-                if tmp:
-                    proc.send_signal(signal.SIGKILL)
-                    what = f"killed while {tmp[0]} was being written"
-                    break
+        if delay is None:
+            ready, _, _ = select.select([read_end], [], [], 60)
+            if ready and os.read(read_end, 1):
+                proc.send_signal(signal.SIGKILL)
+                what = "killed while a checkpoint folder was being written"
         else:
+            last = ""
             for line in proc.stdout:
                 if line.startswith("step "):
                     last = line.split()[1]
@@ -316,6 +335,7 @@ def killed_from_outside(args, *, delay: float | None, poll: Path | None) -> str:
         rest = proc.stdout.read()
         code = proc.wait(timeout=60)
     finally:
+        os.close(read_end)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -323,6 +343,7 @@ def killed_from_outside(args, *, delay: float | None, poll: Path | None) -> str:
     return what
 
 
+@pytest.mark.slow
 @POSIX
 def test_resume_after_sigkill_at_many_points_is_bit_identical(job, reference, tmp_path):
     driver = tmp_path / "kill_driver.py"
@@ -363,13 +384,13 @@ def test_resume_after_sigkill_at_many_points_is_bit_identical(job, reference, tm
     # then twice after a random delay (seeded; training takes ~0.5 s here).
     rng = random.Random(20240613)
     for delay in (None, rng.uniform(0.0, 0.08), rng.uniform(0.0, 0.08)):
-        what = killed_from_outside(
-            [*train_args, "--resume"], delay=delay, poll=ckpt if delay is None else None
-        )
+        what = killed_from_outside(driver, [*train_args, "--resume"], delay=delay)
         log.append(f"{what} (newest checkpoint {step_folders(run)[-1]})")
 
-    # (g) dies while writing final.npz (if an earlier run got that far, this
-    # one resumes from step 400 and dies rewriting it).
+    # (g) dies while writing final.npz. (Should an earlier run have got that
+    # far, its final.npz goes: a finished run with its final.npz in place has
+    # nothing left to write, see test_resuming_a_finished_run_changes_nothing.)
+    (run / "final.npz").unlink(missing_ok=True)
     done = killed_at(driver, "fsync:.final.npz.tmp-:1", *train_args, "--resume")
     assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
     assert step_folders(run)[-1] == "step-00000400"
@@ -402,6 +423,162 @@ def test_resume_on_an_empty_folder_starts_from_scratch(job, reference, tmp_path)
     assert_same_run(empty, reference)
 
 
+# --- 2b. early stopping is part of the saved state ------------------------------------
+
+# Issue 15, item 1: with patience, a run killed at any moment (also after its
+# last checkpoint, while final.npz is written) and resumed stops where an
+# uninterrupted run stops, and a finished run stays finished.
+PATIENT = {
+    "training.patience": 2,
+    "training.eval_frequency": 10,
+    "training.checkpoint_frequency": 7,
+}
+
+
+@pytest.fixture(scope="module")
+def patient_job(tmp_path_factory) -> Path:
+    return make_config(tmp_path_factory.mktemp("patient") / "job.cfg", PATIENT)
+
+
+@pytest.fixture(scope="module")
+def patient_reference(patient_job, tmp_path_factory) -> Path:
+    """The uninterrupted run of `patient_job`: it stops early, at an
+    evaluation that is not a checkpoint step."""
+    out = tmp_path_factory.mktemp("patient-reference") / "run"
+    result = train(load_config(patient_job), out, console=quiet())
+    assert result.stopped_early and result.step < 400
+    assert result.step % 10 == 0 and result.step % 7 != 0
+    assert [r["step"] for r in metrics(out)][-1] == result.step
+    assert step_folders(out)[-1] == f"step-{result.step:08d}"
+    return out
+
+
+def stop_step(run: Path) -> int:
+    return metrics(run)[-1]["step"]
+
+
+@pytest.fixture(scope="module")
+def max_steps_reference(tmp_path_factory) -> Path:
+    """A run that ends at training.max_steps (80 steps); its job is job.cfg
+    beside it."""
+    folder = tmp_path_factory.mktemp("short")
+    job = make_config(folder / "job.cfg", {"training.max_steps": 80})
+    train(load_config(job), folder / "run", console=quiet())
+    return folder / "run"
+
+
+@pytest.mark.slow
+@POSIX
+@pytest.mark.parametrize(
+    "where",
+    ["last periodic checkpoint", "after the last checkpoint", "final.npz"],
+)
+def test_an_early_stopped_run_killed_anywhere_resumes_bit_identical(
+    patient_job, patient_reference, tmp_path, where
+):
+    stop = stop_step(patient_reference)
+    point = {
+        # mid-write of the checkpoint before the stop: resumed from the one
+        # before it, the run reaches the stop again
+        "last periodic checkpoint": f"fsync:.tmp-step-{stop // 7 * 7:08d}:2",
+        # the stop's checkpoint committed, final.npz not yet written
+        "after the last checkpoint": f"rename:.tmp-step-{stop:08d}:1",
+        "final.npz": "fsync:.final.npz.tmp-:1",
+    }[where]
+    driver = tmp_path / "kill_driver.py"
+    driver.write_text(KILL_DRIVER)
+    run = tmp_path / "run"
+    done = killed_at(driver, point, "train", patient_job, "-o", run)
+    assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
+    assert not (run / "final.npz").exists()
+
+    done = run_cli("train", patient_job, "-o", run, "--resume")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_same_run(run, patient_reference, f"killed at {where}")
+    assert "final score" in done.stdout and f"at step {stop} " in done.stdout
+    if where == "last periodic checkpoint":
+        assert "no improvement in 2 evaluations" in done.stdout
+    else:  # nothing left to train: it says so and only writes final.npz
+        assert f"resumed: from step {stop}" in done.stdout
+        assert (
+            f"the run had already ended at step {stop}: it stopped early, "
+            "no improvement in 2 evaluations; nothing to train"
+        ) in done.stdout
+    assert step_folders(run)[-1] == step_folders(patient_reference)[-1]
+
+
+def file_identity(path: Path) -> tuple:
+    """What changes when a file is rewritten, even with the same bytes."""
+    info = path.stat()
+    return info.st_ino, info.st_mtime_ns, path.read_bytes()
+
+
+@pytest.mark.parametrize("ended", ["early stop", "max_steps"])
+def test_resuming_a_finished_run_changes_nothing(
+    patient_job, patient_reference, max_steps_reference, tmp_path, ended
+):
+    """--resume on a run that has ended: exit 0 and one clear line; no
+    training, and final.npz, metrics.jsonl, config.cfg and the checkpoints
+    are left exactly as they were (not even rewritten)."""
+    source = patient_reference if ended == "early stop" else max_steps_reference
+    job = patient_job if ended == "early stop" else source.parent / "job.cfg"
+    run = Path(shutil.copytree(source, tmp_path / "run"))
+    kept = ["final.npz", "metrics.jsonl", "config.cfg"]
+    before = {name: file_identity(run / name) for name in kept}
+    checkpoints = sorted(os.listdir(run / "checkpoints"))
+
+    result = invoke("train", job, "-o", run, "--resume")
+    assert result.exit_code == 0, result.output
+    step = stop_step(source)
+    assert f"resumed: from step {step}" in result.stdout
+    why = (
+        "it stopped early, no improvement in 2 evaluations"
+        if ended == "early stop"
+        else "training.max_steps (80) is reached; nothing to train (to go on, add "
+        "--extend with a larger --training.max_steps)"
+    )
+    assert f"the run had already ended at step {step}: {why}" in result.stdout
+    assert re.search(rf"final score \d\.\d{{4}} at step {step} ", result.stdout)
+    assert not [line for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert {name: file_identity(run / name) for name in kept} == before
+    assert sorted(os.listdir(run / "checkpoints")) == checkpoints
+
+
+def test_a_finished_run_with_a_torn_final_npz_gets_it_rewritten(
+    patient_job, patient_reference, tmp_path
+):
+    run = Path(shutil.copytree(patient_reference, tmp_path / "run"))
+    data = (run / "final.npz").read_bytes()
+    (run / "final.npz").write_bytes(data[: len(data) // 2])
+    rows = (run / "metrics.jsonl").read_bytes()
+    result = invoke("train", patient_job, "-o", run, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "nothing to train" in result.stdout
+    assert_same_run(run, patient_reference)
+    assert (run / "metrics.jsonl").read_bytes() == rows
+
+
+def test_a_checkpoint_from_before_the_stop_reason_was_saved_stays_stopped(
+    patient_job, patient_reference, tmp_path
+):
+    """Checkpoints written before state.json recorded why a run ended: an
+    early-stopped one is still recognised (its evaluations since the best
+    reached the patience), so resuming it trains nothing."""
+    run = Path(shutil.copytree(patient_reference, tmp_path / "run"))
+    newest = list_checkpoints(run / "checkpoints")[-1]
+    old = load_checkpoint(newest)
+    del old.state["stopped"]
+    save_checkpoint(
+        run / "checkpoints", old.step, arrays=old.arrays,
+        optimizer=old.optimizer, state=old.state, keep=None,
+    )  # fmt: skip
+    (run / "final.npz").unlink()
+    result = invoke("train", patient_job, "-o", run, "--resume")
+    assert result.exit_code == 0, result.output
+    assert f"already ended at step {old.step}: it stopped early" in result.stdout
+    assert_same_run(run, patient_reference)
+
+
 # --- 3. a corrupt checkpoint is skipped for the previous good one ---------------------
 
 
@@ -414,6 +591,7 @@ def corrupt(path: Path, how: str) -> None:
         path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 @POSIX
 def test_truncated_newest_checkpoint_is_skipped_with_a_warning(
     job, reference, finished
@@ -463,6 +641,29 @@ def test_no_valid_checkpoint_is_a_clear_error(job, finished):
     assert result.exit_code == 1, result.output
     assert_one_sentence_error(result.stderr, "cannot resume", "--overwrite")
     assert "step-00000400" in result.stderr  # what is wrong with the newest
+
+
+def test_a_checkpoint_whose_state_does_not_read_back_is_skipped(
+    job, reference, finished
+):
+    """A state.json that passes its checksum but holds what no run writes
+    (here a negative data position) is skipped like a corrupt checkpoint:
+    a warning, then the previous good one."""
+    newest = list_checkpoints(finished / "checkpoints")[-1]
+    bad = load_checkpoint(newest)
+    bad.state["cursor"] = -1
+    save_checkpoint(
+        finished / "checkpoints", bad.step, arrays=bad.arrays,
+        optimizer=bad.optimizer, state=bad.state, keep=None,
+    )  # fmt: skip
+    (finished / "final.npz").unlink()
+    result = invoke("train", job, "-o", finished, "--resume")
+    assert result.exit_code == 0, result.output
+    [warning] = result.stderr.splitlines()
+    assert warning.startswith("⚠ skipping a bad checkpoint: ")
+    assert "step-00000400: state.json has 'cursor' = -1 out of range" in warning
+    assert "resumed: from step 360" in result.stdout
+    assert_same_run(finished, reference)
 
 
 # --- 4. a run is never overwritten by accident ----------------------------------------
@@ -755,6 +956,30 @@ def test_terminal_shows_header_progress_and_a_table(tmp_path):
 # --- 10. the GPU code path, with the CUDA kernels in simulation -----------------------
 
 
+def simulated_gpu(monkeypatch, sim, launches: list[int]):
+    """A function that sends train() (`--gpu 0`) and the optimizer's cupy
+    backend to `sim`, counting the multi-tensor kernel's launches."""
+    from optsvc.backends import cuda_multi
+    from optsvc.optim import optimizer as optimizers
+
+    real_multi, real_get_ops = cuda_multi.multi_update, optimizers.get_ops
+
+    def counted(*args, **kwargs):
+        launches.append(1)
+        return real_multi(*args, **kwargs)
+
+    def on_the_simulator():
+        monkeypatch.setattr(training, "ops_for_device", lambda gpu_id: sim)
+        monkeypatch.setattr(
+            optimizers,
+            "get_ops",
+            lambda name, **kw: sim if name == "cupy" else real_get_ops(name, **kw),
+        )
+        monkeypatch.setattr(cuda_multi, "multi_update", counted)
+
+    return on_the_simulator
+
+
 def test_gpu_code_path_under_the_cuda_simulator(tmp_path, monkeypatch):
     """train() with the GPU branches taken (--gpu 0) and the optimizer's update
     running the numba.cuda kernels under the simulator (numpy arrays). The
@@ -764,9 +989,6 @@ def test_gpu_code_path_under_the_cuda_simulator(tmp_path, monkeypatch):
     if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
         pytest.skip("a real GPU is here; the simulator is off")
     from conftest import SimulatedGpuOps
-
-    from optsvc.backends import cuda_multi
-    from optsvc.optim import optimizer as optimizers
 
     cfg = make_config(
         tmp_path / "tiny.cfg",
@@ -784,25 +1006,8 @@ def test_gpu_code_path_under_the_cuda_simulator(tmp_path, monkeypatch):
     on_cpu = tmp_path / "cpu"
     train(load_config(cfg), on_cpu, console=quiet())
 
-    sim = SimulatedGpuOps()
-    launches = []
-    real_multi = cuda_multi.multi_update
-
-    def counted(*args, **kwargs):
-        launches.append(1)
-        return real_multi(*args, **kwargs)
-
-    real_get_ops = optimizers.get_ops
-
-    def on_the_simulator():
-        monkeypatch.setattr(training, "select_ops", lambda gpu_id: sim)
-        monkeypatch.setattr(
-            optimizers,
-            "get_ops",
-            lambda name, **kw: sim if name == "cupy" else real_get_ops(name, **kw),
-        )
-        monkeypatch.setattr(cuda_multi, "multi_update", counted)
-
+    launches: list[int] = []
+    on_the_simulator = simulated_gpu(monkeypatch, SimulatedGpuOps(), launches)
     on_the_simulator()
 
     # --resume into a folder that a killed run left without a checkpoint: it
@@ -849,6 +1054,7 @@ def test_gpu_code_path_under_the_cuda_simulator(tmp_path, monkeypatch):
 # --- one process per run folder ---
 
 
+@pytest.mark.slow
 def test_a_second_train_on_the_same_folder_is_refused_while_the_first_runs(
     job, tmp_path
 ):
@@ -867,6 +1073,7 @@ def test_a_second_train_on_the_same_folder_is_refused_while_the_first_runs(
     assert not (run / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_run_is_recovered(job, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -889,3 +1096,152 @@ def test_a_lock_left_by_a_killed_run_is_recovered(job, tmp_path):
     done = run_cli("train", str(job), "-o", str(run), "--resume")
     assert done.returncode == 0, done.stderr
     assert not list(run.glob(".*.tmp-*"))
+
+
+# --- 11. the run folder's rules, without training -------------------------------------
+
+
+def no_warnings(message: str) -> None:
+    raise AssertionError(f"unexpected warning: {message}")
+
+
+def state_checkpoint(directory: Path, step: int, **changes) -> Path:
+    """A checkpoint holding only a TrainState at `step` (and `changes` to
+    its state.json), as a run of 5 examples writes it."""
+    state = TrainState.start(n_train=5, seed=0)
+    state.step = step
+    record, arrays = state.to_checkpoint()
+    return save_checkpoint(
+        directory, step, arrays=arrays, optimizer=b"", state={**record, **changes}
+    )
+
+
+def test_one_process_at_a_time_holds_a_run_folder(tmp_path):
+    first = RunFolder(tmp_path / "run").lock()
+    try:
+        with pytest.raises(
+            RunError, match=rf"another optsvc train \(pid {os.getpid()}"
+        ):
+            RunFolder(tmp_path / "run").lock()
+    finally:
+        first.release()
+    with RunFolder(tmp_path / "run") as again:
+        assert again.path.is_dir() and not again.holds_run()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(RunError, match="'.*file' is a file; give a folder with -o"):
+        RunFolder(tmp_path / "file").lock()
+
+
+def test_a_run_already_there_is_refused_resumed_or_cleared(tmp_path):
+    run = tmp_path / "run"
+    with RunFolder(run) as folder:
+        assert folder.begin(resume=False, overwrite=False, warn=no_warnings) == (
+            None,
+            None,
+        )
+        (run / "metrics.jsonl").write_text('{"step": 5}\n')
+        (run / "notes.txt").write_text("the user's own file")
+        assert folder.holds_run()
+        with pytest.raises(RunError, match="already holds a run; add --resume"):
+            folder.begin(resume=False, overwrite=False, warn=no_warnings)
+        # --resume without a checkpoint: start at step 0, nothing removed yet
+        assert folder.begin(resume=True, overwrite=False, warn=no_warnings) == (
+            None,
+            None,
+        )
+        assert (run / "metrics.jsonl").exists()
+        state_checkpoint(run / "checkpoints", 3)
+        (run / "final.npz").write_bytes(b"old")
+        # --overwrite: the run's files go, nothing else
+        folder.begin(resume=False, overwrite=True, warn=no_warnings)
+        assert sorted(os.listdir(run)) == [".lock", "notes.txt"]
+
+
+def test_what_killed_writers_left_is_removed_when_the_lock_is_taken(tmp_path):
+    run, dead = tmp_path / "run", 2**22 + 1
+    (run / "checkpoints" / f".tmp-step-00000007-{dead}").mkdir(parents=True)
+    (run / "checkpoints" / f".del-step-00000001-{dead}").mkdir()
+    # a step folder set aside mid-replace may be the only copy: it stays
+    (run / "checkpoints" / f".old-step-00000003-{dead}").mkdir()
+    (run / f".final.npz.tmp-{dead}").write_bytes(b"torn")
+    with RunFolder(run):
+        assert sorted(os.listdir(run)) == [".lock", "checkpoints"]
+        assert os.listdir(run / "checkpoints") == [f".old-step-00000003-{dead}"]
+
+
+def test_resume_takes_the_newest_checkpoint_whose_state_reads_back(tmp_path):
+    run = tmp_path / "run"
+    state_checkpoint(run / "checkpoints", 3)
+    state_checkpoint(run / "checkpoints", 6, stopped="tired")
+    warnings: list[str] = []
+    with RunFolder(run) as folder:
+        checkpoint, state = folder.begin(
+            resume=True, overwrite=False, warn=warnings.append
+        )
+    assert checkpoint.step == state.step == 3
+    [warning] = warnings
+    assert "step-00000006: state.json has a bad 'stopped' ('tired')" in warning
+    # none left: a refusal that names the newest problem and the fix
+    state_checkpoint(run / "checkpoints", 3, cursor=9)
+    with RunFolder(run) as folder:
+        with pytest.raises(
+            RunError, match="cannot resume, .*none of its 2 .*--overwrite"
+        ):
+            folder.begin(resume=True, overwrite=False, warn=warnings.append)
+
+
+def test_resume_checks_the_config_and_max_steps(tmp_path):
+    config = {"optimizer": {"beta1": 0.9}, "training": {"patience": 0}}
+    state = TrainState.start(n_train=5, seed=0)
+    state.step, state.config, state.max_steps = 50, config, 100
+    check_resumable(state, config, 100, allow_extend=False)
+    changed = {"optimizer": {"beta1": 0.8}, "training": {"patience": 0}}
+    with pytest.raises(RunError, match="optimizer.beta1: 0.9 -> 0.8"):
+        check_resumable(state, changed, 100, allow_extend=False)
+    with pytest.raises(RunError, match="from 100 to 200; add --extend"):
+        check_resumable(state, config, 200, allow_extend=False)
+    check_resumable(state, config, 200, allow_extend=True)
+    with pytest.raises(RunError, match="at step 50, past training.max_steps \\(40\\)"):
+        check_resumable(state, config, 40, allow_extend=True)
+    state.config = state.max_steps = None  # saved before either was recorded
+    check_resumable(state, changed, 200, allow_extend=False)
+
+
+def test_metrics_are_cut_back_to_the_checkpoint_and_damage_dropped(tmp_path):
+    with RunFolder(tmp_path / "run") as folder:
+        folder.truncate_metrics(10)  # none yet: nothing to do
+        assert not folder.metrics.exists()
+        lines = [
+            b'{"step": 10, "score": 0.5}',
+            b'{"step": 20}',
+            b'\xff\xfe{"step": 5}',  # not UTF-8
+            b'{"step": 3',  # torn by a kill
+            b"[1]",
+            b"[" * 100_000,  # too deep to read
+            b'{"step": 30}',
+            b'{"step": 15}',
+        ]
+        folder.metrics.write_bytes(b"\n".join(lines) + b"\n")
+        folder.truncate_metrics(20)
+        assert folder.metrics.read_bytes().splitlines() == [
+            b'{"step": 10, "score": 0.5}',
+            b'{"step": 20}',
+            b'{"step": 15}',
+        ]
+
+
+def test_final_npz_is_recognised_only_when_it_holds_exactly_the_weights(tmp_path):
+    weights = {"w:0/W": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    with RunFolder(tmp_path / "run") as folder:
+        assert not folder.final_holds(weights)  # missing
+        folder.write_final(weights)
+        assert folder.final_holds(weights)
+        assert not folder.final_holds({"w:0/W": weights["w:0/W"] + 1})
+        assert not folder.final_holds({"w:0/W": weights["w:0/W"].astype(np.float64)})
+        assert not folder.final_holds({**weights, "avg:0/W": weights["w:0/W"]})
+        data = folder.final.read_bytes()
+        folder.final.write_bytes(data[: len(data) // 2])
+        assert not folder.final_holds(weights)
+        folder.final.unlink()
+        os.mkfifo(folder.final)  # would block a reader: not even opened
+        assert not folder.final_holds(weights)

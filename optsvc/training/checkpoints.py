@@ -341,18 +341,26 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 def load_latest_checkpoint(
-    directory: str | os.PathLike, *, warn: Callable[[str], None] | None = None
+    directory: str | os.PathLike,
+    *,
+    warn: Callable[[str], None] | None = None,
+    check: Callable[[Checkpoint], object] | None = None,
 ) -> Checkpoint | None:
     """The newest checkpoint in `directory` that verifies, or None if there is
     none. Each bad newer one is skipped with a message to `warn` (default: the
-    "optsvc" logger's warning); CheckpointError if none verifies."""
+    "optsvc" logger's warning); CheckpointError if none verifies. `check`, if
+    given, looks at what a checkpoint holds: a CheckpointError from it makes
+    that checkpoint a bad one too."""
     warn = warn if warn is not None else logger.warning
     directory = Path(directory)
     candidates = _candidates(directory)
     errors = []
     for path in candidates:
         try:
-            return load_checkpoint(path)
+            checkpoint = load_checkpoint(path)
+            if check is not None:
+                check(checkpoint)
+            return checkpoint
         except CheckpointError as err:
             errors.append(err)
             warn(f"skipping a bad checkpoint: {err}")

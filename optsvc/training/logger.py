@@ -39,19 +39,35 @@ def _fmt(key: str, value: Any) -> str:
 
 
 class TrainLogger:
-    """Console output and `metrics.jsonl` for one training run."""
+    """Console output and `metrics.jsonl` for one training run: everything
+    `train` says goes through it.
 
-    def __init__(self, console: Console, metrics_path: Path, total_steps: int):
+    Warnings before the run starts (about the run folder and its
+    checkpoints) go to `err_console` (default: `console`); once it has
+    started, everything goes to `console`, among the rows it concerns.
+    """
+
+    def __init__(
+        self,
+        console: Console,
+        metrics_path: Path,
+        total_steps: int,
+        *,
+        err_console: Console | None = None,
+    ):
         self.console = console
+        self.err_console = err_console or console
         self.metrics_path = Path(metrics_path)
         self.total = total_steps
         self.interactive = console.is_terminal
+        self._started = False
         self._progress: Progress | None = None
         self._task = None
         self._columns: list[str] | None = None
 
     def start(self, info: dict[str, Any], first_step: int) -> None:
         """A header with what runs where, then the progress bar."""
+        self._started = True
         for key, value in info.items():
             self.console.print(Text(f"{key:>14}: {value}"))
         if self.interactive:
@@ -98,7 +114,11 @@ class TrainLogger:
         return " ".join(cells)
 
     def warn(self, message: str) -> None:
-        self._print(Text(f"⚠ {message}", style="yellow"))
+        text = Text(f"⚠ {message}", style="yellow")  # paths are not rich markup
+        if self._started:
+            self._print(text)
+        else:
+            self.err_console.print(text)
 
     def info(self, message: str) -> None:
         self._print(Text(message))

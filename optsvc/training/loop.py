@@ -1,55 +1,58 @@
-"""The training loop: one readable function, top to bottom.
+"""The training loop, top to bottom.
 
-setup (config, device, run folder) -> data -> model -> optimizer -> loop
-(batch, forward, backward, update, schedules, evaluate, checkpoint, log).
-
-Everything that decides the numbers (weights, optimizer and schedule state,
-data order, the RNG, counters) goes into each checkpoint, so a run killed at
-any moment and resumed ends with the same weights, bit for bit on the CPU.
+`train`: setup (config, device) -> run folder -> data -> model -> optimizer
+and state (fresh, or where a checkpoint left them) -> the loop (batch,
+forward, backward, update, schedules, evaluate, checkpoint, log) -> the final
+weights. What a checkpoint records, and so what resume restores, is
+`optsvc.training.state`; the run folder's rules are
+`optsvc.training.run_folder`; all output goes through the `TrainLogger`.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.text import Text
 
-from optsvc.about import __version__
 from optsvc.backends import NumpyOps, ops_for_device
-from optsvc.config.parse import SPACY_SECTIONS, ConfigError, ConfigIssue
-from optsvc.config.preview import ATTRS, scheduled
-from optsvc.config.validation import build_block, validate_config
-from optsvc.fileio import write_atomic
-from optsvc.optim.params import ParamStore
-from optsvc.toys.models import evaluate, mean_squared_error, softmax_cross_entropy
-from optsvc.training.checkpoints import (
-    CheckpointError,
-    config_hash,
-    load_latest_checkpoint,
-    save_checkpoint,
+from optsvc.config import (
+    SPACY_SECTIONS,
+    ConfigError,
+    ConfigIssue,
+    SystemSection,
+    TrainingSection,
+    build_block,
+    validate_config,
 )
-from optsvc.training.lock import LockedError, RunLock
+from optsvc.optim import Optimizer, ParamStore
+from optsvc.toys.models import evaluate, mean_squared_error, softmax_cross_entropy
+from optsvc.training.checkpoints import Checkpoint, save_checkpoint
 from optsvc.training.logger import TrainLogger
 from optsvc.training.run_folder import (
-    RUN_FILES,
     RunError,
+    RunFolder,
     check_resumable,
     config_diff,
-    filled_config,
-    key_name,
     relevant_config,
-    remove_leftovers,
-    restore_problem,
-    save_npz,
-    state_problem,
-    truncate_metrics,
 )
+from optsvc.training.state import (
+    EARLY_STOP,
+    MAX_STEPS,
+    ModelMismatch,
+    TrainState,
+    key_name,
+    restore_model,
+    weight_arrays,
+)
+
+# The optimizer's attribute for a hyperparameter, where it is not the
+# argument's name (Thinc's names).
+_ATTRIBUTE = {"beta1": "b1", "beta2": "b2"}
 
 
 @dataclass
@@ -61,11 +64,6 @@ class TrainResult:
     resumed_from: int | None
     stopped_early: bool
     skipped_steps: int
-
-
-def select_ops(gpu_id: int):
-    """The backend for `gpu_id`: DeviceError (a user error) when it can't be used."""
-    return ops_for_device(gpu_id)
 
 
 def train(
@@ -81,296 +79,442 @@ def train(
     err_console: Console | None = None,
 ) -> TrainResult:
     """Run (or resume) the training job a config describes; write the filled
-    config, metrics.jsonl, checkpoints and final weights to `output_dir`."""
-    # --- setup: check everything before touching the run folder ---------------
-    report = validate_config(config, for_training=True)
-    if not report.ok:
-        raise ConfigError(report.errors)
-    if report.sections.is_spacy:  # validate checks only its optimizer block
-        found = ", ".join(f"[{s}]" for s in sorted(SPACY_SECTIONS & set(config)))
-        raise ConfigError(
-            f"this is a spaCy config (it has {found}); optsvc train runs optsvc "
-            "training configs: [system], [data], [model], [training], [optimizer]"
-        )
-    system, settings = report.system, report.training
-    gpu_id = system.gpu_id if gpu_id is None else gpu_id
-    data = build_block(config["data"], "data")
-    model = build_block(config["model"], "model")
-    opt_path = report.sections.optimizer_path
-    optimizer = report.optimizer
-    ops = select_ops(gpu_id)
-    xp = ops.xp
-    out = Path(output_dir)
-    ckpt_dir = out / "checkpoints"
-    # Warnings go to err_console; a library caller who passes only a console
-    # gets everything there.
-    warn_console = err_console or console or Console(stderr=True, highlight=False)
+    config, metrics.jsonl, checkpoints and final weights to `output_dir`.
+
+    Progress goes to `console`, warnings before the run starts to
+    `err_console` (default: `console`, else stderr). `--resume` on a run that
+    has ended (training.max_steps reached, or stopped early) trains nothing:
+    it says so, and writes final.npz only if that is missing or torn.
+    """
+    job = Job.build(config, gpu_id)  # everything checked before the folder
+    folder = RunFolder(output_dir)
+    if err_console is None and console is None:
+        err_console = Console(stderr=True, highlight=False)
     console = console or Console(highlight=False, soft_wrap=True)
-    if out.exists() and not out.is_dir():
-        raise RunError(f"output path '{out}' is a file; give a folder with -o")
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        lock = RunLock(out)
-    except LockedError as err:
-        raise RunError(str(err)) from None
-    try:
-        remove_leftovers(out)
-        has_run = out.is_dir() and any((out / name).exists() for name in RUN_FILES)
-        if has_run and not (resume or overwrite):
-            raise RunError(
-                f"'{out}' already holds a run; add --resume to continue it or "
-                "--overwrite to start again"
-            )
-        relevant = relevant_config(config)
-        checkpoint = None
-        if resume and ckpt_dir.is_dir():
-            try:  # warnings as plain text: paths and errors are not rich markup
-                checkpoint = load_latest_checkpoint(
-                    ckpt_dir,
-                    warn=lambda m: warn_console.print(Text(f"⚠ {m}", style="yellow")),
-                )
-            except CheckpointError as err:
-                raise RunError(
-                    f"cannot resume, {err}; start again with --overwrite"
-                ) from None
-        if checkpoint is not None:
-            problem = state_problem(checkpoint.state)
-            if problem:
-                raise RunError(
-                    f"cannot resume from {checkpoint.path}: its state.json {problem}; "
-                    "delete that folder to resume from an earlier checkpoint, or "
-                    "start again with --overwrite"
-                )
-            check_resumable(
-                checkpoint.state, relevant, settings.max_steps, allow_extend
-            )
-        if overwrite and not resume:
-            for name in RUN_FILES:
-                target = out / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
-        out.mkdir(parents=True, exist_ok=True)
-        write_atomic(
-            out / "config.cfg", filled_config(config, system, settings).encode()
+    logger = TrainLogger(
+        console, folder.metrics, job.settings.max_steps, err_console=err_console
+    )
+    with folder:
+        checkpoint, saved = folder.begin(
+            resume=resume, overwrite=overwrite, warn=logger.warn
         )
-
-        # --- data ---
-        X_train, X_dev = ops.asarray(data.X_train), ops.asarray(data.X_dev)
-        y_train, y_dev = ops.asarray(data.y_train), ops.asarray(data.y_dev)
-        loss_fn = (
-            softmax_cross_entropy
-            if data.task == "classification"
-            else mean_squared_error
-        )
-        n_train = data.X_train.shape[0]
-        batch_size = min(settings.batch_size, n_train)
-        rng = np.random.default_rng(system.seed)
-
-        # --- model: its parameters live in one flat buffer for the optimizer --------
-        model.initialize(data.n_features, data.n_outputs, ops, seed=system.seed)
-        store = ParamStore.from_arrays(model.params, ops=ops)
-        weights = {k: store.weights(k) for k in store}
-        model.use_params(weights, {k: store.gradient(k) for k in store})
-
-        # --- state: fresh, or exactly where the checkpoint left it ------------------
-        step, epoch, cursor = 0, 0, n_train  # cursor at the end: a new epoch first
-        order = np.arange(n_train)
-        loss_sum, loss_count, skipped = 0.0, 0, 0
-        best, evals_since_best, score = None, 0, None
-        resumed_from = None
-        if checkpoint is not None:
-            state = checkpoint.state
-            problem = restore_problem(checkpoint, store, n_train, optimizer, rng)
-            if problem:
-                raise RunError(
-                    f"cannot resume from {checkpoint.path}: {problem}; delete that "
-                    "folder to resume from an earlier checkpoint, or start again "
-                    "with --overwrite"
-                )
-            for key in store:
-                weights[key][...] = ops.asarray(checkpoint.arrays[f"w:{key_name(key)}"])
-            if gpu_id >= 0:
-                optimizer.to_gpu(gpu_id)
-            order = checkpoint.arrays["data_order"]
-            step, epoch, cursor = state["step"], state["epoch"], state["cursor"]
-            loss_sum, loss_count = state["loss_sum"], state["loss_count"]
-            best, evals_since_best = state["best_score"], state["evals_since_best"]
-            score, skipped = state["score"], state["skipped_steps"]
-            resumed_from = step
-            truncate_metrics(out / "metrics.jsonl", step)
-        else:
-            if gpu_id >= 0:
-                optimizer.to_gpu(gpu_id)
-            (out / "metrics.jsonl").unlink(missing_ok=True)  # a fresh start
-
-        logger = TrainLogger(console, out / "metrics.jsonl", settings.max_steps)
-        header = {
-            "config": config_source,
-            "device": "cpu (numpy)" if isinstance(ops, NumpyOps) else f"gpu {gpu_id}",
-            "data": f"{data.name}: {n_train} train, {data.X_dev.shape[0]} dev",
-            "model": f"{model.name}, {model.n_params():,} parameters",
-            "optimizer": f"{report.blocks[opt_path][0]} at [{opt_path}]",
-            "output": str(out),
-        }
-        if resumed_from is not None:
-            header["resumed"] = f"from step {resumed_from} ({checkpoint.path.name})"
-        elif resume:
-            header["resumed"] = "no checkpoint yet; starting at step 0"
-        logger.start(header, step)
-
-        def save() -> None:
-            bad = _nonfinite_state(optimizer, store, xp)
-            if bad is not None:
-                raise RunError(
-                    f"step {step}: {bad}; the checkpoint was not saved (is the "
-                    "learning rate too large?)"
-                )
-            arrays = {f"w:{key_name(k)}": ops.to_numpy(weights[k]) for k in store}
-            arrays["data_order"] = order
-            state = {
-                "step": step, "epoch": epoch, "cursor": cursor,
-                "rng": rng.bit_generator.state, "loss_sum": loss_sum,
-                "loss_count": loss_count, "best_score": best,
-                "evals_since_best": evals_since_best, "score": score,
-                "skipped_steps": skipped, "config": relevant,
-                "max_steps": settings.max_steps,
-                "config_hash": config_hash(relevant), "backend": ops.name,
-                "optsvc": __version__,
-            }  # fmt: skip
-            try:
-                save_checkpoint(
-                    ckpt_dir, step, arrays=arrays, optimizer=optimizer.to_bytes(),
-                    state=state, keep=settings.keep_checkpoints,
-                )  # fmt: skip
-            except OSError as err:  # disk full, permissions, ...
-                raise RunError(
-                    f"step {step}: the checkpoint could not be written "
-                    f"({err.strerror or err}); the earlier checkpoints are kept, "
-                    "so free some space (or fix the folder's permissions) and "
-                    "continue with --resume"
-                ) from None
-
-        def dev_score() -> float:
-            # Evaluate with the averaged parameters when there are any, as spaCy does.
-            averages = optimizer.averages
-            if averages and all(k in averages for k in store):
-                model.use_params({k: averages[k] for k in store}, model.grads)
-                try:
-                    return evaluate(model, X_dev, y_dev, data.task, xp)
-                finally:
-                    model.use_params(weights, model.grads)
-            return evaluate(model, X_dev, y_dev, data.task, xp)
-
-        # --- the loop ---
-        update_store = getattr(optimizer, "update_store", None)
-        # The learning rate and every other hyperparameter that has a schedule.
-        logged = ["learn_rate", *(p for p in scheduled(optimizer) if p != "learn_rate")]
-        stopped_early = False
-        last_eval, last_save = step, step
-        clock, clock_step = time.perf_counter(), step
-        numpy_errors = np.seterr(all="ignore")
+        if saved is not None:
+            check_resumable(saved, job.relevant, job.settings.max_steps, allow_extend)
+        data = DeviceData.load(job.data, job.ops)
+        store = init_model(job, data)
+        state = resume_or_start(job, data, store, checkpoint, saved)
+        ended = state.stopped is not None  # a finished run stays finished
+        if not ended:
+            prepare_folder(folder, job, state, resumed=checkpoint is not None)
+        loop = Loop(job, data, store, folder, logger)
+        info = header(job, data, folder, config_source, resume, checkpoint)
+        logger.start(info, state.step)
         try:
-            while step < settings.max_steps and not stopped_early:
-                if cursor + batch_size > n_train:  # a new epoch, a new order
-                    order = rng.permutation(n_train)
-                    cursor, epoch = 0, epoch + 1
-                idx = ops.asarray(order[cursor : cursor + batch_size])
-                cursor += batch_size
-                Y, backprop = model.begin_update(X_train[idx])
-                loss, dY = loss_fn(Y, y_train[idx], xp)
-                backprop(dY)
-                bad = _nonfinite(loss, store, xp)
-                if bad is None:
-                    try:
-                        if update_store is not None:
-                            update_store(store)
-                        else:
-                            for key in store:
-                                optimizer(key, weights[key], store.gradient(key))
-                    except ValueError as err:  # settings it cannot work with
-                        raise RunError(
-                            f"step {step + 1}: the optimizer cannot update the "
-                            f"parameters: {err}"
-                        ) from None
-                    loss_sum, loss_count = loss_sum + loss, loss_count + 1
-                    if not bool(xp.isfinite(store.flat_weights).all()):
-                        raise RunError(
-                            f"step {step + 1}: the update made "
-                            f"{_nonfinite_weights(store, xp)} although the loss and "
-                            "gradients were finite (is the learning rate, "
-                            f"{optimizer.learn_rate:g}, too large?); the run was "
-                            "stopped and nothing was saved"
-                        )
-                elif settings.nonfinite == "skip":
-                    store.flat_gradients[...] = 0
-                    skipped += 1
-                    logger.warn(f"step {step + 1}: skipped, {bad}")
-                else:
-                    raise RunError(
-                        f"step {step + 1}: {bad}; the step was refused and nothing "
-                        'was saved (set training.nonfinite = "skip" to skip such steps)'
-                    )
-                optimizer.step_schedules()
-                step += 1
-                logger.advance(step)
-                if step % settings.eval_frequency == 0 or step == settings.max_steps:
-                    score = dev_score()
-                    optimizer.last_score = score
-                    if best is None or score > best:
-                        best, evals_since_best = score, 0
-                    else:
-                        evals_since_best += 1
-                    now = time.perf_counter()
-                    row = {
-                        "step": step,
-                        "epoch": epoch,
-                        "loss": loss_sum / loss_count if loss_count else None,
-                        "score": score,
-                        **{p: getattr(optimizer, ATTRS[p]) for p in logged},
-                        "steps_per_sec": (step - clock_step) / max(now - clock, 1e-9),
-                    }
-                    if skipped:
-                        row["skipped"] = skipped
-                    logger.log_eval(row)
-                    loss_sum, loss_count = 0.0, 0
-                    clock, clock_step, last_eval = now, step, step
-                    if settings.patience and evals_since_best >= settings.patience:
-                        stopped_early = True
-                        logger.info(
-                            f"no improvement in {settings.patience} evaluations"
-                        )
-                if (
-                    step % settings.checkpoint_frequency == 0
-                    or step == settings.max_steps
-                ):
-                    save()
-                    last_save = step
-            if last_save != step:
-                save()
+            if ended:
+                logger.info(already_ended(state, job.settings))
+            else:
+                run_loop(loop, state)
         finally:
-            np.seterr(**numpy_errors)
             logger.finish()
+        score = write_final(loop, state, trained=not ended)
+    return TrainResult(
+        folder.path, state.step, score, state.best_score,
+        None if checkpoint is None else checkpoint.step,
+        state.stopped == EARLY_STOP, state.skipped_steps,
+    )  # fmt: skip
 
-        # --- the result ---
-        final = {f"w:{key_name(k)}": ops.to_numpy(weights[k]) for k in store}
-        if optimizer.averages:
-            for k in store:
-                if k in optimizer.averages:
-                    final[f"avg:{key_name(k)}"] = ops.to_numpy(optimizer.averages[k])
-        save_npz(out / "final.npz", final)
-        if last_eval != step or score is None:
-            score = dev_score()
-        shown_best = score if best is None else best
-        console.print(
-            f"final score {score:.4f} at step {step} (best {shown_best:.4f}); "
-            f"weights in {out / 'final.npz'}",
-            markup=False,
+
+# --- setup ----------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """What a training config builds, all checked before the run folder is
+    touched: the sections, the data set, the model, the optimizer, the device."""
+
+    config: dict
+    relevant: dict  # the config without what only changes how a run is recorded
+    system: SystemSection
+    settings: TrainingSection
+    data: Any  # a toy Dataset
+    model: Any  # a toy Model
+    optimizer: Optimizer
+    optimizer_name: str  # "Adam.v1 at [optimizer]"
+    ops: Any
+    gpu_id: int
+
+    @classmethod
+    def build(cls, config: dict, gpu_id: int | None) -> Job:
+        report = validate_config(config, for_training=True)
+        if not report.ok:
+            raise ConfigError(report.errors)
+        if report.sections.is_spacy:  # validate checks only its optimizer block
+            found = ", ".join(f"[{s}]" for s in sorted(SPACY_SECTIONS & set(config)))
+            raise ConfigError(
+                f"this is a spaCy config (it has {found}); optsvc train runs optsvc "
+                "training configs: [system], [data], [model], [training], [optimizer]"
+            )
+        gpu_id = report.system.gpu_id if gpu_id is None else gpu_id
+        data = build_block(config["data"], "data")
+        model = build_block(config["model"], "model")
+        path = report.sections.optimizer_path
+        return cls(
+            config=config,
+            relevant=relevant_config(config),
+            system=report.system,
+            settings=report.training,
+            data=data,
+            model=model,
+            optimizer=report.optimizer,
+            optimizer_name=f"{report.blocks[path][0]} at [{path}]",
+            ops=ops_for_device(gpu_id),
+            gpu_id=gpu_id,
         )
-        return TrainResult(out, step, score, best, resumed_from, stopped_early, skipped)
+
+
+@dataclass
+class DeviceData:
+    """The data set's arrays on the training device, and its loss."""
+
+    name: str
+    task: str
+    X_train: Any
+    y_train: Any
+    X_dev: Any
+    y_dev: Any
+    n_train: int
+    n_dev: int
+    loss: Any  # (predictions, targets, xp) -> (loss, gradient)
+
+    @classmethod
+    def load(cls, data, ops) -> DeviceData:
+        classify = data.task == "classification"
+        return cls(
+            name=data.name,
+            task=data.task,
+            X_train=ops.asarray(data.X_train),
+            y_train=ops.asarray(data.y_train),
+            X_dev=ops.asarray(data.X_dev),
+            y_dev=ops.asarray(data.y_dev),
+            n_train=data.X_train.shape[0],
+            n_dev=data.X_dev.shape[0],
+            loss=softmax_cross_entropy if classify else mean_squared_error,
+        )
+
+
+def init_model(job: Job, data: DeviceData) -> ParamStore:
+    """Initialise the model with its parameters in one flat buffer, which the
+    optimizer updates in one call."""
+    model = job.model
+    model.initialize(
+        job.data.n_features, job.data.n_outputs, job.ops, seed=job.system.seed
+    )
+    store = ParamStore.from_arrays(model.params, ops=job.ops)
+    model.use_params(
+        {k: store.weights(k) for k in store}, {k: store.gradient(k) for k in store}
+    )
+    return store
+
+
+def resume_or_start(
+    job: Job,
+    data: DeviceData,
+    store: ParamStore,
+    checkpoint: Checkpoint | None,
+    saved: TrainState | None,
+) -> TrainState:
+    """A fresh state, or the checkpoint's (`saved`) with the weights and the
+    optimizer restored from it; the optimizer then moved to the device."""
+    if checkpoint is None or saved is None:
+        state = TrainState.start(data.n_train, job.system.seed)
+    else:
+        state = saved
+        try:
+            restore_model(
+                checkpoint, store, job.optimizer, job.ops, n_train=data.n_train
+            )
+        except ModelMismatch as err:
+            raise RunError(
+                f"cannot resume from {checkpoint.path}: {err}; delete that folder to "
+                "resume from an earlier checkpoint, or start again with --overwrite"
+            ) from None
+    if job.gpu_id >= 0:
+        job.optimizer.to_gpu(job.gpu_id)
+    # What the next checkpoints record as the run's config (with --extend, the
+    # new max_steps).
+    state.config, state.max_steps = job.relevant, job.settings.max_steps
+    state.backend = job.ops.name
+    # Whether the run is over already (a longer max_steps with --extend
+    # continues one that had reached the old one; early stopping is final).
+    state.stopped = state.ended_by(job.settings.max_steps, job.settings.patience)
+    return state
+
+
+def prepare_folder(folder: RunFolder, job: Job, state: TrainState, *, resumed: bool):
+    """The filled config, and metrics.jsonl without rows the run will redo."""
+    folder.write_config(job.config, job.system, job.settings)
+    if resumed:
+        folder.truncate_metrics(state.step)
+    else:
+        folder.reset_metrics()
+
+
+def header(
+    job: Job,
+    data: DeviceData,
+    folder: RunFolder,
+    source: str,
+    resume: bool,
+    checkpoint: Checkpoint | None,
+) -> dict[str, str]:
+    """What runs where, for the top of the log."""
+    info = {
+        "config": source,
+        "device": "cpu (numpy)"
+        if isinstance(job.ops, NumpyOps)
+        else f"gpu {job.gpu_id}",
+        "data": f"{data.name}: {data.n_train} train, {data.n_dev} dev",
+        "model": f"{job.model.name}, {job.model.n_params():,} parameters",
+        "optimizer": job.optimizer_name,
+        "output": str(folder.path),
+    }
+    if checkpoint is not None:
+        info["resumed"] = f"from step {checkpoint.step} ({checkpoint.path.name})"
+    elif resume:
+        info["resumed"] = "no checkpoint yet; starting at step 0"
+    return info
+
+
+def already_ended(state: TrainState, settings: TrainingSection) -> str:
+    """The line that says why a resumed run trains nothing."""
+    start = f"the run had already ended at step {state.step}"
+    if state.stopped == EARLY_STOP:
+        return (
+            f"{start}: it stopped early, no improvement in {settings.patience} "
+            "evaluations; nothing to train"
+        )
+    return (
+        f"{start}: training.max_steps ({settings.max_steps}) is reached; nothing to "
+        "train (to go on, add --extend with a larger --training.max_steps)"
+    )
+
+
+# --- the loop -------------------------------------------------------------------------
+
+
+class Loop:
+    """What the loop's steps work with; the state they change is a TrainState."""
+
+    def __init__(
+        self,
+        job: Job,
+        data: DeviceData,
+        store: ParamStore,
+        folder: RunFolder,
+        logger: TrainLogger,
+    ) -> None:
+        self.job, self.data, self.store = job, data, store
+        self.folder, self.logger = folder, logger
+        self.model, self.optimizer, self.ops = job.model, job.optimizer, job.ops
+        self.xp = job.ops.xp
+        self.settings = job.settings
+        self.batch_size = min(job.settings.batch_size, data.n_train)
+        self.logged = logged_hyperparameters(job.optimizer)
+        self.clock = (time.perf_counter(), 0)  # for steps/s: (time, step)
+
+
+def run_loop(loop: Loop, state: TrainState) -> None:
+    """Train until max_steps or early stopping: each step a batch, forward and
+    backward, the update and the schedules; evaluations, checkpoints and log
+    rows at their frequencies. Numpy warnings are off: non-finite numbers are
+    checked explicitly and reported with the step."""
+    settings = loop.settings
+    loop.clock = (time.perf_counter(), state.step)
+    numpy_errors = np.seterr(all="ignore")
+    try:
+        while state.stopped is None:
+            batch = next_batch(state, loop.data.n_train, loop.batch_size, loop.ops)
+            loss = forward_backward(loop, batch)
+            update(loop, state, loss)
+            loop.optimizer.step_schedules()
+            state.step += 1
+            loop.logger.advance(state.step)
+            if (
+                state.step % settings.eval_frequency == 0
+                or state.step == settings.max_steps
+            ):
+                evaluate_and_log(loop, state)
+            if state.stopped is None and state.step >= settings.max_steps:
+                state.stopped = MAX_STEPS
+            if state.step % settings.checkpoint_frequency == 0 or state.stopped:
+                save(loop, state)
     finally:
-        lock.release()
+        np.seterr(**numpy_errors)
+
+
+def next_batch(state: TrainState, n_train: int, batch_size: int, ops):
+    """The indices of the next batch; a new epoch, with a new order, when the
+    current one has fewer examples left than a batch."""
+    if state.cursor + batch_size > n_train:
+        state.order = state.rng.permutation(n_train)
+        state.cursor, state.epoch = 0, state.epoch + 1
+    batch = ops.asarray(state.order[state.cursor : state.cursor + batch_size])
+    state.cursor += batch_size
+    return batch
+
+
+def forward_backward(loop: Loop, batch) -> float:
+    """The loss on `batch`; the gradients land in the store."""
+    data = loop.data
+    Y, backprop = loop.model.begin_update(data.X_train[batch])
+    loss, dY = data.loss(Y, data.y_train[batch], loop.xp)
+    backprop(dY)
+    return loss
+
+
+def update(loop: Loop, state: TrainState, loss: float) -> None:
+    """Apply the optimizer to the gradients, or skip (or refuse) a step whose
+    loss or gradients are not finite."""
+    store, xp, step = loop.store, loop.xp, state.step + 1
+    bad = _nonfinite(loss, store, xp)
+    if bad is not None:
+        if loop.settings.nonfinite != "skip":
+            raise RunError(
+                f"step {step}: {bad}; the step was refused and nothing was saved "
+                '(set training.nonfinite = "skip" to skip such steps)'
+            )
+        store.flat_gradients[...] = 0
+        state.skipped_steps += 1
+        loop.logger.warn(f"step {step}: skipped, {bad}")
+        return
+    try:
+        _apply(loop.optimizer, store)
+    except ValueError as err:  # settings it cannot work with
+        raise RunError(
+            f"step {step}: the optimizer cannot update the parameters: {err}"
+        ) from None
+    state.loss_sum, state.loss_count = state.loss_sum + loss, state.loss_count + 1
+    if not bool(xp.isfinite(store.flat_weights).all()):
+        raise RunError(
+            f"step {step}: the update made {_nonfinite_weights(store, xp)} although "
+            "the loss and gradients were finite (is the learning rate, "
+            f"{loop.optimizer.learn_rate:g}, too large?); the run was stopped and "
+            "nothing was saved"
+        )
+
+
+def _apply(optimizer, store: ParamStore) -> None:
+    update_store = getattr(optimizer, "update_store", None)
+    if update_store is not None:
+        update_store(store)
+    else:  # an optimizer with only Thinc's per-key call
+        for key in store:
+            optimizer(key, store.weights(key), store.gradient(key))
+
+
+def evaluate_and_log(loop: Loop, state: TrainState) -> None:
+    """Score the dev split, tell the schedules, count towards early stopping,
+    and log a row (console and metrics.jsonl)."""
+    optimizer, patience = loop.optimizer, loop.settings.patience
+    state.score = dev_score(loop)
+    optimizer.last_score = state.score
+    if state.best_score is None or state.score > state.best_score:
+        state.best_score, state.evals_since_best = state.score, 0
+    else:
+        state.evals_since_best += 1
+    now, (then, then_step) = time.perf_counter(), loop.clock
+    row = {
+        "step": state.step,
+        "epoch": state.epoch,
+        "loss": state.loss_sum / state.loss_count if state.loss_count else None,
+        "score": state.score,
+        **{p: getattr(optimizer, _ATTRIBUTE.get(p, p)) for p in loop.logged},
+        "steps_per_sec": (state.step - then_step) / max(now - then, 1e-9),
+    }
+    if state.skipped_steps:
+        row["skipped"] = state.skipped_steps
+    loop.logger.log_eval(row)
+    state.loss_sum, state.loss_count = 0.0, 0
+    loop.clock = (now, state.step)
+    if patience and state.evals_since_best >= patience:
+        state.stopped = EARLY_STOP
+        loop.logger.info(f"no improvement in {patience} evaluations")
+
+
+def dev_score(loop: Loop) -> float:
+    """The dev score, with the averaged parameters when there are any (as
+    spaCy evaluates)."""
+    model, store, data, xp = loop.model, loop.store, loop.data, loop.xp
+    averages = loop.optimizer.averages
+    if averages and all(k in averages for k in store):
+        model.use_params({k: averages[k] for k in store}, model.grads)
+        try:
+            return evaluate(model, data.X_dev, data.y_dev, data.task, xp)
+        finally:
+            model.use_params({k: store.weights(k) for k in store}, model.grads)
+    return evaluate(model, data.X_dev, data.y_dev, data.task, xp)
+
+
+def save(loop: Loop, state: TrainState) -> None:
+    """A checkpoint of this step: weights, optimizer and TrainState."""
+    bad = _nonfinite_state(loop.optimizer, loop.store, loop.xp)
+    if bad is not None:
+        raise RunError(
+            f"step {state.step}: {bad}; the checkpoint was not saved (is the "
+            "learning rate too large?)"
+        )
+    record, arrays = state.to_checkpoint()
+    try:
+        save_checkpoint(
+            loop.folder.checkpoints,
+            state.step,
+            arrays={**weight_arrays(loop.store, loop.ops), **arrays},
+            optimizer=loop.optimizer.to_bytes(),
+            state=record,
+            keep=loop.settings.keep_checkpoints,
+        )
+    except OSError as err:  # disk full, permissions, ...
+        raise RunError(
+            f"step {state.step}: the checkpoint could not be written "
+            f"({err.strerror or err}); the earlier checkpoints are kept, so free "
+            "some space (or fix the folder's permissions) and continue with --resume"
+        ) from None
+
+
+# --- the end --------------------------------------------------------------------------
+
+
+def write_final(loop: Loop, state: TrainState, *, trained: bool) -> float:
+    """final.npz (the weights, and their averages) and the last line; a run
+    that was over before it started rewrites it only if it is missing or
+    torn. Returns the final score."""
+    store, ops, averages = loop.store, loop.ops, loop.optimizer.averages
+    final = weight_arrays(store, ops)
+    if averages:
+        for key in store:
+            if key in averages:
+                final[f"avg:{key_name(key)}"] = ops.to_numpy(averages[key])
+    if trained or not loop.folder.final_holds(final):
+        loop.folder.write_final(final)
+    score = state.score if state.score is not None else dev_score(loop)
+    best = score if state.best_score is None else state.best_score
+    loop.logger.info(
+        f"final score {score:.4f} at step {state.step} (best {best:.4f}); "
+        f"weights in {loop.folder.final}"
+    )
+    return score
+
+
+def logged_hyperparameters(optimizer) -> list[str]:
+    """learn_rate, then every other hyperparameter that has a schedule."""
+    return [
+        "learn_rate",
+        *(
+            name
+            for name, schedule in optimizer.schedules.items()
+            if name != "learn_rate" and schedule.name != "constant"
+        ),
+    ]
 
 
 def _nonfinite(loss: float, store: ParamStore, xp) -> str | None:

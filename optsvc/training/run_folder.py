@@ -1,27 +1,39 @@
-"""A run folder and what it holds, apart from the loop that fills it.
+"""A run folder and its rules, apart from the loop that fills it.
 
-The folder: the filled config, metrics.jsonl, checkpoints/ and final.npz. This
-module says whether a folder holds a run, whether a checkpoint can be resumed
-with the current config (and why not), restores the optimizer and RNG from one,
-and tidies what a killed writer left.
+The folder holds the filled config (``config.cfg``), ``metrics.jsonl``,
+``checkpoints/`` and ``final.npz``, and ``.lock`` while a process trains in
+it. `RunFolder` decides, before any training: one process at a time (the
+lock), whether a folder that already holds a run is refused, continued
+(``--resume``) or replaced (``--overwrite``), which checkpoint a resume
+continues from, and tidies what a killed writer left. `check_resumable` says
+whether a checkpoint may be continued with the current config, with a diff
+of what changed when not.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from optsvc.config.parse import config_to_str
-from optsvc.config.schema import SystemSection, TrainingSection
+from optsvc.config import SystemSection, TrainingSection, config_to_str
 from optsvc.errors import OptsvcError
 from optsvc.fileio import write_atomic
-from optsvc.optim.params import ParamStore
-from optsvc.training.checkpoints import config_hash
+from optsvc.training.checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    config_hash,
+    load_latest_checkpoint,
+)
+from optsvc.training.lock import LockedError, RunLock
+from optsvc.training.state import TrainState
 
 # Settings that change how a run is recorded, not what it computes.
 NOT_RELEVANT = {("training", "checkpoint_frequency"), ("training", "keep_checkpoints"),
@@ -33,8 +45,167 @@ class RunError(OptsvcError, RuntimeError):
     """A run that cannot start or continue, with the reason and the fix."""
 
 
-def key_name(key: tuple) -> str:
-    return "/".join(str(k) for k in key)
+class RunFolder:
+    """The folder of one run, and what may be done with it.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d, RunFolder(d) as folder:
+    ...     folder.holds_run()
+    False
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.config_file = self.path / "config.cfg"
+        self.metrics = self.path / "metrics.jsonl"
+        self.checkpoints = self.path / "checkpoints"
+        self.final = self.path / "final.npz"
+        self._lock: RunLock | None = None
+
+    # --- one process at a time --------------------------------------------------------
+
+    def lock(self) -> RunFolder:
+        """Create the folder if needed and take its lock (RunError while
+        another process holds it); then remove what killed writers left."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError(
+                f"output path '{self.path}' is a file; give a folder with -o"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock = RunLock(self.path)
+        except LockedError as err:
+            raise RunError(str(err)) from None
+        self.remove_leftovers()
+        return self
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> RunFolder:
+        return self.lock()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def remove_leftovers(self) -> None:
+        """Temporary files of an earlier, killed writer (the lock is held, so
+        no other process writes here). Saving a checkpoint also tidies its
+        folder, but a run resumed at its last step saves none."""
+        for path in self.path.glob(".*.tmp-*"):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+        for pattern in (".tmp-step-*", ".del-step-*"):
+            for path in self.checkpoints.glob(pattern):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+
+    # --- refuse, resume or overwrite ------------------------------------------------
+
+    def holds_run(self) -> bool:
+        """Whether anything of a run is here (even a partial one)."""
+        return any((self.path / name).exists() for name in RUN_FILES)
+
+    def begin(
+        self,
+        *,
+        resume: bool,
+        overwrite: bool,
+        warn: Callable[[str], None],
+    ) -> tuple[Checkpoint | None, TrainState | None]:
+        """Apply --resume / --overwrite to this (locked) folder: the newest
+        good checkpoint and its state to continue from, or (None, None) to
+        start at step 0. A run already here is refused without either flag,
+        and removed with --overwrite alone."""
+        if self.holds_run() and not (resume or overwrite):
+            raise RunError(
+                f"'{self.path}' already holds a run; add --resume to continue it or "
+                "--overwrite to start again"
+            )
+        if resume:
+            return self.latest_checkpoint(warn)
+        if overwrite:
+            self.clear()
+        return None, None
+
+    def latest_checkpoint(
+        self, warn: Callable[[str], None]
+    ) -> tuple[Checkpoint | None, TrainState | None]:
+        """The newest checkpoint that verifies and whose state reads back, and
+        that state; (None, None) when there is none. Each bad newer one is
+        skipped with a warning."""
+        if not self.checkpoints.is_dir():
+            return None, None
+        try:
+            checkpoint = load_latest_checkpoint(
+                self.checkpoints, warn=warn, check=TrainState.from_checkpoint
+            )
+        except CheckpointError as err:
+            raise RunError(
+                f"cannot resume, {err}; start again with --overwrite"
+            ) from None
+        if checkpoint is None:
+            return None, None
+        return checkpoint, TrainState.from_checkpoint(checkpoint)
+
+    def clear(self) -> None:
+        """Remove the run in this folder (for --overwrite)."""
+        for name in RUN_FILES:
+            target = self.path / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif os.path.lexists(target):
+                target.unlink()
+
+    # --- what the run writes ----------------------------------------------------------
+
+    def write_config(
+        self, config: dict, system: SystemSection, settings: TrainingSection
+    ) -> None:
+        """The config as run: overrides applied, defaults written out."""
+        write_atomic(self.config_file, filled_config(config, system, settings).encode())
+
+    def reset_metrics(self) -> None:
+        """A fresh start: no rows of an earlier attempt."""
+        self.metrics.unlink(missing_ok=True)
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop metrics rows past `step`, which the resumed run will redo, and
+        lines that a kill tore or the disk damaged."""
+        if not self.metrics.exists():
+            return
+        keep = []
+        for raw in self.metrics.read_bytes().splitlines():
+            try:
+                if json.loads(raw.decode("utf8"))["step"] <= step:
+                    keep.append(raw + b"\n")
+            except (ValueError, KeyError, TypeError, RecursionError):
+                continue  # UnicodeDecodeError is a ValueError too
+        write_atomic(self.metrics, b"".join(keep))
+
+    def write_final(self, arrays: dict[str, np.ndarray]) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        write_atomic(self.final, buf.getvalue())
+
+    def final_holds(self, arrays: dict[str, np.ndarray]) -> bool:
+        """Whether final.npz holds exactly `arrays` (a finished run's final
+        weights need no rewriting); False when it is missing or unreadable."""
+        try:
+            if not stat.S_ISREG(os.stat(self.final).st_mode):
+                return False
+            with np.load(self.final, allow_pickle=False) as npz:
+                if sorted(npz.files) != sorted(arrays):
+                    return False
+                return all(_same(npz[name], arrays[name]) for name in arrays)
+        except Exception:  # a torn or damaged archive fails in many ways
+            return False
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
 def relevant_config(config: dict) -> dict:
@@ -47,7 +218,11 @@ def relevant_config(config: dict) -> dict:
 
 
 def config_diff(old: Any, new: Any, path: str = "") -> list[str]:
-    """Dotted paths whose values differ, as 'path: old -> new' lines."""
+    """Dotted paths whose values differ, as 'path: old -> new' lines.
+
+    >>> config_diff({"a": {"b": 1}}, {"a": {"b": 2}})
+    ['a.b: 1 -> 2']
+    """
     if isinstance(old, dict) and isinstance(new, dict):
         lines = []
         for key in sorted(set(old) | set(new), key=str):
@@ -62,72 +237,13 @@ def config_diff(old: Any, new: Any, path: str = "") -> list[str]:
     return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
 
 
-STATE_KEYS = {"step": int, "epoch": int, "cursor": int, "loss_count": int,
-              "evals_since_best": int, "skipped_steps": int, "rng": dict,
-              "loss_sum": (int, float), "best_score": (int, float, type(None)),
-              "score": (int, float, type(None))}  # fmt: skip
-
-
-def state_problem(state: dict) -> str | None:
-    """Why a checkpoint's state cannot be resumed from, or None."""
-    for name, kind in STATE_KEYS.items():
-        if name not in state:
-            return f"has no '{name}'"
-        value = state[name]
-        if isinstance(value, bool) or not isinstance(value, kind):
-            return f"has a bad '{name}' ({value!r:.60})"
-        if kind is int and value < 0:
-            return f"has a negative '{name}' ({value})"
-    return None
-
-
-def restore_problem(checkpoint, store: ParamStore, n_train: int, optimizer, rng):
-    """Check a checkpoint against the model, and restore the optimizer and the
-    RNG from it; what does not fit, or None. The weights are not touched."""
-    arrays, names = checkpoint.arrays, {f"w:{key_name(k)}": k for k in store}
-    for name, key in names.items():
-        saved = arrays.get(name)
-        if saved is None:
-            return f"it holds no weights for parameter {key}"
-        if saved.shape != store.shape(key) or saved.dtype != store.flat_weights.dtype:
-            return (
-                f"its weights for parameter {key} are {saved.dtype} of shape "
-                f"{saved.shape}, but the model's are {store.flat_weights.dtype} of "
-                f"shape {store.shape(key)}"
-            )
-    extra = sorted(n for n in arrays if n.startswith("w:") and n not in names)
-    if extra:
-        return f"it holds weights the model does not have ({', '.join(extra[:3])})"
-    order = arrays.get("data_order")
-    if (
-        order is None
-        or order.dtype.kind not in "iu"
-        or order.shape != (n_train,)
-        or not np.array_equal(np.sort(order), np.arange(n_train))
-    ):
-        return f"its data_order is not an ordering of the {n_train} training examples"
-    if checkpoint.state["cursor"] > n_train:
-        return f"its data position {checkpoint.state['cursor']} is past the data"
-    try:
-        rng.bit_generator.state = checkpoint.state["rng"]
-    except (KeyError, TypeError, ValueError) as err:
-        return f"its random generator state is malformed ({err})"
-    try:
-        optimizer.from_bytes(checkpoint.optimizer)
-    except ValueError as err:  # StateError
-        return f"its optimizer state is refused: {err}"
-    for key in store:
-        average = (optimizer.averages or {}).get(key)
-        moment = optimizer.mom1.get(key)
-        if (average is not None and average.shape != store.shape(key)) or (
-            moment is not None and moment.size != store.size_of(key)
-        ):
-            return f"its optimizer state for parameter {key} does not fit the model"
-    return None
-
-
-def check_resumable(state: dict, relevant: dict, max_steps: int, allow_extend: bool):
-    saved = state.get("config")
+def check_resumable(
+    state: TrainState, relevant: dict, max_steps: int, allow_extend: bool
+) -> None:
+    """RunError unless a run at `state` may continue with this config: the
+    training-relevant values unchanged (else a diff), and max_steps not below
+    the step, nor changed without --extend."""
+    saved = state.config
     if saved is not None and config_hash(saved) != config_hash(relevant):
         lines = config_diff(saved, relevant)
         raise RunError(
@@ -139,54 +255,20 @@ def check_resumable(state: dict, relevant: dict, max_steps: int, allow_extend: b
             + (
                 "\n(values written as ${training.max_steps} follow max_steps, so "
                 "--extend cannot lengthen a run whose schedule depends on it)"
-                if state.get("max_steps") not in (None, max_steps)
+                if state.max_steps not in (None, max_steps)
                 else ""
             )
         )
-    if state["step"] > max_steps:
+    if state.step > max_steps:
         raise RunError(
-            f"the checkpoint is at step {state['step']}, past training.max_steps "
+            f"the checkpoint is at step {state.step}, past training.max_steps "
             f"({max_steps}); there is nothing left to run"
         )
-    saved_max = state.get("max_steps")
-    if saved_max is not None and saved_max != max_steps and not allow_extend:
+    if state.max_steps not in (None, max_steps) and not allow_extend:
         raise RunError(
-            f"training.max_steps changed from {saved_max} to {max_steps}; add "
+            f"training.max_steps changed from {state.max_steps} to {max_steps}; add "
             "--extend to continue the run to the new length"
         )
-
-
-def remove_leftovers(out: Path) -> None:
-    """Temporary files of an earlier, killed writer (we hold the lock now, so
-    no other process writes here). Saving a checkpoint also tidies its folder,
-    but a run resumed at its last step saves none."""
-    for path in out.glob(".*.tmp-*"):
-        if path.is_file():
-            path.unlink(missing_ok=True)
-    for pattern in (".tmp-step-*", ".del-step-*"):
-        for path in (out / "checkpoints").glob(pattern):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics rows past the checkpoint, which the resumed run will redo."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf8").splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue  # a line torn by a kill
-    write_atomic(path, "".join(line + "\n" for line in keep).encode())
-
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    write_atomic(path, buf.getvalue())
 
 
 def filled_config(
@@ -197,3 +279,15 @@ def filled_config(
     filled["system"] = {**system.model_dump(), **filled.get("system", {})}
     filled["training"] = {**settings.model_dump(), **filled["training"]}
     return config_to_str(filled)
+
+
+__all__ = [
+    "RunFolder",
+    "RunError",
+    "RUN_FILES",
+    "NOT_RELEVANT",
+    "check_resumable",
+    "config_diff",
+    "filled_config",
+    "relevant_config",
+]

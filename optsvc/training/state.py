@@ -1,0 +1,287 @@
+"""What resume restores: everything a checkpoint records, and how it is read back.
+
+A training checkpoint (see `optsvc.training.checkpoints` for the folder) holds
+
+- the model's weights: one array `w:KEY` each in ``arrays.npz``
+  (`weight_arrays`, restored by `restore_model`);
+- the optimizer's state: ``optimizer.bin``, `Optimizer.to_bytes()` (moments,
+  averages, update counts, the schedule step, the last score and the state of
+  every schedule, such as plateau's patience), restored by `restore_model`;
+- `TrainState`: everything else that decides what happens next. The data
+  position (epoch, cursor and this epoch's order of the examples, the array
+  ``data_order``), the random generator that draws the next order, the loss
+  summed since the last evaluation, the skipped-step count, the evaluations
+  (last score, best score, evaluations since the best: early stopping) and
+  whether and why the run ended. `TrainState.to_checkpoint` writes it,
+  `TrainState.from_checkpoint` reads it back and checks every value.
+
+Nothing else is restored: a resumed run that ends, with the same config, as
+an uninterrupted one did, bit for bit on the CPU, is the test of this list.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from optsvc.about import __version__
+from optsvc.errors import OptsvcError
+from optsvc.optim import Optimizer, ParamStore
+from optsvc.training.checkpoints import Checkpoint, CheckpointError, config_hash
+
+EARLY_STOP, MAX_STEPS = "early_stop", "max_steps"
+STOP_REASONS = (EARLY_STOP, MAX_STEPS)
+DATA_ORDER = "data_order"  # the array in arrays.npz
+# Counters are saved as JSON ints; beyond int64 they could not be real.
+_MAX_COUNT = 2**63 - 1
+
+# The counters of state.json that every checkpoint has had, and the numbers.
+_COUNTERS = ("step", "epoch", "cursor", "loss_count", "evals_since_best",
+             "skipped_steps")  # fmt: skip
+_SCORES = ("score", "best_score")
+
+
+class ModelMismatch(OptsvcError, ValueError):
+    """A checkpoint that verifies but does not fit the model being trained."""
+
+
+def key_name(key: tuple) -> str:
+    """A parameter key as it is named in checkpoints and final.npz.
+
+    >>> key_name((0, "W"))
+    '0/W'
+    """
+    return "/".join(str(k) for k in key)
+
+
+@dataclass(eq=False)
+class TrainState:
+    """The loop's state apart from the weights and the optimizer: one record,
+    written into each checkpoint and read back on resume.
+
+    >>> state = TrainState.start(n_train=4, seed=0)
+    >>> (state.step, state.epoch, state.cursor, state.stopped)
+    (0, 0, 4, None)
+    """
+
+    order: np.ndarray  # this epoch's order of the training examples
+    rng: np.random.Generator  # draws the next epoch's order
+    step: int = 0
+    epoch: int = 0
+    cursor: int = 0  # position in `order`; at its end, a new epoch comes first
+    loss_sum: float = 0.0  # over the steps since the last evaluation
+    loss_count: int = 0
+    skipped_steps: int = 0
+    score: float | None = None  # of the last evaluation
+    best_score: float | None = None
+    evals_since_best: int = 0
+    stopped: str | None = None  # None while running, else one of STOP_REASONS
+    # What the run was started with: resume refuses another config with a diff.
+    config: dict | None = None  # the training-relevant config
+    max_steps: int | None = None
+    backend: str = field(default="numpy")
+
+    @classmethod
+    def start(cls, n_train: int, seed: int) -> TrainState:
+        """The state of a fresh run: step 0, a new epoch due first."""
+        return cls(
+            order=np.arange(n_train),
+            rng=np.random.default_rng(seed),
+            cursor=n_train,
+        )
+
+    def ended_by(self, max_steps: int, patience: int) -> str | None:
+        """Why the run is over (EARLY_STOP or MAX_STEPS), or None.
+
+        A run that stopped early stays stopped. Checkpoints written before
+        the reason was recorded tell by their count of evaluations without
+        improvement: the loop stops as soon as it reaches `patience`.
+        """
+        if self.stopped == EARLY_STOP or (
+            patience and self.evals_since_best >= patience
+        ):
+            return EARLY_STOP
+        return MAX_STEPS if self.step >= max_steps else None
+
+    # --- into a checkpoint and back --------------------------------------------------
+
+    def to_checkpoint(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """The record as `state.json` data and arrays for ``arrays.npz``."""
+        state = {
+            "step": self.step, "epoch": self.epoch, "cursor": self.cursor,
+            "rng": self.rng.bit_generator.state, "loss_sum": self.loss_sum,
+            "loss_count": self.loss_count, "best_score": self.best_score,
+            "evals_since_best": self.evals_since_best, "score": self.score,
+            "skipped_steps": self.skipped_steps, "stopped": self.stopped,
+            "config": self.config, "max_steps": self.max_steps,
+            "config_hash": None if self.config is None else config_hash(self.config),
+            "backend": self.backend, "optsvc": __version__,
+        }  # fmt: skip
+        return state, {DATA_ORDER: np.asarray(self.order)}
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint) -> TrainState:
+        """The record a checkpoint holds, every value checked; CheckpointError
+        (a checkpoint to skip, like a corrupt one) naming what is wrong."""
+        raw, where = checkpoint.state, checkpoint.path
+
+        def bad(problem: str) -> CheckpointError:
+            return CheckpointError(f"{where}: state.json {problem}")
+
+        for name in (*_COUNTERS, "loss_sum", *_SCORES, "rng"):
+            if name not in raw:
+                raise bad(f"has no '{name}'")
+        counts = {name: _count(raw[name], name, bad) for name in _COUNTERS}
+        if counts["step"] != checkpoint.step:
+            raise bad(
+                f"is for step {counts['step']}, the checkpoint for {checkpoint.step}"
+            )
+        order = _order(checkpoint.arrays.get(DATA_ORDER), bad)
+        if counts["cursor"] > order.size:
+            raise bad(f"has a data position {counts['cursor']} past the data")
+        return cls(
+            order=order,
+            rng=_generator(raw["rng"], bad),
+            loss_sum=_number(raw["loss_sum"], "loss_sum", bad),
+            score=_score(raw["score"], "score", bad),
+            best_score=_score(raw["best_score"], "best_score", bad),
+            stopped=_stop_reason(raw.get("stopped"), bad),
+            config=_config(raw.get("config"), bad),
+            max_steps=_max_steps(raw.get("max_steps"), bad),
+            backend=str(raw.get("backend", "numpy")),
+            **counts,
+        )
+
+
+def _count(value: Any, name: str, bad) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad(f"has a bad '{name}' ({value!r:.60})")
+    if not 0 <= value <= _MAX_COUNT:
+        raise bad(f"has '{name}' = {value:.3g} out of range")
+    return value
+
+
+def _number(value: Any, name: str, bad) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise bad(f"has a bad '{name}' ({value!r:.60})")
+    if isinstance(value, int) and abs(value) > _MAX_COUNT:
+        raise bad(f"has '{name}' = {value:.3g} out of range")
+    if math.isnan(value):
+        raise bad(f"has '{name}' = NaN")
+    return value
+
+
+def _score(value: Any, name: str, bad) -> float | None:
+    return None if value is None else _number(value, name, bad)
+
+
+def _stop_reason(value: Any, bad) -> str | None:
+    if value is not None and value not in STOP_REASONS:
+        raise bad(f"has a bad 'stopped' ({value!r:.60})")
+    return value
+
+
+def _config(value: Any, bad) -> dict | None:
+    if value is not None and not isinstance(value, dict):
+        raise bad(f"has a bad 'config' ({value!r:.60})")
+    return value
+
+
+def _max_steps(value: Any, bad) -> int | None:
+    return None if value is None else _count(value, "max_steps", bad)
+
+
+def _order(order: Any, bad) -> np.ndarray:
+    if order is None:
+        raise bad(f"has no array '{DATA_ORDER}' beside it")
+    if (
+        order.ndim != 1
+        or order.dtype.kind not in "iu"
+        or not np.array_equal(np.sort(order), np.arange(order.size))
+    ):
+        raise bad(f"has a '{DATA_ORDER}' that is not an ordering of the examples")
+    return order
+
+
+def _generator(value: Any, bad) -> np.random.Generator:
+    rng = np.random.default_rng(0)
+    try:
+        rng.bit_generator.state = value
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
+        raise bad(f"has a malformed random generator state ({err})") from None
+    return rng
+
+
+# --- the model's weights and the optimizer -------------------------------------------
+
+
+def weight_arrays(store: ParamStore, ops) -> dict[str, np.ndarray]:
+    """The weights as checkpoints and final.npz name them (`w:KEY`), on the host."""
+    return {f"w:{key_name(k)}": ops.to_numpy(store.weights(k)) for k in store}
+
+
+def restore_model(
+    checkpoint: Checkpoint,
+    store: ParamStore,
+    optimizer: Optimizer,
+    ops,
+    *,
+    n_train: int,
+) -> None:
+    """Load the checkpoint's weights into `store` and its state into
+    `optimizer`, after checking that they fit the model and the data of
+    `n_train` examples; ModelMismatch, naming what does not fit, leaves the
+    weights untouched."""
+    arrays, names = checkpoint.arrays, {f"w:{key_name(k)}": k for k in store}
+    for name, key in names.items():
+        _check_weights(arrays.get(name), key, store)
+    extra = sorted(n for n in arrays if n.startswith("w:") and n not in names)
+    if extra:
+        raise ModelMismatch(
+            f"it holds weights the model does not have ({', '.join(extra[:3])})"
+        )
+    order = arrays.get(DATA_ORDER)
+    if order is None or order.size != n_train:
+        raise ModelMismatch(
+            f"its data_order is not an ordering of the {n_train} training examples"
+        )
+    try:
+        optimizer.from_bytes(checkpoint.optimizer)
+    except ValueError as err:  # StateError
+        raise ModelMismatch(f"its optimizer state is refused: {err}") from None
+    for key in store:
+        average = (optimizer.averages or {}).get(key)
+        moment = optimizer.mom1.get(key)
+        if (average is not None and average.shape != store.shape(key)) or (
+            moment is not None and moment.size != store.size_of(key)
+        ):
+            raise ModelMismatch(
+                f"its optimizer state for parameter {key} does not fit the model"
+            )
+    for name, key in names.items():
+        store.weights(key)[...] = ops.asarray(arrays[name])
+
+
+def _check_weights(saved: np.ndarray | None, key: tuple, store: ParamStore) -> None:
+    if saved is None:
+        raise ModelMismatch(f"it holds no weights for parameter {key}")
+    dtype = store.flat_weights.dtype
+    if saved.shape != store.shape(key) or saved.dtype != dtype:
+        raise ModelMismatch(
+            f"its weights for parameter {key} are {saved.dtype} of shape "
+            f"{saved.shape}, but the model's are {dtype} of shape {store.shape(key)}"
+        )
+
+
+__all__ = [
+    "TrainState",
+    "ModelMismatch",
+    "EARLY_STOP",
+    "MAX_STEPS",
+    "weight_arrays",
+    "restore_model",
+    "key_name",
+]
