@@ -1024,3 +1024,22 @@ def test_generated_configs_never_crash(tmp_path, content, args):
         assert "✘" in output
     else:
         assert "is valid" in output or "Usage" in output
+
+
+def test_an_override_inside_a_section_another_override_replaces_is_refused():
+    # Found by the config fuzz: the second override used to hit a float.
+    cfg = Path(__file__).parents[1] / "configs" / "quickstart.cfg"
+    result = CliRunner().invoke(
+        app,
+        [
+            "validate",
+            str(cfg),
+            "--optimizer.learn_rate",
+            "1e+30",
+            "--optimizer.learn_rate.base_rate",
+            "1",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "optimizer.learn_rate.base_rate: sets a value inside" in result.output
+    assert "internal error" not in result.output

@@ -215,6 +215,18 @@ def _check_override_sections(config: dict, overrides: dict[str, Any]) -> None:
         for name in overrides
         if not _has_section(config, name.rsplit(".", 1)[0])
     ]
+    # `--a.b 1 --a.b.c 2`: the first replaces the section the second sets a
+    # value in, so neither order can mean what was asked.
+    issues += [
+        ConfigIssue(
+            inner,
+            f"sets a value inside '{outer}', which another override replaces",
+            hint=f"give --{outer} or --{inner}, not both",
+        )
+        for outer in overrides
+        for inner in overrides
+        if inner.startswith(outer + ".")
+    ]
     if issues:
         raise ConfigError(issues)
 

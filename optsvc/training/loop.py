@@ -26,9 +26,9 @@ from optsvc.config import (
     ConfigIssue,
     SystemSection,
     TrainingSection,
-    build_block,
     validate_config,
 )
+from optsvc.config.preview import ATTRS
 from optsvc.optim import Optimizer, ParamStore
 from optsvc.toys.models import evaluate, mean_squared_error, softmax_cross_entropy
 from optsvc.training.checkpoints import Checkpoint, save_checkpoint
@@ -49,10 +49,6 @@ from optsvc.training.state import (
     restore_model,
     weight_arrays,
 )
-
-# The optimizer's attribute for a hyperparameter, where it is not the
-# argument's name (Thinc's names).
-_ATTRIBUTE = {"beta1": "b1", "beta2": "b2"}
 
 
 @dataclass
@@ -155,8 +151,8 @@ class Job:
                 "training configs: [system], [data], [model], [training], [optimizer]"
             )
         gpu_id = report.system.gpu_id if gpu_id is None else gpu_id
-        data = build_block(config["data"], "data")
-        model = build_block(config["model"], "model")
+        data = report.build("data")
+        model = report.build("model")
         path = report.sections.optimizer_path
         return cls(
             config=config,
@@ -428,7 +424,7 @@ def evaluate_and_log(loop: Loop, state: TrainState) -> None:
         "epoch": state.epoch,
         "loss": state.loss_sum / state.loss_count if state.loss_count else None,
         "score": state.score,
-        **{p: getattr(optimizer, _ATTRIBUTE.get(p, p)) for p in loop.logged},
+        **{p: getattr(optimizer, ATTRS[p]) for p in loop.logged},
         "steps_per_sec": (state.step - then_step) / max(now - then, 1e-9),
     }
     if state.skipped_steps:
