@@ -23,32 +23,16 @@ if not _gpu_usable():
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from optsvc.backends import NumpyOps, get_ops  # noqa: E402
+from optsvc.backends import CudaKernelOps, get_ops  # noqa: E402
 
 
-class SimulatedGpuOps(NumpyOps):
-    """numpy arrays, updated by the numba.cuda kernels under the simulator:
-    the GPU code path of the Optimizer, exercised in CI without a GPU."""
+class SimulatedGpuOps(CudaKernelOps):
+    """The shipped GPU backend's kernel dispatch (`CudaKernelOps`, which
+    `CupyOps` only gives cupy arrays, a device and a stream) on numpy arrays:
+    under numba's CUDA simulator, the GPU code path of the Optimizer, run in
+    CI without a GPU."""
 
     name = "cuda-sim"
-
-    def fused_update(self, w, g, m, v, ema, **hyper) -> None:
-        from optsvc.backends import cuda_kernels
-
-        cuda_kernels.fused_update(w, g, m, v, ema, **hyper)
-
-    def make_layout(self, offsets, sizes):
-        from optsvc.backends import cuda_multi
-        from optsvc.backends.ops import Layout
-
-        return Layout(offsets, sizes, cuda_multi.make_layout(offsets, sizes))
-
-    def multi_update(self, w, g, m, v, ema, *, layout, params, **hyper) -> None:
-        from optsvc.backends import cuda_multi
-
-        cuda_multi.multi_update(
-            w, g, m, v, ema, layout=layout.device, params=params.packed, **hyper
-        )
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -372,5 +372,5 @@ def test_to_cpu_keeps_numbers(ops):
     assert isinstance(opt.mom1[(0, "W")], np.ndarray)
     np.testing.assert_array_equal(opt.mom1[(0, "W")], m)
     np.testing.assert_array_equal(
-        opt.averages[(0, "W")].reshape(-1), opt._slots[(0, "W")].ema
+        opt.averages[(0, "W")].reshape(-1), opt.state.slots[(0, "W")].ema
     )
