@@ -1,5 +1,7 @@
 import os
 import sys
+import threading
+import traceback
 
 
 # --- numba CUDA simulator switch -------------------------------------------
@@ -35,6 +37,37 @@ class SimulatedGpuOps(CudaKernelOps):
     name = "cuda-sim"
 
 
+def _lock_simulated_shared_arrays() -> None:
+    """numba's CUDA simulator hands each thread of a block the block's shared
+    array from a dict filled on first use, without a lock: two threads that
+    ask at once can each get a fresh, uninitialised array, and the block's
+    reduction then sums garbage (a rare, order-dependent failure of a
+    clipped update). The same lookup, under a lock."""
+    try:
+        from numba.core import types
+        from numba.cuda.simulator.kernelapi import FakeCUDAShared
+        from numba.np import numpy_support
+    except ImportError:  # numba absent, or laid out differently: leave it
+        return
+    unlocked = FakeCUDAShared.array
+    lock = threading.Lock()
+
+    def array(self, shape, dtype):
+        if shape == 0 or not hasattr(self, "_allocations"):
+            return unlocked(self, shape, dtype)
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        # keyed by the calling line, as the simulator keys it
+        caller = traceback.extract_stack(sys._getframe(1), limit=1)[0][0:2]
+        with lock:
+            found = self._allocations.get(caller)
+            if found is None:
+                found = self._allocations[caller] = np.empty(shape, dtype)
+        return found
+
+    FakeCUDAShared.array = array
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _fast_simulator():
     """The CUDA simulator runs each thread as a Python thread and polls them at
@@ -43,6 +76,7 @@ def _fast_simulator():
     if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
         yield
         return
+    _lock_simulated_shared_arrays()
     old = sys.getswitchinterval()
     sys.setswitchinterval(1e-4)
     yield
