@@ -1,5 +1,7 @@
 import os
 import sys
+import threading
+import traceback
 
 
 # --- numba CUDA simulator switch -------------------------------------------
@@ -23,32 +25,47 @@ if not _gpu_usable():
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from optsvc.backends import NumpyOps, get_ops  # noqa: E402
+from optsvc.backends import CudaKernelOps, get_ops  # noqa: E402
 
 
-class SimulatedGpuOps(NumpyOps):
-    """numpy arrays, updated by the numba.cuda kernels under the simulator:
-    the GPU code path of the Optimizer, exercised in CI without a GPU."""
+class SimulatedGpuOps(CudaKernelOps):
+    """The shipped GPU backend's kernel dispatch (`CudaKernelOps`, which
+    `CupyOps` only gives cupy arrays, a device and a stream) on numpy arrays:
+    under numba's CUDA simulator, the GPU code path of the Optimizer, run in
+    CI without a GPU."""
 
     name = "cuda-sim"
 
-    def fused_update(self, w, g, m, v, ema, **hyper) -> None:
-        from optsvc.backends import cuda_kernels
 
-        cuda_kernels.fused_update(w, g, m, v, ema, **hyper)
+def _lock_simulated_shared_arrays() -> None:
+    """numba's CUDA simulator hands each thread of a block the block's shared
+    array from a dict filled on first use, without a lock: two threads that
+    ask at once can each get a fresh, uninitialised array, and the block's
+    reduction then sums garbage (a rare, order-dependent failure of a
+    clipped update). The same lookup, under a lock."""
+    try:
+        from numba.core import types
+        from numba.cuda.simulator.kernelapi import FakeCUDAShared
+        from numba.np import numpy_support
+    except ImportError:  # numba absent, or laid out differently: leave it
+        return
+    unlocked = FakeCUDAShared.array
+    lock = threading.Lock()
 
-    def make_layout(self, offsets, sizes):
-        from optsvc.backends import cuda_multi
-        from optsvc.backends.ops import Layout
+    def array(self, shape, dtype):
+        if shape == 0 or not hasattr(self, "_allocations"):
+            return unlocked(self, shape, dtype)
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        # keyed by the calling line, as the simulator keys it
+        caller = traceback.extract_stack(sys._getframe(1), limit=1)[0][0:2]
+        with lock:
+            found = self._allocations.get(caller)
+            if found is None:
+                found = self._allocations[caller] = np.empty(shape, dtype)
+        return found
 
-        return Layout(offsets, sizes, cuda_multi.make_layout(offsets, sizes))
-
-    def multi_update(self, w, g, m, v, ema, *, layout, params, **hyper) -> None:
-        from optsvc.backends import cuda_multi
-
-        cuda_multi.multi_update(
-            w, g, m, v, ema, layout=layout.device, params=params.packed, **hyper
-        )
+    FakeCUDAShared.array = array
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -59,6 +76,7 @@ def _fast_simulator():
     if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
         yield
         return
+    _lock_simulated_shared_arrays()
     old = sys.getswitchinterval()
     sys.setswitchinterval(1e-4)
     yield

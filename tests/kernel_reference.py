@@ -1,8 +1,8 @@
 """Plain-numpy reference for one optimizer update, written line by line in
 Thinc 9.1.1's order. The backends' fused kernels are tested against it.
 
-kind: 0 = SGD (w -= lr * g), 1 = Adam (w -= lr * m / (sqrt(v) + eps)),
-2 = momentum only (RAdam before its variance is rectified: w -= lr * m).
+kind: an `UpdateKind`: SGD (w -= lr * g), ADAM (w -= lr * m / (sqrt(v) +
+eps)), MOMENTUM (RAdam before its variance is rectified: w -= lr * m).
 `lr` is the final per-step multiplier (bias correction and lr_scale folded
 in), `decay` the weight-decay multiplier applied after the update and
 `ema_rate` the averaging rate (1 - d).
@@ -10,7 +10,7 @@ in), `decay` the weight-decay multiplier applied after the update and
 
 import numpy as np
 
-SGD, ADAM, MOMENTUM = 0, 1, 2
+from optsvc.backends import UpdateKind
 
 
 def reference_update(
@@ -23,14 +23,14 @@ def reference_update(
         norm = f32(np.sqrt(np.dot(g.ravel().astype(np.float64), g.ravel())))
         if norm >= clip:
             g *= f32(clip) / norm
-    if kind == SGD:
+    if kind == UpdateKind.SGD:
         w -= f32(lr) * g
     else:
         m *= f32(b1)
         m += f32(1.0 - b1) * g
         v *= f32(b2)
         v += f32(1.0 - b2) * (g * g)
-        if kind == ADAM:
+        if kind == UpdateKind.ADAM:
             w -= f32(lr) * (m / (np.sqrt(v) + f32(eps)))
         else:
             w -= f32(lr) * m
@@ -52,7 +52,7 @@ def random_state(n, kind, averages, seed=0):
         "v": None,
         "ema": rng.standard_normal(n).astype(np.float32) if averages else None,
     }
-    if kind != SGD:
+    if kind != UpdateKind.SGD:
         arrays["m"] = rng.standard_normal(n).astype(np.float32) * 0.1
         arrays["v"] = rng.random(n).astype(np.float32) * 0.1
     return arrays

@@ -69,3 +69,29 @@ def test_optimizer_state_follows_the_ops_argument(ops):
     opt((1, "W"), w, g)
     assert opt.ops is ops
     assert ops.owns(opt.mom1[(1, "W")]) and ops.owns(opt.averages[(1, "W")])
+
+
+def test_the_simulated_gpu_backend_is_the_shipped_dispatch():
+    # CI has no GPU: the tests run CudaKernelOps, the dispatch CupyOps ships,
+    # on numpy under numba's CUDA simulator. Neither class may carry its own
+    # copy of the kernel dispatch.
+    from conftest import SimulatedGpuOps
+
+    from optsvc.backends import CudaKernelOps, CupyOps
+
+    dispatch = {"fused_update", "make_layout", "multi_update"}
+    assert issubclass(CupyOps, CudaKernelOps)
+    assert issubclass(SimulatedGpuOps, CudaKernelOps)
+    assert not dispatch & set(vars(CupyOps))
+    own = {name for name in vars(SimulatedGpuOps) if not name.startswith("__")}
+    assert own == {"name"}
+
+
+def test_update_kinds_keep_the_numbers_the_kernels_read():
+    from optsvc.backends import UpdateKind
+
+    assert [(k.name, int(k)) for k in UpdateKind] == [
+        ("SGD", 0),
+        ("ADAM", 1),
+        ("MOMENTUM", 2),
+    ]

@@ -25,9 +25,9 @@ numba = pytest.importorskip(
     exc_type=ImportError,
 )
 
-from kernel_reference import ADAM, MOMENTUM, SGD, reference_update  # noqa: E402
+from kernel_reference import reference_update  # noqa: E402
 
-from optsvc.backends import cuda_common  # noqa: E402
+from optsvc.backends import UpdateKind, cuda_common  # noqa: E402
 from optsvc.backends import cuda_kernels as ck  # noqa: E402
 
 SIM = bool(numba.config.ENABLE_CUDASIM)
@@ -42,7 +42,11 @@ else:
             "CUDA simulator is off and no GPU is usable", allow_module_level=True
         )
 
-KINDS = {"sgd": SGD, "adam": ADAM, "momentum": MOMENTUM}
+KINDS = {
+    "sgd": UpdateKind.SGD,
+    "adam": UpdateKind.ADAM,
+    "momentum": UpdateKind.MOMENTUM,
+}
 NAMES = ("w", "g", "m", "v", "ema")
 HYPER = dict(lr=0.005, b1=0.9, b2=0.999, eps=1e-8, ema_rate=0.1)
 
@@ -69,7 +73,7 @@ def make_state(rng, n, kind, with_ema):
         "v": None,
         "ema": None,
     }
-    if kind != SGD:
+    if kind != UpdateKind.SGD:
         state["m"] = (0.05 * rng.standard_normal(n)).astype(f32)
         state["v"] = rng.uniform(1e-3, 1e-2, n).astype(f32)
     if with_ema:
@@ -139,10 +143,10 @@ def test_consecutive_steps_carry_state(kind):
 
 
 def _clipped_call(rng, n=40):
-    state = make_state(rng, n, ADAM, with_ema=False)
+    state = make_state(rng, n, UpdateKind.ADAM, with_ema=False)
     clip = clip_value(state["g"], state["w"], 0.0, "fires")
     return step_both(
-        state, exact=False, kind=ADAM, l2=0.0, clip=clip, decay=0.0, **HYPER
+        state, exact=False, kind=UpdateKind.ADAM, l2=0.0, clip=clip, decay=0.0, **HYPER
     )
 
 
@@ -178,9 +182,9 @@ def test_dirty_scratch_is_rezeroed():
 def test_external_stream():
     rng = np.random.default_rng(9)
     n = 50
-    state = make_state(rng, n, MOMENTUM, with_ema=True)
+    state = make_state(rng, n, UpdateKind.MOMENTUM, with_ema=True)
     clip = clip_value(state["g"], state["w"], 0.0, "fires")
-    kw = dict(HYPER, kind=MOMENTUM, l2=0.0, clip=clip, decay=0.0)
+    kw = dict(HYPER, kind=UpdateKind.MOMENTUM, l2=0.0, clip=clip, decay=0.0)
     ref = {k: None if a is None else a.copy() for k, a in state.items()}
     reference_update(*(ref[k] for k in NAMES), **kw)
     if SIM:
@@ -218,17 +222,19 @@ def test_branches_follow_host_values(kind):
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_non_finite_gradients_propagate_like_the_reference():
     rng = np.random.default_rng(12)
-    state = make_state(rng, 20, ADAM, with_ema=True)
+    state = make_state(rng, 20, UpdateKind.ADAM, with_ema=True)
     state["g"][3] = np.nan
     state["g"][7] = np.inf
-    kw = dict(HYPER, kind=ADAM, l2=0.01, clip=1.0, decay=1e-3)
+    kw = dict(HYPER, kind=UpdateKind.ADAM, l2=0.01, clip=1.0, decay=1e-3)
     with np.errstate(invalid="ignore", over="ignore"):
         step_both(state, exact=SIM, **kw)
 
 
 def test_empty_arrays_are_a_no_op():
     e = to_device(np.zeros(0, np.float32))
-    ck.fused_update(e, e, e, e, e, kind=ADAM, l2=0.1, clip=1.0, decay=0.1, **HYPER)
+    ck.fused_update(
+        e, e, e, e, e, kind=UpdateKind.ADAM, l2=0.1, clip=1.0, decay=0.1, **HYPER
+    )
 
 
 def test_rejects_bad_arguments():
@@ -237,16 +243,16 @@ def test_rejects_bad_arguments():
     with pytest.raises(ValueError, match="kind"):
         ck.fused_update(a, a, None, None, None, kind=3, **kw)
     with pytest.raises(ValueError, match="m and v"):
-        ck.fused_update(a, a, None, None, None, kind=ADAM, **kw)
+        ck.fused_update(a, a, None, None, None, kind=UpdateKind.ADAM, **kw)
     with pytest.raises(TypeError, match="float32"):
         b = to_device(np.ones(4, np.float64))
-        ck.fused_update(a, b, None, None, None, kind=SGD, **kw)
+        ck.fused_update(a, b, None, None, None, kind=UpdateKind.SGD, **kw)
     with pytest.raises(ValueError, match="size"):
         b = to_device(np.ones(5, np.float32))
-        ck.fused_update(a, b, None, None, None, kind=SGD, **kw)
+        ck.fused_update(a, b, None, None, None, kind=UpdateKind.SGD, **kw)
     with pytest.raises(ValueError, match="contiguous"):
         b = to_device(np.ones(8, np.float32))[::2]
-        ck.fused_update(a, b, None, None, None, kind=SGD, **kw)
+        ck.fused_update(a, b, None, None, None, kind=UpdateKind.SGD, **kw)
 
 
 def test_module_imports_without_numba():
@@ -257,11 +263,12 @@ import sys
 import numpy as np
 import optsvc.backends.cuda_kernels as ck
 import optsvc.backends.cuda_multi
+from optsvc.backends import UpdateKind
 assert "numba" not in sys.modules, "importing the CUDA kernels imported numba"
 sys.modules["numba"] = None  # make numba unimportable from here on
 a = np.zeros(3, np.float32)
 try:
-    ck.fused_update(a, a.copy(), None, None, None, kind=ck.SGD, lr=0.1, b1=0.9,
+    ck.fused_update(a, a.copy(), None, None, None, kind=UpdateKind.SGD, lr=0.1, b1=0.9,
                     b2=0.999, eps=1e-8, l2=0.0, clip=0.0, decay=0.0, ema_rate=0.0)
 except ImportError as exc:
     assert "numba" in str(exc), exc
@@ -295,7 +302,7 @@ def test_property_matches_reference(data):
         "v": None,
         "ema": data.draw(_f32_arrays(n, -2, 2), label="ema") if with_ema else None,
     }
-    if kind != SGD:
+    if kind != UpdateKind.SGD:
         state["m"] = data.draw(_f32_arrays(n, -1, 1), label="m")
         state["v"] = data.draw(_f32_arrays(n, 1e-2, 1), label="v")
     l2 = data.draw(st.sampled_from([0.0, 1e-3, 0.05]), label="l2")

@@ -11,7 +11,9 @@ simulator.
 
 import numpy as np
 import pytest
-from kernel_reference import ADAM, MOMENTUM, SGD, reference_update
+from kernel_reference import reference_update
+
+from optsvc.backends import UpdateKind
 
 numba = pytest.importorskip(
     "numba",
@@ -92,7 +94,7 @@ def run_both(state, offsets, sizes, params, *, exact, layout=None, **shared):
         }
         kind = int(params[2, t])
         reference_update(
-            *(None if kind == SGD and k in "mv" else part[k] for k in NAMES),
+            *(None if kind == UpdateKind.SGD and k in "mv" else part[k] for k in NAMES),
             kind=kind,
             lr=float(params[0, t]),
             ema_rate=float(params[1, t]),
@@ -119,12 +121,19 @@ def run_both(state, offsets, sizes, params, *, exact, layout=None, **shared):
 HYPER = dict(b1=0.9, b2=0.999, eps=1e-8)
 
 
-@pytest.mark.parametrize("kinds", [[SGD] * 6, [ADAM] * 6, [ADAM, MOMENTUM] * 3])
+@pytest.mark.parametrize(
+    "kinds",
+    [
+        [UpdateKind.SGD] * 6,
+        [UpdateKind.ADAM] * 6,
+        [UpdateKind.ADAM, UpdateKind.MOMENTUM] * 3,
+    ],
+)
 @pytest.mark.parametrize("l2,decay", [(0.0, 0.0), (0.01, 1e-3)])
 @pytest.mark.parametrize("with_ema", [False, True], ids=["no_ema", "ema"])
 def test_matches_reference_without_clipping(kinds, l2, decay, with_ema):
     offsets, sizes, total = layout_arrays()
-    has_moments = any(k != SGD for k in kinds)
+    has_moments = any(k != UpdateKind.SGD for k in kinds)
     state = make_state(total, has_moments, with_ema, seed=len(kinds) + int(l2 * 100))
     params = tensor_params(kinds, seed=1)
     run_both(
@@ -140,7 +149,7 @@ def test_per_tensor_clipping(l2):
     state = make_state(total, True, True, seed=5)
     for i, (start, size) in enumerate(zip(offsets, sizes)):
         state["g"][start : start + size] *= 10.0 if i % 2 else 0.01
-    params = tensor_params([ADAM, MOMENTUM] * 3, seed=2)
+    params = tensor_params([UpdateKind.ADAM, UpdateKind.MOMENTUM] * 3, seed=2)
     run_both(
         state, offsets, sizes, params, exact=False, l2=l2, clip=1.0, decay=1e-3, **HYPER
     )
@@ -152,7 +161,7 @@ def test_consecutive_clipped_calls_reuse_the_scratch():
     offsets, sizes, total = layout_arrays()
     layout = cm.make_layout(offsets, sizes)
     state = make_state(total, True, True, seed=6)
-    params = tensor_params([ADAM] * 6, seed=3)
+    params = tensor_params([UpdateKind.ADAM] * 6, seed=3)
     rng = np.random.default_rng(7)
     for clip in (0.5, 0.0, 0.5, 2.0):
         state["g"] = (rng.standard_normal(total) * 0.5).astype(np.float32)
@@ -172,7 +181,7 @@ def test_dirty_scratch_is_rezeroed():
     layout.sumsq.copy_to_device(np.full(2 * len(sizes), 7.0))  # garbage
     layout.dirty = True
     state = make_state(total, True, False, seed=8)
-    params = tensor_params([ADAM] * 6, seed=4)
+    params = tensor_params([UpdateKind.ADAM] * 6, seed=4)
     run_both(
         state, offsets, sizes, params, exact=False, layout=layout,
         l2=0.0, clip=0.5, decay=0.0, **HYPER,
@@ -210,16 +219,16 @@ def test_rejects_bad_arguments():
     layout = cm.make_layout([0, 4], [4, 4])
     a = to_device(np.ones(8, np.float32))
     kw = dict(HYPER, l2=0.0, clip=0.0, decay=0.0)
-    params = tensor_params([SGD, SGD], seed=0)
+    params = tensor_params([UpdateKind.SGD, UpdateKind.SGD], seed=0)
     with pytest.raises(ValueError, match="shape"):
         cm.multi_update(
             a, a, None, None, None, layout=layout, params=params[:, :1], **kw
         )
     with pytest.raises(ValueError, match="m and v"):
-        adam = tensor_params([SGD, ADAM], seed=0)
+        adam = tensor_params([UpdateKind.SGD, UpdateKind.ADAM], seed=0)
         cm.multi_update(a, a, None, None, None, layout=layout, params=adam, **kw)
     with pytest.raises(ValueError, match="kind"):
-        bad = tensor_params([SGD, 7], seed=0)
+        bad = tensor_params([UpdateKind.SGD, 7], seed=0)
         cm.multi_update(a, a, None, None, None, layout=layout, params=bad, **kw)
     with pytest.raises(ValueError, match="layout needs 8"):
         short = to_device(np.ones(6, np.float32))

@@ -29,8 +29,8 @@ from conftest import to_host
 import optsvc
 from optsvc import SGD, Adam, RAdam
 from optsvc.backends import NumpyOps, get_ops
-from optsvc.optim.params import ParamStore
-from optsvc.optim.state import FlatState
+from optsvc.optim import ParamStore
+from optsvc.optim.state import FlatGroup
 
 # Mixed shapes: empty tensors, scalars-as-(1,), sizes around the CPU kernel's
 # 64 lanes and the simulator's 64-element chunks, 3-D.
@@ -114,7 +114,7 @@ def assert_same(a, b, *, exact_=True, what=""):
 def assert_same_optimizers(multi, single, *, exact_=True):
     assert dict(multi.nr_update) == dict(single.nr_update)
     assert list(multi.nr_update) == list(single.nr_update)
-    assert multi._radam_buffer == single._radam_buffer
+    assert multi.state.radam_buffer == single.state.radam_buffer
     for name in ("mom1", "mom2", "averages"):
         a, b = getattr(multi, name), getattr(single, name)
         if a is None:
@@ -269,12 +269,12 @@ def test_per_key_calls_on_store_keys_share_the_state():
     assert_same_stores(store_m, store_s)
     assert_same_optimizers(multi, single)
     assert multi.to_bytes() == single.to_bytes()
-    state = multi._states[id(store_m)]
+    group = multi.state.group_for(store_m)
     for key in NONEMPTY:
         # views into the flat buffers, shaped like the parameter
-        assert np.shares_memory(multi.mom1[key], state.m)
-        assert np.shares_memory(multi.mom2[key], state.v)
-        assert np.shares_memory(multi.averages[key], state.ema)
+        assert np.shares_memory(multi.mom1[key], group.m)
+        assert np.shares_memory(multi.mom2[key], group.v)
+        assert np.shares_memory(multi.averages[key], group.ema)
         assert multi.averages[key].shape == SHAPES[key]
 
 
@@ -301,7 +301,7 @@ def test_radam_ten_slot_buffer_quirk():
             per_key(single, store_s)
         multi.step_schedules()
         single.step_schedules()
-    assert multi._radam_buffer == single._radam_buffer
+    assert multi.state.radam_buffer == single.state.radam_buffer
     assert_same_stores(store_m, store_s)
     assert_same_optimizers(multi, single)
 
@@ -354,7 +354,7 @@ def test_serialization_round_trips_with_stores():
     assert_same_stores(store, twin)
     assert restored.to_bytes() == opt.to_bytes()
     # A restored optimizer's state is laid out afresh for the store.
-    assert np.shares_memory(restored.mom1[(0, "W")], restored._states[id(twin)].m)
+    assert np.shares_memory(restored.mom1[(0, "W")], restored.state.group_for(twin).m)
 
 
 def test_moving_devices_keeps_the_numbers():
@@ -367,7 +367,7 @@ def test_moving_devices_keeps_the_numbers():
         if step == 2:
             multi.to_cpu()
             single.to_cpu()
-            assert multi.ops is target and multi._states == {}
+            assert multi.ops is target and multi.state.groups == {}
         fill_gradients(store_m, step)
         fill_gradients(store_s, step)
         multi.update_store(store_m)
@@ -393,7 +393,7 @@ def test_shape_conflict_names_the_key_and_changes_nothing():
     store = ParamStore({(0, "W"): (3,), (1, "W"): (4,)})
     with pytest.raises(ValueError, match=r"key \(1, 'W'\).*shape \(2, 2\)"):
         opt.update_store(store)
-    assert opt.to_bytes() == before and opt._states == {}
+    assert opt.to_bytes() == before and opt.state.groups == {}
 
 
 def test_unsupported_betas_name_the_key_and_change_nothing():
@@ -403,13 +403,13 @@ def test_unsupported_betas_name_the_key_and_change_nothing():
     store = ParamStore({"e": (0,), "x": (3,)})
     with pytest.raises(ValueError, match=r"'beta1' = 0.*key 'x'"):
         opt.update_store(store)
-    assert dict(opt.nr_update) == {} and opt._states == {}
+    assert dict(opt.nr_update) == {} and opt.state.groups == {}
 
 
-def test_flat_state_runs():
+def test_flat_group_runs():
     store = ParamStore({})
-    state = FlatState(store, get_ops("numpy"), [], [], [])
-    assert state.runs(np.array([], np.int64)) == []
-    assert state.runs(np.array([3, 3, 3])) == [(0, 3)]
-    assert state.runs(np.array([1, 1, 2, 1])) == [(0, 2), (2, 3), (3, 4)]
-    assert state.runs(np.array([4, 2, 4])) == [(0, 1), (1, 2), (2, 3)]
+    group = FlatGroup(store, get_ops("numpy"), [], [], [])
+    assert group.runs(np.array([], np.int64)) == []
+    assert group.runs(np.array([3, 3, 3])) == [(0, 3)]
+    assert group.runs(np.array([1, 1, 2, 1])) == [(0, 2), (2, 3), (3, 4)]
+    assert group.runs(np.array([4, 2, 4])) == [(0, 1), (1, 2), (2, 3)]

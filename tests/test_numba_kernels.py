@@ -16,9 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from kernel_reference import (
-    ADAM,
-    MOMENTUM,
-    SGD,
     copy_state,
     random_state,
     reference_update,
@@ -28,10 +25,19 @@ pytest.importorskip(
     "numba", reason="numba (the fast extra) is not installed", exc_type=ImportError
 )
 
-from optsvc.backends import NumpyOps, numba_kernels  # noqa: E402
-from optsvc.backends.ops import Layout, TensorParams  # noqa: E402
+from optsvc.backends import (  # noqa: E402
+    FlatLayout,
+    NumpyOps,
+    TensorParams,
+    UpdateKind,
+    numba_kernels,
+)
 
-KINDS = {"sgd": SGD, "adam": ADAM, "momentum": MOMENTUM}
+KINDS = {
+    "sgd": UpdateKind.SGD,
+    "adam": UpdateKind.ADAM,
+    "momentum": UpdateKind.MOMENTUM,
+}
 HYPER = dict(lr=0.01, b1=0.9, b2=0.999, eps=1e-8, ema_rate=0.1)
 NAMES = ("w", "g", "m", "v", "ema")
 SIZES = [
@@ -87,9 +93,9 @@ def test_matches_reference(kind, l2, clip_mode, decay, averages):
 def test_branches_follow_host_values():
     # l2, clip and decay that round to 0 in float32 still take the
     # reference's branches (clip then zeroes the gradient: norm >= 0).
-    ours = random_state(33, ADAM, True)
+    ours = random_state(33, UpdateKind.ADAM, True)
     ref = copy_state(ours)
-    hyper = dict(HYPER, kind=ADAM, l2=1e-50, clip=1e-50, decay=1e-50)
+    hyper = dict(HYPER, kind=UpdateKind.ADAM, l2=1e-50, clip=1e-50, decay=1e-50)
     numba_kernels.fused_update(**ours, **hyper)
     reference_update(**ref, **hyper)
     for name in NAMES:
@@ -97,10 +103,10 @@ def test_branches_follow_host_values():
 
 
 def test_non_finite_values_propagate_like_the_reference():
-    ours = random_state(100, ADAM, True)
+    ours = random_state(100, UpdateKind.ADAM, True)
     ours["g"][3], ours["g"][70], ours["w"][5] = np.nan, np.inf, -np.inf
     ref = copy_state(ours)
-    hyper = dict(HYPER, kind=ADAM, l2=0.01, clip=0.0, decay=1e-3)
+    hyper = dict(HYPER, kind=UpdateKind.ADAM, l2=0.01, clip=0.0, decay=1e-3)
     with np.errstate(invalid="ignore", over="ignore"):
         numba_kernels.fused_update(**ours, **hyper)
         reference_update(**ref, **hyper)
@@ -169,20 +175,20 @@ def test_numpy_ops_uses_the_compiled_kernel_and_falls_back():
     # Both backends give the reference's numbers without clipping.
     results = []
     for ops in (NumpyOps(), NumpyOps(compiled=False)):
-        arrays = random_state(5000, ADAM, True, seed=9)
+        arrays = random_state(5000, UpdateKind.ADAM, True, seed=9)
         ops.fused_update(
             *(arrays[k] for k in NAMES),
-            kind=ADAM,
+            kind=UpdateKind.ADAM,
             **dict(HYPER, l2=0.01, clip=0.0, decay=1e-3),
         )
         results.append(arrays)
     for name in NAMES:
         np.testing.assert_array_equal(results[0][name], results[1][name])
     # And the multi-tensor entry point of the fallback loops over tensors.
-    layout = Layout([0, 10], [10, 20])
+    layout = FlatLayout([0, 10], [10, 20])
     params = TensorParams(2)
     params.lr[:] = 0.1
-    flat = [random_state(30, SGD, False, seed=1) for _ in range(2)]
+    flat = [random_state(30, UpdateKind.SGD, False, seed=1) for _ in range(2)]
     for ops, arrays in zip((NumpyOps(), NumpyOps(compiled=False)), flat):
         ops.multi_update(
             *(arrays[k] for k in NAMES),
@@ -216,9 +222,9 @@ import optsvc
 opt = optsvc.Adam(0.01)
 assert "numba" not in sys.modules
 from optsvc.backends import numba_kernels
-assert numba_kernels._fused.signatures == [], "compiled at import"
+assert numba_kernels.fused_positional.signatures == [], "compiled at import"
 opt((0, "W"), np.ones(3, "f"), np.ones(3, "f"))
-assert numba_kernels._fused.signatures, "the first update did not use numba"
+assert numba_kernels.fused_positional.signatures, "the first update did not use numba"
 """
     proc = _run(code)
     assert proc.returncode == 0, proc.stderr

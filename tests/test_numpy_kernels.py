@@ -6,18 +6,19 @@ import tracemalloc
 import numpy as np
 import pytest
 from kernel_reference import (
-    ADAM,
-    MOMENTUM,
-    SGD,
     copy_state,
     random_state,
     reference_update,
 )
 
-from optsvc.backends import numpy_kernels
+from optsvc.backends import UpdateKind, numpy_kernels
 from optsvc.backends.numpy_kernels import BLOCK, fused_update
 
-KINDS = {"sgd": SGD, "adam": ADAM, "momentum": MOMENTUM}
+KINDS = {
+    "sgd": UpdateKind.SGD,
+    "adam": UpdateKind.ADAM,
+    "momentum": UpdateKind.MOMENTUM,
+}
 CASES = list(
     itertools.product(
         KINDS,
@@ -50,9 +51,9 @@ def test_kernel_matches_reference(n, kind, l2, clip, decay, averages):
 
 
 def test_kernel_is_bit_exact_without_clipping():
-    ours = random_state(5000, ADAM, True)
+    ours = random_state(5000, UpdateKind.ADAM, True)
     ref = copy_state(ours)
-    hyper = dict(HYPER, kind=ADAM, l2=0.01, clip=0.0, decay=1e-3)
+    hyper = dict(HYPER, kind=UpdateKind.ADAM, l2=0.01, clip=0.0, decay=1e-3)
     fused_update(**ours, **hyper)
     reference_update(**ref, **hyper)
     for name in ours:
@@ -61,9 +62,11 @@ def test_kernel_is_bit_exact_without_clipping():
 
 def test_kernel_allocates_nothing_per_step():
     n = 4 * BLOCK
-    arrays = random_state(n, ADAM, True)
+    arrays = random_state(n, UpdateKind.ADAM, True)
     scratch = numpy_kernels.Scratch()
-    hyper = dict(HYPER, kind=ADAM, l2=0.0, clip=1.0, decay=1e-3, scratch=scratch)
+    hyper = dict(
+        HYPER, kind=UpdateKind.ADAM, l2=0.0, clip=1.0, decay=1e-3, scratch=scratch
+    )
     fused_update(**arrays, **hyper)
     tracemalloc.start()
     try:

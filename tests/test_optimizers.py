@@ -372,5 +372,60 @@ def test_to_cpu_keeps_numbers(ops):
     assert isinstance(opt.mom1[(0, "W")], np.ndarray)
     np.testing.assert_array_equal(opt.mom1[(0, "W")], m)
     np.testing.assert_array_equal(
-        opt.averages[(0, "W")].reshape(-1), opt._slots[(0, "W")].ema
+        opt.averages[(0, "W")].reshape(-1), opt.state.slots[(0, "W")].ema
     )
+
+
+# --- the state: one owner, read-only views ---
+
+
+def test_moments_averages_and_counts_are_views_of_the_one_state(ops):
+    opt = Adam(0.01, ops=ops)
+    w, g = arrays(ops)
+    opt((0, "W"), w, g)
+    slot = opt.state.slots[(0, "W")]
+    assert opt.mom1[(0, "W")] is slot.m and opt.mom2[(0, "W")] is slot.v
+    assert opt.averages[(0, "W")].shape == w.shape
+    assert np.shares_memory(
+        ops.to_numpy(opt.averages[(0, "W")]), ops.to_numpy(slot.ema)
+    )
+    before = ops.to_numpy(opt.mom1[(0, "W")]).copy()
+    opt((0, "W"), w, arrays(ops, seed=1)[1])
+    # the view shows the new state, nothing was copied or synchronised
+    assert not np.array_equal(ops.to_numpy(opt.mom1[(0, "W")]), before)
+    assert opt.nr_update[(0, "W")] == 2 == slot.nr
+    for view in (opt.mom1, opt.mom2, opt.averages, opt.nr_update):
+        with pytest.raises(TypeError):
+            view[(1, "W")] = w
+    with pytest.raises(AttributeError):
+        opt.mom1 = {}
+
+
+def test_sgd_has_averages_but_no_moments():
+    opt = SGD(0.1)
+    opt((0, "W"), np.ones(3, "f"), np.ones(3, "f"))
+    assert opt.mom1 == {} and len(opt.mom2) == 0 and (0, "W") not in opt.mom1
+    assert list(opt.averages) == [(0, "W")] and dict(opt.nr_update) == {(0, "W"): 1}
+    with pytest.raises(KeyError):
+        opt.mom1[(0, "W")]
+
+
+def test_hyperparams_at_evaluates_without_stepping():
+    opt = Adam(optsvc.warmup_linear(0.1, 10, 100), beta1=[0.9, 0.8])
+    at = opt.hyperparams_at(5)
+    assert (at.learn_rate, at.beta1, opt.step) == (0.05, 0.8, 0)
+    assert at.kernel_b1 == float(np.float32(0.8)) and at.adam and at.betas_supported
+    late_nan = Adam(
+        Schedule("nan", lambda s, step, **_: 0.1 if step == 0 else math.nan)
+    )
+    with pytest.raises(ValueError, match="'learn_rate' must be finite"):
+        late_nan.hyperparams_at(3)
+
+
+def test_step_scalars_split_l2_and_weight_decay():
+    decoupled = Adam(0.01, L2=0.1).hyperparams_at(0)
+    assert (decoupled.l2, decoupled.weight_decay) == (0.0, 0.1)
+    in_gradient = Adam(0.01, L2=0.1, L2_is_weight_decay=False).hyperparams_at(0)
+    assert (in_gradient.l2, in_gradient.weight_decay) == (0.1, 0.0)
+    radam = RAdam(0.01, beta1=0.9).hyperparams_at(0)
+    assert radam.kernel_b1 == 0.9 and radam.use_radam  # RAdam's betas unrounded

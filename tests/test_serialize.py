@@ -125,7 +125,7 @@ def schedule_tree(value):
         return (
             "Schedule",
             value.name,
-            value._schedule,
+            value.function,
             {k: schedule_tree(v) for k, v in value.attrs.items()},
         )
     if isinstance(value, np.generic):  # saved as the Python scalar
@@ -925,7 +925,7 @@ def test_custom_schedule_round_trips_into_a_same_named_schedule():
         my_schedule(0.5, 0.5), beta1=optsvc.plateau(3, 0.1, my_schedule(0.1, 0.1))
     )
     target.from_bytes(opt.to_bytes())
-    assert target.schedules["learn_rate"]._schedule is _my_decay
+    assert target.schedules["learn_rate"].function is _my_decay
     assert target.schedules["learn_rate"].attrs["rate"] == 0.01
     assert target.schedules["learn_rate"].attrs["extra"]["tags"] == ["a", "b"]
     assert_same_state(opt, target)

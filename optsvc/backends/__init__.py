@@ -1,5 +1,10 @@
 """Array backends: numpy on the CPU, cupy on a CUDA GPU.
 
+An `Ops` object holds arrays on one device and runs the optimizer's fused
+update there, one tensor at a time (`fused_update`) or many tensors laid out
+in flat buffers (`make_layout`, `multi_update`, with per-tensor
+`TensorParams`); `UpdateKind` names the update rules the kernels implement.
+
 The current backend is a context-local setting, as in Thinc:
 `get_current_ops()`, `use_ops("cupy")`, `require_gpu()`, `prefer_gpu()`.
 """
@@ -10,6 +15,7 @@ import contextlib
 import contextvars
 from collections.abc import Iterator
 
+from .cuda_ops import CudaKernelOps
 from .cupy_ops import (
     CupyOps,
     DeviceError,
@@ -19,7 +25,7 @@ from .cupy_ops import (
     is_cupy_array,
 )
 from .numpy_ops import NumpyOps
-from .ops import Ops
+from .ops import FlatLayout, Ops, TensorParams, UpdateKind
 
 _current_ops: contextvars.ContextVar[Ops | None] = contextvars.ContextVar(
     "optsvc_current_ops", default=None
@@ -109,6 +115,10 @@ __all__ = [
     "Ops",
     "NumpyOps",
     "CupyOps",
+    "CudaKernelOps",
+    "UpdateKind",
+    "FlatLayout",
+    "TensorParams",
     "get_ops",
     "get_current_ops",
     "set_current_ops",

@@ -4,7 +4,7 @@ The per-tensor kernels (:mod:`.cuda_kernels`, ``fused_update``) and the
 multi-tensor kernels (:mod:`.cuda_multi`, ``multi_update``) update each element
 with the same device function, :func:`_update_element`, so the numbers of the
 two paths are the same. This module holds that function and everything else
-both need: the update kinds and ``flags`` bits, the launch configuration, the
+both need: the ``flags`` bits, the valid update kinds, the launch configuration, the
 import of numba (:func:`_load`, once per process, on first use), the
 per-device constants, the scratch-zeroing kernel and the argument checks.
 
@@ -38,11 +38,14 @@ from typing import Any
 
 import numpy as np
 
-from .ops import ADAM, MOMENTUM, SGD  # noqa: F401  (the kinds, re-exported)
 from .ops import CLIP_FLAG as _CLIP
 from .ops import DECAY_FLAG as _DECAY
 from .ops import EMA_FLAG as _EMA
 from .ops import L2_FLAG as _L2
+from .ops import UpdateKind
+
+# The update kinds as plain ints, for the argument checks before a launch.
+KIND_VALUES = tuple(int(kind) for kind in UpdateKind)
 
 # Launch configuration. On a GPU: 256 threads per block and at most
 # _BLOCKS_PER_SM * SMs blocks (8 x 256 = 2048 threads, a full SM on sm_80/sm_90),
@@ -88,14 +91,14 @@ def _update_element(  # pragma: no cover - a device function
     if flags & _L2:
         gi = gi + l2 * wi
     gi = gi * scale
-    if kind == 0:  # SGD
+    if kind == 0:  # UpdateKind.SGD
         wi = wi - lr * gi
     else:
         mi = m[i] * b1 + one_minus_b1 * gi
         vi = v[i] * b2 + one_minus_b2 * (gi * gi)
         m[i] = mi
         v[i] = vi
-        if kind == 1:  # Adam
+        if kind == 1:  # UpdateKind.ADAM
             wi = wi - lr * (mi / (_f32(math.sqrt(vi)) + eps))
         else:  # momentum only (RAdam, un-rectified)
             wi = wi - lr * mi

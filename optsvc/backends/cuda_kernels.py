@@ -37,9 +37,7 @@ from .cuda_common import (
     _CLIP,
     _GPU_THREADS,
     _L2,
-    ADAM,
-    MOMENTUM,
-    SGD,
+    KIND_VALUES,
     _checked_size,
     _device_id,
     _device_state,
@@ -48,14 +46,9 @@ from .cuda_common import (
     shared_scalars,
     update_flags,
 )
+from .ops import UpdateKind
 
-__all__ = [
-    "ADAM",
-    "MOMENTUM",
-    "SGD",
-    "external_stream",
-    "fused_update",
-]
+__all__ = ["external_stream", "fused_update"]
 
 # Set by _load() from cuda_common: the kernel bodies below read them as this
 # module's globals (numba compiles them in; the simulator swaps ``cuda``).
@@ -204,6 +197,20 @@ def _stream_key(k: dict[str, Any], stream: Any) -> int:
     return int(stream)
 
 
+def _checked_arrays(w: Any, g: Any, m: Any, v: Any, ema: Any, sgd: bool) -> int:
+    """The size of a fused update's arrays, checked (ValueError, TypeError)."""
+    n = _checked_size(w, "w", None)
+    _checked_size(g, "g", n)
+    if not sgd:
+        if m is None or v is None:
+            raise ValueError("m and v are required for Adam and momentum updates")
+        _checked_size(m, "m", n)
+        _checked_size(v, "v", n)
+    if ema is not None:
+        _checked_size(ema, "ema", n)
+    return n
+
+
 # --------------------------------------------------------------------------
 # Public API
 
@@ -234,17 +241,10 @@ def fused_update(
     ``stream`` is a numba stream (see :func:`external_stream`) or 0 for the
     default stream; both launches go to it and the call does not synchronise.
     """
-    if kind not in (SGD, ADAM, MOMENTUM):
+    if kind not in KIND_VALUES:
         raise ValueError(f"unknown update kind {kind!r}")
-    n = _checked_size(w, "w", None)
-    _checked_size(g, "g", n)
-    if kind != SGD:
-        if m is None or v is None:
-            raise ValueError("m and v are required for Adam and momentum updates")
-        _checked_size(m, "m", n)
-        _checked_size(v, "v", n)
-    if ema is not None:
-        _checked_size(ema, "ema", n)
+    sgd = kind == UpdateKind.SGD
+    n = _checked_arrays(w, g, m, v, ema, sgd)
     if n == 0:
         return
 
@@ -256,7 +256,7 @@ def fused_update(
 
     w = _on_device(k, w)
     g = _on_device(k, g)
-    if kind == SGD:
+    if sgd:
         m = v = dev.dummy32
     else:
         m = _on_device(k, m)

@@ -29,9 +29,7 @@ from .cuda_common import (
     _CLIP,
     _GPU_THREADS,
     _L2,
-    ADAM,
-    MOMENTUM,
-    SGD,
+    KIND_VALUES,
     _checked_size,
     _device_id,
     _device_state,
@@ -39,6 +37,7 @@ from .cuda_common import (
     shared_scalars,
     update_flags,
 )
+from .ops import UpdateKind
 
 __all__ = ["MultiLayout", "make_layout", "multi_update"]
 
@@ -218,6 +217,33 @@ def make_layout(offsets, sizes) -> MultiLayout:
     return MultiLayout(offsets, sizes, k["chunk"])
 
 
+def _checked_args(
+    w: Any, g: Any, m: Any, v: Any, ema: Any, layout: MultiLayout, params: Any
+) -> np.ndarray:
+    """`params` as a contiguous float32 array, every argument of a
+    multi-tensor update checked (ValueError, TypeError)."""
+    n = _checked_size(w, "w", None)
+    _checked_size(g, "g", n)
+    if n < layout.total:
+        raise ValueError(f"w has size {n}; the layout needs {layout.total}")
+    params = np.ascontiguousarray(params, dtype=np.float32)
+    if params.shape != (3, layout.n_tensors):
+        raise ValueError(
+            f"params must have shape (3, {layout.n_tensors}), got {params.shape}"
+        )
+    kinds = params[2]
+    if not np.isin(kinds, KIND_VALUES).all():
+        raise ValueError(f"unknown update kind in {np.unique(kinds).tolist()}")
+    if (kinds != UpdateKind.SGD).any():
+        if m is None or v is None:
+            raise ValueError("m and v are required for Adam and momentum updates")
+        _checked_size(m, "m", n)
+        _checked_size(v, "v", n)
+    if ema is not None:
+        _checked_size(ema, "ema", n)
+    return params
+
+
 def multi_update(
     w: Any,
     g: Any,
@@ -241,28 +267,10 @@ def multi_update(
 
     w, g, m, v, ema: the flat buffers (m, v None when every kind is SGD, ema
     None without averages). `params`: a float32 host array of shape (3, n),
-    rows lr, ema_rate and kind (0, 1, 2) of each tensor, copied to the device
-    in one transfer on `stream`.
+    rows lr, ema_rate and kind (an `UpdateKind` value) of each tensor, copied
+    to the device in one transfer on `stream`.
     """
-    n = _checked_size(w, "w", None)
-    _checked_size(g, "g", n)
-    if n < layout.total:
-        raise ValueError(f"w has size {n}; the layout needs {layout.total}")
-    params = np.ascontiguousarray(params, dtype=np.float32)
-    if params.shape != (3, layout.n_tensors):
-        raise ValueError(
-            f"params must have shape (3, {layout.n_tensors}), got {params.shape}"
-        )
-    kinds = params[2]
-    if not np.isin(kinds, (SGD, ADAM, MOMENTUM)).all():
-        raise ValueError(f"unknown update kind in {np.unique(kinds).tolist()}")
-    if (kinds != SGD).any():
-        if m is None or v is None:
-            raise ValueError("m and v are required for Adam and momentum updates")
-        _checked_size(m, "m", n)
-        _checked_size(v, "v", n)
-    if ema is not None:
-        _checked_size(ema, "ema", n)
+    params = _checked_args(w, g, m, v, ema, layout, params)
     if layout.n_tensors == 0:
         return
 

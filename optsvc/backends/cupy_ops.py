@@ -1,6 +1,7 @@
 """The GPU backend: cupy arrays updated by the numba.cuda kernels.
 
-This is the only module of optsvc that imports cupy.
+This is the only module of optsvc that imports cupy; the kernel dispatch is
+`cuda_ops.CudaKernelOps`, which knows nothing of cupy.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import numpy as np
 
 from optsvc.errors import OptsvcError
 
-from .ops import Layout, Ops, TensorParams
+from .cuda_ops import CudaKernelOps
 
 try:  # cupy is the optional extra optsvc[cuda12] / optsvc[cuda13]
     import cupy
@@ -59,9 +60,9 @@ def is_cupy_array(array) -> bool:
     return cupy is not None and isinstance(array, cupy.ndarray)
 
 
-class CupyOps(Ops):
-    """Arrays on one CUDA device, updated by the numba.cuda kernels: one fused
-    kernel per tensor, or two launches for all tensors of a parameter store."""
+class CupyOps(CudaKernelOps):
+    """Arrays on one CUDA device (cupy), updated by the numba.cuda kernels on
+    cupy's current stream (the dispatch is `CudaKernelOps`')."""
 
     name = "cupy"
 
@@ -92,38 +93,12 @@ class CupyOps(Ops):
             return f"gpu:{array.device.id}"
         return "cpu"
 
-    def fused_update(self, w, g, m, v, ema, **hyper) -> None:
-        from . import cuda_kernels
+    @property
+    def device_name(self) -> str:
+        return f"gpu:{self.gpu_id}"
 
-        with self.device:
-            stream = cuda_kernels.external_stream(cupy.cuda.get_current_stream().ptr)
-            cuda_kernels.fused_update(w, g, m, v, ema, stream=stream, **hyper)
-
-    def make_layout(self, offsets, sizes) -> Layout:
-        from . import cuda_multi
-
-        with self.device:
-            device = cuda_multi.make_layout(offsets, sizes)
-        return Layout(offsets, sizes, device)
-
-    def multi_update(
-        self, w, g, m, v, ema, *, layout: Layout, params: TensorParams, **hyper
-    ) -> None:
-        from . import cuda_common, cuda_multi
-
-        with self.device:
-            stream = cuda_common.external_stream(cupy.cuda.get_current_stream().ptr)
-            cuda_multi.multi_update(
-                w,
-                g,
-                m,
-                v,
-                ema,
-                layout=layout.device,
-                params=params.packed,
-                stream=stream,
-                **hyper,
-            )
+    def stream_ptr(self) -> int:
+        return cupy.cuda.get_current_stream().ptr
 
     def __repr__(self) -> str:
         return f"CupyOps(gpu_id={self.gpu_id})"

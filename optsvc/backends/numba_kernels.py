@@ -31,11 +31,15 @@ import math
 import numba
 import numpy as np
 
-from .ops import ADAM, MOMENTUM, SGD  # noqa: F401  (the kinds, re-exported)
 from .ops import CLIP_FLAG as _CLIP
 from .ops import DECAY_FLAG as _DECAY
 from .ops import EMA_FLAG as _EMA
 from .ops import L2_FLAG as _L2
+from .ops import UpdateKind
+
+# The kinds as plain ints: numba compiles them in as constants (an IntEnum
+# member as an argument would cost a slow dispatch on every call).
+_SGD, _ADAM = int(UpdateKind.SGD), int(UpdateKind.ADAM)
 
 # Interleaved float64 partial sums of the clipping norm: element i of a tensor
 # goes to lane i % LANES. Fixed, so every entry point sums in the same order.
@@ -45,7 +49,7 @@ LANES = 64
 _jit = numba.njit(cache=True, fastmath=False, nogil=True, error_model="numpy")
 
 # Stand-in for absent moments / averages (numba needs an array of the type).
-_EMPTY = np.zeros(0, dtype=np.float32)
+EMPTY = np.zeros(0, dtype=np.float32)
 
 _f32 = np.float32
 
@@ -112,14 +116,14 @@ def _update(  # pragma: no cover - compiled
         if flags & _L2:
             gi = gi + l2 * wi
         gi = gi * scale
-        if kind == SGD:
+        if kind == _SGD:
             wi = wi - lr * gi
         else:
             mi = m[i] * b1 + omb1 * gi
             vi = v[i] * b2 + omb2 * (gi * gi)
             m[i] = mi
             v[i] = vi
-            if kind == ADAM:
+            if kind == _ADAM:
                 wi = wi - lr * (mi / (np.sqrt(vi) + eps))
             else:  # momentum only (RAdam before rectification)
                 wi = wi - lr * mi
@@ -133,9 +137,12 @@ def _update(  # pragma: no cover - compiled
 
 
 @_jit
-def _fused(  # pragma: no cover - compiled
+def fused_positional(  # pragma: no cover - compiled
     w, g, m, v, ema, kind, lr, b1, b2, eps, l2, clip, decay, ema_rate, has_ema
 ):
+    """`fused_update` as the compiled function itself, for callers that count
+    microseconds: positional arguments, `EMPTY` for absent arrays, `kind` a
+    plain int (an IntEnum member costs numba a slow dispatch)."""
     f32 = np.float32
     _update(
         w, g, m, v, ema, kind, f32(lr), f32(b1), f32(1.0 - b1), f32(b2),
@@ -157,7 +164,7 @@ def _multi(  # pragma: no cover - compiled
         a = offsets[t]
         b = a + sizes[t]
         # Slices, not index ranges: LLVM vectorises the loop over a view (as
-        # in _fused), and both entry points run the very same code.
+        # in fused_positional), and both entry points run the very same code.
         _update(
             w[a:b], g[a:b], m[a:b], v[a:b], ema[a:b], np.int64(kinds[t]), lrs[t],
             b1_32, omb1, b2_32, omb2, eps_32, l2_32, clip_32, decay_32, rates[t],
@@ -171,13 +178,13 @@ def fused_update(
     """One tensor's update in place (flat float32 arrays); `m`, `v` are None
     for SGD and `ema` is None without averages. Same arguments and results as
     `numpy_kernels.fused_update`."""
-    _fused(
+    fused_positional(
         w,
         g,
-        _EMPTY if m is None else m,
-        _EMPTY if v is None else v,
-        _EMPTY if ema is None else ema,
-        kind,
+        EMPTY if m is None else m,
+        EMPTY if v is None else v,
+        EMPTY if ema is None else ema,
+        int(kind),
         lr,
         b1,
         b2,
@@ -196,14 +203,14 @@ def multi_update(
     """Many tensors' updates in one call. w, g, m, v, ema are flat buffers;
     tensor t occupies ``[offsets[t], offsets[t] + sizes[t])`` (int64 tables)
     and is updated with ``lrs[t]``, ``rates[t]`` and ``kinds[t]`` (float32
-    tables; kinds hold 0, 1, 2), exactly as `fused_update` would update it
-    alone."""
+    tables; kinds hold `UpdateKind` values), exactly as `fused_update` would
+    update it alone."""
     _multi(
         w,
         g,
-        _EMPTY if m is None else m,
-        _EMPTY if v is None else v,
-        _EMPTY if ema is None else ema,
+        EMPTY if m is None else m,
+        EMPTY if v is None else v,
+        EMPTY if ema is None else ema,
         offsets,
         sizes,
         lrs,
@@ -219,4 +226,4 @@ def multi_update(
     )
 
 
-__all__ = ["ADAM", "LANES", "MOMENTUM", "SGD", "fused_update", "multi_update"]
+__all__ = ["EMPTY", "LANES", "fused_positional", "fused_update", "multi_update"]

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ops import ADAM, MOMENTUM, SGD  # noqa: F401  (the kinds, re-exported)
+from .ops import UpdateKind
+
+_SGD, _ADAM = UpdateKind.SGD, UpdateKind.ADAM
 
 # Elements per block: 7 arrays of 16K float32 (448 KiB) stay in a typical L2.
 BLOCK = 16384
@@ -67,7 +69,7 @@ def fused_update(
         t, u = s.a[:k], s.b[:k]
         if scale is not None:
             np.multiply(gb, scale, out=gb)
-        if kind == SGD:
+        if kind == _SGD:
             np.multiply(gb, c, out=t)
             np.subtract(wb, t, out=wb)
         else:
@@ -79,7 +81,7 @@ def fused_update(
             np.multiply(gb, gb, out=t)
             np.multiply(t, c_1b2, out=t)
             np.add(vb, t, out=vb)
-            if kind == ADAM:
+            if kind == _ADAM:
                 np.sqrt(vb, out=t)
                 np.add(t, c_eps, out=t)
                 np.divide(mb, t, out=t)

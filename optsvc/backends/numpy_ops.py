@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from . import numpy_kernels
-from .ops import Layout, Ops, TensorParams
+from .ops import FlatLayout, Ops, TensorParams
 
 # Set OPTSVC_NO_NUMBA=1 to use the numpy kernel even where numba imports.
 _NO_NUMBA_ENV = "OPTSVC_NO_NUMBA"
@@ -67,13 +67,13 @@ class NumpyOps(Ops):
         if kernels is None:
             kernels = self._resolve()
         if kernels:
-            kernels._fused(
+            kernels.fused_positional(
                 w,
                 g,
-                kernels._EMPTY if m is None else m,
-                kernels._EMPTY if v is None else v,
-                kernels._EMPTY if ema is None else ema,
-                kind,
+                kernels.EMPTY if m is None else m,
+                kernels.EMPTY if v is None else v,
+                kernels.EMPTY if ema is None else ema,
+                int(kind),
                 lr,
                 b1,
                 b2,
@@ -111,7 +111,7 @@ class NumpyOps(Ops):
         v,
         ema,
         *,
-        layout: Layout,
+        layout: FlatLayout,
         params: TensorParams,
         b1,
         b2,

@@ -4,14 +4,20 @@ and the fused optimizer updates for that module: one tensor at a time
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import Any
 
 import numpy as np
 
-# The update kinds every kernel implements: w -= lr * g (SGD), Adam's
-# w -= lr * m / (sqrt(v) + eps), and momentum only (RAdam before its variance
-# is rectified: w -= lr * m).
-SGD, ADAM, MOMENTUM = 0, 1, 2
+
+class UpdateKind(IntEnum):
+    """The update rules every kernel implements, by the number the kernels
+    read (a kernel argument, or a row of `TensorParams`)."""
+
+    SGD = 0  # w -= lr * g
+    ADAM = 1  # w -= lr * m / (sqrt(v) + eps)
+    MOMENTUM = 2  # RAdam before its variance is rectified: w -= lr * m
+
 
 # Bits of the compiled kernels' ``flags`` argument. They mirror the
 # reference's Python tests (``l2 != 0``, ``clip > 0``, ...) on the float64 host
@@ -19,7 +25,7 @@ SGD, ADAM, MOMENTUM = 0, 1, 2
 L2_FLAG, CLIP_FLAG, DECAY_FLAG, EMA_FLAG = 1, 2, 4, 8
 
 
-class Layout:
+class FlatLayout:
     """Where each tensor lives in a flat buffer: `offsets` and `sizes` (int64
     host arrays, one entry a tensor), plus whatever a backend precomputes
     from them once (`device`: e.g. a chunk table in GPU memory)."""
@@ -76,19 +82,25 @@ class Ops:
         """A human-readable device name for error messages."""
         return "cpu"
 
+    @property
+    def device_name(self) -> str:
+        """Where this backend computes, in words for error messages."""
+        return "cpu"
+
     def fused_update(self, w, g, m, v, ema, **hyper) -> None:  # pragma: no cover
         """One tensor's update in place: flat float32 arrays `w`, `g`, `m`,
         `v`, `ema` (`m`, `v` None for SGD, `ema` None without averages);
-        `hyper`: kind, lr, b1, b2, eps, l2, clip, decay, ema_rate."""
+        `hyper`: kind (an `UpdateKind`), lr, b1, b2, eps, l2, clip, decay,
+        ema_rate."""
         raise NotImplementedError
 
-    def make_layout(self, offsets, sizes) -> Layout:
-        """The `Layout` of tensors at `offsets` with `sizes` in flat buffers,
-        prepared once for `multi_update`."""
-        return Layout(offsets, sizes)
+    def make_layout(self, offsets, sizes) -> FlatLayout:
+        """The `FlatLayout` of tensors at `offsets` with `sizes` in flat
+        buffers, prepared once for `multi_update`."""
+        return FlatLayout(offsets, sizes)
 
     def multi_update(
-        self, w, g, m, v, ema, *, layout: Layout, params: TensorParams, **hyper
+        self, w, g, m, v, ema, *, layout: FlatLayout, params: TensorParams, **hyper
     ) -> None:
         """Every tensor of `layout` updated in place, each exactly as
         `fused_update` would update it alone, with `params`' per-tensor lr,

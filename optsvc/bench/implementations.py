@@ -8,8 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from optsvc.optim.optimizer import Optimizer
-from optsvc.optim.params import ParamStore
+from optsvc.optim import Optimizer, ParamStore
 
 from .timing import _Device
 

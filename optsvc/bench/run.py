@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optsvc.optim.optimizer import Optimizer
+from optsvc.optim import Optimizer
 
 from .implementations import IMPL_MULTI, IMPL_PER_KEY, _optsvc_runner, _peers
 from .timing import (

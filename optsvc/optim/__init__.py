@@ -1,8 +1,19 @@
 """The optimizer library: one `Optimizer` class for SGD, Adam and RAdam, its
 hyperparameters, its state, the flat `ParamStore` and saving to bytes."""
 
+from optsvc.optim.hyperparams import HPARAMS, StepScalars
 from optsvc.optim.optimizer import SGD, Adam, Optimizer, RAdam
 from optsvc.optim.params import ParamStore
-from optsvc.optim.serialize import StateError
+from optsvc.optim.state import OptimizerState, StateError
 
-__all__ = ["Optimizer", "SGD", "Adam", "RAdam", "ParamStore", "StateError"]
+__all__ = [
+    "Optimizer",
+    "SGD",
+    "Adam",
+    "RAdam",
+    "ParamStore",
+    "StateError",
+    "HPARAMS",
+    "OptimizerState",
+    "StepScalars",
+]

@@ -5,9 +5,12 @@ number, a list (one value a step, the last repeats), a generator or a
 `Schedule`; all become Schedules, evaluated once per step (with `key=None` and
 the optimizer's `last_score`), not once per parameter. A value is range-checked
 when its schedule is set (every item of a list at once); later steps only need
-to be finite. `ScheduledHyperparams` gives `Optimizer` (optsvc.optim.optimizer) its
-hyperparameter properties, its schedule step and its last score. The checks of
-an update call's `lr_scale` (a multiplier on the learning rate) are here too.
+to be finite. Each step's values become one `StepScalars` record
+(`step_scalars`), which both the per-key call and the multi-tensor step read.
+`ScheduledHyperparams` gives `Optimizer` (optsvc.optim.optimizer) its
+hyperparameter properties, its settings (`use_radam`, `L2_is_weight_decay`),
+its schedule step and its last score. Every check of a hyperparameter's value
+is here: ranges, the betas the update supports, an update call's `lr_scale`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Union
 
@@ -59,7 +63,7 @@ def _check_range(name: str, value: float, where: str, *, finite_only=False) -> N
         raise ValueError(f"'{name}' must be {expected}, got {value!r} {where}")
 
 
-def _check_lr_scale(lr_scale: Any) -> float:
+def check_lr_scale(lr_scale: Any) -> float:
     """`lr_scale` as a float; a clear error if it is not a finite number >= 0
     (a NaN or negative scale would silently corrupt the weights)."""
     if type(lr_scale) is float and 0.0 <= lr_scale < math.inf:  # the usual case
@@ -77,7 +81,7 @@ def _check_lr_scale(lr_scale: Any) -> float:
     return value
 
 
-def _hparam_schedule(name: str, value: Any) -> Schedule:
+def hparam_schedule(name: str, value: Any) -> Schedule:
     """`value` as a Schedule; every item of a list is range-checked now."""
     schedule = to_schedule(name, value)
     if isinstance(value, (list, tuple)):
@@ -86,35 +90,132 @@ def _hparam_schedule(name: str, value: Any) -> Schedule:
     return schedule
 
 
-class ScheduledHyperparams:
-    """The hyperparameters of `Optimizer`, its schedule step and its last score.
+@dataclass(slots=True)
+class StepScalars:
+    """One step's hyperparameters and the scalars every key's update shares:
+    a value, made once per step by `step_scalars` and never changed after
+    (not frozen: a frozen dataclass is several times slower to make).
 
-    A base class: `Optimizer.__init__` sets the attributes these methods read
-    (`_schedules`, one Schedule per name in HPARAMS, `_step`, `_last_score`,
-    and the cache of the current values, `_hp`, `_hp_step`, `_hp_score`).
+    `learn_rate`, `L2`, `beta1`, `beta2`, `eps`, `grad_clip`: the values at
+    this step (float64). `use_radam`: RAdam's rectification. `adam`: Adam's
+    rule (beta1 > 0 and beta2 > 0) rather than SGD's, outside RAdam.
+    `kernel_b1`, `kernel_b2`: the betas the kernels get. `l2`: the L2 term
+    added to the gradient; `weight_decay`: L2 applied as decoupled weight
+    decay, ``decay = lr_scale * learn_rate * weight_decay`` (one of the two is
+    0). `betas_supported`: False for beta1 = 0 with beta2 > 0 outside RAdam
+    (`unsupported_betas` says why).
+    """
+
+    learn_rate: float
+    L2: float
+    beta1: float
+    beta2: float
+    eps: float
+    grad_clip: float
+    use_radam: bool
+    adam: bool
+    kernel_b1: float
+    kernel_b2: float
+    l2: float
+    weight_decay: float
+    betas_supported: bool
+
+
+def step_scalars(
+    values: tuple[float, ...], *, use_radam: bool, L2_is_weight_decay: bool
+) -> StepScalars:
+    """The `StepScalars` of a step whose hyperparameters are `values` (in
+    HPARAMS order), for an optimizer with these settings."""
+    learn_rate, L2, beta1, beta2, eps, grad_clip = values
+    adam = beta1 > 0.0 and beta2 > 0.0
+    # Thinc's compiled CPU Adam forms 1 - beta in float32 from float32 betas;
+    # the kernels form float32(1 - beta). Passing Adam betas rounded to
+    # float32 makes the two agree exactly (1 - b is exact then). RAdam and SGD
+    # get the betas as they are.
+    b1_f32, b2_f32 = float(np.float32(beta1)), float(np.float32(beta2))
+    rounded = adam and not use_radam
+    return StepScalars(
+        learn_rate=learn_rate,
+        L2=L2,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        grad_clip=grad_clip,
+        use_radam=use_radam,
+        adam=adam,
+        kernel_b1=b1_f32 if rounded else beta1,
+        kernel_b2=b2_f32 if rounded else beta2,
+        l2=0.0 if L2_is_weight_decay else L2,
+        weight_decay=L2 if L2_is_weight_decay else 0.0,
+        betas_supported=use_radam or not (beta1 <= 0.0 < beta2),
+    )
+
+
+def unsupported_betas(scalars: StepScalars, key: Any = None) -> ValueError:
+    """The error for betas that `scalars.betas_supported` refuses; `key`
+    names the parameter being updated, if any."""
+    where = f" (key {key!r})" if key is not None else ""
+    return ValueError(
+        f"'beta1' = 0 with 'beta2' = {scalars.beta2} is not supported{where}; "
+        "use beta1 > 0 for Adam or beta1 = beta2 = 0 for SGD"
+    )
+
+
+class ScheduledHyperparams:
+    """The hyperparameters of `Optimizer`, its settings, its schedule step
+    and its last score.
+
+    A base class: `Optimizer.__init__` calls `_init_hyperparams`. The current
+    step's `StepScalars` are computed once per step (and again when the last
+    score, a schedule or a setting changes) by `_scalars`.
     """
 
     _schedules: dict[str, Schedule]
-    _hp: tuple | None
-    _hp_step: int
-    _hp_score: Any
+    _cached: StepScalars | None
+    _cached_step: int
+    _cached_score: Any
     _step: int
     _last_score: tuple[int, float] | None
+    _use_radam: bool
+    _L2_is_weight_decay: bool
+
+    def _init_hyperparams(
+        self, values: dict[str, Any], *, use_radam: bool, L2_is_weight_decay: bool
+    ) -> None:
+        self._schedules = {
+            name: hparam_schedule(name, values[name]) for name in HPARAMS
+        }
+        self._cached = None
+        self._cached_step = -1
+        self._cached_score = None
+        self._step = 0
+        self._last_score = None
+        self._use_radam = bool(use_radam)
+        self._L2_is_weight_decay = bool(L2_is_weight_decay)
+        scalars = self._scalars(full_check=True)  # check the first values now
+        if not scalars.betas_supported:
+            raise unsupported_betas(scalars)
 
     # --- hyperparameters -------------------------------------------------------
 
-    def _current(self, *, full_check: bool = False) -> tuple:
-        """The hyperparameters at this step, evaluated once per step. Values
-        are range-checked when a schedule is set; later steps only need to
-        be finite (Thinc's own schedules may leave the range, e.g.
+    def _scalars(self, *, full_check: bool = False) -> StepScalars:
+        """This step's StepScalars, evaluated once per step. Values are
+        range-checked when a schedule is set; later steps only need to be
+        finite (Thinc's own schedules may leave the range, e.g.
         slanted_triangular past num_steps)."""
         if (
-            self._hp is not None
-            and self._hp_step == self._step
-            and self._hp_score is self._last_score
+            self._cached is not None
+            and self._cached_step == self._step
+            and self._cached_score is self._last_score
         ):
-            return self._hp
+            return self._cached
         step, score = self._step, self._last_score
+        scalars = self._evaluate(step, score, full_check=full_check)
+        self._cached = scalars
+        self._cached_step, self._cached_score = step, score
+        return scalars
+
+    def _evaluate(self, step: int, score: Any, *, full_check: bool) -> StepScalars:
         values = []
         for name in HPARAMS:
             value = self._schedules[name](step, key=None, last_score=score)
@@ -126,24 +227,50 @@ class ScheduledHyperparams:
             value = float(value)
             _check_range(name, value, f"(at step {step})", finite_only=not full_check)
             values.append(value)
-        # Thinc's compiled CPU Adam forms 1 - beta in float32 from float32
-        # betas; the kernels form float32(1 - beta). Passing betas rounded to
-        # float32 makes the two agree exactly (1 - b is exact then).
-        values += [float(np.float32(values[2])), float(np.float32(values[3]))]
-        self._hp = tuple(values)
-        self._hp_step, self._hp_score = step, score
-        return self._hp
+        return step_scalars(
+            tuple(values),
+            use_radam=self._use_radam,
+            L2_is_weight_decay=self._L2_is_weight_decay,
+        )
+
+    def hyperparams_at(self, step: int) -> StepScalars:
+        """The hyperparameters at schedule step `step` (with this optimizer's
+        last score), checked as an update checks them: a ValueError if a
+        schedule gives something other than a finite number. The optimizer's
+        own step is left as it is.
+
+        >>> from optsvc import Adam, warmup_linear
+        >>> Adam(warmup_linear(0.1, 10, 100)).hyperparams_at(5).learn_rate
+        0.05
+        """
+        return self._evaluate(step, self._last_score, full_check=False)
 
     def _set_hparam(self, name: str, value: Any) -> None:
         old = self._schedules[name]
-        self._schedules[name] = _hparam_schedule(name, value)
-        self._hp = None
+        self._schedules[name] = hparam_schedule(name, value)
+        self._cached = None
         try:
-            self._current(full_check=True)
+            self._scalars(full_check=True)
         except ValueError:
             self._schedules[name] = old
-            self._hp = None
+            self._cached = None
             raise
+
+    def _restore_hyperparams(
+        self,
+        schedules: Mapping[str, Schedule],
+        *,
+        step: int,
+        last_score: tuple[int, float] | None,
+        use_radam: bool,
+        L2_is_weight_decay: bool,
+    ) -> None:
+        """Set every schedule, the step, the last score and the settings as
+        saved, unchecked (a saved schedule may be past its range)."""
+        self._schedules = dict(schedules)
+        self._step, self._last_score = step, last_score
+        self._use_radam, self._L2_is_weight_decay = use_radam, L2_is_weight_decay
+        self._cached = None
 
     @property
     def schedules(self) -> Mapping[str, Schedule]:
@@ -152,7 +279,7 @@ class ScheduledHyperparams:
 
     @property
     def learn_rate(self) -> float:
-        return self._current()[0]
+        return self._scalars().learn_rate
 
     @learn_rate.setter
     def learn_rate(self, value: ScheduleT) -> None:
@@ -160,7 +287,7 @@ class ScheduledHyperparams:
 
     @property
     def L2(self) -> float:
-        return self._current()[1]
+        return self._scalars().L2
 
     @L2.setter
     def L2(self, value: ScheduleT) -> None:
@@ -168,7 +295,7 @@ class ScheduledHyperparams:
 
     @property
     def b1(self) -> float:
-        return self._current()[2]
+        return self._scalars().beta1
 
     @b1.setter
     def b1(self, value: ScheduleT) -> None:
@@ -176,7 +303,7 @@ class ScheduledHyperparams:
 
     @property
     def b2(self) -> float:
-        return self._current()[3]
+        return self._scalars().beta2
 
     @b2.setter
     def b2(self, value: ScheduleT) -> None:
@@ -184,7 +311,7 @@ class ScheduledHyperparams:
 
     @property
     def eps(self) -> float:
-        return self._current()[4]
+        return self._scalars().eps
 
     @eps.setter
     def eps(self, value: ScheduleT) -> None:
@@ -192,11 +319,34 @@ class ScheduledHyperparams:
 
     @property
     def grad_clip(self) -> float:
-        return self._current()[5]
+        return self._scalars().grad_clip
 
     @grad_clip.setter
     def grad_clip(self, value: ScheduleT) -> None:
         self._set_hparam("grad_clip", value)
+
+    # --- settings ------------------------------------------------------------------
+
+    @property
+    def use_radam(self) -> bool:
+        """RAdam's rectification of Adam's update."""
+        return self._use_radam
+
+    @use_radam.setter
+    def use_radam(self, value: bool) -> None:
+        self._use_radam = bool(value)
+        self._cached = None
+
+    @property
+    def L2_is_weight_decay(self) -> bool:
+        """Whether L2 is applied as decoupled weight decay (AdamW) rather
+        than added to the gradient."""
+        return self._L2_is_weight_decay
+
+    @L2_is_weight_decay.setter
+    def L2_is_weight_decay(self, value: bool) -> None:
+        self._L2_is_weight_decay = bool(value)
+        self._cached = None
 
     # --- step and score ----------------------------------------------------------
 

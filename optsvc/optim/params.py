@@ -4,7 +4,7 @@ A `ParamStore` holds the weights and gradients of many keys as views into two
 flat float32 arrays, in the order the keys were added, so that an optimizer
 can update all of them in one pass (`Optimizer.update_store`) while code that
 uses the parameters keeps working with ordinary arrays. An optimizer's state
-for one store is laid out the same way (`optsvc.optim.multi_tensor.FlatState`).
+for one store is laid out the same way (`optsvc.optim.state.FlatGroup`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Optimizer state as bytes: an .npz archive of arrays plus one JSON member.
 
-Loading never runs code: arrays are read with `allow_pickle=False`, the rest
-is JSON, schedules are rebuilt from their names, and a SHA-256 of the arrays
-recorded in the JSON is checked before anything is restored.
+`Optimizer.to_bytes` hands a `SavedOptimizer` record to `encode_optimizer`;
+`Optimizer.from_bytes` gets one back from `decode_optimizer` and takes it
+over. Loading never runs code: arrays are read with `allow_pickle=False`, the
+rest is JSON, schedules are rebuilt from their names, and a SHA-256 of the
+arrays recorded in the JSON is checked before anything is restored.
 """
 
 from __future__ import annotations
@@ -11,24 +13,22 @@ import dataclasses
 import hashlib
 import io
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 import optsvc.schedules  # noqa: F401  (fills SCHEDULE_FNS)
-from optsvc.backends import get_ops
-from optsvc.errors import OptsvcError
-from optsvc.optim.state import _Slot
+from optsvc.backends import Ops
+from optsvc.optim.state import OptimizerState, SlotRecord, StateError
+from optsvc.optim.step import RADAM_BUFFER_SLOTS
 from optsvc.schedules.base import SCHEDULE_FNS, Schedule
 from optsvc.schedules.thinc import PlateauState
 
 FORMAT = "optsvc.optimizer"
 VERSION = 1
 _META = "__meta__"
-
-
-class StateError(OptsvcError, ValueError):
-    """Saved optimizer state that cannot be written or read back."""
 
 
 # --- keys ---------------------------------------------------------------------
@@ -91,7 +91,7 @@ def schedule_from_json(data: dict, hparam: str, like: Any = None) -> Schedule:
     # The target's own schedule of that name first: a user's schedule may
     # share a name with a built-in one.
     if isinstance(like, Schedule) and like.name == name:
-        fn = like._schedule
+        fn = like.function
     else:
         fn = SCHEDULE_FNS.get(name)
     if fn is None:
@@ -133,31 +133,39 @@ def _digest(arrays: dict[str, np.ndarray], meta: dict) -> str:
     return h.hexdigest()
 
 
-def optimizer_to_bytes(opt) -> bytes:
-    """Everything an optimizer needs to continue bit-identically."""
-    ops = opt._ops
-    host = (lambda a: ops.to_numpy(a)) if ops is not None else np.asarray
-    arrays: dict[str, np.ndarray] = {}
-    keys = []
-    for i, (key, slot) in enumerate(opt._slots.items()):
-        entry = {"key": encode_key(key), "shape": list(slot.shape), "nr": slot.nr}
-        if slot.m is not None:
-            arrays[f"m{i}"], arrays[f"v{i}"] = host(slot.m), host(slot.v)
-        if slot.ema is not None:
-            arrays[f"ema{i}"] = host(opt.averages[key])
-        keys.append(entry)
+@dataclass(frozen=True)
+class SavedOptimizer:
+    """Everything an optimizer needs to continue bit-identically: what
+    `encode_optimizer` writes and `decode_optimizer` reads back."""
+
+    schedules: Mapping[str, Schedule]
+    step: int
+    last_score: tuple[int, float] | None
+    use_radam: bool
+    L2_is_weight_decay: bool
+    state: OptimizerState
+
+
+def encode_optimizer(saved: SavedOptimizer) -> bytes:
+    """`saved` as bytes: an .npz archive of the state's arrays plus the JSON
+    of everything else, with a SHA-256 over both."""
+    records, arrays = saved.state.to_arrays()
+    keys = [
+        {"key": encode_key(key), "shape": list(shape), "nr": nr}
+        for key, shape, nr in records
+    ]
     meta = {
         "format": FORMAT,
         "version": VERSION,
         "settings": {
-            "use_radam": opt.use_radam,
-            "L2_is_weight_decay": opt.L2_is_weight_decay,
-            "use_averages": opt.averages is not None,
+            "use_radam": saved.use_radam,
+            "L2_is_weight_decay": saved.L2_is_weight_decay,
+            "use_averages": saved.state.use_averages,
         },
-        "step": opt._step,
-        "last_score": list(opt._last_score) if opt._last_score else None,
-        "radam_buffer": opt._radam_buffer,
-        "schedules": {n: schedule_to_json(s, n) for n, s in opt._schedules.items()},
+        "step": saved.step,
+        "last_score": list(saved.last_score) if saved.last_score else None,
+        "radam_buffer": saved.state.radam_buffer,
+        "schedules": {n: schedule_to_json(s, n) for n, s in saved.schedules.items()},
         "keys": keys,
         "sha256": "",
     }
@@ -198,11 +206,15 @@ def read_archive(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
     return meta, arrays
 
 
-def optimizer_from_bytes(opt, data: bytes) -> None:
-    """Replace `opt`'s state with the state saved in `data`."""
+def decode_optimizer(
+    data: bytes, *, like: Mapping[str, Schedule], ops: Ops
+) -> SavedOptimizer:
+    """The optimizer saved in `data`, its arrays on `ops`; `like` (the
+    target's schedules) supplies the functions of schedules that optsvc does
+    not know by name. StateError if `data` is not such a state."""
     meta, arrays = read_archive(data)
     try:
-        _restore(opt, meta, arrays)
+        return _saved_from(meta, arrays, like, ops)
     except StateError:
         raise
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as err:
@@ -211,53 +223,39 @@ def optimizer_from_bytes(opt, data: bytes) -> None:
         ) from None
 
 
-def _restore(opt, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+def _saved_from(
+    meta: dict, arrays: dict[str, np.ndarray], like: Mapping[str, Schedule], ops: Ops
+) -> SavedOptimizer:
+    # In the order the format lists them, so that the first fault is reported.
     schedules = {
-        name: schedule_from_json(js, name, opt._schedules.get(name))
+        name: schedule_from_json(js, name, like.get(name))
         for name, js in meta["schedules"].items()
     }
-    ops = opt._ops or get_ops("numpy")
-    slots, mom1, mom2 = {}, {}, {}
-    averages = {} if meta["settings"]["use_averages"] else None
-    for i, entry in enumerate(meta["keys"]):
-        key, shape = decode_key(entry["key"]), tuple(entry["shape"])
-        size = int(np.prod(shape))
-        slot = slots[key] = _Slot(shape)
-        slot.nr = int(entry["nr"])
-        if f"m{i}" in arrays or f"v{i}" in arrays:
-            for name in (f"m{i}", f"v{i}"):
-                if (
-                    name not in arrays
-                    or arrays[name].shape != (size,)
-                    or arrays[name].dtype != np.float32
-                ):
-                    raise StateError(
-                        f"optimizer state for key {key!r} has a bad {name}"
-                    )
-            slot.m = mom1[key] = ops.asarray(arrays[f"m{i}"])
-            slot.v = mom2[key] = ops.asarray(arrays[f"v{i}"])
-        if averages is not None:
-            ema = arrays.get(f"ema{i}")
-            if ema is None or ema.shape != shape or ema.dtype != np.float32:
-                raise StateError(f"optimizer state for key {key!r} has bad averages")
-            averages[key] = ops.asarray(ema)
-            slot.ema = averages[key].reshape(-1)
+    records = (  # decoded one by one, as from_arrays checks each key's arrays
+        SlotRecord(decode_key(entry["key"]), tuple(entry["shape"]), int(entry["nr"]))
+        for entry in meta["keys"]
+    )
+    state = OptimizerState.from_arrays(
+        records, arrays, use_averages=bool(meta["settings"]["use_averages"]), ops=ops
+    )
     use_radam = bool(meta["settings"]["use_radam"])
     L2_is_weight_decay = bool(meta["settings"]["L2_is_weight_decay"])
     step = int(meta["step"])
     score = meta["last_score"]
     last_score = (int(score[0]), float(score[1])) if score else None
     radam_buffer = [list(b) for b in meta["radam_buffer"]]
-    if len(radam_buffer) != 10 or any(len(b) != 3 for b in radam_buffer):
+    if len(radam_buffer) != RADAM_BUFFER_SLOTS or any(
+        len(b) != 3 for b in radam_buffer
+    ):
         raise StateError("optimizer state has a bad RAdam buffer")
-    # Nothing is changed until everything above has been read and checked.
-    opt._schedules = schedules
-    opt._hp = None
-    opt.use_radam, opt.L2_is_weight_decay = use_radam, L2_is_weight_decay
-    opt._step, opt._last_score = step, last_score
-    opt._radam_buffer = radam_buffer
-    opt._slots, opt.mom1, opt.mom2, opt.averages = slots, mom1, mom2, averages
     # Restored keys hold their own arrays; the next update_store with a
     # ParamStore lays their state out in flat buffers again.
-    opt._states = {}
-    opt._ops = ops
+    state.radam_buffer = radam_buffer
+    return SavedOptimizer(
+        schedules=schedules,
+        step=step,
+        last_score=last_score,
+        use_radam=use_radam,
+        L2_is_weight_decay=L2_is_weight_decay,
+        state=state,
+    )

@@ -63,6 +63,11 @@ class Schedule(Generic[OutT]):
         """The schedule's parameters and state."""
         return self._attrs
 
+    @property
+    def function(self) -> Callable[..., OutT]:
+        """The function behind the schedule, called as `fn(self, step, **extra)`."""
+        return self._schedule
+
     def to_generator(
         self, start: int = 0, step_size: int = 1, **extra: Any
     ) -> Iterator[OutT]:
