@@ -60,3 +60,40 @@ def test_only_the_registry_imports_confection():
         if "import confection" in p.read_text() or "from confection" in p.read_text()
     )
     assert importers == ["config/parse.py", "config/registry.py"]
+
+
+def test_import_optsvc_loads_the_optimizer_library_alone():
+    # The training service, the config layer and the CLI's dependencies load
+    # only when asked for (`optsvc.registry`, `optsvc.config`, ...).
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, optsvc\n"
+        "heavy = ('optsvc.config', 'optsvc.training', 'optsvc.toys', 'confection',"
+        " 'pydantic', 'typer', 'rich', 'optsvc_cli')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_no_function_is_longer_than_a_screen_or_two():
+    # Each function a named step (with ruff's complexity limit of 15).
+    import ast
+    import pathlib
+
+    root = pathlib.Path(optsvc.__file__).parents[1]
+    too_long = []
+    for path in [
+        *root.joinpath("optsvc").rglob("*.py"),
+        *root.joinpath("cli").rglob("*.py"),
+    ]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 80:
+                    too_long.append(f"{path.relative_to(root)}:{node.name} {lines}")
+    assert too_long == []
