@@ -1,5 +1,5 @@
 # Every target sets itself up: `make test` on a fresh clone creates .venv,
-# installs optsvc with its dev and compare extras, then runs the tests.
+# installs optsvc with its dev, compare and ray extras, then runs the tests.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,7 +13,7 @@ SRC := optsvc cli tests $(wildcard bench)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,compare]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,compare,ray]'
 	touch $(STAMP)
 
 venv: $(STAMP)
