@@ -33,6 +33,7 @@ from optsvc.schedules.base import Schedule
 
 from . import render
 from .bench import bench
+from .sweep import sweep
 
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
 # show-schedule computes every step in Python (about 15 s a million steps).
@@ -342,6 +343,7 @@ def registry_cmd(
 
 
 app.command("bench")(user_errors(bench))
+app.command("sweep", context_settings=OVERRIDES)(user_errors(sweep))
 
 
 def main() -> None:
