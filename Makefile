@@ -1,6 +1,6 @@
 # Every target sets itself up: `make test` on a fresh clone creates .venv,
-# installs optsvc with its dev, compare, plot and spacy extras (spaCy and
-# Thinc, so that the integration tests run for real), then runs the tests.
+# installs optsvc with its dev, compare, plot, spacy and ray extras (so that the
+# integration tests run for real), then runs the tests.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -14,7 +14,7 @@ SRC := optsvc cli tests configs/spacy $(wildcard bench)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,compare,plot,thinc,spacy]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,compare,plot,thinc,spacy,ray]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -34,6 +34,7 @@ from . import render
 from .bench import bench
 from .plot import plot
 from .runs import runs
+from .sweep import sweep
 
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
 # show-schedule computes every step in Python (about 15 s a million steps).
@@ -346,6 +347,7 @@ def registry_cmd(
 app.command("bench")(user_errors(bench))
 app.command("runs")(user_errors(runs))
 app.command("plot")(user_errors(plot))
+app.command("sweep", context_settings=OVERRIDES)(user_errors(sweep))
 
 
 def main() -> None:

@@ -1,0 +1,311 @@
+"""`optsvc sweep`: a thin Typer command over `optsvc.sweep`, and the table
+that shows a sweep's trials as they run."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from optsvc.config import parse_overrides
+from optsvc.sweep import (
+    BEST_CFG,
+    RAY_EXTRA,
+    RESULTS_CSV,
+    SweepOutcome,
+    SweepPlan,
+    TrialRow,
+    choose_engine,
+    plan_sweep,
+    run_sweep,
+)
+
+from . import render
+
+EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
+STYLES = {"finished": "green", "failed": "red", "stopped": "yellow", "running": "cyan"}
+
+
+class Metric(str, Enum):
+    score = "score"
+    loss = "loss"
+
+
+class Mode(str, Enum):
+    max = "max"
+    min = "min"
+
+
+class Engine(str, Enum):
+    auto = "auto"
+    ray = "ray"
+    serial = "serial"
+
+
+def sweep(
+    ctx: typer.Context,
+    config: Annotated[
+        Path, typer.Argument(help="The training config (.cfg).", show_default=False)
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="The sweep folder (on a cluster: shared storage)."
+        ),
+    ],
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--grid",
+            metavar="PATH=V1,V2,...",
+            help="PATH=V1,V2,... : try each value of a dotted config path; several "
+            "--grid options make the cartesian product.",
+            show_default=False,
+        ),
+    ] = None,
+    sample: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sample",
+            metavar="PATH=DIST",
+            help="PATH=DIST : a random value per trial, DIST one of "
+            "loguniform(LOW,HIGH), uniform(LOW,HIGH), randint(LOW,HIGH), "
+            "choice(V1,V2,...).",
+            show_default=False,
+        ),
+    ] = None,
+    samples: Annotated[
+        int,
+        typer.Option(
+            "--samples",
+            min=1,
+            help="Repeat the grid N times, each with its own system.seed and "
+            "random draws.",
+        ),
+    ] = 1,
+    metric: Annotated[
+        Metric, typer.Option("--metric", help="What decides the best trial.")
+    ] = Metric.score,
+    mode: Annotated[
+        Mode | None,
+        typer.Option(
+            "--mode", help="max or min (default: max for score, min for loss)."
+        ),
+    ] = None,
+    early_stop: Annotated[
+        bool,
+        typer.Option(
+            "--early-stop",
+            help="Stop unpromising trials early (ASHA on the trial's step; Ray).",
+        ),
+    ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Trials at once (default: one per CPU; on a cluster, as many "
+            "as its resources allow).",
+        ),
+    ] = None,
+    gpus_per_trial: Annotated[
+        float,
+        typer.Option("--gpus-per-trial", min=0, help="GPUs each trial gets (Ray)."),
+    ] = 0,
+    retries: Annotated[
+        int,
+        typer.Option(
+            "--retries", min=0, help="Retry a failed trial from its last checkpoint."
+        ),
+    ] = 0,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            metavar="HOST:PORT|auto",
+            help="Run on an existing Ray cluster: host:port, or auto (default: "
+            "a private local Ray instance).",
+        ),
+    ] = None,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            "--engine",
+            help="ray, serial (one trial after another, no Ray), or auto: Ray "
+            "when it is installed.",
+        ),
+    ] = Engine.auto,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the sweep in the folder: finished trials are kept, "
+            "the others continue from their last checkpoint.",
+        ),
+    ] = False,
+) -> None:
+    """Train a config over a grid or random samples of its values, compare
+    the trials and keep the best.
+
+    Each trial is an ordinary run folder, OUTPUT/trials/<index>-<values>/,
+    trained by `optsvc train`. OUTPUT gets results.csv, results.json and
+    best.cfg (the best finished trial's config, which `optsvc train` runs as
+    is). Runs on a private local Ray instance, on a Ray cluster with
+    --address, or one trial after another without Ray. Every trial's config
+    is validated before any starts. Exit 0 when every trial finished, 1 when
+    some failed, 130 when interrupted; continue with --resume. Extra
+    arguments override config values.
+
+    Example: optsvc sweep configs/quickstart.cfg -o sweeps/lr
+    --grid optimizer.learn_rate.initial_rate=0.003,0.01 --grid optimizer.beta1=0.8,0.9
+    """
+    plan = plan_sweep(
+        config,
+        grid=grid or [],
+        sample=sample or [],
+        samples=samples,
+        overrides=parse_overrides(ctx.args),
+    )
+    chosen = choose_engine(engine.value, address)
+    for warning in plan.warnings:
+        render.err.print(Text(f"⚠ warning: {warning}", style="yellow"))
+    where = f"Ray at {address}" if address else "a local Ray instance"
+    render.out.print(
+        Text(
+            f"sweep: {len(plan.trials)} trials of {config} in {output}, on "
+            + (where if chosen == "ray" else "one process, one trial at a time")
+        )
+    )
+    if chosen == "serial" and engine is Engine.auto:
+        render.out.print(
+            Text(f"note: {RAY_EXTRA} runs trials in parallel and on clusters")
+        )
+    view = SweepView(plan, metric.value)
+    with view.live():
+        outcome = run_sweep(
+            plan, output, engine=chosen, resume=resume, metric=metric.value,
+            mode=mode.value if mode else None, workers=workers,
+            gpus_per_trial=gpus_per_trial, retries=retries, address=address,
+            early_stop=early_stop, on_change=view.update,
+        )  # fmt: skip
+    view.finish(outcome)
+    _summary(outcome, output, metric.value)
+    if outcome.interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if not outcome.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+class SweepView:
+    """The trials as a table, redrawn as they change (a terminal), or one
+    line per trial that ends (a pipe or a file)."""
+
+    def __init__(self, plan: SweepPlan, metric: str):
+        self.plan = plan
+        self.metric = metric
+        self.rows: dict[str, TrialRow] = {}
+        self.interactive = render.out.is_terminal
+        self._live: Live | None = None
+
+    def live(self) -> Live | _NoLive:
+        if not self.interactive:
+            return _NoLive()
+        self._live = Live(
+            self.table(), console=render.out, auto_refresh=False, transient=True
+        )
+        return self._live
+
+    def update(self, row: TrialRow) -> None:
+        before = self.rows.get(row.name)
+        self.rows[row.name] = row
+        if self._live is not None:
+            self._live.update(self.table(), refresh=True)
+        elif row.status not in ("running", "pending") or (
+            before is None and row.status == "running"
+        ):
+            render.out.print(Text(self._line(row)))
+
+    def table(self) -> Table:
+        table = Table(title_justify="left")
+        table.add_column("#", justify="right")
+        for path in self.plan.paths:
+            table.add_column(path.rsplit(".", 1)[-1], justify="right")
+        for column in ("step", self.metric, f"best {self.metric}", "status"):
+            table.add_column(column, justify="left" if column == "status" else "right")
+        for trial in self.plan.trials:
+            row = self.rows.get(trial.name) or TrialRow(trial)
+            cells = [str(trial.index)]
+            cells += [_value(trial.values.get(p)) for p in self.plan.paths]
+            cells += [_value(row.step), _value(row.metric(self.metric))]
+            cells += [_value(row.best)]
+            status = Text(row.status, style=STYLES.get(row.status, ""))
+            table.add_row(*(Text(c) for c in cells), status)
+        return table
+
+    def finish(self, outcome: SweepOutcome) -> None:
+        for row in outcome.rows:
+            self.rows[row.name] = row
+        render.out.print(self.table())
+
+    def _line(self, row: TrialRow) -> str:
+        text = f"trial {row.name}: {row.status}"
+        if row.step is not None:
+            text += f" at step {row.step}"
+        value = row.metric(self.metric)
+        if value is not None:
+            text += f", {self.metric} {_value(value)} (best {_value(row.best)})"
+        return text + (f": {row.error}" if row.error else "")
+
+
+class _NoLive:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _value(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _summary(outcome: SweepOutcome, output: Path, metric: str) -> None:
+    best = outcome.best
+    if best is not None:
+        render.out.print(
+            Text(
+                f"best: trial {best.name}, {metric} {_value(best.metric(metric))}; "
+                f"its config is {output / BEST_CFG} (optsvc train {output / BEST_CFG})"
+            )
+        )
+    render.out.print(Text(f"results: {output / RESULTS_CSV}"))
+    again = "the same command with --resume"
+    for row in outcome.failed:
+        render.err.print(Text(f"✘ trial {row.name} failed: {row.error}"))
+    if outcome.interrupted:
+        left = sum(
+            r.status not in ("finished", "stopped", "failed") for r in outcome.rows
+        )
+        render.err.print(
+            Text(
+                f"✘ the sweep was interrupted with {left} trials not done; continue "
+                f"it with {again}"
+            )
+        )
+    elif outcome.failed:
+        render.err.print(
+            Text(
+                f"✘ {len(outcome.failed)} of {len(outcome.rows)} trials failed; "
+                "their logs are trials/<trial>/train.log; fix the cause, then run "
+                f"them again from their last checkpoints with {again}"
+            )
+        )

@@ -1,0 +1,227 @@
+"""A sweep's trials: the grid's cartesian product, repeated `samples` times
+with random draws and seeds, each point a complete training config that has
+passed the same validation as `optsvc validate`, all before anything runs."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optsvc.config import (
+    ConfigError,
+    ConfigIssue,
+    config_to_str,
+    load_config,
+    validate_config,
+)
+from optsvc.sweep.space import Distribution, SweepError, parse_grid, parse_sample
+
+MAX_TRIALS = 10_000
+SEED_PATH = "system.seed"
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One point of a sweep: its folder name, the values it sets (dotted
+    path -> value) and the filled config that `optsvc train` runs."""
+
+    index: int
+    name: str
+    values: dict[str, Any]
+    config: str
+    max_steps: int
+    eval_frequency: int
+
+
+@dataclass
+class SweepPlan:
+    """Every trial of a sweep, in order, and what was asked for."""
+
+    source: str
+    paths: list[str]
+    trials: list[Trial]
+    request: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+def plan_sweep(
+    config: str | Path,
+    *,
+    grid: Sequence[str] = (),
+    sample: Sequence[str] = (),
+    samples: int = 1,
+    overrides: dict[str, Any] | None = None,
+) -> SweepPlan:
+    """Expand `--grid`/`--sample`/`--samples` over a config and validate every
+    trial; ConfigError lists each invalid point's problems with their paths.
+
+    >>> plan = plan_sweep("configs/quickstart.cfg", grid=["optimizer.beta1=0.8,0.9"])
+    >>> [t.name for t in plan.trials]
+    ['0-beta1=0.8', '1-beta1=0.9']
+    """
+    overrides = dict(overrides or {})
+    grids = [parse_grid(g) for g in grid]
+    draws = [parse_sample(s) for s in sample]
+    paths = _check_paths(grids, draws, samples, overrides)
+    base = load_config(config, overrides)
+    seed = _base_seed(base)
+    points = _points(grids, draws, samples, seed)
+    names = _names(points, paths)
+    trials, issues, warnings = [], {}, []
+    for index, (values, name) in enumerate(zip(points, names)):
+        trial, problems, notes = _trial(config, overrides, index, name, values)
+        for problem in problems:
+            issues.setdefault(str(problem), (problem, []))[1].append(index)
+        warnings.extend(w for w in notes if w not in warnings)
+        if trial is not None:
+            trials.append(trial)
+    if issues:
+        raise ConfigError(
+            [_with_trials(issue, idx, len(points)) for issue, idx in issues.values()]
+        )
+    request = {
+        "config": str(config),
+        "overrides": overrides,
+        "grid": [[p, v] for p, v in grids],
+        "sample": [[p, str(d)] for p, d in draws],
+        "samples": samples,
+    }
+    return SweepPlan(str(config), paths, trials, request, warnings)
+
+
+def _check_paths(grids, draws, samples: int, overrides: dict) -> list[str]:
+    if samples < 1:
+        raise SweepError(f"--samples must be at least 1, got {samples}")
+    paths = [p for p, _ in grids] + [p for p, _ in draws]
+    if not paths and samples == 1:
+        raise SweepError(
+            "nothing to sweep; add --grid PATH=V1,V2,..., --sample PATH=DIST or "
+            "--samples N"
+        )
+    twice = sorted({p for p in paths if paths.count(p) > 1})
+    if twice:
+        raise SweepError(
+            f"{twice[0]} is swept twice; give each path one --grid or --sample"
+        )
+    both = sorted(set(paths) & set(overrides))
+    if both:
+        raise SweepError(
+            f"{both[0]} is both swept and overridden; drop the --{both[0]} override"
+        )
+    if samples > 1:
+        if SEED_PATH in paths or SEED_PATH in overrides:
+            raise SweepError(
+                f"--samples {samples} sets {SEED_PATH} for each repeat, so it cannot "
+                f"also be swept or overridden; drop one of them"
+            )
+        paths.append(SEED_PATH)
+    return paths
+
+
+def _base_seed(config: dict) -> int:
+    seed = config.get("system", {}).get("seed", 0) if isinstance(config, dict) else 0
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
+
+
+def _points(grids, draws, samples: int, seed: int) -> list[dict[str, Any]]:
+    combos = list(itertools.product(*(values for _, values in grids)))
+    total = len(combos) * samples
+    if total > MAX_TRIALS:
+        raise SweepError(
+            f"the sweep has {total:,} trials, more than {MAX_TRIALS:,}; "
+            "sweep fewer values, or sample them with --sample and --samples"
+        )
+    # Draws depend only on the seed and the order of the trials: the same
+    # command gives the same trials, on any engine and when resumed.
+    rng = np.random.default_rng(seed)
+    points = []
+    for repeat in range(samples):
+        for combo in combos:
+            values = {path: value for (path, _), value in zip(grids, combo)}
+            values.update({path: dist.draw(rng) for path, dist in draws})
+            if samples > 1:
+                values[SEED_PATH] = seed + repeat
+            points.append(values)
+    return points
+
+
+def _trial(config, overrides, index: int, name: str, values: dict):
+    try:
+        cfg = load_config(config, {**overrides, **values})
+    except ConfigError as err:
+        return None, err.issues, []
+    report = validate_config(cfg, for_training=True)
+    if report.sections.is_spacy:
+        raise SweepError(
+            f"'{config}' is a spaCy config; optsvc sweep runs optsvc training "
+            "configs ([system], [data], [model], [training], [optimizer])"
+        )
+    if not report.ok:
+        return None, report.errors, []
+    filled = json.loads(json.dumps(cfg))
+    # Written out as `optsvc train` writes a run's config, defaults included,
+    # so that the trial's own config.cfg resumes it unchanged.
+    filled["system"] = {**report.system.model_dump(), **filled.get("system", {})}
+    filled["training"] = {**report.training.model_dump(), **filled["training"]}
+    trial = Trial(
+        index,
+        name,
+        values,
+        config_to_str(filled),
+        report.training.max_steps,
+        report.training.eval_frequency,
+    )
+    return trial, [], [str(w) for w in report.warnings]
+
+
+def _with_trials(issue: ConfigIssue, indexes: list[int], total: int) -> ConfigIssue:
+    where = "trial" if len(indexes) == 1 else "trials"
+    shown = ", ".join(str(i) for i in indexes[:8]) + (
+        ", ..." if len(indexes) > 8 else ""
+    )
+    note = f"in {where} {shown} of {total}"
+    hint = f"{issue.hint}; {note}" if issue.hint else note
+    return ConfigIssue(issue.path, issue.message, issue.value, issue.has_value, hint)
+
+
+def _names(points: list[dict], paths: list[str]) -> list[str]:
+    """'<index>-<slug of the values>', the index padded to sort in order."""
+    width = len(str(max(len(points) - 1, 0)))
+    keys = _short_keys(paths)
+    names = []
+    for index, values in enumerate(points):
+        slug = "-".join(f"{keys[p]}={_short(values[p])}" for p in paths if p in values)
+        slug = re.sub(r"[^A-Za-z0-9._=+-]", "_", slug)[:60].rstrip("-_")
+        names.append(f"{index:0{width}d}-{slug}" if slug else f"{index:0{width}d}")
+    return names
+
+
+def _short_keys(paths: list[str]) -> dict[str, str]:
+    """The last part of each path, or more of it where that is ambiguous."""
+    keys = {}
+    for path in paths:
+        parts = path.split(".")
+        for n in range(1, len(parts) + 1):
+            key = ".".join(parts[-n:])
+            if sum(p == key or p.endswith("." + key) for p in paths) == 1:
+                break
+        keys[path] = key
+    return keys
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+__all__ = ["Trial", "SweepPlan", "plan_sweep", "SweepError", "Distribution"]

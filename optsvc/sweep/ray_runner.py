@@ -1,0 +1,258 @@
+"""The Ray Tune runner: the sweep's trials in parallel, on a private local
+Ray instance or on an existing cluster (`address`).
+
+A private instance listens on loopback only, keeps its files in a short-lived
+folder under /tmp (never in the home folder) and is shut down at the end, with
+every process it started. Ray is imported only here, and only when used.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from optsvc.sweep.plan import Trial
+from optsvc.sweep.results import FAILED, FINISHED, STOPPED, Tracker
+from optsvc.sweep.space import SweepError
+from optsvc.sweep.trial import last_error, run_trial
+
+RAY_EXTRA = "pip install 'optsvc[ray]'"
+# A private instance: loopback only (Ray's switch for single-machine use), no
+# token in ~/.ray, no usage reports.
+LOCAL_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+# Tune's terminal output (the sweep shows its own table): the legacy engine,
+# which `verbose=0` silences; the new one prints trial errors regardless.
+# Ctrl-C: Tune's own handler waits (10 s and more) for trials blocked in
+# `optsvc train` to stop; a plain KeyboardInterrupt shuts Ray down at once,
+# and the trials' checkpoints are all --resume needs.
+TUNE_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_SIGINT_HANDLER": "1"}
+OBJECT_STORE_BYTES = 100 * 1024 * 1024  # trials pass nothing through it
+ASHA_REDUCTION = 4
+
+
+class TrialFailed(RuntimeError):
+    """`optsvc train` ended with an error; the message is that error."""
+
+
+def ray_available() -> bool:
+    """Whether Ray Tune is installed (looked up without importing Ray, whose
+    settings are read from the environment when it is first imported)."""
+    try:
+        spec = importlib.util.find_spec("ray")
+    except (ImportError, ValueError):
+        return False
+    places = (spec.submodule_search_locations or []) if spec else []
+    return any((Path(place) / "tune").is_dir() for place in places)
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.tune  # noqa: F401
+    except ImportError as err:
+        raise SweepError(f"Ray Tune cannot be imported ({err}); {RAY_EXTRA}") from None
+    return ray
+
+
+def tune_trial(config: dict[str, Any]) -> None:
+    """The Tune trainable: one trial, reporting each evaluation row."""
+    from ray import tune
+
+    def report(row: dict[str, Any]) -> None:
+        tune.report({"step": row["step"], **_metrics(row)})
+
+    trial = config["trial"]
+    run = run_trial(Path(trial["folder"]), gpu=trial["gpu"], on_row=report)
+    if not run.ok:
+        raise TrialFailed(run.error)
+
+
+def _metrics(row: dict[str, Any]) -> dict[str, float]:
+    # Tune needs a number for the metric in every report; NaN when missing.
+    out = {}
+    for key in ("score", "loss"):
+        value = row.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        out[key] = float(value) if ok and math.isfinite(value) else math.nan
+    return out
+
+
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
+def ray_session(address: str | None, cpus: int | None) -> Iterator[None]:
+    """Connect to the cluster at `address`, or start a private local instance
+    with `cpus` CPUs; disconnect (and stop it) when done."""
+    if address is not None:
+        ray = _import_ray()
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+        return
+    # A short root: Ray's socket paths must stay under 107 bytes.
+    root = tempfile.mkdtemp(
+        prefix="optsvc-ray-", dir="/tmp" if Path("/tmp").is_dir() else None
+    )
+    try:
+        with _environ(LOCAL_ENV):
+            ray = _import_ray()
+            _loopback_only(ray)
+            ray.init(
+                address="local",
+                num_cpus=cpus,
+                include_dashboard=False,
+                object_store_memory=OBJECT_STORE_BYTES,
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+                _temp_dir=root,
+            )
+            try:
+                yield
+            finally:
+                ray.shutdown()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _loopback_only(ray) -> None:
+    # Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when first imported;
+    # where this process imported it earlier, the driver would still pick the
+    # host's address for the private instance.
+    constants = ray._private.ray_constants
+    if constants.ENABLE_RAY_CLUSTER:
+        constants.ENABLE_RAY_CLUSTER = False
+
+
+def _callback(tracker: Tracker):
+    from ray import tune
+
+    class SweepCallback(tune.Callback):
+        """Trial events from Tune, in the driver, to the tracker."""
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            tracker.start(_name(trial))
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            tracker.progress(_name(trial), result)
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            tracker.retry(_name(trial), last_error(tracker.folder(_name(trial))))
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            name = _name(trial)
+            tracker.end(name, FAILED, last_error(tracker.folder(name)))
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            # A trial ASHA stopped ends here too, without final weights.
+            name = _name(trial)
+            done = (tracker.folder(name) / "final.npz").exists()
+            tracker.end(name, FINISHED if done else STOPPED)
+
+    return SweepCallback()
+
+
+def _name(trial) -> str:
+    return trial.config["trial"]["name"]
+
+
+def run_ray(
+    trials: Sequence[Trial],
+    tracker: Tracker,
+    *,
+    workers: int | None = None,
+    gpus_per_trial: float = 0,
+    retries: int = 0,
+    address: str | None = None,
+    early_stop: bool = False,
+) -> bool:
+    """Run `trials` with Ray Tune; True when the sweep was interrupted."""
+    if not ray_available():
+        raise SweepError(f"Ray Tune is not installed; {RAY_EXTRA}")
+    cpus = None if address else max(workers or os.cpu_count() or 1, 1)
+    with ray_session(address, cpus):
+        from ray import tune
+
+        space = [
+            {"name": t.name, "folder": str(tracker.folder(t.name).resolve()),
+             "gpu": gpus_per_trial > 0}
+            for t in trials
+        ]  # fmt: skip
+        trainable = tune.with_resources(
+            tune_trial,
+            {"cpu": 1, "gpu": gpus_per_trial} if gpus_per_trial else {"cpu": 1},
+        )
+        tune_config = tune.TuneConfig(
+            metric=tracker.metric,
+            mode=tracker.mode,
+            scheduler=_asha(trials) if early_stop else None,
+            max_concurrent_trials=workers,
+            reuse_actors=True,
+            trial_name_creator=_name,
+            trial_dirname_creator=_name,
+        )
+        run_config = tune.RunConfig(
+            name="tune",
+            storage_path=str(tracker.out.resolve()),
+            failure_config=tune.FailureConfig(max_failures=retries),
+            callbacks=[_callback(tracker)],
+            verbose=0,
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search(space)},
+            tune_config=tune_config,
+            run_config=run_config,
+        )
+        quiet = logging.getLogger("ray.tune")
+        level = quiet.level
+        # Tune's own advice (Tuner.restore) does not apply: --resume does that.
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            with _environ(TUNE_ENV):
+                tuner.fit()
+        finally:
+            quiet.setLevel(level)
+    unfinished = [r for r in tracker.rows.values() if r.status == "running"]
+    tracker.interrupt()
+    return bool(unfinished) or any(
+        tracker.rows[t.name].status == "pending" for t in trials
+    )
+
+
+def _asha(trials: Sequence[Trial]):
+    from ray.tune.schedulers import ASHAScheduler
+
+    # Rungs on the trial's own step (Tune's iteration count restarts after a
+    # retry), the first at the first evaluation.
+    return ASHAScheduler(
+        time_attr="step",
+        max_t=max(t.max_steps for t in trials),
+        grace_period=min(t.eval_frequency for t in trials),
+        reduction_factor=ASHA_REDUCTION,
+    )

@@ -1,0 +1,234 @@
+"""Where a sweep stands and what it found: one row per trial (its values,
+status, step, final and best metric, run folder), kept in `results.csv` and
+`results.json`, and `best.cfg`, the filled config of the best finished trial.
+
+The metrics come from each trial's own metrics.jsonl; the status is what the
+runner saw. `results.json` is also how `--resume` knows which trials are done.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from optsvc.fileio import write_atomic
+from optsvc.sweep.plan import SweepPlan, Trial
+from optsvc.sweep.trial import read_rows
+
+RESULTS_CSV = "results.csv"
+RESULTS_JSON = "results.json"
+BEST_CFG = "best.cfg"
+# Statuses a trial can have; the first three are done.
+FINISHED, STOPPED, FAILED = "finished", "stopped", "failed"
+RUNNING, PENDING, INTERRUPTED = "running", "pending", "interrupted"
+DONE = (FINISHED, STOPPED)
+
+
+@dataclass
+class TrialRow:
+    """One trial's line in the results."""
+
+    trial: Trial
+    status: str = PENDING
+    step: int | None = None
+    score: float | None = None
+    loss: float | None = None
+    best: float | None = None
+    attempts: int = 0
+    error: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.trial.name
+
+    def metric(self, name: str) -> float | None:
+        return self.score if name == "score" else self.loss
+
+
+@dataclass
+class Tracker:
+    """Trial statuses as a runner reports them; writes the results files
+    (at most once a second while trials run, and always by `save(force=True)`)
+    and passes every change to `on_change`."""
+
+    out: Path
+    plan: SweepPlan
+    metric: str = "score"
+    mode: str = "max"
+    on_change: Callable[[TrialRow], None] | None = None
+    rows: dict[str, TrialRow] = field(default_factory=dict)
+    _saved: float = 0.0
+
+    def __post_init__(self) -> None:
+        for trial in self.plan.trials:
+            self.rows.setdefault(trial.name, TrialRow(trial))
+
+    def folder(self, name: str) -> Path:
+        return self.out / "trials" / name
+
+    def restore(self, previous: dict[str, dict[str, Any]]) -> None:
+        """Statuses and attempts from an earlier run's results.json."""
+        for name, row in self.rows.items():
+            old = previous.get(name, {})
+            row.attempts = int(old.get("attempts") or 0)
+            row.error = str(old.get("error") or "")
+            status = old.get("status", PENDING)
+            if status == FINISHED and not (self.folder(name) / "final.npz").exists():
+                status = INTERRUPTED  # its weights are gone: run it again
+            row.status = status if status in DONE or status == FAILED else (
+                INTERRUPTED if row.attempts else PENDING
+            )  # fmt: skip
+            self._refresh(row)
+
+    # --- what runners report ------------------------------------------------
+    def start(self, name: str) -> None:
+        row = self.rows[name]
+        if row.status != RUNNING:
+            row.status, row.attempts, row.error = RUNNING, row.attempts + 1, ""
+            self._changed(row)
+
+    def progress(self, name: str, result: dict[str, Any]) -> None:
+        row = self.rows[name]
+        row.step = result.get("step", row.step)
+        row.score, row.loss = _number(result.get("score")), _number(result.get("loss"))
+        value = row.metric(self.metric)
+        if value is not None and (row.best is None or self._better(value, row.best)):
+            row.best = value
+        self._changed(row, save=False)
+
+    def retry(self, name: str, error: str) -> None:
+        row = self.rows[name]
+        row.attempts, row.error = row.attempts + 1, error
+        self._changed(row)
+
+    def end(self, name: str, status: str, error: str = "") -> None:
+        row = self.rows[name]
+        row.status, row.error = status, error if status == FAILED else ""
+        self._refresh(row)
+        self._changed(row)
+
+    def interrupt(self) -> None:
+        """Mark every trial that did not end as interrupted (or still pending)."""
+        for row in self.rows.values():
+            if row.status == RUNNING:
+                row.status = INTERRUPTED
+                self._refresh(row)
+
+    # --- results ------------------------------------------------------------
+    def best(self) -> TrialRow | None:
+        """The finished trial with the best final metric (the first on a tie)."""
+        best = None
+        for row in self.rows.values():
+            value = row.metric(self.metric)
+            if row.status != FINISHED or value is None:
+                continue
+            if best is None or self._better(value, best.metric(self.metric)):
+                best = row
+        return best
+
+    def table(self) -> list[dict[str, Any]]:
+        """The results, one flat dict per trial, in trial order."""
+        rows = sorted(self.rows.values(), key=lambda r: r.trial.index)
+        return [self._flat(row) for row in rows]
+
+    def save(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._saved < 1.0:
+            return
+        self._saved = time.monotonic()
+        table = self.table()
+        best = self.best()
+        document = {
+            "metric": self.metric,
+            "mode": self.mode,
+            "best": best.name if best else None,
+            "trials": table,
+        }
+        write_atomic(
+            self.out / RESULTS_JSON, (json.dumps(document, indent=1) + "\n").encode()
+        )
+        write_atomic(self.out / RESULTS_CSV, _csv(table).encode())
+        best_path = self.out / BEST_CFG
+        if best is not None:
+            text = (self.folder(best.name) / "config.cfg").read_bytes()
+            write_atomic(best_path, text)
+        else:
+            best_path.unlink(missing_ok=True)
+
+    # --- helpers ------------------------------------------------------------
+    def _better(self, a: float, b: float | None) -> bool:
+        if b is None:
+            return True
+        return a > b if self.mode == "max" else a < b
+
+    def _changed(self, row: TrialRow, save: bool = True) -> None:
+        if save:
+            self.save(force=row.status != RUNNING)
+        if self.on_change is not None:
+            self.on_change(row)
+
+    def _refresh(self, row: TrialRow) -> None:
+        """Step and metrics from the trial's metrics.jsonl, the record of truth."""
+        rows = read_rows(self.folder(row.name) / "metrics.jsonl")
+        if not rows:
+            row.step = row.score = row.loss = row.best = None
+            return
+        last = rows[-1]
+        row.step = last["step"]
+        row.score, row.loss = _number(last.get("score")), _number(last.get("loss"))
+        values = [_number(r.get(self.metric)) for r in rows]
+        values = [v for v in values if v is not None]
+        row.best = (max if self.mode == "max" else min)(values) if values else None
+
+    def _flat(self, row: TrialRow) -> dict[str, Any]:
+        return {
+            "trial": row.name,
+            **row.trial.values,
+            "status": row.status,
+            "step": row.step,
+            "score": row.score,
+            "loss": row.loss,
+            f"best_{self.metric}": row.best,
+            "attempts": row.attempts,
+            "error": row.error,
+            "folder": f"trials/{row.name}",
+        }
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _csv(table: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    if table:
+        writer = csv.DictWriter(buffer, fieldnames=list(table[0]), lineterminator="\n")
+        writer.writeheader()
+        for row in table:
+            writer.writerow({k: _cell(v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict, bool)):
+        return json.dumps(value)
+    return value
+
+
+def read_results(out: Path) -> dict[str, dict[str, Any]]:
+    """The rows of an earlier run's results.json by trial name ({} if none)."""
+    try:
+        document = json.loads((out / RESULTS_JSON).read_text(encoding="utf8"))
+        return {row["trial"]: row for row in document["trials"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}

@@ -1,0 +1,42 @@
+"""The serial runner: the sweep's trials one after another in this process,
+for machines without Ray. Same trial folders, retries and results as the Ray
+runner."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from optsvc.sweep.plan import Trial
+from optsvc.sweep.results import FAILED, FINISHED, Tracker
+from optsvc.sweep.trial import run_trial
+
+
+def run_serial(
+    trials: Sequence[Trial], tracker: Tracker, *, retries: int = 0, gpu: bool = False
+) -> bool:
+    """Run `trials` in order, each retried up to `retries` times from its last
+    checkpoint; True when it was interrupted (Ctrl-C) before the end."""
+    try:
+        for trial in trials:
+            _run_one(trial, tracker, retries, gpu)
+    except KeyboardInterrupt:
+        tracker.interrupt()
+        return True
+    return False
+
+
+def _run_one(trial: Trial, tracker: Tracker, retries: int, gpu: bool) -> None:
+    name = trial.name
+    tracker.start(name)
+    for attempt in range(retries + 1):
+        run = run_trial(
+            tracker.folder(name),
+            gpu=gpu,
+            on_row=lambda row: tracker.progress(name, row),
+        )
+        if run.ok:
+            tracker.end(name, FINISHED)
+            return
+        if attempt < retries:
+            tracker.retry(name, run.error)
+    tracker.end(name, FAILED, run.error)
