@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from optsvc_cli.main import app
 from typer.testing import CliRunner
 
 from optsvc.config import ConfigError
@@ -31,7 +32,6 @@ from optsvc.sweep import (
     plan_sweep,
     ray_available,
 )
-from optsvc_cli.main import app
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "quickstart.cfg")
