@@ -235,8 +235,9 @@ def test_invalid_point_refused_before_any_trial_runs(tmp_path):
 def test_sweep_help():
     result = CliRunner().invoke(app, ["sweep", "--help"])
     assert result.exit_code == 0
-    for option in ("--grid", "--sample", "--samples", "--early-stop", "--retries",
-                   "--address", "--resume", "--workers", "--gpus-per-trial"):  # fmt: skip
+    options = ("--grid", "--sample", "--samples", "--early-stop", "--retries",
+               "--address", "--resume", "--workers", "--gpus-per-trial")  # fmt: skip
+    for option in options:
         assert option in result.output
 
 
