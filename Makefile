@@ -1,6 +1,7 @@
 # Every target sets itself up: `make test` on a fresh clone creates .venv,
-# installs optsvc with its dev, compare, plot, spacy and ray extras (so that the
-# integration tests run for real), then runs the tests.
+# installs optsvc with its dev extra and every optional one (compare, plot,
+# thinc, spacy, ray, tensorboard, mlflow), so that the integration tests run
+# for real, then runs the tests.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -14,7 +15,7 @@ SRC := optsvc cli tests configs/spacy $(wildcard bench)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,compare,plot,thinc,spacy,ray]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,compare,plot,thinc,spacy,ray,tensorboard,mlflow]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -325,6 +325,7 @@ class RegistryName(str, Enum):
     schedules = "schedules"
     datasets = "datasets"
     models = "models"
+    loggers = "loggers"
 
 
 @app.command("registry")

@@ -1,5 +1,5 @@
 """The function registries that config files name (`@optimizers`, `@schedules`,
-`@datasets`, `@models`), as plain catalogue registries.
+`@datasets`, `@models`, `@loggers`), as plain catalogue registries.
 
 Functions register themselves where they are defined
 (`@registries.optimizers.register("Adam.v1")`), so each name is written once
@@ -19,7 +19,8 @@ import catalogue
 
 optimizers = catalogue.create("optsvc", "optimizers", entry_points=True)
 schedules = catalogue.create("optsvc", "schedules", entry_points=True)
+loggers = catalogue.create("optsvc", "loggers", entry_points=True)
 datasets = catalogue.create("optsvc", "datasets", entry_points=True)
 models = catalogue.create("optsvc", "models", entry_points=True)
 
-__all__ = ["optimizers", "schedules", "datasets", "models"]
+__all__ = ["optimizers", "schedules", "datasets", "models", "loggers"]

@@ -150,7 +150,7 @@ def _hyperparameter(arg: Arg, x: Any) -> str | None:
 class Param:
     """One argument a config may set, as the function's signature declares it.
 
-    kind: "number", "int", "bool", "str", "choice", "ints", "numbers",
+    kind: "number", "int", "bool", "str", "mapping", "choice", "ints", "numbers",
     "instance" (of `cls`), "hyper" (a hyperparameter) or "any".
     """
 
@@ -186,6 +186,8 @@ class Param:
             return "must be a boolean (true or false)"
         if self.kind == "str" and not isinstance(x, str):
             return "must be a string"
+        if self.kind == "mapping" and not isinstance(x, dict):
+            return "must be a mapping (a section, or {...})"
         if self.kind == "choice" and not any(
             type(x) is type(c) and x == c for c in self.choices
         ):
@@ -215,6 +217,8 @@ def _kind(hint: Any) -> tuple[str, tuple, type | None]:
     if origin in (Union, types.UnionType):
         kinds = {typing.get_origin(a) or a for a in args}
         return ("hyper" if {float, list} <= kinds else "any"), (), None
+    if hint is dict or origin is dict:
+        return "mapping", (), None
     if origin in (list, tuple, Sequence) and args and args[0] in (int, float):
         return ("ints" if args[0] is int else "numbers"), (), None
     cls = origin or hint

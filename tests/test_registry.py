@@ -18,7 +18,7 @@ LISTED = Path(__file__).with_name("registered_functions.txt")
 def registered():
     return sorted(
         f"{name}: {func}"
-        for name in ("optimizers", "schedules", "datasets", "models")
+        for name in ("optimizers", "schedules", "datasets", "models", "loggers")
         for func in getattr(registry, name).get_all()
     )
 
@@ -112,7 +112,7 @@ def test_third_party_schedule_through_an_entry_point(tmp_path, monkeypatch):
 
 def test_every_registered_function_checks_its_python_calls():
     # The same declarations (optsvc.spec) that the config schemas read.
-    for name in ("optimizers", "schedules", "datasets", "models"):
+    for name in ("optimizers", "schedules", "datasets", "models", "loggers"):
         for func_name, func in getattr(registry, name).get_all().items():
             assert unchecked(func) is not func, func_name
     with pytest.raises(

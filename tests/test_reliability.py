@@ -199,7 +199,7 @@ def test_other_failed_writes_are_one_clear_message(jobs, tmp_path, monkeypatch, 
         def full(self, row):
             raise OSError(errno.ENOSPC, "No space left on device", str(run))
 
-        monkeypatch.setattr(training.TrainLogger, "log_eval", full)
+        monkeypatch.setattr(training.MetricsFile, "log_eval", full)
     result = runner.invoke(app, ["train", str(job.config), "-o", str(run)])
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output and "internal error" not in result.output

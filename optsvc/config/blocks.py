@@ -16,9 +16,9 @@ from pydantic import BaseModel, ValidationError
 from optsvc.config.parse import ConfigError, ConfigIssue, did_you_mean
 from optsvc.config.registry import registry
 from optsvc.config.schema import Nested, function_schema
-from optsvc.spec import rules_of, unchecked
+from optsvc.spec import params_of, rules_of, unchecked
 
-REGISTRIES = ("optimizers", "schedules", "datasets", "models")
+REGISTRIES = ("optimizers", "schedules", "datasets", "models", "loggers")
 # Which registry each optsvc section's block names, and an example.
 SECTION_REGISTRY = {"data": ("datasets", "blobs.v1"), "model": ("models", "mlp.v1")}
 # Thinc's registries hold optsvc's functions as "optsvc.<name>" (through entry
@@ -65,7 +65,7 @@ def check_block(
         return None
     reg_name, name, func = reference
     schema = function_schema(func)
-    args.update(_sections_given_as_values(schema, block, sections, path, issues))
+    args.update(_sections_given_as_values(func, block, sections, path, issues))
     _, failed = check_model(schema, args, path, name, issues)
     _check_rules(func, schema, args, failed, path, issues)
     found[path] = (name, block)
@@ -81,9 +81,12 @@ def _arguments(block: dict, path: str, issues: list, found: dict):
         if key.startswith("@"):
             continue
         if isinstance(value, dict) and any(k.startswith("@") for k in value):
-            nested = check_block(value, f"{path}.{key}", "schedules", issues, found)
+            # A nested block is a schedule, unless it names another registry
+            # that nests (a chain of @loggers).
+            inner = "loggers" if "@loggers" in value else "schedules"
+            nested = check_block(value, f"{path}.{key}", inner, issues, found)
             # A broken nested block is reported once, by itself.
-            args[key] = nested or Nested("schedules", "?")
+            args[key] = nested or Nested(inner, "?")
         elif isinstance(value, dict):
             sections.append(key)
         else:
@@ -91,12 +94,16 @@ def _arguments(block: dict, path: str, issues: list, found: dict):
     return args, sections
 
 
-def _sections_given_as_values(schema, block, sections, path, issues) -> dict:
-    """Subsections without a function: an error where the schema expects a
-    value, else left for the schema to report as unknown arguments."""
+def _sections_given_as_values(func, block, sections, path, issues) -> dict:
+    """Subsections without a function: the value of an argument that takes a
+    mapping (MLflow's tags), an error where another value is expected, else
+    left for the schema to report as unknown arguments."""
     unknown = {}
+    kinds = {p.name: p.kind for p in params_of(func)}
     for key in sections:
-        if key in schema.model_fields:
+        if kinds.get(key) == "mapping":
+            unknown[key] = block[key]
+        elif key in kinds:
             issues.append(
                 ConfigIssue(
                     f"{path}.{key}",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import confection
 
+import optsvc.loggers  # noqa: F401  (registers the loggers)
 import optsvc.optim  # noqa: F401  (registers the optimizers)
 import optsvc.schedules  # noqa: F401  (registers the schedules)
 import optsvc.toys  # noqa: F401  (registers the example data sets and models)
@@ -16,7 +17,7 @@ from optsvc import registries
 
 class registry(confection.registry):
     """optsvc's registries: `registry.optimizers`, `registry.schedules`,
-    `registry.datasets`, `registry.models`.
+    `registry.datasets`, `registry.models`, `registry.loggers`.
 
     >>> registry.optimizers.get("Adam.v1")().learn_rate
     0.001
@@ -26,6 +27,7 @@ class registry(confection.registry):
     schedules = registries.schedules
     datasets = registries.datasets
     models = registries.models
+    loggers = registries.loggers
 
 
 __all__ = ["registry"]

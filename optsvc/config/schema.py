@@ -24,13 +24,18 @@ from pydantic import (
     create_model,
 )
 
+from optsvc.loggers.base import LoggerFactory
 from optsvc.schedules.base import Schedule
 from optsvc.spec import MAX_INT, Param, params_of
 
 STRICT = ConfigDict(extra="forbid", strict=True)
 # The registry whose functions build each class a nested block may stand for.
-BLOCK_REGISTRY: dict[type, str] = {Schedule: "schedules"}
+BLOCK_REGISTRY: dict[type, str] = {Schedule: "schedules", LoggerFactory: "loggers"}
 SCHEDULE_BLOCK = 'a [schedule] block (a section with @schedules = "...")'
+BLOCK_WORDS = {
+    "schedules": SCHEDULE_BLOCK,
+    "loggers": 'a [logger] block (a section with @loggers = "...")',
+}
 
 
 class Nested:
@@ -49,7 +54,9 @@ def _nested_problem(param: Param, x: Nested) -> str | None:
         return None if x.registry == "schedules" else f"must be {SCHEDULE_BLOCK}"
     if param.kind == "instance":
         wanted = BLOCK_REGISTRY.get(param.cls)
-        return None if wanted in (None, x.registry) else f"must be {SCHEDULE_BLOCK}"
+        if wanted in (None, x.registry):
+            return None
+        return f"must be {BLOCK_WORDS[wanted]}"
     return param.problem(x)
 
 
@@ -63,7 +70,7 @@ def _config_problem(param: Param, x: Any) -> str | None:
     if param.kind == "hyper" and not isinstance(x, (numbers.Number, list)):
         return f"must be a number, a list of numbers or {SCHEDULE_BLOCK}"
     if param.kind == "instance" and param.cls in BLOCK_REGISTRY:
-        return f"must be {SCHEDULE_BLOCK}"
+        return f"must be {BLOCK_WORDS[BLOCK_REGISTRY[param.cls]]}"
     return param.problem(x)
 
 

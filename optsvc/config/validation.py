@@ -170,7 +170,7 @@ def _check_sections(
             registry_name = SECTION_REGISTRY[name][0]
             check_block(value, name, registry_name, report.errors, report.blocks)
         elif name in SECTIONS:
-            settings[name] = _check_settings(name, value, report.errors)
+            settings[name] = _check_settings(name, value, report)
         else:
             hint = did_you_mean(name, [*SECTIONS, *SECTION_REGISTRY, "optimizer"])
             report.errors.append(
@@ -188,8 +188,10 @@ def _check_sections(
     return settings
 
 
-def _check_settings(name: str, value: Any, issues: list) -> BaseModel | None:
-    """[system] or [training] (its optimizer block is checked on its own)."""
+def _check_settings(name: str, value: Any, report: Report) -> BaseModel | None:
+    """[system] or [training] (its optimizer block is checked on its own, its
+    logger block as a block of @loggers)."""
+    issues = report.errors
     if not isinstance(value, dict):
         issues.append(ConfigIssue(name, "must be a section"))
         return None
@@ -197,7 +199,9 @@ def _check_settings(name: str, value: Any, issues: list) -> BaseModel | None:
     for key, sub in value.items():
         if key == "optimizer":
             continue
-        if isinstance(sub, dict):
+        if (name, key) == ("training", "logger"):
+            check_block(sub, "training.logger", "loggers", issues, report.blocks)
+        elif isinstance(sub, dict):
             issues.append(
                 ConfigIssue(f"{name}.{key}", f"[{name}] has no subsection '{key}'")
             )

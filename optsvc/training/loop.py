@@ -5,7 +5,7 @@ and state (fresh, or where a checkpoint left them) -> the loop (batch,
 forward, backward, update, schedules, evaluate, checkpoint, log) -> the final
 weights. What a checkpoint records, and so what resume restores, is
 `optsvc.training.state`; the run folder's rules are
-`optsvc.training.run_folder`; all output goes through the `TrainLogger`.
+`optsvc.training.run_folder`; all output goes through the loggers (`optsvc.loggers`).
 """
 
 from __future__ import annotations
@@ -29,10 +29,17 @@ from optsvc.config import (
     validate_config,
 )
 from optsvc.config.preview import ATTRS
+from optsvc.loggers import (
+    Logger,
+    LoggerFactory,
+    Loggers,
+    MetricsFile,
+    RunInfo,
+    console_logger,
+)
 from optsvc.optim import Optimizer, ParamStore
 from optsvc.toys.models import evaluate, mean_squared_error, softmax_cross_entropy
 from optsvc.training.checkpoints import Checkpoint, save_checkpoint
-from optsvc.training.logger import TrainLogger
 from optsvc.training.run_folder import (
     RunError,
     RunFolder,
@@ -87,9 +94,11 @@ def train(
     if err_console is None and console is None:
         err_console = Console(stderr=True, highlight=False)
     console = console or Console(highlight=False, soft_wrap=True)
-    logger = TrainLogger(
-        console, folder.metrics, job.settings.max_steps, err_console=err_console
+    run = RunInfo(
+        folder.path, job.config, job.settings.max_steps, console, err_console or console
     )
+    # metrics.jsonl is the run's own record, whatever the config's logger
+    logger = Loggers(run, [MetricsFile(run, folder.metrics), job.logger(run)])
     with folder:
         checkpoint, saved = folder.begin(
             resume=resume, overwrite=overwrite, warn=logger.warn
@@ -110,9 +119,13 @@ def train(
                 logger.info(already_ended(state, job.settings))
             else:
                 run_loop(loop, state)
-        finally:
+        except BaseException:
             logger.finish()
+            logger.close(None, failed=True)
+            raise
+        logger.finish()
         score = write_final(loop, state, trained=not ended)
+        logger.close(folder.final)
     return TrainResult(
         folder.path, state.step, score, state.best_score,
         None if checkpoint is None else checkpoint.step,
@@ -138,6 +151,7 @@ class Job:
     optimizer_name: str  # "Adam.v1 at [optimizer]"
     ops: Any
     gpu_id: int
+    logger: LoggerFactory  # [training.logger], else the console
 
     @classmethod
     def build(cls, config: dict, gpu_id: int | None) -> Job:
@@ -165,6 +179,7 @@ class Job:
             optimizer_name=f"{report.blocks[path][0]} at [{path}]",
             ops=ops_for_device(gpu_id),
             gpu_id=gpu_id,
+            logger=_logger(report),
         )
 
 
@@ -307,7 +322,7 @@ class Loop:
         data: DeviceData,
         store: ParamStore,
         folder: RunFolder,
-        logger: TrainLogger,
+        logger: Logger,
     ) -> None:
         self.job, self.data, self.store = job, data, store
         self.folder, self.logger = folder, logger
@@ -475,6 +490,17 @@ def save(loop: Loop, state: TrainState) -> None:
             f"({err.strerror or err}); the earlier checkpoints are kept, so free "
             "some space (or fix the folder's permissions) and continue with --resume"
         ) from None
+
+
+def _logger(report) -> LoggerFactory:
+    """The config's [training.logger], else the console; a library it needs
+    that is missing is refused here, before the run folder is touched."""
+    if "training.logger" in report.blocks:
+        logger = report.build("training.logger")
+    else:
+        logger = console_logger()
+    logger.check()
+    return logger
 
 
 # --- the end --------------------------------------------------------------------------

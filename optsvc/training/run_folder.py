@@ -37,7 +37,8 @@ from optsvc.training.state import TrainState
 
 # Settings that change how a run is recorded, not what it computes.
 NOT_RELEVANT = {("training", "checkpoint_frequency"), ("training", "keep_checkpoints"),
-                ("training", "max_steps"), ("system", "gpu_id")}  # fmt: skip
+                ("training", "max_steps"), ("training", "logger"),
+                ("system", "gpu_id")}  # fmt: skip
 RUN_FILES = ("config.cfg", "metrics.jsonl", "checkpoints", "final.npz")
 
 

@@ -1,8 +1,9 @@
-"""Training progress for people and machines.
+"""Training progress for people: `optsvc.ConsoleLogger.v1`, the default.
 
-One `TrainLogger` per run: on a terminal a header, a progress bar with ETA and
-a table row per evaluation (rich); plain lines when the output is a pipe or
-a file; and always one JSON object per evaluation in `metrics.jsonl`.
+On a terminal a header, a progress bar with ETA and a table row per
+evaluation (rich); plain lines when the output is a pipe or a file. (The
+run's `metrics.jsonl` is written whatever the logger: it is part of the run
+folder, see `MetricsFile`.)
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,6 +22,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.text import Text
+
+from optsvc import registries
+from optsvc.loggers.base import Logger, LoggerFactory, RunInfo
+from optsvc.spec import Arg, checked
 
 FIXED = ("step", "epoch", "loss", "score")
 
@@ -38,28 +42,23 @@ def _fmt(key: str, value: Any) -> str:
     return str(value)
 
 
-class TrainLogger:
-    """Console output and `metrics.jsonl` for one training run: everything
-    `train` says goes through it.
+class ConsoleLogger(Logger):
+    """Console output for one training run.
 
     Warnings before the run starts (about the run folder and its
-    checkpoints) go to `err_console` (default: `console`); once it has
-    started, everything goes to `console`, among the rows it concerns.
+    checkpoints) go to the run's `err_console`; once it has started,
+    everything goes to its `console`, among the rows it concerns.
     """
 
-    def __init__(
-        self,
-        console: Console,
-        metrics_path: Path,
-        total_steps: int,
-        *,
-        err_console: Console | None = None,
-    ):
-        self.console = console
-        self.err_console = err_console or console
-        self.metrics_path = Path(metrics_path)
-        self.total = total_steps
-        self.interactive = console.is_terminal
+    prints = True
+
+    def __init__(self, run: RunInfo, *, progress_bar: bool = True):
+        super().__init__(run)
+        self.console = run.console
+        self.err_console = run.err_console
+        self.total = run.total_steps
+        self.interactive = run.console.is_terminal
+        self.progress_bar = progress_bar
         self._started = False
         self._progress: Progress | None = None
         self._task = None
@@ -70,7 +69,7 @@ class TrainLogger:
         self._started = True
         for key, value in info.items():
             self.console.print(Text(f"{key:>14}: {value}"))
-        if self.interactive:
+        if self.interactive and self.progress_bar:
             self._progress = Progress(
                 TextColumn("training"),
                 BarColumn(),
@@ -91,10 +90,7 @@ class TrainLogger:
             self._progress.update(self._task, completed=step)
 
     def log_eval(self, row: dict[str, Any]) -> None:
-        """One evaluation: a table row (terminal) or a plain line, and a JSON
-        line in metrics.jsonl."""
-        with self.metrics_path.open("a", encoding="utf8") as f:
-            f.write(json.dumps(_jsonable(row)) + "\n")
+        """One evaluation: a table row (terminal) or a plain line."""
         if self._columns is None:
             self._columns = list(row)
             if self.interactive:
@@ -132,6 +128,39 @@ class TrainLogger:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+class MetricsFile(Logger):
+    """The run's own record, `metrics.jsonl`: one JSON object per
+    evaluation, written whatever logger the config names (resume, `optsvc
+    runs` and `optsvc plot` read it)."""
+
+    def __init__(self, run: RunInfo, path: Path) -> None:
+        super().__init__(run)
+        self.path = Path(path)
+
+    def log_eval(self, row: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf8") as f:
+            f.write(json.dumps(_jsonable(row)) + "\n")
+
+
+@registries.loggers.register("optsvc.ConsoleLogger.v1")
+@checked()
+def console_logger(
+    progress_bar: Annotated[
+        bool, Arg("a progress bar with ETA on a terminal (plain lines in a pipe)")
+    ] = True,
+) -> LoggerFactory:
+    """Progress for people: a header, a progress bar and a table row per
+    evaluation on a terminal; one plain line per evaluation in a pipe.
+
+    >>> console_logger()
+    <logger optsvc.ConsoleLogger.v1>
+    """
+    return LoggerFactory(
+        "optsvc.ConsoleLogger.v1",
+        lambda run: ConsoleLogger(run, progress_bar=progress_bar),
+    )
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:

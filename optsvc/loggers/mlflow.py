@@ -1,0 +1,199 @@
+"""`optsvc.MLflowLogger.v1`: params, metrics by step and artifacts in MLflow.
+
+By default the store is local, in the run folder (`RUN/mlflow/mlflow.db`,
+artifacts beside it), so it works offline on a fresh machine; any
+`tracking_uri` (a shared sqlite file, a tracking server) works the same. The
+MLflow run's id is kept in `RUN/mlflow.json`: a resumed run logs into the same
+MLflow run and skips the steps that run already holds (resume is bit-exact, so
+those values are the ones it would log again).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import numbers
+import re
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+from optsvc import registries
+from optsvc.fileio import write_atomic
+from optsvc.loggers.base import (
+    Logger,
+    LoggerError,
+    LoggerFactory,
+    RunInfo,
+    missing_extra,
+)
+from optsvc.spec import Arg, checked
+
+RUN_FILE = "mlflow.json"
+MAX_PARAM = 500  # characters of a config value kept as a parameter
+_NOT_A_KEY = re.compile(r"[^\w\-. /]")
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, str]:
+    """A config as MLflow parameters: dotted keys, values as text.
+
+    >>> flatten({"optimizer": {"@optimizers": "Adam.v1", "beta1": 0.9}})
+    {'optimizer.optimizers': 'Adam.v1', 'optimizer.beta1': '0.9'}
+    """
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        name = prefix + _NOT_A_KEY.sub("", str(key))
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value)
+            out[name] = text[:MAX_PARAM]
+    return out
+
+
+class MLflowLogger(Logger):
+    """One MLflow run per optsvc run, continued on resume."""
+
+    def __init__(self, run: RunInfo, settings: dict[str, Any]) -> None:
+        super().__init__(run)
+        self.settings = settings
+        self.folder = run.output_dir / "mlflow"
+        self.uri = settings["tracking_uri"] or f"sqlite:///{self.folder / 'mlflow.db'}"
+        self._client = None
+        self.run_id: str | None = None
+        self._logged_up_to = -1
+
+    def start(self, info: dict[str, Any], first_step: int) -> None:
+        try:
+            from mlflow.tracking import MlflowClient
+        except ImportError:
+            raise missing_extra("mlflow", "mlflow") from None
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        if self.settings["tracking_uri"] is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self._client = MlflowClient(tracking_uri=self.uri)
+            previous = self._previous_run() if first_step > 0 else None
+            if previous:
+                self._continue(previous)
+            else:
+                self._new_run()
+        except LoggerError:
+            raise
+        except Exception as err:  # the store is not there, refuses, ...
+            raise LoggerError(
+                f"MLflow at {self.uri} cannot be used ({type(err).__name__}: "
+                f"{err}); check training.logger.tracking_uri"
+            ) from None
+
+    def _previous_run(self) -> str | None:
+        path = self.run.output_dir / RUN_FILE
+        if not path.is_file():
+            return None
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(saved, dict) or saved.get("tracking_uri") != self.uri:
+            return None
+        return saved.get("run_id")
+
+    def _continue(self, run_id: str) -> None:
+        self.run_id = run_id
+        self._client.update_run(run_id, status="RUNNING")
+        history = self._client.get_metric_history(run_id, "epoch")
+        self._logged_up_to = max((m.step for m in history), default=-1)
+
+    def _new_run(self) -> None:
+        from mlflow.entities import Param
+
+        name = self.settings["experiment_name"]
+        experiment = self._client.get_experiment_by_name(name)
+        if experiment is not None:
+            experiment_id = experiment.experiment_id
+        elif self.settings["tracking_uri"] is None:
+            location = (self.folder / "artifacts").as_uri()
+            experiment_id = self._client.create_experiment(name, location)
+        else:
+            experiment_id = self._client.create_experiment(name)
+        tags = {str(k): str(v) for k, v in (self.settings["tags"] or {}).items()}
+        run = self._client.create_run(
+            experiment_id,
+            run_name=self.settings["run_name"] or self.run.output_dir.name,
+            tags=tags,
+        )
+        self.run_id = run.info.run_id
+        params = [Param(k, v) for k, v in flatten(self.run.config).items()]
+        for i in range(0, len(params), 100):  # MLflow takes 100 a batch
+            self._client.log_batch(self.run_id, params=params[i : i + 100])
+        saved = {"tracking_uri": self.uri, "run_id": self.run_id}
+        write_atomic(self.run.output_dir / RUN_FILE, json.dumps(saved).encode())
+
+    def log_eval(self, row: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        step = row["step"]
+        if step <= self._logged_up_to:
+            return  # logged before the run was killed: the same values
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(key, float(value), now, step)
+            for key, value in row.items()
+            if key != "step"
+            and isinstance(value, numbers.Real)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        ]
+        self._client.log_batch(self.run_id, metrics=metrics)
+        self._logged_up_to = step
+
+    def close(self, final: Path | None, *, failed: bool = False) -> None:
+        if self._client is None or self.run_id is None:
+            return
+        if final is not None and self.settings["log_artifacts"]:
+            for path in (self.run.output_dir / "config.cfg", final):
+                if path.is_file():
+                    self._client.log_artifact(self.run_id, str(path))
+        self._client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
+        self._client = None
+
+
+@registries.loggers.register("optsvc.MLflowLogger.v1")
+@checked()
+def mlflow_logger(
+    tracking_uri: Annotated[
+        str | None,
+        Arg("MLflow tracking URI (default: a local store in RUN/mlflow)"),
+    ] = None,
+    experiment_name: Annotated[str, Arg("experiment the run belongs to")] = "optsvc",
+    run_name: Annotated[
+        str | None, Arg("the MLflow run's name (default: the run folder's)")
+    ] = None,
+    tags: Annotated[dict | None, Arg("tags to set on the MLflow run")] = None,
+    log_artifacts: Annotated[
+        bool, Arg("log the filled config and the final weights as artifacts")
+    ] = True,
+) -> LoggerFactory:
+    """The run's config as parameters, every evaluation row as metrics by
+    step, and the filled config and final weights as artifacts, in MLflow.
+
+    >>> mlflow_logger(experiment_name="lr-study")
+    <logger optsvc.MLflowLogger.v1>
+    """
+    settings = {
+        "tracking_uri": tracking_uri,
+        "experiment_name": experiment_name,
+        "run_name": run_name,
+        "tags": tags,
+        "log_artifacts": log_artifacts,
+    }
+    return LoggerFactory(
+        "optsvc.MLflowLogger.v1",
+        lambda run: MLflowLogger(run, settings),
+        requires=[("mlflow", "mlflow")],
+    )
+
+
+__all__ = ["MLflowLogger", "flatten", "mlflow_logger"]
