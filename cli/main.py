@@ -260,7 +260,14 @@ def _has_plateau(schedule: Schedule) -> bool:
 @user_errors
 def train_cmd(
     ctx: typer.Context,
-    config: ConfigArg,
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            help="The config file (.cfg); with --resume -o DIR it may be left "
+            "out: the run's own DIR/config.cfg is used.",
+            show_default=False,
+        ),
+    ] = None,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -302,10 +309,16 @@ def train_cmd(
     trains nothing and exits 0.
 
     Example: optsvc train configs/quickstart.cfg -o runs/quick --training.max_steps 500
+
+    Resume with the run's own config: optsvc train --resume -o runs/quick
     """
     from optsvc.training.loop import train
 
-    cfg = load_config(config, parse_overrides(ctx.args))
+    args = list(ctx.args)
+    if config is not None and not config.exists():
+        config, args = _value_taken_as_config(config, args)
+    config = config or _own_config(resume, output)
+    cfg = load_config(config, parse_overrides(args))
     out = output or Path("runs") / config.stem
     train(
         cfg,
@@ -318,6 +331,37 @@ def train_cmd(
         console=render.out,
         err_console=render.err,
     )
+
+
+def _value_taken_as_config(
+    config: Path, args: list[str]
+) -> tuple[Path | None, list[str]]:
+    """`optsvc train --resume -o DIR --training.max_steps 800`: click takes
+    the override's name (or, after it, its value) for the CONFIG argument.
+    Give it back to the overrides (each takes one value)."""
+    if str(config).startswith("--"):
+        return None, [str(config), *args]
+    for i, arg in enumerate(args):
+        dangling = i + 1 == len(args) or args[i + 1].startswith("--")
+        if arg.startswith("--") and "=" not in arg and dangling:
+            return None, [*args[: i + 1], str(config), *args[i + 1 :]]
+    return config, args
+
+
+def _own_config(resume: bool, output: Path | None) -> Path:
+    """The run's filled config, for `optsvc train --resume -o DIR`."""
+    if not resume or output is None:
+        raise OptsvcError(
+            "give a CONFIG to train, or --resume -o DIR to continue the run in DIR "
+            "with its own config"
+        )
+    own = output / "config.cfg"
+    if not own.is_file():
+        raise OptsvcError(
+            f"'{output}' holds no run to resume (no config.cfg); start one with "
+            f"optsvc train CONFIG -o {output}"
+        )
+    return own
 
 
 class RegistryName(str, Enum):

@@ -218,6 +218,18 @@ def relevant_config(config: dict) -> dict:
     return out
 
 
+def comparable(relevant: dict) -> dict:
+    """A training-relevant config with the defaults of [system] and [training]
+    written out, so that a run's own filled config.cfg compares equal to the
+    config it was started from."""
+    out = json.loads(json.dumps(relevant))
+    defaults = {"system": SystemSection(), "training": TrainingSection()}
+    for name, section in defaults.items():
+        if isinstance(out.get(name), dict):
+            out[name] = {**section.model_dump(), **out[name]}
+    return relevant_config(out)
+
+
 def config_diff(old: Any, new: Any, path: str = "") -> list[str]:
     """Dotted paths whose values differ, as 'path: old -> new' lines.
 
@@ -244,7 +256,8 @@ def check_resumable(
     """RunError unless a run at `state` may continue with this config: the
     training-relevant values unchanged (else a diff), and max_steps not below
     the step, nor changed without --extend."""
-    saved = state.config
+    saved = None if state.config is None else comparable(state.config)
+    relevant = comparable(relevant)
     if saved is not None and config_hash(saved) != config_hash(relevant):
         lines = config_diff(saved, relevant)
         raise RunError(
