@@ -29,6 +29,7 @@ from optsvc.config.preview import (
 )
 from optsvc.errors import OptsvcError
 from optsvc.schedules.base import Schedule
+from optsvc.training.signals import TrainingInterrupted
 
 from . import render
 from .bench import bench
@@ -73,8 +74,12 @@ def user_errors(command):
         except OptsvcError as error:  # every other user error: its message says it
             render.err.print(Text(f"✘ {error}"))
             raise typer.Exit(1) from None
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        except (typer.Exit, typer.Abort):
             raise
+        except TrainingInterrupted as stopped:  # saved, and said how to go on
+            raise typer.Exit(stopped.exit_code) from None
+        except KeyboardInterrupt:  # a second Ctrl-C: at once
+            raise typer.Exit(130) from None
         except MemoryError as error:  # a job too large for this machine
             render.err.print(
                 Text(

@@ -11,6 +11,8 @@ weights. What a checkpoint records, and so what resume restores, is
 from __future__ import annotations
 
 import math
+import shlex
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,7 @@ from optsvc.training.run_folder import (
     config_diff,
     relevant_config,
 )
+from optsvc.training.signals import StopOnSignal, TrainingInterrupted
 from optsvc.training.state import (
     EARLY_STOP,
     MAX_STEPS,
@@ -118,7 +121,8 @@ def train(
             if ended:
                 logger.info(already_ended(state, job.settings))
             else:
-                run_loop(loop, state)
+                with loop.stop:
+                    run_loop(loop, state)
         except BaseException:
             logger.finish()
             logger.close(None, failed=True)
@@ -332,6 +336,7 @@ class Loop:
         self.batch_size = min(job.settings.batch_size, data.n_train)
         self.logged = logged_hyperparameters(job.optimizer)
         self.clock = (time.perf_counter(), 0)  # for steps/s: (time, step)
+        self.stop = StopOnSignal()  # Ctrl-C / SIGTERM: stop after the step
 
 
 def run_loop(loop: Loop, state: TrainState) -> None:
@@ -357,10 +362,27 @@ def run_loop(loop: Loop, state: TrainState) -> None:
                 evaluate_and_log(loop, state)
             if state.stopped is None and state.step >= settings.max_steps:
                 state.stopped = MAX_STEPS
-            if state.step % settings.checkpoint_frequency == 0 or state.stopped:
+            saved = state.step % settings.checkpoint_frequency == 0 or state.stopped
+            if saved:
                 save(loop, state)
+            if loop.stop.signum is not None and state.stopped is None:
+                stop_on_signal(loop, state, saved=bool(saved))
     finally:
         np.seterr(**numpy_errors)
+
+
+def stop_on_signal(loop: Loop, state: TrainState, *, saved: bool) -> None:
+    """Ctrl-C or SIGTERM came during the step: save it, say how to go on."""
+    if not saved:
+        save(loop, state)
+    signum = loop.stop.signum
+    loop.logger.finish()
+    loop.logger.info(
+        f"stopped by {signal.Signals(signum).name} at step {state.step}; the "
+        f"checkpoint is saved. Continue with: optsvc train --resume -o "
+        f"{shlex.quote(str(loop.folder.path))}"
+    )
+    raise TrainingInterrupted(signum, state.step)
 
 
 def next_batch(state: TrainState, n_train: int, batch_size: int, ops):

@@ -1,0 +1,98 @@
+"""Ctrl-C and SIGTERM keep the work: the first finishes the step, writes a
+checkpoint, says how to continue and exits 130 / 143; a second Ctrl-C stops
+at once, and the last good checkpoint still stands. Real processes, real
+signals; `--resume` then ends bit-identical to an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.cfg"
+JOB = ["--training.max_steps", "600", "--training.eval_frequency", "50",
+       "--training.checkpoint_frequency", "200", "--data.n_samples", "600"]  # fmt: skip
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+pytestmark = pytest.mark.slow
+
+
+def command(run: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "optsvc_cli.main", "train", *extra, "-o", str(run)]
+
+
+def interrupted(run: Path, *signums: int) -> tuple[int, str, str]:
+    """Start a run; once it has logged step 250 (after its checkpoint at
+    200), send `signums`, one after the other."""
+    proc = subprocess.Popen(
+        command(run, str(QUICKSTART), *JOB),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )  # fmt: skip
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("step 250 "):
+            for signum in signums:
+                proc.send_signal(signum)
+            break
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, "".join(lines) + out, err
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[str, np.ndarray]:
+    run = tmp_path_factory.mktemp("straight") / "run"
+    subprocess.run(command(run, str(QUICKSTART), *JOB), check=True, env=ENV,
+                   capture_output=True)  # fmt: skip
+    return final(run)
+
+
+def final(run: Path) -> dict[str, np.ndarray]:
+    with np.load(run / "final.npz", allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def resume_equals(run: Path, reference: dict[str, np.ndarray]) -> None:
+    done = subprocess.run(command(run, "--resume"), env=ENV, capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    ours = final(run)
+    assert ours.keys() == reference.keys()
+    assert all(np.array_equal(ours[k], reference[k]) for k in ours)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_the_first_signal_saves_the_step_and_says_how_to_continue(
+    tmp_path, uninterrupted, signum
+):
+    run = tmp_path / "run"
+    code, out, err = interrupted(run, signum)
+    assert code == 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM
+    name = signal.Signals(signum).name
+    [line] = [x for x in out.splitlines() if x.startswith("stopped by")]
+    assert line.startswith(f"stopped by {name} at step ")
+    assert line.endswith(f"Continue with: optsvc train --resume -o {run}")
+    assert "Traceback" not in err
+    # the step it was in when the signal came (250, or one of the next few)
+    step = int(line.split(" at step ")[1].split(";")[0])
+    assert 250 <= step < 600
+    assert (run / "checkpoints" / f"step-{step:08d}").is_dir()
+    assert not (run / "final.npz").exists()
+    resume_equals(run, uninterrupted)
+
+
+def test_a_second_signal_stops_at_once_and_the_last_checkpoint_stands(
+    tmp_path, uninterrupted
+):
+    run = tmp_path / "run"
+    # two different signals, so that neither is merged into the other
+    code, out, err = interrupted(run, signal.SIGTERM, signal.SIGINT)
+    assert code == 130
+    assert "Continue with" not in out  # it did not wait to save the step
+    assert "Traceback" not in err
+    assert not (run / "final.npz").exists()
+    resume_equals(run, uninterrupted)
