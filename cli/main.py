@@ -74,7 +74,7 @@ def user_errors(command):
         except OptsvcError as error:  # every other user error: its message says it
             render.err.print(Text(f"✘ {error}"))
             raise typer.Exit(1) from None
-        except (typer.Exit, typer.Abort):
+        except (typer.Exit, typer.Abort, typer.BadParameter):  # usage: exit 2
             raise
         except TrainingInterrupted as stopped:  # saved, and said how to go on
             raise typer.Exit(stopped.exit_code) from None
@@ -322,7 +322,7 @@ def train_cmd(
     args = list(ctx.args)
     if config is not None and not config.exists():
         config, args = _value_taken_as_config(config, args)
-    config = config or _own_config(resume, output)
+    config = config or _own_config(ctx, resume, output)
     cfg = load_config(config, parse_overrides(args))
     out = output or Path("runs") / config.stem
     train(
@@ -353,12 +353,14 @@ def _value_taken_as_config(
     return config, args
 
 
-def _own_config(resume: bool, output: Path | None) -> Path:
+def _own_config(ctx: typer.Context, resume: bool, output: Path | None) -> Path:
     """The run's filled config, for `optsvc train --resume -o DIR`."""
     if not resume or output is None:
-        raise OptsvcError(
-            "give a CONFIG to train, or --resume -o DIR to continue the run in DIR "
-            "with its own config"
+        raise typer.BadParameter(
+            "missing: give a config to train, or --resume -o DIR to continue the "
+            "run in DIR with its own config.",
+            ctx=ctx,
+            param_hint="'CONFIG'",
         )
     own = output / "config.cfg"
     if not own.is_file():

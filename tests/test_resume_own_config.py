@@ -75,11 +75,11 @@ def test_an_override_on_resume_is_compared_with_the_runs_config(tmp_path):
     assert "optimizer.beta1: 0.9 -> 0.8" in result.stderr
 
 
-def test_no_config_without_resume_is_one_sentence(tmp_path):
+def test_no_config_without_resume_is_a_usage_error(tmp_path):
     result = train("-o", tmp_path / "run")
-    assert result.exit_code == 1
-    [line] = result.stderr.strip().splitlines()
-    assert "give a CONFIG to train, or --resume -o DIR" in line
+    assert result.exit_code == 2  # as every command-line usage error
+    assert "Invalid value for 'CONFIG': missing" in result.stderr
+    assert "--resume -o DIR" in result.stderr
     assert not (tmp_path / "run").exists()
 
 

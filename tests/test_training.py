@@ -414,13 +414,45 @@ def test_resume_after_sigkill_at_many_points_is_bit_identical(job, reference, tm
     assert_same_run(run, reference, "resuming the finished run changed it")
 
 
-def test_resume_on_an_empty_folder_starts_from_scratch(job, reference, tmp_path):
+def test_resume_on_an_empty_folder_says_there_is_nothing_to_resume(job, tmp_path):
+    # Issue 11: it used to start from step 0 without a word.
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = invoke("train", job, "-o", empty, "--resume")
+    for folder in (empty, tmp_path / "mistyped"):
+        result = invoke("train", job, "-o", folder, "--resume")
+        assert result.exit_code == 1
+        assert_one_sentence_error(result.stderr, "holds no run to resume")
+    assert os.listdir(empty) == []
+    assert not (tmp_path / "mistyped").exists()
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_scratch(
+    job, reference, tmp_path
+):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.cfg").write_text(Path(job).read_text())  # all a killed run left
+    result = invoke("train", job, "-o", run, "--resume")
     assert result.exit_code == 0, result.output
     assert "no checkpoint yet; starting at step 0" in result.output
-    assert_same_run(empty, reference)
+    assert_same_run(run, reference)
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--resume", "--overwrite"], "give one of them"),
+        (["--extend"], "--extend lengthens a run that is resumed"),
+    ],
+)
+def test_flags_that_contradict_are_refused_before_anything_is_written(
+    job, tmp_path, flags, words
+):
+    run = tmp_path / "run"
+    result = invoke("train", job, "-o", run, *flags)
+    assert result.exit_code == 1
+    assert_one_sentence_error(result.stderr, words)
+    assert not run.exists()
 
 
 # --- 2b. early stopping is part of the saved state ------------------------------------

@@ -94,6 +94,7 @@ def train(
     """
     job = Job.build(config, gpu_id)  # everything checked before the folder
     folder = RunFolder(output_dir)
+    folder.check_flags(resume=resume, overwrite=overwrite, extend=allow_extend)
     if err_console is None and console is None:
         err_console = Console(stderr=True, highlight=False)
     console = console or Console(highlight=False, soft_wrap=True)

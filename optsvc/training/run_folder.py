@@ -109,6 +109,26 @@ class RunFolder:
         """Whether anything of a run is here (even a partial one)."""
         return any((self.path / name).exists() for name in RUN_FILES)
 
+    def check_flags(self, *, resume: bool, overwrite: bool, extend: bool) -> None:
+        """RunError for flags that cannot mean what was asked, before the folder
+        is created or locked: --resume with --overwrite, --extend without
+        --resume, --resume where no run is."""
+        if resume and overwrite:
+            raise RunError(
+                "--resume continues the run in the folder and --overwrite replaces "
+                "it; give one of them"
+            )
+        if extend and not resume:
+            raise RunError(
+                "--extend lengthens a run that is resumed; add --resume, or leave "
+                "--extend out"
+            )
+        if resume and not self.holds_run():
+            raise RunError(
+                f"'{self.path}' holds no run to resume; check the folder, or start "
+                f"a run there without --resume"
+            )
+
     def begin(
         self,
         *,
