@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 import optsvc
 from optsvc.bench import machine, rows_table, run_bench
@@ -89,13 +88,13 @@ def bench(
     except (OptsvcError, ValueError, RuntimeError, ImportError) as error:
         # OptsvcError: no GPU (DeviceError); ValueError: an unknown workload;
         # RuntimeError / ImportError: what the peers' libraries raise.
-        Console(stderr=True, highlight=False).print(f"✘ {error}", markup=False)
+        render.err.print(f"✘ {error}", markup=False)
         raise typer.Exit(1) from None
     if output_format is BenchFormat.json:
         report = {"optsvc": optsvc.__version__, "machine": machine(gpu), "rows": rows}
         typer.echo(json.dumps(report, indent=2))
     else:
-        Console(highlight=False).print(rows_table(rows))
+        render.out.print(rows_table(rows))
 
 
 if __name__ == "__main__":  # python -m optsvc_cli.bench ...

@@ -67,7 +67,9 @@ def user_errors(command):
     @functools.wraps(command)
     def run(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            result = command(*args, **kwargs)
+            sys.stdout.flush()  # a closed pipe shows here, not at exit
+            return result
         except ConfigError as error:
             render.errors(error, str(kwargs.get("config") or ""))
             raise typer.Exit(1) from None
@@ -80,6 +82,9 @@ def user_errors(command):
             raise typer.Exit(stopped.exit_code) from None
         except KeyboardInterrupt:  # a second Ctrl-C: at once
             raise typer.Exit(130) from None
+        except BrokenPipeError:  # `optsvc ... | head`: the reader has all it wants
+            render.quiet_stdout()
+            raise typer.Exit(0) from None
         except MemoryError as error:  # a job too large for this machine
             render.err.print(
                 Text(
@@ -380,6 +385,7 @@ class RegistryName(str, Enum):
 
 
 @app.command("registry")
+@user_errors
 def registry_cmd(
     name: Annotated[
         RegistryName | None,

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
 from optsvc.analysis import load_runs, save_plot, text_chart
 
+from . import render
 from .runs import write_out
 
 
@@ -57,7 +57,7 @@ def plot(
     series = load_runs(runs)
     if output is not None:
         written = save_plot(series, metric or [], output)
-        Console(highlight=False).print(
+        render.out.print(
             Text(f"✔ wrote {written} ({len(series)} runs)"), soft_wrap=True
         )
         return

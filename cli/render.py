@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
+import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -13,8 +15,27 @@ from optsvc.config import ConfigError, Report
 from optsvc.config.preview import describe
 from optsvc.config.schema import config_params
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+def quiet_stdout() -> None:
+    """After a closed pipe (`optsvc registry | head -1`: the reader has all
+    it wants): point stdout at /dev/null, so that the flush at exit does not
+    fail on it again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+class PipeConsole(Console):
+    """A console for which a closed pipe is not an error: exit 0, quietly."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        quiet_stdout()
+        raise SystemExit(0)
+
+
+out = PipeConsole(highlight=False, soft_wrap=True)
+err = PipeConsole(stderr=True, highlight=False, soft_wrap=True)
 
 
 def errors(error: ConfigError, source: str = "") -> None:

@@ -5,19 +5,19 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from optsvc.analysis import RunsError, RunSummary, list_runs
 from optsvc.analysis.runs import short_keys
+
+from . import render
 
 
 class RunsFormat(str, Enum):
@@ -94,9 +94,9 @@ def runs(
     elif output_format is RunsFormat.csv:
         write_out(to_csv(found))
     elif not found:
-        Console(stderr=True, highlight=False).print(Text(f"no runs under '{folder}'"))
+        render.err.print(Text(f"no runs under '{folder}'"))
     elif sys.stdout.isatty():
-        Console(highlight=False).print(rich_table(found))
+        render.out.print(rich_table(found))
     else:
         write_out(plain_table(found))
 
@@ -171,19 +171,10 @@ def plain_table(found: list[RunSummary]) -> str:
 
 
 def write_out(text: str) -> None:
-    """Write to stdout; a reader that stops early (`| head -1`) ends the
-    command quietly instead of failing it."""
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # Point stdout at /dev/null so the flush at exit does not fail again.
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError, io.UnsupportedOperation):
-            pass
-        raise typer.Exit(0) from None
+    """Write to stdout (a reader that stops early, `| head -1`, ends the
+    command quietly: see the CLI's error handling)."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def _steps(s: RunSummary) -> str:

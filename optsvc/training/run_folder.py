@@ -109,6 +109,13 @@ class RunFolder:
         """Whether anything of a run is here (even a partial one)."""
         return any((self.path / name).exists() for name in RUN_FILES)
 
+    def saved_work(self) -> bool:
+        """Whether a run here saved anything worth keeping: a checkpoint or
+        its final weights."""
+        if self.final.exists():
+            return True
+        return self.checkpoints.is_dir() and any(self.checkpoints.iterdir())
+
     def check_flags(self, *, resume: bool, overwrite: bool, extend: bool) -> None:
         """RunError for flags that cannot mean what was asked, before the folder
         is created or locked: --resume with --overwrite, --extend without
@@ -141,10 +148,14 @@ class RunFolder:
         start at step 0. A run already here is refused without either flag,
         and removed with --overwrite alone."""
         if self.holds_run() and not (resume or overwrite):
-            raise RunError(
-                f"'{self.path}' already holds a run; add --resume to continue it or "
-                "--overwrite to start again"
-            )
+            if self.saved_work():
+                raise RunError(
+                    f"'{self.path}' already holds a run; add --resume to continue it "
+                    "or --overwrite to start again"
+                )
+            # a run that stopped (or was killed) before its first checkpoint
+            warn(f"replacing the run in {self.path}, which saved nothing")
+            self.clear()
         if resume:
             return self.latest_checkpoint(warn)
         if overwrite:
