@@ -40,10 +40,12 @@ def horizon(schedule: Schedule) -> int | None:
 
 
 def default_steps(config: dict, optimizer: Optimizer, params: Iterable[str]) -> int:
-    """training.max_steps, else the schedules' own horizon, else 1000."""
+    """training.max_steps, else the schedules' own horizon, else 1000.
+    (spaCy's max_steps = 0 means "no limit": the schedules' horizon then.)"""
     training = config.get("training")
-    if isinstance(training, dict) and isinstance(training.get("max_steps"), int):
-        return training["max_steps"]
+    max_steps = training.get("max_steps") if isinstance(training, dict) else None
+    if isinstance(max_steps, int) and not isinstance(max_steps, bool) and max_steps > 0:
+        return max_steps
     ends = [horizon(optimizer.schedules[p]) for p in params]
     ends = [e for e in ends if e]
     return max(ends) if ends else DEFAULT_HORIZON

@@ -103,6 +103,8 @@ def train(
     )
     # metrics.jsonl is the run's own record, whatever the config's logger
     logger = Loggers(run, [MetricsFile(run, folder.metrics), job.logger(run)])
+    for warning in job.warnings:  # as `optsvc validate` shows them
+        logger.warn(f"warning: {warning}")
     with folder:
         checkpoint, saved = folder.begin(
             resume=resume, overwrite=overwrite, warn=logger.warn
@@ -157,6 +159,7 @@ class Job:
     ops: Any
     gpu_id: int
     logger: LoggerFactory  # [training.logger], else the console
+    warnings: list  # what validation warns about (a learning rate that dies early)
 
     @classmethod
     def build(cls, config: dict, gpu_id: int | None) -> Job:
@@ -185,6 +188,7 @@ class Job:
             ops=ops_for_device(gpu_id),
             gpu_id=gpu_id,
             logger=_logger(report),
+            warnings=list(report.warnings),
         )
 
 

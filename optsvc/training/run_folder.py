@@ -72,11 +72,16 @@ class RunFolder:
             raise RunError(
                 f"output path '{self.path}' is a file; give a folder with -o"
             )
-        self.path.mkdir(parents=True, exist_ok=True)
-        try:
+        try:  # the first write into the folder: say which one it is
+            self.path.mkdir(parents=True, exist_ok=True)
             self._lock = RunLock(self.path)
         except LockedError as err:
             raise RunError(str(err)) from None
+        except OSError as err:  # read-only, no permission, no space
+            raise RunError(
+                f"cannot write in '{self.path}' ({err.strerror or err}); give a "
+                "folder you can write with -o"
+            ) from None
         self.remove_leftovers()
         return self
 

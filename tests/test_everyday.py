@@ -1,0 +1,105 @@
+"""Everyday use (issue 11): what a new user tripped over, each from the
+user's side."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+from optsvc_cli.main import app
+from typer.testing import CliRunner
+
+from optsvc.training import lock
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "configs" / "quickstart.cfg"
+SMALL = ["--data.n_samples", "300", "--training.max_steps", "60",
+         "--training.eval_frequency", "20", "--training.checkpoint_frequency", "20",
+         "--optimizer.learn_rate.warmup_steps", "10"]  # fmt: skip
+runner = CliRunner()
+
+
+def train(*args) -> object:
+    return runner.invoke(app, ["train", *map(str, args)])
+
+
+def test_after_a_nan_stop_the_folder_takes_a_new_run(tmp_path):
+    run = tmp_path / "run"
+    blown = train(QUICKSTART, "-o", run, *SMALL,
+                  "--optimizer.learn_rate.initial_rate", "1e30")  # fmt: skip
+    assert blown.exit_code == 1 and "nothing was saved" in blown.stderr
+    again = train(QUICKSTART, "-o", run, *SMALL)
+    assert again.exit_code == 0, again.output
+    assert "replacing the run in" in again.stderr and "which saved nothing" in (
+        again.stderr
+    )
+    assert (run / "final.npz").is_file()
+
+
+def test_a_run_that_saved_work_still_needs_resume_or_overwrite(tmp_path):
+    run = tmp_path / "run"
+    assert train(QUICKSTART, "-o", run, *SMALL).exit_code == 0
+    again = train(QUICKSTART, "-o", run, *SMALL)
+    assert again.exit_code == 1
+    assert "already holds a run; add --resume" in again.stderr
+
+
+SPACY_NO_LIMIT = """
+[nlp]
+lang = "en"
+
+[training]
+max_steps = 0
+
+[training.optimizer]
+@optimizers = "Adam.v1"
+
+[training.optimizer.learn_rate]
+@schedules = "warmup_linear.v1"
+initial_rate = 0.001
+warmup_steps = 25
+total_steps = 200
+"""
+
+
+def test_show_schedule_on_a_spacy_config_without_a_step_limit(tmp_path):
+    # spaCy's max_steps = 0 is "no limit": the schedule's own length is used
+    cfg = tmp_path / "spacy.cfg"
+    cfg.write_text(SPACY_NO_LIMIT)
+    chart = runner.invoke(app, ["show-schedule", str(cfg)])
+    assert chart.exit_code == 0, chart.output
+    assert "internal error" not in chart.output
+    rows = runner.invoke(app, ["show-schedule", str(cfg), "--format", "csv"])
+    assert rows.exit_code == 0
+    lines = rows.stdout.strip().splitlines()
+    assert lines[0] == "step,learn_rate" and len(lines) == 1 + 200
+    assert lines[26].startswith("25,0.001")
+
+
+def test_train_warns_like_validate_about_a_learning_rate_that_dies_early(tmp_path):
+    dying = [*SMALL, "--optimizer.learn_rate.total_steps", "20",
+             "--optimizer.learn_rate.final_rate", "0"]  # fmt: skip
+    checked = runner.invoke(app, ["validate", str(QUICKSTART), *dying])
+    trained = train(QUICKSTART, "-o", tmp_path / "run", *dying)
+    assert trained.exit_code == 0, trained.output
+    warning = "optimizer.learn_rate: reaches 0 at about step"
+    assert warning in checked.stderr and warning in trained.stderr
+
+
+def test_a_folder_that_cannot_be_written_is_named_in_one_sentence(
+    tmp_path, monkeypatch
+):
+    # root may write anywhere: the refusal a read-only folder gives, at the
+    # first write into it (the lock file)
+    def refused(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(lock.os, "open", refused)
+    run = tmp_path / "readonly"
+    result = train(QUICKSTART, "-o", run, *SMALL)
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line == (
+        f"✘ cannot write in '{run}' (Permission denied); give a folder you can "
+        "write with -o"
+    )
