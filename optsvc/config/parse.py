@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +185,7 @@ def config_from_str(
         ) from None
     _check_override_sections(config, overrides)
     _set_values(config, overrides)
+    _check_references(config, text, source)
     if overrides or "$" in text:  # something to interpolate
         try:  # confection resolves ${...} on its own serialization of the config
             config = config.interpolate()
@@ -227,8 +229,69 @@ def _check_override_sections(config: dict, overrides: dict[str, Any]) -> None:
         for inner in overrides
         if inner.startswith(outer + ".")
     ]
+    # A section optsvc does not check (spaCy's [nlp], Thinc's [hyper_params]):
+    # nothing else would catch a misspelt key, so it must be one that is there.
+    issues += [
+        ConfigIssue(
+            name,
+            "override names a key that is not in the config",
+            hint=did_you_mean(name, _value_paths(config))
+            or "overrides of sections optsvc does not check must name existing keys",
+        )
+        for name in overrides
+        if name.split(".", 1)[0] not in OPTSVC_SECTIONS
+        and _has_section(config, name.rsplit(".", 1)[0])
+        and name.rsplit(".", 1)[1] not in get_path(config, name.rsplit(".", 1)[0])
+    ]
     if issues:
         raise ConfigError(issues)
+
+
+_REFERENCE = re.compile(r"\$\{([^}]*)\}")
+
+
+def _check_references(config: dict, text: str, source: str) -> None:
+    """Every ${section.key} must name something the config has: say which
+    one does not, on which line, and what there is (configparser's own
+    message names neither)."""
+    known = _section_paths(config) | _value_paths(config)
+    issues = []
+    for path, value in _values(config):
+        for ref in _REFERENCE.findall(value) if isinstance(value, str) else ():
+            if ref in known:
+                continue
+            line = next(
+                (
+                    i
+                    for i, row in enumerate(text.splitlines(), 1)
+                    if f"${{{ref}}}" in row
+                ),
+                None,
+            )
+            where = f" (line {line} of {source})" if line else ""
+            hint = did_you_mean(ref, known) or (
+                f"sections: {', '.join(sorted(_section_paths(config)))}"
+            )
+            issues.append(
+                ConfigIssue(
+                    path, f"${{{ref}}} names nothing in the config{where}", hint=hint
+                )
+            )
+    if issues:
+        raise ConfigError(issues)
+
+
+def _values(config: dict, prefix: str = ""):
+    for key, value in config.items():
+        here = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _values(value, here + ".")
+        else:
+            yield here, value
+
+
+def _value_paths(config: dict) -> set[str]:
+    return {path for path, _ in _values(config)}
 
 
 def _set_values(config: dict, overrides: dict[str, Any]) -> None:
