@@ -52,7 +52,7 @@ app = typer.Typer(
         "Example: optsvc validate configs/adam.cfg"
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )

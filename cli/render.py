@@ -64,8 +64,10 @@ def summary(report: Report, source: str) -> None:
         table = Table(title=title, title_justify="left")
         table.add_column("hyperparameter")
         table.add_column("value or schedule")
+        unused = _unused(opt.schedules)
         for param, schedule in opt.schedules.items():
-            table.add_row(param, describe(schedule))
+            if param not in unused:
+                table.add_row(param, describe(schedule))
         table.add_row("use_averages", str(opt.averages is not None))
         table.add_row("L2_is_weight_decay", str(opt.L2_is_weight_decay))
         out.print(table)
@@ -78,6 +80,23 @@ def summary(report: Report, source: str) -> None:
         what = "not optsvc's, not checked" if lay.is_spacy else "not checked"
         out.print(f"{what}: {', '.join(lay.unchecked)}")
     warnings(report)
+
+
+def _unused(schedules) -> set[str]:
+    """What the update never reads: with beta2 always 0 there is no second
+    moment (no beta2, no eps); with beta1 too, plain SGD (no beta1)."""
+
+    def always_zero(name: str) -> bool:
+        schedule = schedules.get(name)
+        return (
+            schedule is not None
+            and schedule.name == "constant"
+            and (schedule.attrs["rate"] == 0)
+        )
+
+    if not always_zero("beta2"):
+        return set()
+    return {"beta2", "eps"} | ({"beta1"} if always_zero("beta1") else set())
 
 
 def registry_listing(registry, names: list[str]) -> None:

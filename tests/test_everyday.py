@@ -4,6 +4,7 @@ user's side."""
 from __future__ import annotations
 
 import errno
+import json
 from pathlib import Path
 
 from optsvc_cli.main import app
@@ -132,3 +133,65 @@ def test_a_misspelt_override_of_a_section_optsvc_does_not_check_is_refused():
     # may be set: validation checks it
     new = runner.invoke(app, ["validate", str(QUICKSTART), "--training.patience", "3"])
     assert new.exit_code == 0, new.output
+
+
+def test_bench_takes_several_workloads_after_one_option(tmp_path):
+    result = runner.invoke(
+        app, ["bench", "--quick", "--no-peers", "--format", "json", "--workload",
+              "W2", "W3"]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["rows"]
+    assert {row["workload"] for row in rows} == {"W2", "W3"}
+
+
+def test_bench_says_which_peer_it_leaves_out(monkeypatch):
+    import optsvc_cli.bench as bench_cli
+
+    real = bench_cli.find_spec
+    monkeypatch.setattr(
+        bench_cli, "find_spec", lambda name: None if name == "torch" else real(name)
+    )
+    result = runner.invoke(app, ["bench", "--quick", "--workload", "W3"])
+    assert result.exit_code == 0, result.output
+    assert "note: torch is not installed, so its rows are left out" in result.stderr
+
+
+def test_a_thinc_registry_is_not_suggested_as_one_of_optsvcs(tmp_path):
+    cfg = tmp_path / "job.cfg"
+    cfg.write_text(
+        '[optimizer]\n@optimizers = "Adam.v1"\n\n[optimizer.learn_rate]\n'
+        '@layers = "constant.v1"\nrate = 0.1\n'
+    )
+    result = runner.invoke(app, ["validate", str(cfg)])
+    assert result.exit_code == 1
+    assert "@layers is a Thinc/spaCy registry" in result.stderr
+    assert "a function from @schedules" in result.stderr
+    assert "did you mean" not in result.stderr
+    cfg.write_text('[optimizer]\n@optimizer = "Adam.v1"\n')
+    typo = runner.invoke(app, ["validate", str(cfg)])
+    assert "did you mean 'optimizers'?" in typo.stderr
+
+
+def test_validate_shows_only_the_hyperparameters_sgd_uses():
+    result = runner.invoke(app, ["validate", str(ROOT / "configs" / "sgd.cfg")])
+    assert result.exit_code == 0, result.output
+    shown = [line.split("│")[1].strip() for line in result.stdout.splitlines()
+             if line.startswith("│")]  # fmt: skip
+    assert "learn_rate" in shown and "grad_clip" in shown
+    assert not {"beta1", "beta2", "eps"} & set(shown)
+
+
+def test_cyclic_triangular_upside_down_is_a_warning():
+    cfg = ROOT / "configs" / "schedule-cyclic_triangular.cfg"
+    result = runner.invoke(
+        app, ["validate", str(cfg), "--optimizer.learn_rate.min_lr", "0.1",
+              "--optimizer.learn_rate.max_lr", "0.01"]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "optimizer.learn_rate.min_lr: is above max_lr (0.01)" in result.stderr
+
+
+def test_shell_completion_can_be_installed():
+    result = runner.invoke(app, ["--help"])
+    assert "--install-completion" in result.stdout

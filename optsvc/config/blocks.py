@@ -8,6 +8,7 @@ passed, without checking the arguments a second time; `build_block` does both.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,13 @@ from optsvc.spec import params_of, rules_of, unchecked
 REGISTRIES = ("optimizers", "schedules", "datasets", "models", "loggers")
 # Which registry each optsvc section's block names, and an example.
 SECTION_REGISTRY = {"data": ("datasets", "blobs.v1"), "model": ("models", "mlp.v1")}
+# Registries of Thinc and spaCy that their configs name: never a misspelling of
+# one of optsvc's (`@layers` is not `@loggers`).
+FOREIGN_REGISTRIES = frozenset(
+    "layers architectures initializers losses misc readers callbacks tokenizers "
+    "lemmatizers lookups batchers augmenters scorers vectors factories languages "
+    "ops cli_commands displacy_colors assets".split()
+)
 # Thinc's registries hold optsvc's functions as "optsvc.<name>" (through entry
 # points), and spaCy configs use that spelling: it names the same function.
 THINC_PREFIX = "optsvc."
@@ -145,7 +153,14 @@ def _check_reference(block, path, expected, issues) -> tuple[str, str, Callable]
 def _reference_problem(reg_name, name, expected, names) -> dict | None:
     """What is wrong with `@reg_name = name` where @expected is wanted."""
     if reg_name not in REGISTRIES:
-        hint = did_you_mean(reg_name, REGISTRIES) or f"use @{expected}"
+        if reg_name in FOREIGN_REGISTRIES:
+            return {
+                "message": f"@{reg_name} is a Thinc/spaCy registry, not one optsvc "
+                "builds",
+                "hint": f"this block needs a function from @{expected}",
+            }
+        close = difflib.get_close_matches(reg_name, REGISTRIES, n=1, cutoff=0.75)
+        hint = f"did you mean '{close[0]}'?" if close else f"use @{expected}"
         return {"message": f"unknown registry @{reg_name}", "hint": hint}
     if reg_name != expected:
         message = f"expects a function from @{expected}, not @{reg_name}"

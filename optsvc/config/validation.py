@@ -86,10 +86,33 @@ def validate_config(config: dict, *, for_training: bool = False) -> Report:
         settings = _check_sections(config, report, for_training)
     if report.ok and report.sections.optimizer_path:
         _build_optimizer(config, report)
+    report.warnings.extend(_odd_values(report.blocks))
     if for_training and report.ok and not report.sections.is_spacy:
         report.system = settings.get("system") or SystemSection()
         report.training = settings.get("training") or TrainingSection()
     return report
+
+
+def _odd_values(blocks: dict) -> list[ConfigIssue]:
+    """Values that are allowed but rarely meant."""
+    found = []
+    for path, (name, block) in blocks.items():
+        low, high = block.get("min_lr"), block.get("max_lr")
+        if name == "cyclic_triangular.v1" and _numbers(low, high) and low > high:
+            found.append(
+                ConfigIssue(
+                    f"{path}.min_lr",
+                    f"is above max_lr ({high}), so the rate peaks at min_lr",
+                    value=low,
+                    has_value=True,
+                    hint="swap min_lr and max_lr",
+                )
+            )
+    return found
+
+
+def _numbers(*values: Any) -> bool:
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
 
 
 def load_optimizer(
