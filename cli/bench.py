@@ -75,11 +75,7 @@ def bench(
 
     Example: optsvc bench --workload W3 --format json
     """
-    workloads = list(workload or [])
-    if config is not None and not config.exists() and str(config) in WORKLOADS:
-        # `--workload W2 W3`: the second name lands here; it is a workload
-        workloads.append(str(config))
-        config = None
+    config, workloads = _workloads(config, workload or [])
     if peers:
         for peer in missing_peers():
             render.err.print(
@@ -110,6 +106,13 @@ def bench(
 
 
 WORKLOADS = ("W1", "W2", "W3")
+
+
+def _workloads(config: Path | None, given: list[str]):
+    """`--workload W2 W3`: the second name lands in CONFIG; it is a workload."""
+    if config is not None and not config.exists() and str(config) in WORKLOADS:
+        return None, [*given, str(config)]
+    return config, list(given)
 
 
 def missing_peers() -> list[str]:
