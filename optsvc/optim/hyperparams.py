@@ -24,8 +24,10 @@ from typing import Any, Union
 
 import numpy as np
 
+from optsvc.errors import OptsvcError
 from optsvc.schedules.base import Schedule
 from optsvc.schedules.thinc import to_schedule
+from optsvc.spec import MAX_INT, Arg, show
 
 ScheduleT = Union[float, list, Any, Schedule]  # noqa: UP007 (a runtime alias)
 
@@ -44,23 +46,55 @@ ADAM_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _check_range(name: str, value: float, where: str, *, finite_only=False) -> None:
-    ok = math.isfinite(value)
-    if finite_only:
-        if not ok:
-            raise ValueError(f"'{name}' must be finite, got {value!r} {where}")
-        return
-    if name in ("beta1", "beta2"):
-        ok = ok and 0.0 <= value < 1.0
-        expected = "in [0, 1)"
-    elif name == "eps":
-        ok = ok and value > 0.0
-        expected = "> 0"
-    else:
-        ok = ok and value >= 0.0
-        expected = ">= 0"
-    if not ok:
-        raise ValueError(f"'{name}' must be {expected}, got {value!r} {where}")
+# Each hyperparameter's meaning and range, declared once: the factories'
+# signatures (`LearnRate`, `Beta1`, ... in optsvc.optim.optimizer) annotate
+# with these, and the setters and `from_bytes` check against them.
+_BETA = "exponential decay rate of the {} moment estimate"
+HPARAM_ARGS: Mapping[str, Arg] = MappingProxyType(
+    {
+        "learn_rate": Arg("learning rate", ge=0),
+        "L2": Arg("L2 penalty (weight decay when L2_is_weight_decay)", ge=0),
+        "beta1": Arg(_BETA.format("first"), ge=0, lt=1),
+        "beta2": Arg(_BETA.format("second"), ge=0, lt=1),
+        "eps": Arg("added to the denominator for numerical stability", gt=0),
+        "grad_clip": Arg("clip each gradient to this L2 norm (0: off)", ge=0),
+    }
+)
+# The update divides by 1 - beta**n and by sqrt(v) + eps: these stay in range
+# at every step, not only when set (a beta of 1.0 would divide by zero).
+_ALWAYS_IN_RANGE = frozenset({"beta1", "beta2", "eps"})
+
+
+class HyperparamError(OptsvcError, ValueError):
+    """A hyperparameter value (or schedule value) outside what it accepts."""
+
+
+def _as_float(value: Any) -> float:
+    """`value` as a float; an int too large for a float becomes inf."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _check_range(name: str, value: Any, where: str, *, finite_only=False) -> float:
+    """`value` as a float, checked against `HPARAM_ARGS[name]` (only for
+    finiteness with `finite_only`); a HyperparamError naming `name` if not."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise HyperparamError(
+            f"'{name}' must be a number, a list of numbers or a schedule, "
+            f"got {show(value)}{where}"
+        )
+    x = _as_float(value)
+    arg = HPARAM_ARGS[name]
+    if not math.isfinite(x):
+        expected = "finite" if finite_only else f"a finite number {arg.expected()}"
+        raise HyperparamError(f"'{name}' must be {expected}, got {show(value)}{where}")
+    if not finite_only and not arg.in_range(x):
+        raise HyperparamError(
+            f"'{name}' must be {arg.expected()}, got {show(value)}{where}"
+        )
+    return x
 
 
 def check_lr_scale(lr_scale: Any) -> float:
@@ -82,12 +116,14 @@ def check_lr_scale(lr_scale: Any) -> float:
 
 
 def hparam_schedule(name: str, value: Any) -> Schedule:
-    """`value` as a Schedule; every item of a list is range-checked now."""
-    schedule = to_schedule(name, value)
+    """`value` as a Schedule; a number, and every item of a list, is
+    range-checked now (before it is turned into a schedule)."""
     if isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            _check_range(name, float(item), f"(list item {i})")
-    return schedule
+            _check_range(name, item, f" (list item {i})")
+    elif isinstance(value, numbers.Number):
+        _check_range(name, value, "")
+    return to_schedule(name, value)
 
 
 @dataclass(slots=True)
@@ -220,13 +256,13 @@ class ScheduledHyperparams:
         for name in HPARAMS:
             value = self._schedules[name](step, key=None, last_score=score)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise ValueError(
-                    f"'{name}' schedule gave {value!r} at step {step}; "
+                raise HyperparamError(
+                    f"'{name}' schedule gave {show(value)} at step {step}; "
                     "expected a number"
                 )
-            value = float(value)
-            _check_range(name, value, f"(at step {step})", finite_only=not full_check)
-            values.append(value)
+            only_finite = not (full_check or name in _ALWAYS_IN_RANGE)
+            where = f" (at step {step})"
+            values.append(_check_range(name, value, where, finite_only=only_finite))
         return step_scalars(
             tuple(values),
             use_radam=self._use_radam,
@@ -371,12 +407,29 @@ class ScheduledHyperparams:
         if score is None:
             self._last_score = None
             return
-        if isinstance(score, tuple):
-            if len(score) != 2 or not isinstance(score[0], int):
-                raise ValueError(f"last_score must be (step, score), got {score!r}")
-            step, value = score
-        else:
-            step, value = self._step, score
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ValueError(f"last_score must be a number, got {value!r}")
-        self._last_score = (int(step), float(value))
+        self._last_score = check_last_score(score, self._step)
+
+
+def check_last_score(score: Any, step: int) -> tuple[int, float]:
+    """`score` (a number, taken at `step`, or a `(step, score)` tuple) as a
+    `(step, score)` pair; a HyperparamError unless the score is a finite number
+    and its step a whole number in [0, 2**63). A NaN would compare as neither
+    better nor worse, so schedules such as plateau would misread it."""
+    if isinstance(score, tuple):
+        if len(score) != 2 or type(score[0]) is not int or not 0 <= score[0] <= MAX_INT:
+            raise HyperparamError(
+                f"last_score must be a number or a (step, score) tuple with a "
+                f"whole step in [0, 2**63), got {show(score)}"
+            )
+        step, value = score
+    else:
+        value = score
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise HyperparamError(f"last_score must be a number, got {show(value)}")
+    x = _as_float(value)
+    if not math.isfinite(x):
+        raise HyperparamError(
+            f"last_score must be a finite number, got {show(value)}; "
+            "report a failed evaluation by not setting a score"
+        )
+    return (step, x)
