@@ -412,9 +412,10 @@ class ScheduledHyperparams:
 
 def check_last_score(score: Any, step: int) -> tuple[int, float]:
     """`score` (a number, taken at `step`, or a `(step, score)` tuple) as a
-    `(step, score)` pair; a HyperparamError unless the score is a finite number
-    and its step a whole number in [0, 2**63). A NaN would compare as neither
-    better nor worse, so schedules such as plateau would misread it."""
+    `(step, score)` pair; a HyperparamError unless the score is a float (an
+    infinity included: -inf is the worst score) or an int a float can hold,
+    not NaN, and its step a whole number in [0, 2**63). A NaN compares as
+    neither better nor worse, so schedules such as plateau would misread it."""
     if isinstance(score, tuple):
         if len(score) != 2 or type(score[0]) is not int or not 0 <= score[0] <= MAX_INT:
             raise HyperparamError(
@@ -427,9 +428,9 @@ def check_last_score(score: Any, step: int) -> tuple[int, float]:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise HyperparamError(f"last_score must be a number, got {show(value)}")
     x = _as_float(value)
-    if not math.isfinite(x):
+    if math.isnan(x) or (math.isinf(x) and isinstance(value, numbers.Integral)):
         raise HyperparamError(
-            f"last_score must be a finite number, got {show(value)}; "
-            "report a failed evaluation by not setting a score"
+            f"last_score must be a number that a float can hold and not NaN, got "
+            f"{show(value)}; report a failed evaluation as float('-inf')"
         )
     return (step, x)
