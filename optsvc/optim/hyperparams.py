@@ -15,6 +15,7 @@ is here: ranges, the betas the update supports, an update call's `lr_scale`.
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from collections.abc import Mapping
@@ -191,10 +192,52 @@ def unsupported_betas(scalars: StepScalars, key: Any = None) -> ValueError:
     """The error for betas that `scalars.betas_supported` refuses; `key`
     names the parameter being updated, if any."""
     where = f" (key {key!r})" if key is not None else ""
-    return ValueError(
+    return HyperparamError(
         f"'beta1' = 0 with 'beta2' = {scalars.beta2} is not supported{where}; "
         "use beta1 > 0 for Adam or beta1 = beta2 = 0 for SGD"
     )
+
+
+def hparam_values(
+    schedules: Mapping[str, Schedule], step: int, score: Any, *, full_check: bool
+) -> tuple[float, ...]:
+    """Each hyperparameter's value at `step` (in HPARAMS order), checked: all
+    against their ranges with `full_check` (when a schedule is set), else the
+    betas and eps against theirs and the others for finiteness only (Thinc's
+    own schedules may leave the range, e.g. slanted_triangular past
+    num_steps). A HyperparamError naming the hyperparameter if not."""
+    values = []
+    for name in HPARAMS:
+        value = schedules[name](step, key=None, last_score=score)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise HyperparamError(
+                f"'{name}' schedule gave {show(value)} at step {step}; "
+                "expected a number"
+            )
+        only_finite = not (full_check or name in _ALWAYS_IN_RANGE)
+        where = f" (at step {step})"
+        values.append(_check_range(name, value, where, finite_only=only_finite))
+    return tuple(values)
+
+
+def check_restored(
+    schedules: Mapping[str, Schedule],
+    *,
+    step: int,
+    use_radam: bool,
+) -> None:
+    """Check restored schedules as the optimizer would have when they were
+    set (every value in range at step 0) and at the next update (at `step`);
+    a HyperparamError naming the hyperparameter if not. The schedules are
+    evaluated on copies and without a score, so their state (plateau's) stays
+    as restored and a score is judged by the update that reads it."""
+    copies = copy.deepcopy(dict(schedules))
+    hparam_values(copies, 0, None, full_check=True)
+    copies = copy.deepcopy(dict(schedules))
+    values = hparam_values(copies, step, None, full_check=False)
+    scalars = step_scalars(values, use_radam=use_radam, L2_is_weight_decay=True)
+    if not scalars.betas_supported:
+        raise unsupported_betas(scalars)
 
 
 class ScheduledHyperparams:
@@ -252,19 +295,8 @@ class ScheduledHyperparams:
         return scalars
 
     def _evaluate(self, step: int, score: Any, *, full_check: bool) -> StepScalars:
-        values = []
-        for name in HPARAMS:
-            value = self._schedules[name](step, key=None, last_score=score)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise HyperparamError(
-                    f"'{name}' schedule gave {show(value)} at step {step}; "
-                    "expected a number"
-                )
-            only_finite = not (full_check or name in _ALWAYS_IN_RANGE)
-            where = f" (at step {step})"
-            values.append(_check_range(name, value, where, finite_only=only_finite))
         return step_scalars(
-            tuple(values),
+            hparam_values(self._schedules, step, score, full_check=full_check),
             use_radam=self._use_radam,
             L2_is_weight_decay=self._L2_is_weight_decay,
         )
