@@ -124,7 +124,12 @@ def hparam_schedule(name: str, value: Any) -> Schedule:
             _check_range(name, item, f" (list item {i})")
     elif isinstance(value, numbers.Number):
         _check_range(name, value, "")
-    return to_schedule(name, value)
+    try:
+        return to_schedule(name, value)
+    except HyperparamError:
+        raise
+    except ValueError as err:  # not a hyperparameter at all: the user's input
+        raise HyperparamError(str(err)) from None
 
 
 @dataclass(slots=True)
