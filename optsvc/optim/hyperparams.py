@@ -15,6 +15,7 @@ is here: ranges, the betas the update supports, an update call's `lr_scale`.
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from collections.abc import Mapping
@@ -24,8 +25,10 @@ from typing import Any, Union
 
 import numpy as np
 
+from optsvc.errors import OptsvcError
 from optsvc.schedules.base import Schedule
 from optsvc.schedules.thinc import to_schedule
+from optsvc.spec import MAX_INT, Arg, show
 
 ScheduleT = Union[float, list, Any, Schedule]  # noqa: UP007 (a runtime alias)
 
@@ -44,23 +47,55 @@ ADAM_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _check_range(name: str, value: float, where: str, *, finite_only=False) -> None:
-    ok = math.isfinite(value)
-    if finite_only:
-        if not ok:
-            raise ValueError(f"'{name}' must be finite, got {value!r} {where}")
-        return
-    if name in ("beta1", "beta2"):
-        ok = ok and 0.0 <= value < 1.0
-        expected = "in [0, 1)"
-    elif name == "eps":
-        ok = ok and value > 0.0
-        expected = "> 0"
-    else:
-        ok = ok and value >= 0.0
-        expected = ">= 0"
-    if not ok:
-        raise ValueError(f"'{name}' must be {expected}, got {value!r} {where}")
+# Each hyperparameter's meaning and range, declared once: the factories'
+# signatures (`LearnRate`, `Beta1`, ... in optsvc.optim.optimizer) annotate
+# with these, and the setters and `from_bytes` check against them.
+_BETA = "exponential decay rate of the {} moment estimate"
+HPARAM_ARGS: Mapping[str, Arg] = MappingProxyType(
+    {
+        "learn_rate": Arg("learning rate", ge=0),
+        "L2": Arg("L2 penalty (weight decay when L2_is_weight_decay)", ge=0),
+        "beta1": Arg(_BETA.format("first"), ge=0, lt=1),
+        "beta2": Arg(_BETA.format("second"), ge=0, lt=1),
+        "eps": Arg("added to the denominator for numerical stability", gt=0),
+        "grad_clip": Arg("clip each gradient to this L2 norm (0: off)", ge=0),
+    }
+)
+# The update divides by 1 - beta**n and by sqrt(v) + eps: these stay in range
+# at every step, not only when set (a beta of 1.0 would divide by zero).
+_ALWAYS_IN_RANGE = frozenset({"beta1", "beta2", "eps"})
+
+
+class HyperparamError(OptsvcError, ValueError):
+    """A hyperparameter value (or schedule value) outside what it accepts."""
+
+
+def _as_float(value: Any) -> float:
+    """`value` as a float; an int too large for a float becomes inf."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _check_range(name: str, value: Any, where: str, *, finite_only=False) -> float:
+    """`value` as a float, checked against `HPARAM_ARGS[name]` (only for
+    finiteness with `finite_only`); a HyperparamError naming `name` if not."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise HyperparamError(
+            f"'{name}' must be a number, a list of numbers or a schedule, "
+            f"got {show(value)}{where}"
+        )
+    x = _as_float(value)
+    arg = HPARAM_ARGS[name]
+    if not math.isfinite(x):
+        expected = "finite" if finite_only else f"a finite number {arg.expected()}"
+        raise HyperparamError(f"'{name}' must be {expected}, got {show(value)}{where}")
+    if not finite_only and not arg.in_range(x):
+        raise HyperparamError(
+            f"'{name}' must be {arg.expected()}, got {show(value)}{where}"
+        )
+    return x
 
 
 def check_lr_scale(lr_scale: Any) -> float:
@@ -82,12 +117,19 @@ def check_lr_scale(lr_scale: Any) -> float:
 
 
 def hparam_schedule(name: str, value: Any) -> Schedule:
-    """`value` as a Schedule; every item of a list is range-checked now."""
-    schedule = to_schedule(name, value)
+    """`value` as a Schedule; a number, and every item of a list, is
+    range-checked now (before it is turned into a schedule)."""
     if isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            _check_range(name, float(item), f"(list item {i})")
-    return schedule
+            _check_range(name, item, f" (list item {i})")
+    elif isinstance(value, numbers.Number):
+        _check_range(name, value, "")
+    try:
+        return to_schedule(name, value)
+    except HyperparamError:
+        raise
+    except ValueError as err:  # not a hyperparameter at all: the user's input
+        raise HyperparamError(str(err)) from None
 
 
 @dataclass(slots=True)
@@ -155,10 +197,52 @@ def unsupported_betas(scalars: StepScalars, key: Any = None) -> ValueError:
     """The error for betas that `scalars.betas_supported` refuses; `key`
     names the parameter being updated, if any."""
     where = f" (key {key!r})" if key is not None else ""
-    return ValueError(
+    return HyperparamError(
         f"'beta1' = 0 with 'beta2' = {scalars.beta2} is not supported{where}; "
         "use beta1 > 0 for Adam or beta1 = beta2 = 0 for SGD"
     )
+
+
+def hparam_values(
+    schedules: Mapping[str, Schedule], step: int, score: Any, *, full_check: bool
+) -> tuple[float, ...]:
+    """Each hyperparameter's value at `step` (in HPARAMS order), checked: all
+    against their ranges with `full_check` (when a schedule is set), else the
+    betas and eps against theirs and the others for finiteness only (Thinc's
+    own schedules may leave the range, e.g. slanted_triangular past
+    num_steps). A HyperparamError naming the hyperparameter if not."""
+    values = []
+    for name in HPARAMS:
+        value = schedules[name](step, key=None, last_score=score)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise HyperparamError(
+                f"'{name}' schedule gave {show(value)} at step {step}; "
+                "expected a number"
+            )
+        only_finite = not (full_check or name in _ALWAYS_IN_RANGE)
+        where = f" (at step {step})"
+        values.append(_check_range(name, value, where, finite_only=only_finite))
+    return tuple(values)
+
+
+def check_restored(
+    schedules: Mapping[str, Schedule],
+    *,
+    step: int,
+    use_radam: bool,
+) -> None:
+    """Check restored schedules as the optimizer would have when they were
+    set (every value in range at step 0) and at the next update (at `step`);
+    a HyperparamError naming the hyperparameter if not. The schedules are
+    evaluated on copies and without a score, so their state (plateau's) stays
+    as restored and a score is judged by the update that reads it."""
+    copies = copy.deepcopy(dict(schedules))
+    hparam_values(copies, 0, None, full_check=True)
+    copies = copy.deepcopy(dict(schedules))
+    values = hparam_values(copies, step, None, full_check=False)
+    scalars = step_scalars(values, use_radam=use_radam, L2_is_weight_decay=True)
+    if not scalars.betas_supported:
+        raise unsupported_betas(scalars)
 
 
 class ScheduledHyperparams:
@@ -216,19 +300,8 @@ class ScheduledHyperparams:
         return scalars
 
     def _evaluate(self, step: int, score: Any, *, full_check: bool) -> StepScalars:
-        values = []
-        for name in HPARAMS:
-            value = self._schedules[name](step, key=None, last_score=score)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise ValueError(
-                    f"'{name}' schedule gave {value!r} at step {step}; "
-                    "expected a number"
-                )
-            value = float(value)
-            _check_range(name, value, f"(at step {step})", finite_only=not full_check)
-            values.append(value)
         return step_scalars(
-            tuple(values),
+            hparam_values(self._schedules, step, score, full_check=full_check),
             use_radam=self._use_radam,
             L2_is_weight_decay=self._L2_is_weight_decay,
         )
@@ -371,12 +444,30 @@ class ScheduledHyperparams:
         if score is None:
             self._last_score = None
             return
-        if isinstance(score, tuple):
-            if len(score) != 2 or not isinstance(score[0], int):
-                raise ValueError(f"last_score must be (step, score), got {score!r}")
-            step, value = score
-        else:
-            step, value = self._step, score
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ValueError(f"last_score must be a number, got {value!r}")
-        self._last_score = (int(step), float(value))
+        self._last_score = check_last_score(score, self._step)
+
+
+def check_last_score(score: Any, step: int) -> tuple[int, float]:
+    """`score` (a number, taken at `step`, or a `(step, score)` tuple) as a
+    `(step, score)` pair; a HyperparamError unless the score is a float (an
+    infinity included: -inf is the worst score) or an int a float can hold,
+    not NaN, and its step a whole number in [0, 2**63). A NaN compares as
+    neither better nor worse, so schedules such as plateau would misread it."""
+    if isinstance(score, tuple):
+        if len(score) != 2 or type(score[0]) is not int or not 0 <= score[0] <= MAX_INT:
+            raise HyperparamError(
+                f"last_score must be a number or a (step, score) tuple with a "
+                f"whole step in [0, 2**63), got {show(score)}"
+            )
+        step, value = score
+    else:
+        value = score
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise HyperparamError(f"last_score must be a number, got {show(value)}")
+    x = _as_float(value)
+    if math.isnan(x) or (math.isinf(x) and isinstance(value, numbers.Integral)):
+        raise HyperparamError(
+            f"last_score must be a number that a float can hold and not NaN, got "
+            f"{show(value)}; report a failed evaluation as float('-inf')"
+        )
+    return (step, x)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from optsvc.fileio import write_atomic
 from optsvc.optim import multi_tensor
 from optsvc.optim.hyperparams import (
     ADAM_DEFAULTS,
+    HPARAM_ARGS,
     HPARAMS,
     SGD_DEFAULTS,
     ScheduledHyperparams,
@@ -31,6 +32,7 @@ from optsvc.optim.hyperparams import (
     check_lr_scale,
     unsupported_betas,
 )
+from optsvc.optim.params import ParamStore
 from optsvc.optim.serialize import SavedOptimizer, decode_optimizer, encode_optimizer
 from optsvc.optim.state import (
     KeySlot,
@@ -41,9 +43,6 @@ from optsvc.optim.state import (
 )
 from optsvc.optim.step import averaging_rate, step_size
 from optsvc.spec import Arg, checked
-
-if TYPE_CHECKING:
-    from optsvc.optim.params import ParamStore
 
 _SGD = UpdateKind.SGD  # a module global: read on every update
 
@@ -78,6 +77,11 @@ class Optimizer(ScheduledHyperparams):
         L2_is_weight_decay: bool = True,
         ops: Ops | None = None,
     ) -> None:
+        if ops is not None and not isinstance(ops, Ops):
+            raise TypeError(
+                f"'ops' must be a backend such as optsvc.backends.get_ops('numpy'), "
+                f"or None for the arrays' own, got {type(ops).__name__} {ops!r:.60}"
+            )
         values = (learn_rate, L2, beta1, beta2, eps, grad_clip)
         self._init_hyperparams(
             dict(zip(HPARAMS, values)),
@@ -196,6 +200,12 @@ class Optimizer(ScheduledHyperparams):
         (1, False)
         """
         lr_scale = check_lr_scale(lr_scale)
+        if not isinstance(store, ParamStore):
+            raise TypeError(
+                f"update_store needs a ParamStore (optsvc.optim.params), got "
+                f"{type(store).__name__}; update single arrays with "
+                "optimizer(key, weights, gradient)"
+            )
         ops = self._state.ops or store.ops
         if not ops.owns(store.flat_weights):
             where = ops.device_of(store.flat_weights)
@@ -304,20 +314,14 @@ def _check_arrays(key, weights, gradient, ops: Ops, slot: KeySlot | None) -> Non
 
 
 # Each argument's type, range and meaning, declared once for SGD, Adam and
-# RAdam and so for their config schemas (see optsvc.spec).
-_BETA = "exponential decay rate of the {} moment estimate"
-LearnRate = Annotated[ScheduleT, Arg("learning rate", ge=0)]
-L2Penalty = Annotated[
-    ScheduleT, Arg("L2 penalty (weight decay when L2_is_weight_decay)", ge=0)
-]
-Beta1 = Annotated[ScheduleT, Arg(_BETA.format("first"), ge=0, lt=1)]
-Beta2 = Annotated[ScheduleT, Arg(_BETA.format("second"), ge=0, lt=1)]
-Eps = Annotated[
-    ScheduleT, Arg("added to the denominator for numerical stability", gt=0)
-]
-GradClip = Annotated[
-    ScheduleT, Arg("clip each gradient to this L2 norm (0: off)", ge=0)
-]
+# RAdam and so for their config schemas (see optsvc.spec); the hyperparameters'
+# `Arg`s are those the setters check against (HPARAM_ARGS).
+LearnRate = Annotated[ScheduleT, HPARAM_ARGS["learn_rate"]]
+L2Penalty = Annotated[ScheduleT, HPARAM_ARGS["L2"]]
+Beta1 = Annotated[ScheduleT, HPARAM_ARGS["beta1"]]
+Beta2 = Annotated[ScheduleT, HPARAM_ARGS["beta2"]]
+Eps = Annotated[ScheduleT, HPARAM_ARGS["eps"]]
+GradClip = Annotated[ScheduleT, HPARAM_ARGS["grad_clip"]]
 WeightDecay = Annotated[
     ScheduleT, Arg("decoupled weight decay (RAdam's name for L2)", ge=0)
 ]

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,14 +22,22 @@ import numpy as np
 
 import optsvc.schedules  # noqa: F401  (fills SCHEDULE_FNS)
 from optsvc.backends import Ops
+from optsvc.optim.hyperparams import HyperparamError, check_last_score, check_restored
 from optsvc.optim.state import OptimizerState, SlotRecord, StateError
 from optsvc.optim.step import RADAM_BUFFER_SLOTS
 from optsvc.schedules.base import SCHEDULE_FNS, Schedule
 from optsvc.schedules.thinc import PlateauState
+from optsvc.spec import MAX_INT, show
 
 FORMAT = "optsvc.optimizer"
 VERSION = 1
 _META = "__meta__"
+# Saved schedules nest a few levels each (plateau around a warmup around a
+# constant is about 15); far deeper metadata is damage, refused before parsing
+# (Python's json and the decoders here recurse once per level).
+MAX_DEPTH = 100
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(rb"[\[\]{}]")
 
 
 # --- keys ---------------------------------------------------------------------
@@ -188,8 +197,14 @@ def read_archive(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
         raise StateError(f"not a readable optsvc state archive ({err})") from None
     if _META not in arrays:
         raise StateError("not an optsvc state archive: the metadata member is missing")
+    raw = arrays.pop(_META).tobytes()
+    if _depth(raw) > MAX_DEPTH:
+        raise StateError(
+            f"optimizer state is corrupt: its metadata nests deeper than {MAX_DEPTH} "
+            "levels"
+        )
     try:
-        meta = json.loads(arrays.pop(_META).tobytes().decode())
+        meta = json.loads(raw.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise StateError(f"corrupt optsvc state metadata ({err})") from None
     if not isinstance(meta, dict):
@@ -204,6 +219,47 @@ def read_archive(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
     if meta.get("sha256") != _digest(arrays, meta):
         raise StateError("optimizer state is corrupt: its checksum does not match")
     return meta, arrays
+
+
+def _depth(raw: bytes) -> int:
+    """How deep the JSON text `raw` nests, strings skipped, without parsing it."""
+    depth = deepest = 0
+    for bracket in _BRACKET.findall(_STRING.sub(b"", raw)):
+        depth += 1 if bracket in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _count(value: Any, what: str) -> int:
+    """A saved counter, checked: a whole number in [0, 2**63)."""
+    if type(value) is not int or not 0 <= value <= MAX_INT:
+        raise StateError(
+            f"optimizer state is corrupt: {what} must be a whole number in "
+            f"[0, 2**63), got {show(value)}"
+        )
+    return value
+
+
+def _flag(settings: Any, name: str) -> bool:
+    value = settings[name]
+    if not isinstance(value, bool):
+        raise StateError(
+            f"optimizer state is corrupt: setting '{name}' must be true or false, "
+            f"got {show(value)}"
+        )
+    return value
+
+
+def _shape(entry: dict, key: Any) -> tuple[int, ...]:
+    shape = entry["shape"]
+    if not isinstance(shape, list):
+        raise StateError(f"optimizer state is corrupt: key {key!r} has no shape")
+    dims = tuple(_count(d, f"the shape of key {key!r}") for d in shape)
+    size = 1
+    for d in dims:
+        size *= d
+    _count(size, f"the size of key {key!r}")
+    return dims
 
 
 def decode_optimizer(
@@ -227,30 +283,37 @@ def _saved_from(
     meta: dict, arrays: dict[str, np.ndarray], like: Mapping[str, Schedule], ops: Ops
 ) -> SavedOptimizer:
     # In the order the format lists them, so that the first fault is reported.
+    saved = meta["schedules"]
+    if not isinstance(saved, dict) or set(saved) != set(like):
+        found = sorted(saved) if isinstance(saved, dict) else show(saved)
+        raise StateError(
+            f"optimizer state is corrupt: it must hold the schedules of "
+            f"{sorted(like)}, it holds {found}"
+        )
     schedules = {
-        name: schedule_from_json(js, name, like.get(name))
-        for name, js in meta["schedules"].items()
+        name: schedule_from_json(js, name, like.get(name)) for name, js in saved.items()
     }
-    records = (  # decoded one by one, as from_arrays checks each key's arrays
-        SlotRecord(decode_key(entry["key"]), tuple(entry["shape"]), int(entry["nr"]))
-        for entry in meta["keys"]
-    )
+    settings = meta["settings"]
+    use_radam = _flag(settings, "use_radam")
+    L2_is_weight_decay = _flag(settings, "L2_is_weight_decay")
+    use_averages = _flag(settings, "use_averages")
+    step = _count(meta["step"], "the step")
+    last_score = _last_score(meta["last_score"])
+    try:
+        check_restored(schedules, step=step, use_radam=use_radam)
+    except HyperparamError as err:
+        raise StateError(f"optimizer state is corrupt: {err}") from None
+    records = []
+    for entry in meta["keys"]:
+        key = decode_key(entry["key"])
+        nr = _count(entry["nr"], f"the update count of key {key!r}")
+        records.append(SlotRecord(key, _shape(entry, key), nr))
     state = OptimizerState.from_arrays(
-        records, arrays, use_averages=bool(meta["settings"]["use_averages"]), ops=ops
+        records, arrays, use_averages=use_averages, ops=ops
     )
-    use_radam = bool(meta["settings"]["use_radam"])
-    L2_is_weight_decay = bool(meta["settings"]["L2_is_weight_decay"])
-    step = int(meta["step"])
-    score = meta["last_score"]
-    last_score = (int(score[0]), float(score[1])) if score else None
-    radam_buffer = [list(b) for b in meta["radam_buffer"]]
-    if len(radam_buffer) != RADAM_BUFFER_SLOTS or any(
-        len(b) != 3 for b in radam_buffer
-    ):
-        raise StateError("optimizer state has a bad RAdam buffer")
+    state.radam_buffer = _radam_buffer(meta["radam_buffer"])
     # Restored keys hold their own arrays; the next update_store with a
     # ParamStore lays their state out in flat buffers again.
-    state.radam_buffer = radam_buffer
     return SavedOptimizer(
         schedules=schedules,
         step=step,
@@ -259,3 +322,29 @@ def _saved_from(
         L2_is_weight_decay=L2_is_weight_decay,
         state=state,
     )
+
+
+def _last_score(score: Any) -> tuple[int, float] | None:
+    if score is None:
+        return None
+    if not isinstance(score, list):
+        raise StateError(f"optimizer state is corrupt: last_score is {show(score)}")
+    try:
+        return check_last_score(tuple(score), 0)
+    except HyperparamError as err:
+        raise StateError(f"optimizer state is corrupt: {err}") from None
+
+
+def _radam_buffer(data: Any) -> list[list]:
+    """RAdam's memo: ten [step, N_sma, step_size] slots of numbers or Nones."""
+    buffer = [list(b) for b in data]
+    if len(buffer) != RADAM_BUFFER_SLOTS or any(
+        len(b) != 3
+        or not all(
+            x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+            for x in b
+        )
+        for b in buffer
+    ):
+        raise StateError("optimizer state has a bad RAdam buffer")
+    return buffer

@@ -373,7 +373,8 @@ class OptimizerState:
         radam_buffer: list[list] | None = None,
     ) -> OptimizerState:
         """A state on `ops` from what `to_arrays` gave; StateError if an array
-        is missing or has the wrong shape or dtype."""
+        is missing, has the wrong shape or dtype, holds a NaN or an infinity,
+        or (a second moment) a negative value."""
         state = cls(use_averages=use_averages, ops=ops, radam_buffer=radam_buffer)
         for i, (key, shape, nr) in enumerate(records):
             size = int(np.prod(shape))
@@ -386,15 +387,25 @@ class OptimizerState:
                         array is None
                         or array.shape != (size,)
                         or array.dtype != np.float32
+                        or not np.isfinite(array).all()
                     ):
                         raise StateError(
                             f"optimizer state for key {key!r} has a bad {name}"
                         )
+                if (arrays[f"v{i}"] < 0).any():
+                    raise StateError(
+                        f"optimizer state for key {key!r} has a negative second moment"
+                    )
                 slot.m = ops.asarray(arrays[f"m{i}"])
                 slot.v = ops.asarray(arrays[f"v{i}"])
             if use_averages:
                 ema = arrays.get(f"ema{i}")
-                if ema is None or ema.shape != shape or ema.dtype != np.float32:
+                if (
+                    ema is None
+                    or ema.shape != shape
+                    or ema.dtype != np.float32
+                    or not np.isfinite(ema).all()
+                ):
                     raise StateError(
                         f"optimizer state for key {key!r} has bad averages"
                     )

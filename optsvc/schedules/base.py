@@ -13,6 +13,8 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
+from optsvc.spec import MAX_INT, show
+
 OutT = TypeVar("OutT")
 
 # Schedule functions by schedule name, so that saved schedules can be rebuilt
@@ -53,9 +55,20 @@ class Schedule(Generic[OutT]):
         self._attrs = dict(attrs or {})
 
     def __call__(self, step: int, **extra: Any) -> OutT:
-        """The value at `step` (a non-negative int)."""
+        """The value at `step`, a whole number in [0, 2**63).
+
+        Every schedule gives a finite value at every step up to 2**63 - 1
+        (decays tend to their floor or 0, periodic ones keep cycling, Thinc's
+        formulas are kept past their end); larger steps are a ValueError,
+        since no training run reaches them and float maths overflows there.
+        """
         if step < 0:
             raise ValueError(f"Schedule step must be non-negative, got {step}")
+        if step > MAX_INT:
+            raise ValueError(
+                f"Schedule step must be below 2**63, got {show(step)}; "
+                "steps count updates, so a step this large is a mistake"
+            )
         return self._schedule(self, step, **extra)
 
     @property
