@@ -25,10 +25,11 @@ import numpy as np
 
 from optsvc.config import SystemSection, TrainingSection, config_to_str
 from optsvc.errors import OptsvcError
-from optsvc.fileio import write_atomic
+from optsvc.fileio import TEXT_LIMIT, read_regular, write_atomic
 from optsvc.training.checkpoints import (
     Checkpoint,
     CheckpointError,
+    check_checkpoint_folder,
     config_hash,
     load_latest_checkpoint,
 )
@@ -55,6 +56,8 @@ class RunFolder:
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
+        if not os.fspath(path):  # Path("") would be the current folder
+            raise RunError("the output folder is empty; give a folder with -o")
         self.path = Path(path)
         self.config_file = self.path / "config.cfg"
         self.metrics = self.path / "metrics.jsonl"
@@ -124,6 +127,8 @@ class RunFolder:
                 f"'{self.path}' already holds a run; add --resume to continue it or "
                 "--overwrite to start again"
             )
+        if resume or not overwrite:  # decided before training, not at its first save
+            check_checkpoint_folder(self.checkpoints)
         if resume:
             return self.latest_checkpoint(warn)
         if overwrite:
@@ -177,7 +182,7 @@ class RunFolder:
         if not self.metrics.exists():
             return
         keep = []
-        for raw in self.metrics.read_bytes().splitlines():
+        for raw in read_regular(self.metrics, TEXT_LIMIT, "metrics log").splitlines():
             try:
                 if json.loads(raw.decode("utf8"))["step"] <= step:
                     keep.append(raw + b"\n")
