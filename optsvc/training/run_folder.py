@@ -117,6 +117,7 @@ class RunFolder:
         resume: bool,
         overwrite: bool,
         warn: Callable[[str], None],
+        check: Callable[[Checkpoint], TrainState] = TrainState.from_checkpoint,
     ) -> tuple[Checkpoint | None, TrainState | None]:
         """Apply --resume / --overwrite to this (locked) folder: the newest
         good checkpoint and its state to continue from, or (None, None) to
@@ -130,13 +131,15 @@ class RunFolder:
         if resume or not overwrite:  # decided before training, not at its first save
             check_checkpoint_folder(self.checkpoints)
         if resume:
-            return self.latest_checkpoint(warn)
+            return self.latest_checkpoint(warn, check)
         if overwrite:
             self.clear()
         return None, None
 
     def latest_checkpoint(
-        self, warn: Callable[[str], None]
+        self,
+        warn: Callable[[str], None],
+        check: Callable[[Checkpoint], TrainState] = TrainState.from_checkpoint,
     ) -> tuple[Checkpoint | None, TrainState | None]:
         """The newest checkpoint that verifies and whose state reads back, and
         that state; (None, None) when there is none. Each bad newer one is
@@ -145,7 +148,7 @@ class RunFolder:
             return None, None
         try:
             checkpoint = load_latest_checkpoint(
-                self.checkpoints, warn=warn, check=TrainState.from_checkpoint
+                self.checkpoints, warn=warn, check=check
             )
         except CheckpointError as err:
             raise RunError(
@@ -153,7 +156,7 @@ class RunFolder:
             ) from None
         if checkpoint is None:
             return None, None
-        return checkpoint, TrainState.from_checkpoint(checkpoint)
+        return checkpoint, check(checkpoint)
 
     def clear(self) -> None:
         """Remove the run in this folder (for --overwrite)."""
