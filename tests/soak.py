@@ -652,7 +652,8 @@ SIMPLE = [
 ]
 SPECIAL = ["two-bad", "none-left", "tmp-leftover", "tmp-leftover-finished",
            "old-leftover", "pickle-arrays", "pickle-optimizer", "shape-mismatch",
-           "dtype-mismatch", "missing-weights"]  # fmt: skip
+           "dtype-mismatch", "missing-weights", "nan-weights", "optimizer-lie",
+           "state-lie"]  # fmt: skip
 CORRUPTIONS = [*SIMPLE, *SPECIAL]
 
 
@@ -752,9 +753,11 @@ def _leftover(kind: str, ckpt: Path, steps: list[str], dead: int, rng):
 
 
 def _plant(kind: str, newest: Path, marker: Path, rng: random.Random):
-    """Checksum-valid content that must be refused (pickles, arrays that do
-    not fit the model): what was planted, and what a resume must do."""
-    refused = {"code": 1, "warnings": 0}
+    """Checksum-valid content that must not be restored (pickles, arrays or
+    optimizer state that do not fit the run, lies about what a checkpoint
+    holds): what was planted, and what a resume must do. A lie is treated like
+    corruption: the resume falls back, with a warning naming what was wrong."""
+    fell_back = {"code": 0, "warnings": 1}
     if kind == "pickle-arrays":
         victim = rng.choice(["w:0/W", "data_order", "evil"])
 
@@ -763,26 +766,88 @@ def _plant(kind: str, newest: Path, marker: Path, rng: random.Random):
 
         _replace_arrays(newest, plant)
         what = f"a pickle in arrays.npz as {victim!r}, manifest recomputed"
-        return what, {"code": 0, "warnings": 1, "warning": "object array"}
+        return what, {**fell_back, "warning": "object array"}
     if kind == "pickle-optimizer":
         buf = io.BytesIO()
         np.savez(buf, m0=np.array([Payload(marker)], dtype=object))
         (newest / "optimizer.bin").write_bytes(buf.getvalue())
         _rewrite_manifest(newest)
         what = "a pickle as optimizer.bin, manifest recomputed"
-        return what, {**refused, "error": "optimizer state"}
-    if kind == "shape-mismatch":
-        _replace_arrays(newest, lambda a: a.update({"w:0/W": a["w:0/W"][:, :1]}))
-        return "w:0/W of another shape, manifest recomputed", {
-            **refused, "error": "shape",
-        }  # fmt: skip
-    if kind == "dtype-mismatch":
-        _replace_arrays(
-            newest, lambda a: a.update({"w:0/W": a["w:0/W"].astype("float64")})
-        )
-        return "w:0/W as float64, manifest recomputed", {**refused, "error": "float64"}
-    _replace_arrays(newest, lambda a: a.pop("w:0/b"))  # missing-weights
-    return "w:0/b removed, manifest recomputed", {**refused, "error": "no weights"}
+        return what, {**fell_back, "warning": "optimizer.bin is refused"}
+    if kind in LIES:
+        what, warning = LIES[kind](newest, rng)
+        _rewrite_manifest(newest)
+        return f"{what}, manifest recomputed", {**fell_back, "warning": warning}
+    raise AssertionError(kind)
+
+
+def _lie_arrays(change, what: str, warning: str):
+    def lie(folder: Path, rng: random.Random):
+        _replace_arrays(folder, change)
+        return what, warning
+
+    return lie
+
+
+def _lie_optimizer(folder: Path, rng: random.Random):
+    """RAdam state in an Adam run (or the reverse), or a negative or huge
+    update count: the optimizer state re-encoded with a valid checksum."""
+    import dataclasses
+
+    from optsvc.backends import get_ops
+    from optsvc.optim.serialize import decode_optimizer, encode_optimizer
+
+    saved = decode_optimizer(
+        (folder / "optimizer.bin").read_bytes(), like={}, ops=get_ops("numpy")
+    )
+    how = rng.choice(["kind", "count"])
+    if how == "kind":
+        saved = dataclasses.replace(saved, use_radam=not saved.use_radam)
+        what, warning = "optimizer.bin of the other kind (RAdam/Adam)", "RAdam"
+    else:
+        slot = next(iter(saved.state.slots.values()))
+        slot.nr = rng.choice([-1, 2**40])
+        what = f"an update count of {slot.nr} in optimizer.bin"
+        warning = "optimizer.bin"
+    (folder / "optimizer.bin").write_bytes(encode_optimizer(saved))
+    return what, warning
+
+
+def _lie_state(folder: Path, rng: random.Random):
+    """state.json with a broken RNG state, or a counter out of range."""
+    state = json.loads((folder / "state.json").read_text())
+    how = rng.choice(["rng", "epoch", "cursor"])
+    if how == "rng":
+        state["rng"] = {"bit_generator": "PCG64", "state": {"state": "x", "inc": 1}}
+        what, warning = "a broken RNG state in state.json", "random generator"
+    else:
+        state[how] = rng.choice([-3, 10**30])
+        what, warning = f"state.json {how} = {state[how]}", how
+    (folder / "state.json").write_text(json.dumps(state))
+    return what, warning
+
+
+def _nan_weights(arrays):
+    arrays["w:0/W"] = arrays["w:0/W"].copy()
+    arrays["w:0/W"].flat[0] = np.nan
+
+
+LIES = {
+    "shape-mismatch": _lie_arrays(
+        lambda a: a.update({"w:0/W": a["w:0/W"][:, :1]}), "w:0/W of another shape",
+        "shape",
+    ),
+    "dtype-mismatch": _lie_arrays(
+        lambda a: a.update({"w:0/W": a["w:0/W"].astype("float64")}), "w:0/W as float64",
+        "float64",
+    ),
+    "missing-weights": _lie_arrays(
+        lambda a: a.pop("w:0/b"), "w:0/b removed", "no weights"
+    ),
+    "nan-weights": _lie_arrays(_nan_weights, "a NaN in w:0/W", "NaN"),
+    "optimizer-lie": _lie_optimizer,
+    "state-lie": _lie_state,
+}  # fmt: skip
 
 
 def _resume_problems(
