@@ -261,7 +261,7 @@ def train_cmd(
     ctx: typer.Context,
     config: ConfigArg,
     output: Annotated[
-        Path | None,
+        str | None,  # not Path: Path("") would quietly be the current folder
         typer.Option(
             "--output", "-o", help="Run folder (default: runs/<config name>)."
         ),
@@ -305,7 +305,7 @@ def train_cmd(
     from optsvc.training.loop import train
 
     cfg = load_config(config, parse_overrides(ctx.args))
-    out = output or Path("runs") / config.stem
+    out = Path("runs") / config.stem if output is None else output
     train(
         cfg,
         out,
