@@ -377,6 +377,17 @@ def _learn_rate(folder: Path) -> str:
     return "learn_rate"
 
 
+def _inflating_optimizer(folder: Path) -> str:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("m0.npy", "w", force_zip64=True) as f:
+            chunk = bytes(2**22)
+            for _ in range(2**28 // len(chunk)):  # 256 MiB of zeros, ~256 kB
+                f.write(chunk)
+    (folder / "optimizer.bin").write_bytes(buf.getvalue())
+    return "compressed"
+
+
 def _state(field: str, value):
     def lie(folder: Path) -> str:
         state = json.loads((folder / "state.json").read_text())
@@ -391,6 +402,7 @@ LIES = {
     "nan-weights-at-max-steps": _nan_weights,
     "radam-state-in-adam-run": _other_kind,
     "infinite-moments": _infinite_moments,
+    "inflating-optimizer-state": _inflating_optimizer,
     "negative-learn-rate": _learn_rate,
     "negative-epoch": _state("epoch", -5),
     "huge-cursor": _state("cursor", 10**40),

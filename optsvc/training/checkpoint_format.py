@@ -337,6 +337,24 @@ def _read_member(
         ) from None
 
 
+def check_stored_zip(path: Path, name: str, data: bytes) -> None:
+    """CheckpointError unless every member of the zip archive `data` (file
+    `name`) is stored uncompressed within it: what optsvc writes, and what
+    cannot inflate to more than the file's size. Only the headers are read."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        raise _fail(path, f"{name} is not a readable archive ({err})") from None
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size > len(data):
+            raise _fail(
+                path,
+                f"{name}: member {info.filename!r} is compressed or declares "
+                f"{info.file_size} bytes, more than the file holds; refused",
+            )
+
+
 def state_from_bytes(path: Path, data: bytes) -> dict:
     """The dict of `state.json`."""
     try:

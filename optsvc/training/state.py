@@ -32,6 +32,7 @@ from optsvc.backends import get_ops
 from optsvc.errors import OptsvcError
 from optsvc.optim import Optimizer, ParamStore
 from optsvc.optim.serialize import decode_optimizer, schedule_to_json
+from optsvc.training.checkpoint_format import check_stored_zip
 from optsvc.training.checkpoints import Checkpoint, CheckpointError, config_hash
 
 EARLY_STOP, MAX_STEPS = "early_stop", "max_steps"
@@ -295,6 +296,7 @@ def check_fits(
 
 
 def _check_optimizer(checkpoint, store: ParamStore, optimizer: Optimizer, bad):
+    check_stored_zip(checkpoint.path, "optimizer.bin", checkpoint.optimizer)
     try:
         saved = decode_optimizer(
             checkpoint.optimizer, like=optimizer.schedules, ops=get_ops("numpy")
