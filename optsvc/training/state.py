@@ -15,6 +15,11 @@ A training checkpoint (see `optsvc.training.checkpoints` for the folder) holds
   whether and why the run ended. `TrainState.to_checkpoint` writes it,
   `TrainState.from_checkpoint` reads it back and checks every value.
 
+Before anything is restored, `check_fits` checks what a checkpoint holds
+against the run (its model, its optimizer as the config builds it, the data):
+a checkpoint that passes its checksums but does not fit is skipped like a
+corrupt one, for the previous good one.
+
 Nothing else is restored: a resumed run that ends, with the same config, as
 an uninterrupted one did, bit for bit on the CPU, is the test of this list.
 """
