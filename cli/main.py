@@ -279,7 +279,7 @@ def train_cmd(
         ),
     ] = None,
     output: Annotated[
-        Path | None,
+        str | None,  # not Path: Path("") would quietly be the current folder
         typer.Option(
             "--output", "-o", help="Run folder (default: runs/<config name>)."
         ),
@@ -327,9 +327,9 @@ def train_cmd(
     args = list(ctx.args)
     if config is not None and not config.exists():
         config, args = _value_taken_as_config(config, args)
-    config = config or _own_config(ctx, resume, output)
+    config = config or _own_config(ctx, resume, Path(output) if output else None)
     cfg = load_config(config, parse_overrides(args))
-    out = output or Path("runs") / config.stem
+    out = Path("runs") / config.stem if output is None else output
     train(
         cfg,
         out,

@@ -1,10 +1,76 @@
 """Files written so that a crash, `kill -9` or a full disk leaves the old
-content or the new, never a torn file."""
+content or the new, never a torn file; files read only when they are regular
+files of a bounded size, so that a FIFO, a device such as /dev/zero or a huge
+file in their place never hangs optsvc or fills the memory."""
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
+
+from optsvc.errors import OptsvcError
+
+# Configs and metrics logs are text a person could read; beyond this they are
+# not what optsvc wrote.
+TEXT_LIMIT = 256 * 2**20
+
+
+class FileReadError(OptsvcError, OSError):
+    """A file optsvc will not read: missing, not a regular file, too large or
+    unreadable."""
+
+
+def read_regular(path, limit: int, what: str = "file") -> bytes:
+    """The bytes of `path`, if it is a regular file of at most `limit` bytes.
+
+    The file is opened without blocking (a FIFO would wait for a writer) and
+    checked with fstat before anything is read, and never more than `limit`
+    bytes are read, even if it grows meanwhile; FileReadError, one sentence
+    naming `what` and the path, otherwise.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise FileReadError(f"{what} '{path}' does not exist; check the path") from None
+    except OSError as err:
+        raise FileReadError(
+            f"cannot read {what} '{path}' ({err.strerror}); check the path"
+        ) from None
+    try:
+        _check_opened(fd, path, limit, what)
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as err:
+            raise FileReadError(
+                f"cannot read {what} '{path}' ({err.strerror})"
+            ) from None
+    if len(data) > limit:
+        raise FileReadError(
+            f"{what} '{path}' grew past the limit of {limit} bytes while being read"
+        )
+    return data
+
+
+def _check_opened(fd: int, path: Path, limit: int, what: str) -> None:
+    info = os.fstat(fd)
+    if stat.S_ISDIR(info.st_mode):
+        raise FileReadError(f"{what} '{path}' is a folder; give the path of a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise FileReadError(
+            f"{what} '{path}' is not a regular file (a pipe or a device?); "
+            "give a regular file"
+        )
+    if info.st_size > limit:
+        raise FileReadError(
+            f"{what} '{path}' is {info.st_size} bytes, over the limit of {limit}; "
+            "is it the right file?"
+        )
 
 
 def write_atomic(path, data: bytes) -> None:
@@ -28,4 +94,4 @@ def write_atomic(path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-__all__ = ["write_atomic"]
+__all__ = ["write_atomic", "read_regular", "FileReadError", "TEXT_LIMIT"]

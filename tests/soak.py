@@ -15,9 +15,17 @@ with small counts (`make test`) and `make soak` with large ones:
   and every metrics.jsonl row (timings aside).
 - `corruption_campaign`: each file of a checkpoint truncated at a random
   offset, bit-flipped, deleted; leftover temporary folders; two or all
-  checkpoints bad; planted pickles; arrays of the wrong shape or dtype. Each
+  checkpoints bad; planted pickles; arrays of the wrong shape or dtype and
+  other checksum-valid lies (NaN weights, optimizer state of the other kind
+  or with bad counts, broken RNG state, counters out of range). Each
   must be detected: the previous good checkpoint used with a warning (and
   the run still ends bit-identical), or one clear error when none is left.
+- `files_campaign`: a damaged metrics.jsonl line (flipped high bit, deep
+  nesting, garbage) dropped on resume; a FIFO or /dev/zero given to
+  `validate` and `show-schedule --scores` refused at once; a checkpoint file
+  that is a FIFO, /dev/zero or far larger than its manifest says skipped
+  without being read; RUN/.lock deleted under a training run, and a second
+  lock still refused.
 - `config_fuzz`: generated config files (mutated examples, random sections,
   keys and values, huge and tiny numbers, NaN, unicode, long values, deep
   nesting, binary garbage, empty files) and overrides through `optsvc
@@ -652,7 +660,8 @@ SIMPLE = [
 ]
 SPECIAL = ["two-bad", "none-left", "tmp-leftover", "tmp-leftover-finished",
            "old-leftover", "pickle-arrays", "pickle-optimizer", "shape-mismatch",
-           "dtype-mismatch", "missing-weights"]  # fmt: skip
+           "dtype-mismatch", "missing-weights", "nan-weights", "optimizer-lie",
+           "state-lie"]  # fmt: skip
 CORRUPTIONS = [*SIMPLE, *SPECIAL]
 
 
@@ -752,9 +761,11 @@ def _leftover(kind: str, ckpt: Path, steps: list[str], dead: int, rng):
 
 
 def _plant(kind: str, newest: Path, marker: Path, rng: random.Random):
-    """Checksum-valid content that must be refused (pickles, arrays that do
-    not fit the model): what was planted, and what a resume must do."""
-    refused = {"code": 1, "warnings": 0}
+    """Checksum-valid content that must not be restored (pickles, arrays or
+    optimizer state that do not fit the run, lies about what a checkpoint
+    holds): what was planted, and what a resume must do. A lie is treated like
+    corruption: the resume falls back, with a warning naming what was wrong."""
+    fell_back = {"code": 0, "warnings": 1}
     if kind == "pickle-arrays":
         victim = rng.choice(["w:0/W", "data_order", "evil"])
 
@@ -763,26 +774,88 @@ def _plant(kind: str, newest: Path, marker: Path, rng: random.Random):
 
         _replace_arrays(newest, plant)
         what = f"a pickle in arrays.npz as {victim!r}, manifest recomputed"
-        return what, {"code": 0, "warnings": 1, "warning": "object array"}
+        return what, {**fell_back, "warning": "object array"}
     if kind == "pickle-optimizer":
         buf = io.BytesIO()
         np.savez(buf, m0=np.array([Payload(marker)], dtype=object))
         (newest / "optimizer.bin").write_bytes(buf.getvalue())
         _rewrite_manifest(newest)
         what = "a pickle as optimizer.bin, manifest recomputed"
-        return what, {**refused, "error": "optimizer state"}
-    if kind == "shape-mismatch":
-        _replace_arrays(newest, lambda a: a.update({"w:0/W": a["w:0/W"][:, :1]}))
-        return "w:0/W of another shape, manifest recomputed", {
-            **refused, "error": "shape",
-        }  # fmt: skip
-    if kind == "dtype-mismatch":
-        _replace_arrays(
-            newest, lambda a: a.update({"w:0/W": a["w:0/W"].astype("float64")})
-        )
-        return "w:0/W as float64, manifest recomputed", {**refused, "error": "float64"}
-    _replace_arrays(newest, lambda a: a.pop("w:0/b"))  # missing-weights
-    return "w:0/b removed, manifest recomputed", {**refused, "error": "no weights"}
+        return what, {**fell_back, "warning": "optimizer.bin is refused"}
+    if kind in LIES:
+        what, warning = LIES[kind](newest, rng)
+        _rewrite_manifest(newest)
+        return f"{what}, manifest recomputed", {**fell_back, "warning": warning}
+    raise AssertionError(kind)
+
+
+def _lie_arrays(change, what: str, warning: str):
+    def lie(folder: Path, rng: random.Random):
+        _replace_arrays(folder, change)
+        return what, warning
+
+    return lie
+
+
+def _lie_optimizer(folder: Path, rng: random.Random):
+    """RAdam state in an Adam run (or the reverse), or a negative or huge
+    update count: the optimizer state re-encoded with a valid checksum."""
+    import dataclasses
+
+    from optsvc.backends import get_ops
+    from optsvc.optim.serialize import decode_optimizer, encode_optimizer
+
+    saved = decode_optimizer(
+        (folder / "optimizer.bin").read_bytes(), like={}, ops=get_ops("numpy")
+    )
+    how = rng.choice(["kind", "count"])
+    if how == "kind":
+        saved = dataclasses.replace(saved, use_radam=not saved.use_radam)
+        what, warning = "optimizer.bin of the other kind (RAdam/Adam)", "RAdam"
+    else:
+        slot = next(iter(saved.state.slots.values()))
+        slot.nr = rng.choice([-1, 2**40])
+        what = f"an update count of {slot.nr} in optimizer.bin"
+        warning = "optimizer.bin"
+    (folder / "optimizer.bin").write_bytes(encode_optimizer(saved))
+    return what, warning
+
+
+def _lie_state(folder: Path, rng: random.Random):
+    """state.json with a broken RNG state, or a counter out of range."""
+    state = json.loads((folder / "state.json").read_text())
+    how = rng.choice(["rng", "epoch", "cursor"])
+    if how == "rng":
+        state["rng"] = {"bit_generator": "PCG64", "state": {"state": "x", "inc": 1}}
+        what, warning = "a broken RNG state in state.json", "random generator"
+    else:
+        state[how] = rng.choice([-3, 10**30])
+        what, warning = f"state.json {how} = {state[how]}", how
+    (folder / "state.json").write_text(json.dumps(state))
+    return what, warning
+
+
+def _nan_weights(arrays):
+    arrays["w:0/W"] = arrays["w:0/W"].copy()
+    arrays["w:0/W"].flat[0] = np.nan
+
+
+LIES = {
+    "shape-mismatch": _lie_arrays(
+        lambda a: a.update({"w:0/W": a["w:0/W"][:, :1]}), "w:0/W of another shape",
+        "shape",
+    ),
+    "dtype-mismatch": _lie_arrays(
+        lambda a: a.update({"w:0/W": a["w:0/W"].astype("float64")}), "w:0/W as float64",
+        "float64",
+    ),
+    "missing-weights": _lie_arrays(
+        lambda a: a.pop("w:0/b"), "w:0/b removed", "no weights"
+    ),
+    "nan-weights": _lie_arrays(_nan_weights, "a NaN in w:0/W", "NaN"),
+    "optimizer-lie": _lie_optimizer,
+    "state-lie": _lie_state,
+}  # fmt: skip
 
 
 def _resume_problems(
@@ -814,6 +887,156 @@ def _resume_problems(
         if len(errors) != 1 or expect["error"] not in errors[0]:
             problems.append(f"not one clear error line with {expect['error']!r}")
     return problems
+
+
+# --- 2b. damaged metrics, special files, a deleted lock file ---
+
+FILE_CASES = ["metrics-flip", "metrics-deep", "metrics-garbage", "special-config",
+              "special-scores", "special-checkpoint", "grown-checkpoint",
+              "lock-deleted"]  # fmt: skip
+SPECIALS = ["fifo", "/dev/zero"]
+
+
+def files_campaign(job: Job, n: int, rng: random.Random, work: Path, fig: Figures):
+    """`n` cases cycling through FILE_CASES on copies of the finished reference
+    run: a damaged metrics.jsonl line never blocks a resume; a FIFO or
+    /dev/zero where a config, a scores log or a checkpoint file belongs is
+    refused or skipped at once, never read; a checkpoint file larger than its
+    manifest says is skipped; deleting RUN/.lock does not admit a second writer."""
+    from optsvc.training.checkpoints import list_checkpoints
+
+    folder = work / "files"
+    folder.mkdir(parents=True, exist_ok=True)
+    steps = [p.name for p in list_checkpoints(job.reference / "checkpoints")]
+    for i in range(n):
+        kind = FILE_CASES[i % len(FILE_CASES)]
+        run = folder / f"run-{i:04d}"
+        shutil.copytree(job.reference, run)
+        fig.add("file cases")
+        fig.add(f"file cases: {kind}")
+        try:
+            if kind == "lock-deleted":
+                problem = _lock_deleted(job, run)
+            elif kind.startswith("metrics"):
+                problem = _metrics_damage(job, run, kind, steps, rng)
+            elif kind in ("special-config", "special-scores"):
+                problem = _special_input(job, folder, kind, rng)
+            else:
+                problem = _special_checkpoint(job, run, kind, steps, rng)
+        except Hang:
+            fig.add("hangs")
+            problem = "did not finish"
+        if problem:
+            fig.fail("files", f"{kind}: {problem}"[-3000:])
+        else:
+            fig.add("file cases held")
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def _resume(job: Job, run: Path) -> tuple[int, str, str]:
+    code, out, err, result = invoke(
+        ["train", job.config, "-o", run, "--resume"], TRAIN_LIMIT
+    )
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        return 2, out, f"{err}\n{result.exception!r}"
+    return code, out, err
+
+
+def _metrics_damage(job: Job, run: Path, kind: str, steps, rng) -> str | None:
+    """A damaged line: dropped (with the rows past the checkpoint, redone)."""
+    shutil.rmtree(run / "checkpoints" / steps[-1])
+    (run / "final.npz").unlink()
+    resume_step = int(steps[-2][5:])
+    lines = (run / "metrics.jsonl").read_bytes().splitlines()
+    i = rng.randrange(len(lines))
+    damaged_step = json.loads(lines[i])["step"]
+    if kind == "metrics-flip":
+        j = rng.randrange(len(lines[i]))
+        lines[i] = lines[i][:j] + bytes([lines[i][j] | 0x80]) + lines[i][j + 1 :]
+    elif kind == "metrics-deep":
+        lines[i] = b"[" * 100_000 + b"]" * 100_000
+    else:
+        lines[i] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
+        lines[i] = lines[i].replace(b"\n", b" ")
+    (run / "metrics.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    code, out, err = _resume(job, run)
+    if code != 0:
+        return f"resume exit {code}\n{out}{err}"
+    want = metric_rows(job.reference)
+    if damaged_step <= resume_step:
+        want = [r for r in want if r["step"] != damaged_step]
+    if metric_rows(run) != want:
+        return f"metrics rows {[r['step'] for r in metric_rows(run)]}"
+    return None
+
+
+def _special_input(job: Job, folder: Path, kind: str, rng) -> str | None:
+    """`optsvc validate SPECIAL`, `optsvc show-schedule CFG --scores SPECIAL`
+    in a subprocess: one clear refusal, at once."""
+    special = rng.choice(SPECIALS)
+    if special == "fifo":
+        special = folder / f"fifo-{rng.randrange(10**9)}"
+        os.mkfifo(special)
+    args = (
+        ["validate", special]
+        if kind == "special-config"
+        else ["show-schedule", job.config, "--scores", special]
+    )
+    code, out, err = run_subprocess(args, limit=CLI_LIMIT)
+    if code is None:
+        raise Hang()
+    if code != 1 or "is not a regular file" not in out + err or "Traceback" in err:
+        return f"exit {code}: {out}{err}"
+    return None
+
+
+def _special_checkpoint(job: Job, run: Path, kind: str, steps, rng) -> str | None:
+    """A checkpoint file that is a FIFO, /dev/zero, or far larger than its
+    manifest says: skipped with a warning, the run still bit-identical."""
+    name = rng.choice(CHECKPOINT_FILES[:3])
+    target = run / "checkpoints" / steps[-1] / name
+    target.unlink()
+    if kind == "grown-checkpoint":
+        with open(target, "wb") as f:
+            f.truncate(rng.choice([2**31, 2**40]))  # sparse: no disk used
+    elif rng.random() < 0.5:
+        os.mkfifo(target)
+    else:
+        target.symlink_to("/dev/zero")
+    (run / "final.npz").unlink()
+    code, out, err = _resume(job, run)
+    expect = {"code": 0, "warnings": 1, "from": steps[-2], "warning": name}
+    problems = _resume_problems(job, run, expect, code, out, err)
+    return "; ".join(problems) + f"\n{out}{err}" if problems else None
+
+
+def _lock_deleted(job: Job, run: Path) -> str | None:
+    """A run trains; its RUN/.lock is deleted; a second writer must be refused."""
+    from optsvc.training.lock import LockedError, RunLock
+
+    shutil.rmtree(run)
+    proc = subprocess.Popen(
+        [*OPTSVC, "train", str(job.config), "-o", str(run)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + SUBPROCESS_LIMIT
+        while not (run / ".lock").exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                return "the run ended before its lock could be seen"
+            time.sleep(0.01)
+        (run / ".lock").unlink()
+        try:
+            RunLock(run).release()
+        except LockedError:
+            return None
+        if proc.poll() is None:
+            return "a second lock was admitted while the run trained"
+        return None  # it had just finished
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 # --- 3. fuzzed configs ---
@@ -1554,6 +1777,7 @@ def soak(
     owned = work is None
     work = Path(tempfile.mkdtemp(prefix="optsvc-soak-")) if owned else Path(work)
     corruptions = corruptions if corruptions is not None else max(4 * kills, 30)
+    files = max(2 * kills, 2 * len(FILE_CASES))
     cli = cli if cli is not None else max(fuzz // 5, 100)
     optimizer = optimizer if optimizer is not None else max(fuzz // 5, 100)
     try:
@@ -1565,6 +1789,8 @@ def soak(
              (prepared, kills, rng, work, fig)),
             (f"corruption campaign: {corruptions} corruptions", corruption_campaign,
              (first, corruptions, rng, work, fig)),
+            (f"files campaign: {files} cases", files_campaign,
+             (first, files, rng, work, fig)),
             (f"optimizer API fuzz: {optimizer} calls", optimizer_fuzz,
              (optimizer, rng, fig)),
             (f"command-line fuzz: {cli} argument lists", cli_fuzz,
@@ -1593,6 +1819,8 @@ SUMMARY = [
     ("second trains refused by the lock", "second trains refused by the lock"),
     ("checkpoint corruptions injected", "corruptions injected"),
     ("checkpoint corruptions detected", "corruptions detected"),
+    ("file cases (metrics damage, special files, lock deleted)", "file cases"),
+    ("  of them held", "file cases held"),
     ("configs fuzzed (optsvc validate)", "configs fuzzed"),
     ("  of them in subprocesses", "configs validated in subprocesses"),
     ("fuzzed configs trained (optsvc train)", "configs trained"),

@@ -95,6 +95,20 @@ def test_corruption_campaign(jobs, work):
 
 
 @pytest.mark.slow
+@LINUX
+def test_files_campaign(jobs, work):
+    """Damaged metrics lines, FIFOs and /dev/zero where configs, scores logs
+    and checkpoint files belong, a checkpoint file larger than its manifest
+    says, RUN/.lock deleted under a running train: every case held."""
+    fig = soak.Figures()
+    n = len(soak.FILE_CASES)
+    soak.files_campaign(jobs["adam-plateau"], n, random.Random(11), work, fig)
+    assert_held(fig)
+    assert fig.counts["file cases"] == n
+    assert fig.counts["file cases held"] == n
+
+
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")  # confection on 'single' quotes
 def test_config_fuzz(work):
     """300 generated configs through `optsvc validate` (a share as

@@ -18,6 +18,7 @@ from confection import Config
 from optsvc import registries
 from optsvc.config.schema import SystemSection
 from optsvc.errors import OptsvcError
+from optsvc.fileio import TEXT_LIMIT, FileReadError, read_regular
 from optsvc.spec import params_of
 
 # Sections that mark a spaCy config: optsvc checks only its optimizer block.
@@ -158,7 +159,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     if path.is_dir():
         raise ConfigError(f"'{path}' is a folder; give the path of a .cfg file")
     try:
-        text = path.read_text(encoding="utf8")
+        text = read_regular(path, TEXT_LIMIT, "config file").decode("utf8")
+    except FileReadError as err:
+        raise ConfigError(str(err)) from None
     except UnicodeDecodeError:
         raise ConfigError(
             f"config file '{path}' is not UTF-8 text; is it the right file?"

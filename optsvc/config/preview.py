@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from optsvc.config.parse import ConfigError, ConfigIssue
+from optsvc.fileio import TEXT_LIMIT, FileReadError, read_regular
 from optsvc.optim import Optimizer
 from optsvc.schedules.base import Schedule
 
@@ -55,7 +56,10 @@ def read_scores(path: str | Path) -> dict[int, float]:
     """Scores by step from a run's metrics.jsonl (lines with step and score)."""
     scores: dict[int, float] = {}
     try:
-        lines = Path(path).read_text(encoding="utf8").splitlines()
+        data = read_regular(path, TEXT_LIMIT, "scores file")
+        lines = data.decode("utf8").splitlines()
+    except FileReadError as err:
+        raise ConfigError(str(err)) from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot read scores from '{path}': {err}") from None
     for i, line in enumerate(lines, 1):
@@ -64,7 +68,7 @@ def read_scores(path: str | Path) -> dict[int, float]:
         try:
             row = json.loads(line)
             step, score = row["step"], row["score"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise ConfigError(
                 f"{path}, line {i}: expected a JSON object with 'step' and 'score'"
             ) from None

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import stat
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from optsvc.errors import OptsvcError
+from optsvc.fileio import FileReadError, read_regular
 
 FORMAT = "optsvc.checkpoint"
 VERSION = 1
@@ -37,6 +39,7 @@ STEP_NAME = re.compile(r"step-(\d+)")
 HIDDEN_NAME = re.compile(r"\.(tmp|old|del)-step-(\d+)-(\d+)")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _KINDS = "biufc"  # bool, integer, float, complex: no objects, strings or records
+MANIFEST_LIMIT = 2**20  # a manifest lists four files: a few hundred bytes
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so that equal arrays give equal bytes
 
 
@@ -78,14 +81,14 @@ def read_manifest(path: Path) -> dict:
         if os.path.lexists(path):
             raise _fail(path, "not a folder (a checkpoint is a folder)")
         raise _fail(path, "no such checkpoint folder")
-    try:
-        raw = (path / MANIFEST).read_bytes()
-    except FileNotFoundError:
+    if not os.path.lexists(path / MANIFEST):
         raise _fail(
             path, f"{MANIFEST} is missing (an empty or unfinished checkpoint folder)"
-        ) from None
-    except OSError as err:
-        raise _fail(path, f"cannot read {MANIFEST} ({err})") from None
+        )
+    try:
+        raw = read_regular(path / MANIFEST, MANIFEST_LIMIT, MANIFEST)
+    except FileReadError as err:
+        raise _fail(path, f"cannot read {MANIFEST}: {err}") from None
     try:
         manifest = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as err:  # UnicodeDecodeError is one too
@@ -152,20 +155,25 @@ def _is_int(value: Any) -> bool:
 def read_file(path: Path, name: str, entry: dict) -> bytes:
     """File `name` of the checkpoint in `path`, checked against its manifest
     `entry` (size and SHA-256)."""
+    # The size is checked before anything is read, and no more than the
+    # manifest's size is ever read: a FIFO, a device or a grown file in a
+    # checkpoint never hangs the resume or fills the memory.
     try:
-        with open(path / name, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size != entry["size"]:
-                cut = " (truncated)" if size < entry["size"] else ""
-                raise _fail(
-                    path,
-                    f"{name} is {size} bytes, but {MANIFEST} says {entry['size']}{cut}",
-                )
-            data = f.read()
+        info = os.stat(path / name)
     except FileNotFoundError:
         raise _fail(path, f"{name} is missing") from None
     except OSError as err:
         raise _fail(path, f"cannot read {name} ({err})") from None
+    if stat.S_ISREG(info.st_mode) and info.st_size != entry["size"]:
+        cut = " (truncated)" if info.st_size < entry["size"] else ""
+        raise _fail(
+            path,
+            f"{name} is {info.st_size} bytes, but {MANIFEST} says {entry['size']}{cut}",
+        )
+    try:
+        data = read_regular(path / name, entry["size"], name)
+    except FileReadError as err:
+        raise _fail(path, f"cannot read {name}: {err}") from None
     if (
         len(data) != entry["size"]
         or hashlib.sha256(data).hexdigest() != entry["sha256"]
@@ -283,11 +291,13 @@ def arrays_from_bytes(path: Path, data: bytes) -> dict[str, np.ndarray]:
             name = info.filename.removesuffix(".npy")
             if name == info.filename or name in arrays:
                 raise _fail(path, f"{ARRAYS}: unexpected member {info.filename!r}")
-            arrays[name] = _read_member(path, zf, info, name)
+            arrays[name] = _read_member(path, zf, info, name, len(data))
     return arrays
 
 
-def _read_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str):
+def _read_member(
+    path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, size: int
+):
     fmt = np.lib.format
     try:
         # The header first: the dtype decides whether the data may be read at all.
@@ -299,6 +309,14 @@ def _read_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: s
                 shape, _, dtype = fmt.read_array_header_2_0(f)
             else:
                 raise _fail(path, f"{ARRAYS}: {name!r} uses .npy version {version}")
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size > size:
+            # Checkpoints store arrays uncompressed; a compressed member could
+            # inflate to far more than the file, so it is not opened.
+            raise _fail(
+                path,
+                f"{ARRAYS}: {name!r} is compressed or declares {info.file_size} "
+                "bytes, more than the archive holds; refused",
+            )
         if dtype.hasobject:
             raise _fail(
                 path,
@@ -317,6 +335,24 @@ def _read_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: s
         raise _fail(
             path, f"{ARRAYS}: {name!r} is not readable ({type(err).__name__}: {err})"
         ) from None
+
+
+def check_stored_zip(path: Path, name: str, data: bytes) -> None:
+    """CheckpointError unless every member of the zip archive `data` (file
+    `name`) is stored uncompressed within it: what optsvc writes, and what
+    cannot inflate to more than the file's size. Only the headers are read."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        raise _fail(path, f"{name} is not a readable archive ({err})") from None
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size > len(data):
+            raise _fail(
+                path,
+                f"{name}: member {info.filename!r} is compressed or declares "
+                f"{info.file_size} bytes, more than the file holds; refused",
+            )
 
 
 def state_from_bytes(path: Path, data: bytes) -> dict:

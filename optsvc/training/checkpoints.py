@@ -43,6 +43,7 @@ import logging
 import operator
 import os
 import shutil
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -221,10 +222,20 @@ def _remove_leftovers(directory: Path, own_pid: int) -> None:
             _remove_tree(path)
 
 
+# Checkpoint folders this process has verified, by path, with the identity
+# (inode, mtime, size) of each of their files then: a save re-reads only what
+# is new or was changed since, so `keep = 1000` costs a few stats per kept
+# checkpoint, not a read of each.
+_verified: dict[Path, tuple] = {}
+
+
 def _prune(directory: Path, keep: int, new: Path, pid: int) -> None:
     """Delete all but the newest `keep` checkpoints that verify (and `new`)."""
     kept = 0
-    for path in reversed(list_checkpoints(directory)):
+    listed = list_checkpoints(directory)
+    for gone in [p for p in _verified if p.parent == directory and p not in listed]:
+        del _verified[gone]
+    for path in reversed(listed):
         if path == new:
             kept += 1
         elif kept >= keep:
@@ -234,8 +245,22 @@ def _prune(directory: Path, keep: int, new: Path, pid: int) -> None:
             _rename(path, doomed)
             _fsync_dir(directory)
             _remove_tree(doomed)
-        elif _verifies(path):
+        elif _verifies_cached(path):
             kept += 1
+
+
+def _verifies_cached(path: Path) -> bool:
+    try:
+        stats = [os.stat(path / name) for name in (MANIFEST, *FILES)]
+    except OSError:
+        return False
+    identity = tuple((s.st_ino, s.st_mtime_ns, s.st_size) for s in stats)
+    if _verified.get(path) == identity:
+        return True
+    if not _verifies(path):
+        return False
+    _verified[path] = identity
+    return True
 
 
 def _is_running(pid: int) -> bool:
@@ -258,6 +283,27 @@ def _verifies(path: Path) -> bool:
     except CheckpointError:
         return False
     return True
+
+
+def check_checkpoint_folder(directory: str | os.PathLike) -> None:
+    """CheckpointError, with the fix, unless `directory` is a folder that can
+    hold checkpoints or does not exist yet (a file, a symlink loop or a
+    dangling symlink in its place would fail only at the first save)."""
+    directory = Path(directory)
+    if not os.path.lexists(directory):
+        return
+    try:
+        info = os.stat(directory)
+    except OSError as err:
+        raise CheckpointError(
+            f"{directory}: cannot be used for checkpoints ({err.strerror}, a broken "
+            "or looping symlink?); remove it, or start again with --overwrite"
+        ) from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise CheckpointError(
+            f"{directory}: not a folder, cannot hold checkpoints; remove it, or "
+            "start again with --overwrite"
+        )
 
 
 def _ensure_folder(directory: Path) -> None:

@@ -1,9 +1,11 @@
 """One training process per run folder.
 
-The lock is an advisory `flock` on `RUN/.lock`, which the kernel releases
-when the holder exits for any reason, kill -9 included: a lock left by a
-killed run is never stale. The file also records the holder's pid, for the
-message another process sees.
+The lock is an advisory `flock` on the run folder itself (its directory),
+which the kernel releases when the holder exits for any reason, kill -9
+included: a lock left by a killed run is never stale. Locking the folder, not
+a file in it, means that deleting or replacing a file cannot let a second
+writer in. ``RUN/.lock`` records the holder's pid, for the message another
+process sees, and is flocked too, as earlier versions expect.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 from pathlib import Path
 
 from optsvc.errors import OptsvcError
+from optsvc.fileio import read_regular
 
 
 class LockedError(OptsvcError, RuntimeError):
@@ -30,25 +33,45 @@ class RunLock:
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.path = Path(folder) / ".lock"
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        dir_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)
+        except BlockingIOError:
+            os.close(dir_fd)
+            raise self._locked() from None
+        except BaseException:
+            os.close(dir_fd)
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise LockedError(
-                f"another optsvc train (pid {holder}) is using '{self.path.parent}'; "
-                "wait for it to finish, or use another folder with -o"
-            ) from None
+            os.close(dir_fd)
+            raise self._locked() from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd: int | None = fd
+        self._dir_fd: int | None = dir_fd
+
+    def _locked(self) -> LockedError:
+        try:
+            holder = read_regular(self.path, 64, "lock file").decode(errors="replace")
+        except OptsvcError:
+            holder = ""
+        return LockedError(
+            f"another optsvc train (pid {holder.strip() or '?'}) is using "
+            f"'{self.path.parent}'; wait for it to finish, or use another folder "
+            "with -o"
+        )
 
     def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        for name in ("_fd", "_dir_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+                setattr(self, name, None)
 
     def __enter__(self) -> RunLock:
         return self

@@ -15,6 +15,7 @@ import shlex
 import signal
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ from optsvc.training.state import (
     MAX_STEPS,
     ModelMismatch,
     TrainState,
+    check_fits,
     key_name,
     restore_model,
     weight_arrays,
@@ -106,13 +108,15 @@ def train(
     for warning in job.warnings:  # as `optsvc validate` shows them
         logger.warn(f"warning: {warning}")
     with folder:
-        checkpoint, saved = folder.begin(
-            resume=resume, overwrite=overwrite, warn=logger.warn
-        )
-        if saved is not None:
-            check_resumable(saved, job.relevant, job.settings.max_steps, allow_extend)
         data = DeviceData.load(job.data, job.ops)
         store = init_model(job, data)
+        checkpoint, saved = folder.begin(
+            resume=resume, overwrite=overwrite, warn=logger.warn,
+            check=partial(check_fits, store=store, optimizer=job.optimizer,
+                          n_train=data.n_train, config=job.relevant),
+        )  # fmt: skip
+        if saved is not None:
+            check_resumable(saved, job.relevant, job.settings.max_steps, allow_extend)
         state = resume_or_start(job, data, store, checkpoint, saved)
         ended = state.stopped is not None  # a finished run stays finished
         if not ended:

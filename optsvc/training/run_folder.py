@@ -25,10 +25,11 @@ import numpy as np
 
 from optsvc.config import SystemSection, TrainingSection, config_to_str
 from optsvc.errors import OptsvcError
-from optsvc.fileio import write_atomic
+from optsvc.fileio import TEXT_LIMIT, read_regular, write_atomic
 from optsvc.training.checkpoints import (
     Checkpoint,
     CheckpointError,
+    check_checkpoint_folder,
     config_hash,
     load_latest_checkpoint,
 )
@@ -56,6 +57,8 @@ class RunFolder:
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
+        if not os.fspath(path):  # Path("") would be the current folder
+            raise RunError("the output folder is empty; give a folder with -o")
         self.path = Path(path)
         self.config_file = self.path / "config.cfg"
         self.metrics = self.path / "metrics.jsonl"
@@ -147,6 +150,7 @@ class RunFolder:
         resume: bool,
         overwrite: bool,
         warn: Callable[[str], None],
+        check: Callable[[Checkpoint], TrainState] = TrainState.from_checkpoint,
     ) -> tuple[Checkpoint | None, TrainState | None]:
         """Apply --resume / --overwrite to this (locked) folder: the newest
         good checkpoint and its state to continue from, or (None, None) to
@@ -161,14 +165,18 @@ class RunFolder:
             # a run that stopped (or was killed) before its first checkpoint
             warn(f"replacing the run in {self.path}, which saved nothing")
             self.clear()
+        if resume or not overwrite:  # decided before training, not at its first save
+            check_checkpoint_folder(self.checkpoints)
         if resume:
-            return self.latest_checkpoint(warn)
+            return self.latest_checkpoint(warn, check)
         if overwrite:
             self.clear()
         return None, None
 
     def latest_checkpoint(
-        self, warn: Callable[[str], None]
+        self,
+        warn: Callable[[str], None],
+        check: Callable[[Checkpoint], TrainState] = TrainState.from_checkpoint,
     ) -> tuple[Checkpoint | None, TrainState | None]:
         """The newest checkpoint that verifies and whose state reads back, and
         that state; (None, None) when there is none. Each bad newer one is
@@ -177,7 +185,7 @@ class RunFolder:
             return None, None
         try:
             checkpoint = load_latest_checkpoint(
-                self.checkpoints, warn=warn, check=TrainState.from_checkpoint
+                self.checkpoints, warn=warn, check=check
             )
         except CheckpointError as err:
             raise RunError(
@@ -185,7 +193,7 @@ class RunFolder:
             ) from None
         if checkpoint is None:
             return None, None
-        return checkpoint, TrainState.from_checkpoint(checkpoint)
+        return checkpoint, check(checkpoint)
 
     def clear(self) -> None:
         """Remove the run in this folder (for --overwrite)."""
@@ -214,7 +222,7 @@ class RunFolder:
         if not self.metrics.exists():
             return
         keep = []
-        for raw in self.metrics.read_bytes().splitlines():
+        for raw in read_regular(self.metrics, TEXT_LIMIT, "metrics log").splitlines():
             try:
                 if json.loads(raw.decode("utf8"))["step"] <= step:
                     keep.append(raw + b"\n")

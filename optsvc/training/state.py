@@ -15,6 +15,11 @@ A training checkpoint (see `optsvc.training.checkpoints` for the folder) holds
   whether and why the run ended. `TrainState.to_checkpoint` writes it,
   `TrainState.from_checkpoint` reads it back and checks every value.
 
+Before anything is restored, `check_fits` checks what a checkpoint holds
+against the run (its model, its optimizer as the config builds it, the data):
+a checkpoint that passes its checksums but does not fit is skipped like a
+corrupt one, for the previous good one.
+
 Nothing else is restored: a resumed run that ends, with the same config, as
 an uninterrupted one did, bit for bit on the CPU, is the test of this list.
 """
@@ -28,8 +33,11 @@ from typing import Any
 import numpy as np
 
 from optsvc.about import __version__
+from optsvc.backends import get_ops
 from optsvc.errors import OptsvcError
 from optsvc.optim import Optimizer, ParamStore
+from optsvc.optim.serialize import decode_optimizer, schedule_to_json
+from optsvc.training.checkpoint_format import check_stored_zip
 from optsvc.training.checkpoints import Checkpoint, CheckpointError, config_hash
 
 EARLY_STOP, MAX_STEPS = "early_stop", "max_steps"
@@ -210,7 +218,7 @@ def _generator(value: Any, bad) -> np.random.Generator:
     rng = np.random.default_rng(0)
     try:
         rng.bit_generator.state = value
-    except (KeyError, TypeError, ValueError, OverflowError) as err:
+    except Exception as err:  # numpy refuses a bad state in many ways
         raise bad(f"has a malformed random generator state ({err})") from None
     return rng
 
@@ -236,18 +244,7 @@ def restore_model(
     `n_train` examples; ModelMismatch, naming what does not fit, leaves the
     weights untouched."""
     arrays, names = checkpoint.arrays, {f"w:{key_name(k)}": k for k in store}
-    for name, key in names.items():
-        _check_weights(arrays.get(name), key, store)
-    extra = sorted(n for n in arrays if n.startswith("w:") and n not in names)
-    if extra:
-        raise ModelMismatch(
-            f"it holds weights the model does not have ({', '.join(extra[:3])})"
-        )
-    order = arrays.get(DATA_ORDER)
-    if order is None or order.size != n_train:
-        raise ModelMismatch(
-            f"its data_order is not an ordering of the {n_train} training examples"
-        )
+    _check_model(checkpoint, store, n_train)
     try:
         optimizer.from_bytes(checkpoint.optimizer)
     except ValueError as err:  # StateError
@@ -263,6 +260,126 @@ def restore_model(
             )
     for name, key in names.items():
         store.weights(key)[...] = ops.asarray(arrays[name])
+
+
+def check_fits(
+    checkpoint: Checkpoint,
+    store: ParamStore,
+    optimizer: Optimizer,
+    *,
+    n_train: int,
+    config: dict | None = None,
+) -> TrainState:
+    """The checkpoint's TrainState, after checking that what it holds fits
+    the run: weights (keys, shapes, dtypes, all finite), the data order, and
+    the optimizer state (its kind, schedules and options as the run's
+    `optimizer` has them, its keys and shapes as the model's, finite moments,
+    counters in range). A checkpoint that passes its checksums but fails a
+    check lies, and is treated like a corrupt one: CheckpointError naming what
+    is wrong, so that `load_latest_checkpoint` falls back to an older one.
+
+    A checkpoint of another config (`config`, the run's training-relevant
+    config, differs from the one it records) is not checked against the
+    model: the resume refuses it with the difference instead.
+    """
+    saved = TrainState.from_checkpoint(checkpoint)
+    if config is not None and saved.config is not None and saved.config != config:
+        return saved
+
+    def bad(problem: str) -> CheckpointError:
+        return CheckpointError(f"{checkpoint.path}: {problem}")
+
+    try:
+        _check_model(checkpoint, store, n_train)
+    except ModelMismatch as err:
+        raise bad(str(err)) from None
+    for name, array in checkpoint.arrays.items():
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            raise bad(f"arrays.npz: '{name}' holds NaN or infinite values")
+    _check_optimizer(checkpoint, store, optimizer, bad)
+    return saved
+
+
+def _check_optimizer(checkpoint, store: ParamStore, optimizer: Optimizer, bad):
+    check_stored_zip(checkpoint.path, "optimizer.bin", checkpoint.optimizer)
+    try:
+        saved = decode_optimizer(
+            checkpoint.optimizer, like=optimizer.schedules, ops=get_ops("numpy")
+        )
+    except Exception as err:  # a refused state, or one that breaks the decoder
+        raise bad(f"optimizer.bin is refused ({type(err).__name__}: {err})") from None
+    kinds = {True: "RAdam", False: "Adam or SGD"}
+    if saved.use_radam != optimizer.use_radam:
+        raise bad(
+            f"optimizer.bin holds {kinds[saved.use_radam]} state, but the run's "
+            f"optimizer is {kinds[optimizer.use_radam]}"
+        )
+    if saved.L2_is_weight_decay != optimizer.L2_is_weight_decay:
+        raise bad("optimizer.bin has another L2_is_weight_decay than the run's")
+    if saved.state.use_averages != (optimizer.averages is not None):
+        raise bad("optimizer.bin disagrees with the run's use_averages")
+    for name, schedule in optimizer.schedules.items():
+        mine = _schedule_form(schedule, name)
+        if name not in saved.schedules or mine != _schedule_form(
+            saved.schedules[name], name
+        ):
+            raise bad(f"optimizer.bin has another '{name}' than the run's config")
+    if not 0 <= saved.step <= _MAX_COUNT:
+        raise bad(f"optimizer.bin has a step count {saved.step} out of range")
+    _check_slots(saved.state, store, checkpoint.step, bad)
+
+
+def _check_slots(state, store: ParamStore, step: int, bad) -> None:
+    keys, model = set(state.slots), set(store)
+    if keys and keys != model:
+        raise bad(
+            "optimizer.bin holds state for other parameters than the model's "
+            f"({len(keys - model)} unknown, {len(model - keys)} missing)"
+        )
+    for key, slot in state.slots.items():
+        if tuple(slot.shape) != tuple(store.shape(key)):
+            raise bad(f"optimizer.bin: the state of {key} has another shape")
+        if not 0 <= slot.nr <= max(step, 0):
+            raise bad(f"optimizer.bin: the update count of {key} is {slot.nr}")
+        for what in ("m", "v", "ema"):
+            array = getattr(slot, what)
+            if array is not None and not np.isfinite(np.asarray(array)).all():
+                raise bad(f"optimizer.bin: the {what} of {key} is not finite")
+        if slot.v is not None and (np.asarray(slot.v) < 0).any():
+            raise bad(f"optimizer.bin: the second moment of {key} is negative")
+
+
+def _schedule_form(schedule, name: str):
+    """A schedule as saved, less what changes while it runs (plateau's state)."""
+    try:
+        form = schedule_to_json(schedule, name)
+    except Exception:  # a generator: nothing to compare with
+        return None
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k != "__plateau_state__"}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return strip(form)
+
+
+def _check_model(checkpoint: Checkpoint, store: ParamStore, n_train: int) -> None:
+    arrays, names = checkpoint.arrays, {f"w:{key_name(k)}": k for k in store}
+    for name, key in names.items():
+        _check_weights(arrays.get(name), key, store)
+    extra = sorted(n for n in arrays if n.startswith("w:") and n not in names)
+    if extra:
+        raise ModelMismatch(
+            f"it holds weights the model does not have ({', '.join(extra[:3])})"
+        )
+    order = arrays.get(DATA_ORDER)
+    if order is None or order.size != n_train:
+        raise ModelMismatch(
+            f"its data_order is not an ordering of the {n_train} training examples"
+        )
 
 
 def _check_weights(saved: np.ndarray | None, key: tuple, store: ParamStore) -> None:
@@ -283,5 +400,6 @@ __all__ = [
     "MAX_STEPS",
     "weight_arrays",
     "restore_model",
+    "check_fits",
     "key_name",
 ]

@@ -1,0 +1,433 @@
+"""What optsvc does with files that are not what they should be: special files
+(FIFOs, /dev/zero) where a config, a scores log or a checkpoint file belongs,
+files larger than they claim, compressed arrays that would inflate, a
+``checkpoints/`` that is a file or a symlink loop, an empty output path, a
+deleted lock file, damaged metrics lines and checkpoints that pass their
+checksums but lie. Each from the user's side where the user meets it: the
+CLI in a subprocess, with a timeout, so that a hang fails the test."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from confection import Config
+
+from optsvc.backends import get_ops
+from optsvc.config.parse import ConfigError, load_config
+from optsvc.config.preview import read_scores
+from optsvc.fileio import FileReadError, read_regular
+from optsvc.optim.serialize import decode_optimizer, encode_optimizer
+from optsvc.training import checkpoints as ckpt_module
+from optsvc.training.checkpoints import (
+    CheckpointError,
+    load_checkpoint,
+    load_latest_checkpoint,
+    manifest_to_bytes,
+    save_checkpoint,
+)
+from optsvc.training.loop import train
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "configs" / "quickstart.cfg"
+OPTSVC = [sys.executable, "-m", "optsvc_cli.main"]
+SMALL = {
+    "data.n_samples": 600,
+    "model.hidden_width": 16,
+    "training.max_steps": 60,
+    "training.eval_frequency": 20,
+    "training.checkpoint_frequency": 20,
+    "training.keep_checkpoints": 3,
+    "optimizer.learn_rate.warmup_steps": 10,
+}
+
+
+def run_cli(*args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*OPTSVC, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
+
+
+def make_config(path: Path, settings: dict | None = None) -> Path:
+    cfg = Config().from_str(QUICKSTART.read_text(), interpolate=False)
+    for dotted, value in {**SMALL, **(settings or {})}.items():
+        *sections, key = dotted.split(".")
+        node = cfg
+        for section in sections:
+            node = node[section]
+        node[key] = value
+    path.write_text(cfg.to_str())
+    return path
+
+
+def one_error_line(result: subprocess.CompletedProcess, *needles: str) -> None:
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    errors = [ln for ln in output.strip().splitlines() if ln.startswith("✘ ")]
+    assert len(errors) == 1, output
+    for needle in needles:
+        assert needle in errors[0], output
+
+
+def rewrite_manifest(folder: Path) -> None:
+    """Recompute a checkpoint's checksums for its present files, as someone
+    crafting a lying checkpoint would."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for name in manifest["files"]:
+        data = (folder / name).read_bytes()
+        manifest["files"][name] = {
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+    (folder / "manifest.json").write_bytes(manifest_to_bytes(manifest))
+
+
+def newest(run: Path) -> Path:
+    return sorted((run / "checkpoints").glob("step-*"))[-1]
+
+
+@pytest.fixture
+def fifo(tmp_path) -> Path:
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, Path]:
+    """A finished small run (checkpoints at 20, 40, 60) and its config."""
+    folder = tmp_path_factory.mktemp("finished")
+    cfg = make_config(folder / "job.cfg")
+    train(load_config(cfg), folder / "run", console=_quiet())
+    return cfg, folder / "run"
+
+
+def _quiet():
+    from rich.console import Console
+
+    return Console(file=io.StringIO(), width=200)
+
+
+@pytest.fixture
+def run(finished, tmp_path) -> tuple[Path, Path]:
+    cfg, reference = finished
+    return cfg, Path(shutil.copytree(reference, tmp_path / "run"))
+
+
+# --- read_regular, the one way optsvc reads a file ------------------------------------
+
+
+def test_read_regular_refuses_special_missing_and_oversized_files(tmp_path, fifo):
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 11)
+    for path, needle in [
+        (fifo, "not a regular file"),
+        ("/dev/zero", "not a regular file"),
+        (tmp_path, "is a folder"),
+        (tmp_path / "absent", "does not exist"),
+        (big, "over the limit of 10"),
+    ]:
+        with pytest.raises(FileReadError, match=needle) as err:
+            read_regular(path, 10, "test file")
+        assert "\n" not in str(err.value)
+    assert read_regular(big, 11) == b"x" * 11
+
+
+def test_load_config_and_read_scores_refuse_special_files(fifo):
+    for path in (fifo, Path("/dev/zero")):
+        with pytest.raises(ConfigError, match="not a regular file"):
+            load_config(path)
+        with pytest.raises(ConfigError, match="not a regular file"):
+            read_scores(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero"])
+def test_validate_and_show_schedule_on_a_special_file_answer(special, fifo, tmp_path):
+    path = fifo if special == "fifo" else Path(special)
+    result = run_cli("validate", path, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "is not a regular file" in result.stdout + result.stderr
+    cfg = make_config(tmp_path / "job.cfg")
+    result = run_cli("show-schedule", cfg, "--scores", path, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "is not a regular file" in result.stdout + result.stderr
+
+
+# --- checkpoint files that are special, larger than they claim, or inflate ------------
+
+
+def save(directory: Path, step: int) -> Path:
+    return save_checkpoint(
+        directory,
+        step,
+        arrays={"w": np.arange(1000, dtype="float32")},
+        optimizer=b"opt",
+        state={"step": step},
+    )
+
+
+@pytest.mark.parametrize("special", ["fifo", "dev-zero", "grown"])
+def test_a_special_or_grown_checkpoint_file_falls_back_without_reading(
+    tmp_path, special
+):
+    save(tmp_path, 1)
+    bad = save(tmp_path, 2)
+    target = bad / "arrays.npz"
+    target.unlink()
+    if special == "fifo":
+        os.mkfifo(target)
+    elif special == "dev-zero":
+        target.symlink_to("/dev/zero")
+    else:  # a sparse file far larger than the manifest says: never read whole
+        with open(target, "wb") as f:
+            f.truncate(50 * 2**30)
+    warnings: list[str] = []
+    checkpoint = load_latest_checkpoint(tmp_path, warn=warnings.append)
+    assert checkpoint.step == 1
+    assert len(warnings) == 1 and "arrays.npz" in warnings[0]
+
+
+def test_a_compressed_array_that_would_inflate_is_refused(tmp_path):
+    save(tmp_path, 1)
+    bad = save(tmp_path, 2)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("w.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": "<f4", "fortran_order": False, "shape": (2**28,)}
+            )
+            chunk = bytes(2**22)
+            for _ in range(2**30 // len(chunk)):  # 1 GiB of zeros, ~1 MB stored
+                f.write(chunk)
+    (bad / "arrays.npz").write_bytes(buf.getvalue())
+    rewrite_manifest(bad)
+    assert (bad / "arrays.npz").stat().st_size < 5 * 2**20
+    with pytest.raises(CheckpointError, match="compressed"):
+        load_checkpoint(bad)
+    assert load_latest_checkpoint(tmp_path, warn=lambda _: None).step == 1
+
+
+def test_many_kept_checkpoints_are_not_all_reread_at_each_save(tmp_path, monkeypatch):
+    reads = []
+    real = ckpt_module.load_checkpoint
+    monkeypatch.setattr(
+        ckpt_module, "load_checkpoint", lambda p: reads.append(p) or real(p)
+    )
+    for step in range(1, 41):
+        save_checkpoint(tmp_path, step, arrays={}, optimizer=b"", state={}, keep=1000)
+    # Each checkpoint is verified once, when the next save first sees it;
+    # re-reading all at every save would be 40 * 39 / 2 = 780 reads.
+    assert len(reads) == 39
+    # A checkpoint changed since is read again, and a damaged one is not kept.
+    victim = tmp_path / "step-00000003" / "state.json"
+    victim.write_text("{}")
+    reads.clear()
+    save_checkpoint(tmp_path, 41, arrays={}, optimizer=b"", state={}, keep=39)
+    assert reads == [tmp_path / "step-00000040", victim.parent]
+    # the damaged one does not count as kept: 39 good ones are
+    assert (tmp_path / "step-00000002").exists()
+    assert not (tmp_path / "step-00000001").exists()
+
+
+# --- the run folder: checkpoints/ not a folder, -o '', the lock -----------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["file", "symlink-loop", "dangling"])
+@pytest.mark.parametrize("flags", [["--resume"], []])
+def test_a_checkpoints_path_that_is_no_folder_is_refused_before_training(
+    tmp_path, kind, flags
+):
+    cfg = make_config(tmp_path / "job.cfg")
+    out = tmp_path / "run"
+    out.mkdir()
+    target = out / "checkpoints"
+    if kind == "file":
+        target.write_text("not a folder")
+    elif kind == "symlink-loop":
+        target.symlink_to(target)
+    else:
+        target.symlink_to(tmp_path / "nowhere" / "at-all")
+    result = run_cli("train", cfg, "-o", out, *flags)
+    assert result.returncode == 1, result.stdout + result.stderr
+    one_error_line(result, "--overwrite")
+    assert "step 0" not in result.stdout  # it did not start training
+    assert not (out / "final.npz").exists() and not (out / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_an_empty_output_path_is_refused(tmp_path):
+    cfg = make_config(tmp_path / "job.cfg")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    result = run_cli("train", cfg, "-o", "", cwd=work)
+    assert result.returncode == 1
+    one_error_line(result, "output folder is empty", "-o")
+    assert os.listdir(work) == []
+
+
+@pytest.mark.slow
+def test_deleting_the_lock_file_does_not_admit_a_second_writer(tmp_path):
+    cfg = make_config(
+        tmp_path / "job.cfg",
+        {"training.max_steps": 10**7, "training.checkpoint_frequency": 10**6},
+    )
+    out = tmp_path / "run"
+    first = subprocess.Popen(
+        [*OPTSVC, "train", str(cfg), "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "metrics.jsonl").exists():  # training has begun
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        (out / ".lock").unlink()
+        second = run_cli("train", cfg, "-o", out, "--overwrite")
+        assert second.returncode == 1
+        one_error_line(second, "another optsvc train")
+        assert first.poll() is None  # the first writer is unharmed
+        assert (out / "metrics.jsonl").exists()  # and its run was not cleared
+    finally:
+        first.kill()
+        first.wait()
+
+
+# --- metrics.jsonl damage never blocks a resume ---------------------------------------
+
+
+@pytest.mark.slow
+def test_damaged_metrics_lines_are_dropped_on_resume(run):
+    cfg, out = run
+    shutil.rmtree(newest(out))  # resume from step 40, redoing 60
+    lines = (out / "metrics.jsonl").read_bytes().splitlines()
+    lines[0] = bytes([lines[0][0] | 0x80]) + lines[0][1:]  # a flipped high bit
+    lines.insert(1, b"[" * 100_000 + b"]" * 100_000)  # deeper than json parses
+    lines.insert(2, b'{"step": "x"}')
+    (out / "metrics.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    result = run_cli("train", cfg, "-o", out, "--resume")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [40, 60]
+
+
+# --- checkpoints that pass their checksums but lie ------------------------------------
+
+
+def _nan_weights(folder: Path) -> str:
+    with np.load(folder / "arrays.npz", allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    arrays["w:0/W"] = arrays["w:0/W"].copy()
+    arrays["w:0/W"].flat[0] = np.nan
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    (folder / "arrays.npz").write_bytes(buf.getvalue())
+    return "NaN"
+
+
+def _other_kind(folder: Path) -> str:
+    saved = decode_optimizer(
+        (folder / "optimizer.bin").read_bytes(), like={}, ops=get_ops("numpy")
+    )
+    saved = dataclasses.replace(saved, use_radam=True)
+    (folder / "optimizer.bin").write_bytes(encode_optimizer(saved))
+    return "RAdam"
+
+
+def _infinite_moments(folder: Path) -> str:
+    saved = decode_optimizer(
+        (folder / "optimizer.bin").read_bytes(), like={}, ops=get_ops("numpy")
+    )
+    for slot in saved.state.slots.values():
+        slot.m[...] = np.inf
+    (folder / "optimizer.bin").write_bytes(encode_optimizer(saved))
+    return "not finite"
+
+
+def _learn_rate(folder: Path) -> str:
+    from optsvc.schedules.base import Schedule
+
+    saved = decode_optimizer(
+        (folder / "optimizer.bin").read_bytes(), like={}, ops=get_ops("numpy")
+    )
+    schedules = dict(saved.schedules)
+    old = schedules["learn_rate"]
+    schedules["learn_rate"] = Schedule(
+        old.name, old.function, attrs={**old.attrs, "initial_rate": -1.0}
+    )
+    saved = dataclasses.replace(saved, schedules=schedules)
+    (folder / "optimizer.bin").write_bytes(encode_optimizer(saved))
+    return "learn_rate"
+
+
+def _inflating_optimizer(folder: Path) -> str:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("m0.npy", "w", force_zip64=True) as f:
+            chunk = bytes(2**22)
+            for _ in range(2**28 // len(chunk)):  # 256 MiB of zeros, ~256 kB
+                f.write(chunk)
+    (folder / "optimizer.bin").write_bytes(buf.getvalue())
+    return "compressed"
+
+
+def _state(field: str, value):
+    def lie(folder: Path) -> str:
+        state = json.loads((folder / "state.json").read_text())
+        state[field] = value
+        (folder / "state.json").write_text(json.dumps(state))
+        return field if field != "rng" else "random generator"
+
+    return lie
+
+
+LIES = {
+    "nan-weights-at-max-steps": _nan_weights,
+    "radam-state-in-adam-run": _other_kind,
+    "infinite-moments": _infinite_moments,
+    "inflating-optimizer-state": _inflating_optimizer,
+    "negative-learn-rate": _learn_rate,
+    "negative-epoch": _state("epoch", -5),
+    "huge-cursor": _state("cursor", 10**40),
+    "infinite-loss-count": _state("loss_count", 1e999),
+    "broken-rng": _state("rng", {"bit_generator": "PCG64", "state": {"state": -1}}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lie", sorted(LIES))
+def test_a_lying_checkpoint_is_skipped_with_a_warning(run, finished, lie):
+    cfg, out = run
+    bad = newest(out)  # the checkpoint at max_steps
+    needle = LIES[lie](bad)
+    rewrite_manifest(bad)
+    load_checkpoint(bad)  # the checksums pass
+    (out / "final.npz").unlink()
+    result = run_cli("train", cfg, "-o", out, "--resume")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    warnings = [ln for ln in output.splitlines() if "skipping a bad checkpoint" in ln]
+    assert len(warnings) == 1 and needle in warnings[0], output
+    assert "resumed: from step 40" in output
+    with np.load(out / "final.npz", allow_pickle=False) as got:
+        with np.load(finished[1] / "final.npz", allow_pickle=False) as want:
+            for name in want.files:
+                assert np.isfinite(got[name]).all()
+                assert got[name].tobytes() == want[name].tobytes(), name
