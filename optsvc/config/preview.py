@@ -67,6 +67,8 @@ def read_scores(path: str | Path) -> dict[int, float]:
             continue
         try:
             row = json.loads(line)
+            if isinstance(row, dict) and "status" in row and "step" not in row:
+                continue  # a run's record that it failed, not a score
             step, score = row["step"], row["score"]
         except (ValueError, KeyError, TypeError, RecursionError):
             raise ConfigError(

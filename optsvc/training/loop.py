@@ -32,6 +32,7 @@ from optsvc.config import (
     validate_config,
 )
 from optsvc.config.preview import ATTRS
+from optsvc.errors import OptsvcError
 from optsvc.loggers import (
     Logger,
     LoggerFactory,
@@ -130,9 +131,11 @@ def train(
             else:
                 with loop.stop:
                     run_loop(loop, state)
-        except BaseException:
+        except BaseException as error:
             logger.finish()
             logger.close(None, failed=True)
+            if isinstance(error, OptsvcError) and not folder.saved_work():
+                folder.record_failure(str(error))
             raise
         logger.finish()
         score = write_final(loop, state, trained=not ended)

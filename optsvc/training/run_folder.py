@@ -124,6 +124,20 @@ class RunFolder:
             return True
         return self.checkpoints.is_dir() and any(self.checkpoints.iterdir())
 
+    def record_failure(self, error: str) -> None:
+        """Note in metrics.jsonl that the run failed (`optsvc runs` shows it;
+        a new run may then replace one that saved nothing)."""
+        with self.metrics.open("a", encoding="utf8") as f:
+            f.write(json.dumps({"status": "failed", "error": error}) + "\n")
+
+    def recorded_failure(self) -> bool:
+        """Whether the run here recorded that it failed (its last line)."""
+        try:
+            lines = read_regular(self.metrics, TEXT_LIMIT, "metrics log").splitlines()
+            return json.loads(lines[-1].decode("utf8")).get("status") == "failed"
+        except (OSError, OptsvcError, ValueError, IndexError, AttributeError):
+            return False
+
     def check_flags(self, *, resume: bool, overwrite: bool, extend: bool) -> None:
         """RunError for flags that cannot mean what was asked, before the folder
         is created or locked: --resume with --overwrite, --extend without
@@ -157,13 +171,13 @@ class RunFolder:
         start at step 0. A run already here is refused without either flag,
         and removed with --overwrite alone."""
         if self.holds_run() and not (resume or overwrite):
-            if self.saved_work():
+            if self.saved_work() or not self.recorded_failure():
                 raise RunError(
                     f"'{self.path}' already holds a run; add --resume to continue it "
                     "or --overwrite to start again"
                 )
-            # a run that stopped (or was killed) before its first checkpoint
-            warn(f"replacing the run in {self.path}, which saved nothing")
+            # a run that failed before its first checkpoint (a NaN, say)
+            warn(f"replacing the run in {self.path}, which failed and saved nothing")
             self.clear()
         if resume or not overwrite:  # decided before training, not at its first save
             check_checkpoint_folder(self.checkpoints)
