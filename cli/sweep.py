@@ -3,6 +3,9 @@ that shows a sweep's trials as they run."""
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -186,7 +189,7 @@ def sweep(
             Text(f"note: {RAY_EXTRA} runs trials in parallel and on clusters")
         )
     view = SweepView(plan, metric.value)
-    with view.live():
+    with view.live(), _terminate_as_interrupt():
         outcome = run_sweep(
             plan, output, engine=chosen, resume=resume, metric=metric.value,
             mode=mode.value if mode else None, workers=workers,
@@ -260,6 +263,25 @@ class SweepView:
         if value is not None:
             text += f", {self.metric} {_value(value)} (best {_value(row.best)})"
         return text + (f": {row.error}" if row.error else "")
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a job scheduler, `ray job stop`) ends the sweep as Ctrl-C
+    does: trials stopped, Ray shut down, results written."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _NoLive:

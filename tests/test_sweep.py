@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from optsvc_cli.main import app
 from typer.testing import CliRunner
 
 from optsvc.config import ConfigError
@@ -31,7 +32,6 @@ from optsvc.sweep import (
     plan_sweep,
     ray_available,
 )
-from optsvc_cli.main import app
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "quickstart.cfg")
@@ -235,8 +235,9 @@ def test_invalid_point_refused_before_any_trial_runs(tmp_path):
 def test_sweep_help():
     result = CliRunner().invoke(app, ["sweep", "--help"])
     assert result.exit_code == 0
-    for option in ("--grid", "--sample", "--samples", "--early-stop", "--retries",
-                   "--address", "--resume", "--workers", "--gpus-per-trial"):  # fmt: skip
+    options = ("--grid", "--sample", "--samples", "--early-stop", "--retries",
+               "--address", "--resume", "--workers", "--gpus-per-trial")  # fmt: skip
+    for option in options:
         assert option in result.output
 
 
