@@ -50,107 +50,133 @@ class Engine(str, Enum):
     serial = "serial"
 
 
+ConfigOpt = Annotated[
+    Path, typer.Argument(help="The training config (.cfg).", show_default=False)
+]
+
+OutputOpt = Annotated[
+    Path,
+    typer.Option(
+        "--output", "-o", help="The sweep folder (on a cluster: shared storage)."
+    ),
+]
+
+GridOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--grid",
+        metavar="PATH=V1,V2,...",
+        help="PATH=V1,V2,... : try each value of a dotted config path; several "
+        "--grid options make the cartesian product.",
+        show_default=False,
+    ),
+]
+
+SampleOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--sample",
+        metavar="PATH=DIST",
+        help="PATH=DIST : a random value per trial, DIST one of "
+        "loguniform(LOW,HIGH), uniform(LOW,HIGH), randint(LOW,HIGH), "
+        "choice(V1,V2,...).",
+        show_default=False,
+    ),
+]
+
+SamplesOpt = Annotated[
+    int,
+    typer.Option(
+        "--samples",
+        min=1,
+        help="Repeat the grid N times, each with its own system.seed and random draws.",
+    ),
+]
+
+MetricOpt = Annotated[
+    Metric, typer.Option("--metric", help="What decides the best trial.")
+]
+
+ModeOpt = Annotated[
+    Mode | None,
+    typer.Option("--mode", help="max or min (default: max for score, min for loss)."),
+]
+
+EarlyStopOpt = Annotated[
+    bool,
+    typer.Option(
+        "--early-stop",
+        help="Stop unpromising trials early (ASHA on the trial's step; Ray).",
+    ),
+]
+
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        min=1,
+        help="Trials at once (default: one per CPU; on a cluster, as many "
+        "as its resources allow).",
+    ),
+]
+
+GpusPerTrialOpt = Annotated[
+    float,
+    typer.Option("--gpus-per-trial", min=0, help="GPUs each trial gets (Ray)."),
+]
+
+RetriesOpt = Annotated[
+    int,
+    typer.Option(
+        "--retries", min=0, help="Retry a failed trial from its last checkpoint."
+    ),
+]
+
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        metavar="HOST:PORT|auto",
+        help="Run on an existing Ray cluster: host:port, or auto (default: "
+        "a private local Ray instance).",
+    ),
+]
+
+EngineOpt = Annotated[
+    Engine,
+    typer.Option(
+        "--engine",
+        help="ray, serial (one trial after another, no Ray), or auto: Ray "
+        "when it is installed.",
+    ),
+]
+
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue the sweep in the folder: finished trials are kept, "
+        "the others continue from their last checkpoint.",
+    ),
+]
+
+
 def sweep(
     ctx: typer.Context,
-    config: Annotated[
-        Path, typer.Argument(help="The training config (.cfg).", show_default=False)
-    ],
-    output: Annotated[
-        Path,
-        typer.Option(
-            "--output", "-o", help="The sweep folder (on a cluster: shared storage)."
-        ),
-    ],
-    grid: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--grid",
-            metavar="PATH=V1,V2,...",
-            help="PATH=V1,V2,... : try each value of a dotted config path; several "
-            "--grid options make the cartesian product.",
-            show_default=False,
-        ),
-    ] = None,
-    sample: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--sample",
-            metavar="PATH=DIST",
-            help="PATH=DIST : a random value per trial, DIST one of "
-            "loguniform(LOW,HIGH), uniform(LOW,HIGH), randint(LOW,HIGH), "
-            "choice(V1,V2,...).",
-            show_default=False,
-        ),
-    ] = None,
-    samples: Annotated[
-        int,
-        typer.Option(
-            "--samples",
-            min=1,
-            help="Repeat the grid N times, each with its own system.seed and "
-            "random draws.",
-        ),
-    ] = 1,
-    metric: Annotated[
-        Metric, typer.Option("--metric", help="What decides the best trial.")
-    ] = Metric.score,
-    mode: Annotated[
-        Mode | None,
-        typer.Option(
-            "--mode", help="max or min (default: max for score, min for loss)."
-        ),
-    ] = None,
-    early_stop: Annotated[
-        bool,
-        typer.Option(
-            "--early-stop",
-            help="Stop unpromising trials early (ASHA on the trial's step; Ray).",
-        ),
-    ] = False,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            "--workers",
-            min=1,
-            help="Trials at once (default: one per CPU; on a cluster, as many "
-            "as its resources allow).",
-        ),
-    ] = None,
-    gpus_per_trial: Annotated[
-        float,
-        typer.Option("--gpus-per-trial", min=0, help="GPUs each trial gets (Ray)."),
-    ] = 0,
-    retries: Annotated[
-        int,
-        typer.Option(
-            "--retries", min=0, help="Retry a failed trial from its last checkpoint."
-        ),
-    ] = 0,
-    address: Annotated[
-        str | None,
-        typer.Option(
-            "--address",
-            metavar="HOST:PORT|auto",
-            help="Run on an existing Ray cluster: host:port, or auto (default: "
-            "a private local Ray instance).",
-        ),
-    ] = None,
-    engine: Annotated[
-        Engine,
-        typer.Option(
-            "--engine",
-            help="ray, serial (one trial after another, no Ray), or auto: Ray "
-            "when it is installed.",
-        ),
-    ] = Engine.auto,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            help="Continue the sweep in the folder: finished trials are kept, "
-            "the others continue from their last checkpoint.",
-        ),
-    ] = False,
+    config: ConfigOpt,
+    output: OutputOpt,
+    grid: GridOpt = None,
+    sample: SampleOpt = None,
+    samples: SamplesOpt = 1,
+    metric: MetricOpt = Metric.score,
+    mode: ModeOpt = None,
+    early_stop: EarlyStopOpt = False,
+    workers: WorkersOpt = None,
+    gpus_per_trial: GpusPerTrialOpt = 0,
+    retries: RetriesOpt = 0,
+    address: AddressOpt = None,
+    engine: EngineOpt = Engine.auto,
+    resume: ResumeOpt = False,
 ) -> None:
     """Train a config over a grid or random samples of its values, compare
     the trials and keep the best.
