@@ -3,6 +3,9 @@ that shows a sweep's trials as they run."""
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -47,15 +50,17 @@ class Engine(str, Enum):
     serial = "serial"
 
 
-ConfigArg = Annotated[
+ConfigOpt = Annotated[
     Path, typer.Argument(help="The training config (.cfg).", show_default=False)
 ]
+
 OutputOpt = Annotated[
     Path,
     typer.Option(
         "--output", "-o", help="The sweep folder (on a cluster: shared storage)."
     ),
 ]
+
 GridOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -66,6 +71,7 @@ GridOpt = Annotated[
         show_default=False,
     ),
 ]
+
 SampleOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -77,6 +83,7 @@ SampleOpt = Annotated[
         show_default=False,
     ),
 ]
+
 SamplesOpt = Annotated[
     int,
     typer.Option(
@@ -85,13 +92,16 @@ SamplesOpt = Annotated[
         help="Repeat the grid N times, each with its own system.seed and random draws.",
     ),
 ]
+
 MetricOpt = Annotated[
     Metric, typer.Option("--metric", help="What decides the best trial.")
 ]
+
 ModeOpt = Annotated[
     Mode | None,
     typer.Option("--mode", help="max or min (default: max for score, min for loss)."),
 ]
+
 EarlyStopOpt = Annotated[
     bool,
     typer.Option(
@@ -99,6 +109,7 @@ EarlyStopOpt = Annotated[
         help="Stop unpromising trials early (ASHA on the trial's step; Ray).",
     ),
 ]
+
 WorkersOpt = Annotated[
     int | None,
     typer.Option(
@@ -108,16 +119,19 @@ WorkersOpt = Annotated[
         "as its resources allow).",
     ),
 ]
+
 GpusPerTrialOpt = Annotated[
     float,
     typer.Option("--gpus-per-trial", min=0, help="GPUs each trial gets (Ray)."),
 ]
+
 RetriesOpt = Annotated[
     int,
     typer.Option(
         "--retries", min=0, help="Retry a failed trial from its last checkpoint."
     ),
 ]
+
 AddressOpt = Annotated[
     str | None,
     typer.Option(
@@ -127,6 +141,7 @@ AddressOpt = Annotated[
         "a private local Ray instance).",
     ),
 ]
+
 EngineOpt = Annotated[
     Engine,
     typer.Option(
@@ -135,6 +150,7 @@ EngineOpt = Annotated[
         "when it is installed.",
     ),
 ]
+
 ResumeOpt = Annotated[
     bool,
     typer.Option(
@@ -147,7 +163,7 @@ ResumeOpt = Annotated[
 
 def sweep(
     ctx: typer.Context,
-    config: ConfigArg,
+    config: ConfigOpt,
     output: OutputOpt,
     grid: GridOpt = None,
     sample: SampleOpt = None,
@@ -199,7 +215,7 @@ def sweep(
             Text(f"note: {RAY_EXTRA} runs trials in parallel and on clusters")
         )
     view = SweepView(plan, metric.value)
-    with view.live():
+    with view.live(), _terminate_as_interrupt():
         outcome = run_sweep(
             plan, output, engine=chosen, resume=resume, metric=metric.value,
             mode=mode.value if mode else None, workers=workers,
@@ -273,6 +289,25 @@ class SweepView:
         if value is not None:
             text += f", {self.metric} {_value(value)} (best {_value(row.best)})"
         return text + (f": {row.error}" if row.error else "")
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a job scheduler, `ray job stop`) ends the sweep as Ctrl-C
+    does: trials stopped, Ray shut down, results written."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _NoLive:

@@ -431,3 +431,12 @@ def test_same_sweep_on_an_existing_cluster(ray_grid, home, tmp_path_factory):
     assert [metrics(r) for r in results(out)] == [
         metrics(r) for r in results(ray_grid[0])
     ]
+
+
+def test_early_stop_needs_ray(tmp_path):
+    out = tmp_path / "sweep"
+    args = ["sweep", CONFIG, "-o", str(out), "--grid", "optimizer.beta1=0.8,0.9"]
+    result = CliRunner().invoke(app, [*args, "--engine", "serial", "--early-stop"])
+    assert result.exit_code == 1
+    assert "--early-stop needs Ray Tune; pip install 'optsvc[ray]'" in result.output
+    assert not out.exists()

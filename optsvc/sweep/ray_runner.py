@@ -122,31 +122,28 @@ def ray_session(address: str | None, cpus: int | None) -> Iterator[None]:
     try:
         with _environ(LOCAL_ENV):
             ray = _import_ray()
-            _loopback_only(ray)
-            ray.init(
-                address="local",
-                num_cpus=cpus,
-                include_dashboard=False,
-                object_store_memory=OBJECT_STORE_BYTES,
-                logging_level=logging.ERROR,
-                log_to_driver=False,
-                _temp_dir=root,
-            )
+            constants = ray._private.ray_constants
+            # Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when first
+            # imported: where this process imported it earlier, the driver
+            # would still take the host's address for the private instance.
+            cluster = constants.ENABLE_RAY_CLUSTER
+            constants.ENABLE_RAY_CLUSTER = False
             try:
+                ray.init(
+                    address="local",
+                    num_cpus=cpus,
+                    include_dashboard=False,
+                    object_store_memory=OBJECT_STORE_BYTES,
+                    logging_level=logging.ERROR,
+                    log_to_driver=False,
+                    _temp_dir=root,
+                )
                 yield
             finally:
                 ray.shutdown()
+                constants.ENABLE_RAY_CLUSTER = cluster
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _loopback_only(ray) -> None:
-    # Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when first imported;
-    # where this process imported it earlier, the driver would still pick the
-    # host's address for the private instance.
-    constants = ray._private.ray_constants
-    if constants.ENABLE_RAY_CLUSTER:
-        constants.ENABLE_RAY_CLUSTER = False
 
 
 def _callback(tracker: Tracker):
