@@ -8,6 +8,7 @@ passed, without checking the arguments a second time; `build_block` does both.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import Any
 
@@ -138,7 +139,9 @@ def _check_reference(block, path, expected, issues) -> tuple[str, str, Callable]
 def _reference_problem(reg_name, name, expected, names) -> dict | None:
     """What is wrong with `@reg_name = name` where @expected is wanted."""
     if reg_name not in REGISTRIES:
-        hint = did_you_mean(reg_name, REGISTRIES) or f"use @{expected}"
+        # Only a near miss (@schedulez): @layers is no misspelt @schedules.
+        close = difflib.get_close_matches(reg_name, REGISTRIES, n=1, cutoff=0.8)
+        hint = f"did you mean '{close[0]}'?" if close else f"use @{expected}"
         return {"message": f"unknown registry @{reg_name}", "hint": hint}
     if reg_name != expected:
         message = f"expects a function from @{expected}, not @{reg_name}"

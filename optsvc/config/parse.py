@@ -291,39 +291,156 @@ def _has_section(config: dict, dotted: str) -> bool:
 
 # --- where things are ---
 
+# The registries whose blocks optsvc checks; any other (Thinc's @layers,
+# spaCy's @readers, ...) marks a Thinc or spaCy config.
+OWN_REGISTRIES = ("optimizers", "schedules", "datasets", "models")
+# Where Thinc and spaCy keep the optimizer a run trains with, by preference.
+PREFERRED_BLOCKS = ("training.optimizer", "optimizer")
+
 
 @dataclass
 class ConfigSections:
-    """Which sections a config has and where its optimizer block is."""
+    """Which sections a config has and where its optimizer block is.
+
+    optimizer_path: the optimizer block validate builds and show-schedule
+    shows; schedule_path: a standalone schedule block (`[learn_rate]`) shown
+    instead when the config has no optimizer block or one is picked. A
+    foreign config (Thinc's or spaCy's) has only its optimizer and schedule
+    blocks checked; every other section is listed as not checked."""
 
     optimizer_path: str | None
     is_spacy: bool
     checked: list[str] = field(default_factory=list)
     unchecked: list[str] = field(default_factory=list)
+    optimizer_blocks: list[str] = field(default_factory=list)
+    schedule_blocks: list[str] = field(default_factory=list)
+    is_foreign: bool = False
+    schedule_path: str | None = None
+
+    @property
+    def blocks(self) -> list[str]:
+        """Every optimizer and standalone schedule block found."""
+        return [*self.optimizer_blocks, *self.schedule_blocks]
 
 
-def find_sections(config: dict) -> ConfigSections:
-    """Find the optimizer block (`[optimizer]` or spaCy's `[training.optimizer]`)
-    and tell which top-level sections optsvc checks."""
-    is_spacy = bool(SPACY_SECTIONS & set(config))
-    path = None
-    if isinstance(config.get("optimizer"), dict):
-        path = "optimizer"
-    training = config.get("training")
-    if isinstance(training, dict) and isinstance(training.get("optimizer"), dict):
-        path = "training.optimizer" if path is None else path
-    if is_spacy:
-        checked = [path] if path else []
-        unchecked = [s for s in config if s != "training" or path is None]
-        if path == "training.optimizer":
-            unchecked.append("training (other than training.optimizer)")
-        return ConfigSections(
-            path, True, checked, sorted(set(unchecked) - set(checked))
-        )
-    checked = [s for s in config if s in OPTSVC_SECTIONS]
-    return ConfigSections(
-        path, False, checked, [s for s in config if s not in OPTSVC_SECTIONS]
+def _registry_of(node: dict) -> str | None:
+    return next((str(k)[1:] for k in node if str(k).startswith("@")), None)
+
+
+def _find_blocks(node: dict, prefix: str, found: dict[str, list[str]]) -> None:
+    """Optimizer blocks and standalone schedule blocks, at any depth (a
+    block's own nested blocks are its arguments, not standalone)."""
+    for key, value in node.items():
+        if not isinstance(value, dict):
+            continue
+        path = f"{prefix}{key}"
+        registry = _registry_of(value)
+        if registry == "optimizers" or path in PREFERRED_BLOCKS:
+            found["optimizers"].append(path)
+        elif registry == "schedules":
+            found["schedules"].append(path)
+        elif registry is None or _is_own_typo(registry):
+            _find_blocks(value, path + ".", found)
+        found["registries"].append(registry or "")
+
+
+def _is_own_typo(registry: str) -> bool:
+    """`@schedulez`: a misspelt registry of optsvc's, not a foreign one."""
+    close = difflib.get_close_matches(registry, OWN_REGISTRIES, n=1, cutoff=0.8)
+    return registry in OWN_REGISTRIES or bool(close)
+
+
+def _looks_foreign(config: dict, registries_named: list[str]) -> bool:
+    """A Thinc or spaCy config: a spaCy section, a block of a registry optsvc
+    does not have (@layers), or a section that is neither optsvc's nor a
+    misspelling of one ([hyper_params])."""
+    if SPACY_SECTIONS & set(config):
+        return True
+    if any(r and not _is_own_typo(r) for r in registries_named):
+        return True
+    return any(
+        isinstance(value, dict)
+        and name not in OPTSVC_SECTIONS
+        and not did_you_mean(name, OPTSVC_SECTIONS)
+        for name, value in config.items()
     )
+
+
+def find_sections(config: dict, block: str | None = None) -> ConfigSections:
+    """Find the optimizer blocks (`[optimizer]`, spaCy's `[training.optimizer]`,
+    `[pretraining.optimizer]`, ...) and standalone schedule blocks, pick the
+    one to build (`block`, else the one Thinc or spaCy would train with) and
+    tell which sections optsvc checks. Raises ConfigError for a `block` that
+    the config does not hold."""
+    found: dict[str, list[str]] = {"optimizers": [], "schedules": [], "registries": []}
+    _find_blocks(config, "", found)
+    foreign = _looks_foreign(config, found["registries"])
+    if not foreign:  # optsvc's own config: only its two places count
+        found["optimizers"] = [p for p in found["optimizers"] if p in PREFERRED_BLOCKS]
+        found["schedules"] = []
+    sections = ConfigSections(
+        None,
+        bool(SPACY_SECTIONS & set(config)),
+        optimizer_blocks=sorted(
+            found["optimizers"], key=lambda p: _preference(p, foreign)
+        ),
+        schedule_blocks=found["schedules"],
+        is_foreign=foreign,
+    )
+    _pick(sections, block)
+    if foreign:
+        sections.checked = sections.blocks
+        sections.unchecked = _unchecked(config, sections.checked)
+    else:
+        checked = [s for s in config if s in OPTSVC_SECTIONS]
+        sections.checked = checked
+        sections.unchecked = [s for s in config if s not in OPTSVC_SECTIONS]
+    return sections
+
+
+def _preference(path: str, foreign: bool) -> int:
+    """spaCy trains from [training.optimizer]; optsvc's own configs name
+    [optimizer] first (having both is an error there)."""
+    order = PREFERRED_BLOCKS if foreign else PREFERRED_BLOCKS[::-1]
+    return order.index(path) if path in order else 2
+
+
+def _pick(sections: ConfigSections, block: str | None) -> None:
+    if block is None:
+        if sections.optimizer_blocks:
+            sections.optimizer_path = sections.optimizer_blocks[0]
+        elif len(sections.schedule_blocks) == 1:
+            sections.schedule_path = sections.schedule_blocks[0]
+        return
+    if block in sections.optimizer_blocks:
+        sections.optimizer_path = block
+    elif block in sections.schedule_blocks:
+        sections.schedule_path = block
+    else:
+        names = sections.blocks
+        raise ConfigError(
+            ConfigIssue(
+                block,
+                "--block names no optimizer or schedule block of the config",
+                hint=did_you_mean(block, names)
+                or f"blocks: {', '.join(names) or 'none'}",
+            )
+        )
+
+
+def _unchecked(config: dict, checked: list[str]) -> list[str]:
+    """Top-level sections a foreign config's check left out, with the ones
+    holding a checked block named as 'training (other than ...)'."""
+    left = []
+    for name in config:
+        inner = [p for p in checked if p.startswith(f"{name}.")]
+        if name in checked:
+            continue
+        if inner:
+            left.append(f"{name} (other than {', '.join(inner)})")
+        else:
+            left.append(name)
+    return sorted(left)
 
 
 def config_to_str(config: dict) -> str:
