@@ -87,8 +87,10 @@ def summary(report: Report, source: str) -> None:
     if len(lay.blocks) > 1:
         shown = lay.optimizer_path or lay.schedule_path
         out.print(
-            f"built: [{shown}], one of {len(lay.blocks)} blocks "
-            f"({', '.join(lay.blocks)}); pick another with --block"
+            Text(
+                f"built: [{shown}], one of {len(lay.blocks)} blocks "
+                f"({', '.join(lay.blocks)}); pick another with --block"
+            )
         )
     warnings(report)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,12 +189,65 @@ def config_from_str(
         try:  # confection resolves ${...} on its own serialization of the config
             config = config.interpolate()
         except Exception as err:
+            undefined = undefined_variables(text, config)
+            if undefined:
+                raise ConfigError(undefined) from None
             raise ConfigError(f"{source}: {_one_line(err, source)}") from None
     config.is_interpolated = True
     if not isinstance(config, dict) or not config:
         raise ConfigError(f"{source} holds no sections")
     _refuse_cycles(config)
     return config
+
+
+_VARIABLE = re.compile(r"\$\{([^}]*)\}")
+_HEADER = re.compile(r"^\s*\[([^\]]+)\]")
+_KEY = re.compile(r"^\s*([^=\s#;][^=]*?)\s*=")
+
+
+def undefined_variables(text: str, config: dict) -> list[ConfigIssue]:
+    """One issue per `${...}` variable that names nothing in `config` (read
+    without interpolation), with its line and a did-you-mean from the
+    sections and keys that exist."""
+    issues, section = [], ""
+    for number, line in enumerate(text.splitlines(), 1):
+        header = _HEADER.match(line)
+        if header:
+            section = header.group(1).strip()
+            continue
+        key = _KEY.match(line)
+        where = f"{section}.{key.group(1)}" if key and section else section
+        for name in _VARIABLE.findall(line):
+            problem = _missing(config, name.strip())
+            if problem:
+                message = (
+                    f"undefined variable ${{{name}}} in an interpolation "
+                    f"(line {number}): {problem[0]}"
+                )
+                issues.append(ConfigIssue(where, message, hint=problem[1]))
+    return issues
+
+
+def _missing(config: dict, name: str) -> tuple[str, str] | None:
+    """(what is missing, a hint) for a dotted variable, or None if it exists."""
+    node: Any = config
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            continue
+        if i == 0 or not isinstance(node, dict):
+            sections = sorted(_section_paths(config))
+            hint = did_you_mean(name.rsplit(".", 1)[0], sections)
+            return (
+                f"there is no section [{'.'.join(parts[: max(1, i)])}]",
+                hint or f"sections: {', '.join(sections) or 'none'}",
+            )
+        here = ".".join(parts[:i])
+        keys = [str(k) for k in node]
+        hint = did_you_mean(part, keys) or f"[{here}] has: {', '.join(keys)}"
+        return f"[{here}] has no '{part}'", hint
+    return None
 
 
 def with_overrides(config: dict, overrides: dict[str, Any]) -> dict:
@@ -215,6 +269,8 @@ def _check_override_sections(config: dict, overrides: dict[str, Any]) -> None:
         for name in overrides
         if not _has_section(config, name.rsplit(".", 1)[0])
     ]
+    if not issues:
+        issues = _new_keys_outside_checks(config, overrides)
     # `--a.b 1 --a.b.c 2`: the first replaces the section the second sets a
     # value in, so neither order can mean what was asked.
     issues += [
@@ -229,6 +285,31 @@ def _check_override_sections(config: dict, overrides: dict[str, Any]) -> None:
     ]
     if issues:
         raise ConfigError(issues)
+
+
+def _new_keys_outside_checks(config: dict, overrides: dict) -> list[ConfigIssue]:
+    """The rule for overrides: one may add a key only in a section optsvc
+    checks (which then reports a misspelt key itself); elsewhere
+    (`--nlp.langg`) it must name a key the config has, or nothing would ever
+    tell a typo from a new key."""
+    checked = find_sections(config).checked
+    issues = []
+    for name in overrides:
+        section, key = name.rsplit(".", 1)
+        keys = list(get_path(config, section))
+        if key in keys or any(
+            section == c or section.startswith(c + ".") for c in checked
+        ):
+            continue
+        issues.append(
+            ConfigIssue(
+                name,
+                f"override names a key that [{section}] does not have, in a "
+                "section optsvc does not check",
+                hint=did_you_mean(key, keys) or f"[{section}] has: {', '.join(keys)}",
+            )
+        )
+    return issues
 
 
 def _set_values(config: dict, overrides: dict[str, Any]) -> None:
