@@ -16,7 +16,7 @@ from typing import Any
 from confection import Config
 
 from optsvc import registries
-from optsvc.config.schema import SystemSection
+from optsvc.config.schema import SystemSection, TrainingSection
 from optsvc.errors import OptsvcError
 from optsvc.spec import params_of
 
@@ -433,17 +433,28 @@ def _is_own_typo(registry: str) -> bool:
 
 def _looks_foreign(config: dict, registries_named: list[str]) -> bool:
     """A Thinc or spaCy config: a spaCy section, a block of a registry optsvc
-    does not have (@layers), or a section that is neither optsvc's nor a
-    misspelling of one ([hyper_params])."""
+    does not have (@layers), a section that is neither optsvc's nor a
+    misspelling of one ([hyper_params]), or a [training] key likewise
+    (Thinc's n_iter)."""
     if SPACY_SECTIONS & set(config):
         return True
     if any(r and not _is_own_typo(r) for r in registries_named):
         return True
-    return any(
+    if any(
         isinstance(value, dict)
         and name not in OPTSVC_SECTIONS
         and not did_you_mean(name, OPTSVC_SECTIONS)
         for name, value in config.items()
+    ):
+        return True
+    # Thinc's [training] holds its own loop's settings (n_iter, ...).
+    training = config.get("training")
+    fields = TrainingSection.model_fields
+    return isinstance(training, dict) and any(
+        not isinstance(value, dict)
+        and key not in fields
+        and not did_you_mean(key, fields)
+        for key, value in training.items()
     )
 
 

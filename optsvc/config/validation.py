@@ -24,6 +24,7 @@ from optsvc.config.blocks import (
     check_block,
     check_model,
     construct,
+    find_function,
 )
 from optsvc.config.parse import (
     ConfigError,
@@ -41,6 +42,7 @@ from optsvc.config.preview import (
     odd_values,
     range_errors,
 )
+from optsvc.config.resources import size_errors
 from optsvc.config.schema import SECTIONS, SystemSection, TrainingSection
 from optsvc.optim import Optimizer
 from optsvc.schedules.base import Schedule
@@ -109,6 +111,7 @@ def validate_config(
     if for_training and report.ok and not report.sections.is_spacy:
         report.system = settings.get("system") or SystemSection()
         report.training = settings.get("training") or TrainingSection()
+        report.errors.extend(_size_errors(report))
     return report
 
 
@@ -148,6 +151,17 @@ def load_optimizer(
 
 
 # --- the steps ------------------------------------------------------------------------
+
+
+def _size_errors(report: Report) -> list[ConfigIssue]:
+    """The job's memory, estimated before anything is allocated."""
+    functions = {}
+    for path, registry_name in (("data", "datasets"), ("model", "models")):
+        found = find_function(registry_name, report.blocks[path][0])
+        if found is None:
+            return []
+        functions[path] = found[1]
+    return size_errors(report.blocks, functions, report.training.batch_size)
 
 
 def _not_trainable(config: dict) -> ConfigIssue:
