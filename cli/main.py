@@ -235,17 +235,7 @@ def show_schedule_cmd(
     if not report.ok:
         raise ConfigError(report.errors)
     opt = report.optimizer
-    if opt is None:  # a standalone schedule block
-        schedules = {report.sections.schedule_path: report.schedule}
-        params = list(schedules)
-    else:
-        schedules = opt.schedules
-        params = list(param or []) or scheduled(opt) or ["learn_rate"]
-        unknown = [p for p in params if p not in ATTRS]
-        if unknown:
-            raise ConfigError(
-                f"unknown hyperparameter {unknown[0]!r}; choose from {', '.join(ATTRS)}"
-            )
+    schedules, params = _what_to_show(report, param)
     n, why = default_steps(cfg, [schedules[p] for p in params])
     if steps:
         n, why = steps, None
@@ -274,6 +264,22 @@ def show_schedule_cmd(
             "note: a plateau schedule only reacts to evaluation scores; none were "
             "given (--scores metrics.jsonl), so no plateau is assumed."
         )
+
+
+def _what_to_show(report, param: list[str] | None) -> tuple[dict, list[str]]:
+    """(schedules by name, the names to show): the optimizer's chosen or
+    scheduled hyperparameters, or a standalone schedule block."""
+    opt = report.optimizer
+    if opt is None:
+        schedules = {report.sections.schedule_path: report.schedule}
+        return schedules, list(schedules)
+    params = list(param or []) or scheduled(opt) or ["learn_rate"]
+    unknown = [p for p in params if p not in ATTRS]
+    if unknown:
+        raise ConfigError(
+            f"unknown hyperparameter {unknown[0]!r}; choose from {', '.join(ATTRS)}"
+        )
+    return opt.schedules, params
 
 
 def _write_values(fmt: Format, n: int, params: list[str], values: dict) -> None:
