@@ -58,7 +58,8 @@ app = typer.Typer(
         "Example: optsvc validate configs/adam.cfg\n\n"
         "Exit codes: 0 done; 1 a problem in the config, an override, a file or "
         "the data (the message says what to fix); 2 a malformed command line "
-        "(shown with the usage) or an internal error (please report it). A "
+        "(shown with the usage) or a bug in optsvc (the message asks you to "
+        "report it). A "
         "closed output pipe (| head) is not an error."
     ),
     no_args_is_help=True,

@@ -165,7 +165,7 @@ def _size_errors(report: Report) -> list[ConfigIssue]:
 
 
 def _not_trainable(config: dict) -> ConfigIssue:
-    others = [s for s in config if s not in ("system", "data", "training")]
+    others = [s for s in config if s not in ("system", "data", "training", "optimizer")]
     return ConfigIssue(
         "",
         "this is a Thinc-style config (it has "
