@@ -2,6 +2,13 @@
 
 Each command parses its arguments, calls library functions, and renders the
 result; user errors print one clear message and exit 1, never a traceback.
+
+Exit codes, one rule for every command: 0 done; 1 a problem in what the
+command was given (the config, an override's value, a file, the data) whose
+message says what to fix; 2 the command line itself is malformed (an unknown
+option, a missing argument: Click's usage errors, with the usage) or optsvc
+failed (an internal error, which says to report it). A closed output pipe
+(`optsvc registry | head -1`) is not an error: the output stops, exit 0.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from optsvc.config.preview import (
     read_scores,
     schedule_values,
     scheduled,
+    standalone_values,
 )
 from optsvc.errors import OptsvcError
 from optsvc.schedules.base import Schedule
@@ -49,7 +57,12 @@ app = typer.Typer(
         '(@optimizers = "Adam.v1", @schedules = "warmup_linear.v1"). '
         "Any config value can be overridden on the command line in dotted "
         "form, e.g. --optimizer.learn_rate 0.01.\n\n"
-        "Example: optsvc validate configs/adam.cfg"
+        "Example: optsvc validate configs/adam.cfg\n\n"
+        "Exit codes: 0 done; 1 a problem in the config, an override, a file or "
+        "the data (the message says what to fix); 2 a malformed command line "
+        "(shown with the usage) or a bug in optsvc (the message asks you to "
+        "report it). A "
+        "closed output pipe (| head) is not an error."
     ),
     no_args_is_help=True,
     add_completion=True,
@@ -82,9 +95,8 @@ def user_errors(command):
             raise typer.Exit(stopped.exit_code) from None
         except KeyboardInterrupt:  # a second Ctrl-C: at once
             raise typer.Exit(130) from None
-        except BrokenPipeError:  # `optsvc ... | head`: the reader has all it wants
-            render.quiet_stdout()
-            raise typer.Exit(0) from None
+        except BrokenPipeError:  # the reader went away (| head): not an error
+            render.closed_pipe()
         except MemoryError as error:  # a job too large for this machine
             render.err.print(
                 Text(
@@ -146,22 +158,34 @@ def root(
 ConfigArg = Annotated[
     Path, typer.Argument(help="The config file (.cfg).", show_default=False)
 ]
+BlockOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--block",
+        help="The optimizer or schedule block to build when a config has "
+        "several, e.g. pretraining.optimizer (default: the one spaCy or Thinc "
+        "trains with).",
+    ),
+]
 
 
 @app.command("validate", context_settings=OVERRIDES)
 @user_errors
-def validate_cmd(ctx: typer.Context, config: ConfigArg) -> None:
+def validate_cmd(ctx: typer.Context, config: ConfigArg, block: BlockOpt = None) -> None:
     """Check a config file and show what it would build.
 
     Every section optsvc knows is checked before anything is built, and every
     problem is listed with its dotted path, the value given and what is
-    expected. Exit 0 when valid, 1 otherwise. In a spaCy config only
-    [training.optimizer] is checked. Extra arguments override config values.
+    expected. Exit 0 when valid, 1 otherwise. In a Thinc or spaCy config the
+    optimizer and schedule blocks are checked ([optimizer],
+    [training.optimizer], [pretraining.optimizer], a [learn_rate] schedule)
+    and the other sections are listed as not checked. Extra arguments
+    override config values.
 
     Example: optsvc validate configs/adam.cfg --optimizer.learn_rate 0.01
     """
     cfg = load_config(config, parse_overrides(ctx.args))
-    report = validate_config(cfg)
+    report = validate_config(cfg, block=block)
     if not report.ok:
         raise ConfigError(report.errors)
     render.summary(report, str(config))
@@ -205,6 +229,7 @@ def show_schedule_cmd(
             help="A run's metrics.jsonl whose scores a plateau schedule replays.",
         ),
     ] = None,
+    block: BlockOpt = None,
 ) -> None:
     """Show the values each scheduled hyperparameter takes, step by step.
 
@@ -215,24 +240,26 @@ def show_schedule_cmd(
     Example: optsvc show-schedule configs/adam.cfg --steps 2000 --format csv
     """
     cfg = load_config(config, parse_overrides(ctx.args))
-    report = validate_config(cfg)
+    report = validate_config(cfg, block=block)
     if not report.ok:
         raise ConfigError(report.errors)
     opt = report.optimizer
-    params = list(param or []) or scheduled(opt) or ["learn_rate"]
-    unknown = [p for p in params if p not in ATTRS]
-    if unknown:
-        raise ConfigError(
-            f"unknown hyperparameter {unknown[0]!r}; choose from {', '.join(ATTRS)}"
-        )
-    n = steps or default_steps(cfg, opt, params)
+    schedules, params = _what_to_show(report, param)
+    n, why = default_steps(cfg, [schedules[p] for p in params])
+    if steps:
+        n, why = steps, None
     if n > MAX_SHOW_STEPS:
         raise ConfigError(
             f"{n:,} steps are more than show-schedule shows (at most "
             f"{MAX_SHOW_STEPS:,}); pass --steps N with a smaller N"
         )
+    if why:
+        render.err.print(Text(f"note: {why}; pass --steps N to choose"))
     score_map = read_scores(scores) if scores else None
-    values = schedule_values(opt, n, params, score_map)
+    if opt is None:
+        values = {params[0]: standalone_values(schedules[params[0]], n, score_map)}
+    else:
+        values = schedule_values(opt, n, params, score_map)
     if fmt in (Format.json, Format.csv):
         _write_values(fmt, n, params, values)
         return
@@ -241,11 +268,27 @@ def show_schedule_cmd(
             render.chart(p, list(range(n)), values[p])
             render.out.print()
     render.out.print(render.sample_table(values))
-    if any(_has_plateau(opt.schedules[p]) for p in params) and not scores:
+    if any(_has_plateau(schedules[p]) for p in params) and not scores:
         render.out.print(
             "note: a plateau schedule only reacts to evaluation scores; none were "
             "given (--scores metrics.jsonl), so no plateau is assumed."
         )
+
+
+def _what_to_show(report, param: list[str] | None) -> tuple[dict, list[str]]:
+    """(schedules by name, the names to show): the optimizer's chosen or
+    scheduled hyperparameters, or a standalone schedule block."""
+    opt = report.optimizer
+    if opt is None:
+        schedules = {report.sections.schedule_path: report.schedule}
+        return schedules, list(schedules)
+    params = list(param or []) or scheduled(opt) or ["learn_rate"]
+    unknown = [p for p in params if p not in ATTRS]
+    if unknown:
+        raise ConfigError(
+            f"unknown hyperparameter {unknown[0]!r}; choose from {', '.join(ATTRS)}"
+        )
+    return opt.schedules, params
 
 
 def _write_values(fmt: Format, n: int, params: list[str], values: dict) -> None:
@@ -409,6 +452,9 @@ app.command("sweep", context_settings=OVERRIDES)(user_errors(sweep))
 
 
 def main() -> None:
+    """The `optsvc` entry point. A closed pipe is handled where it shows
+    (`render.closed_pipe`, from `user_errors` and the consoles) before Click
+    would exit 1 for it."""
     app()
 
 

@@ -12,30 +12,31 @@ from rich.table import Table
 from rich.text import Text
 
 from optsvc.config import ConfigError, Report
+from optsvc.config.blocks import find_function
 from optsvc.config.preview import describe
 from optsvc.config.schema import config_params
 
 
-def quiet_stdout() -> None:
-    """After a closed pipe (`optsvc registry | head -1`: the reader has all
-    it wants): point stdout at /dev/null, so that the flush at exit does not
-    fail on it again."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+def closed_pipe() -> None:
+    """Stop quietly with exit 0 once stdout's reader has gone (`| head`):
+    a closed pipe is not an error. What remains to print, and the flush at
+    exit, go nowhere."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file (a test's capture)
+        pass
+    raise SystemExit(0)
 
 
-class PipeConsole(Console):
-    """A console for which a closed pipe is not an error: exit 0, quietly."""
-
-    def on_broken_pipe(self) -> None:
+class _Console(Console):
+    def on_broken_pipe(self) -> None:  # rich's own exits 1
         self.quiet = True
-        quiet_stdout()
-        raise SystemExit(0)
+        closed_pipe()
 
 
-out = PipeConsole(highlight=False, soft_wrap=True)
-err = PipeConsole(stderr=True, highlight=False, soft_wrap=True)
+out = _Console(highlight=False, soft_wrap=True)
+err = _Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def errors(error: ConfigError, source: str = "") -> None:
@@ -64,39 +65,40 @@ def summary(report: Report, source: str) -> None:
         table = Table(title=title, title_justify="left")
         table.add_column("hyperparameter")
         table.add_column("value or schedule")
-        unused = _unused(opt.schedules)
+        takes = _arguments_of(name)
         for param, schedule in opt.schedules.items():
-            if param not in unused:
+            if takes is None or param in takes:  # SGD has no betas, no eps
                 table.add_row(param, describe(schedule))
         table.add_row("use_averages", str(opt.averages is not None))
         table.add_row("L2_is_weight_decay", str(opt.L2_is_weight_decay))
         out.print(table)
+    elif report.schedule is not None:
+        path = lay.schedule_path
+        out.print(Text(f"[{path}]  {report.blocks[path][0]}", style="bold"))
+        out.print(Text(f"  {describe(report.schedule)}"))
     for path, (func, block) in report.blocks.items():
         if path in ("data", "model"):
             args = ", ".join(f"{k}={v!r}" for k, v in block.items() if k[0] != "@")
             out.print(Text(f"[{path}]  {func}({args})"))
     out.print(f"sections checked: {', '.join(lay.checked) or 'none'}")
     if lay.unchecked:
-        what = "not optsvc's, not checked" if lay.is_spacy else "not checked"
+        what = "not optsvc's, not checked" if lay.is_foreign else "not checked"
         out.print(f"{what}: {', '.join(lay.unchecked)}")
+    if len(lay.blocks) > 1:
+        shown = lay.optimizer_path or lay.schedule_path
+        out.print(
+            Text(
+                f"built: [{shown}], one of {len(lay.blocks)} blocks "
+                f"({', '.join(lay.blocks)}); pick another with --block"
+            )
+        )
     warnings(report)
 
 
-def _unused(schedules) -> set[str]:
-    """What the update never reads: with beta2 always 0 there is no second
-    moment (no beta2, no eps); with beta1 too, plain SGD (no beta1)."""
-
-    def always_zero(name: str) -> bool:
-        schedule = schedules.get(name)
-        return (
-            schedule is not None
-            and schedule.name == "constant"
-            and (schedule.attrs["rate"] == 0)
-        )
-
-    if not always_zero("beta2"):
-        return set()
-    return {"beta2", "eps"} | ({"beta1"} if always_zero("beta1") else set())
+def _arguments_of(optimizer_name: str) -> set[str] | None:
+    """The arguments a registered optimizer takes (None: not known)."""
+    found = find_function("optimizers", optimizer_name)
+    return None if found is None else {p.name for p in config_params(found[1])}
 
 
 def registry_listing(registry, names: list[str]) -> None:

@@ -109,35 +109,6 @@ def test_a_folder_that_cannot_be_written_is_named_in_one_sentence(
     )
 
 
-def test_an_undefined_variable_is_named_with_its_line_and_a_suggestion(tmp_path):
-    cfg = tmp_path / "job.cfg"
-    cfg.write_text(
-        '[hyper_params]\nlearn_rate = 0.001\n\n[optimizer]\n@optimizers = "Adam.v1"\n'
-        "learn_rate = ${hyper_params.learn_rat}\n"
-    )
-    result = runner.invoke(app, ["validate", str(cfg)])
-    assert result.exit_code == 1
-    assert (
-        f"optimizer.learn_rate: ${{hyper_params.learn_rat}} names nothing in the "
-        f"config (line 6 of {cfg}) (did you mean 'hyper_params.learn_rate'?)"
-    ) in result.stderr
-    assert "Bad value substitution" not in result.stderr
-
-
-def test_a_misspelt_override_of_a_section_optsvc_does_not_check_is_refused():
-    spacy = ROOT / "configs" / "spacy_training.cfg"
-    typo = runner.invoke(app, ["validate", str(spacy), "--nlp.langg", "de"])
-    assert typo.exit_code == 1
-    assert "nlp.langg: override names a key that is not in the config" in typo.stderr
-    assert "did you mean 'nlp.lang'?" in typo.stderr
-    right = runner.invoke(app, ["validate", str(spacy), "--nlp.lang", "de"])
-    assert right.exit_code == 0, right.output
-    # in the sections optsvc checks, a key the file leaves to its default
-    # may be set: validation checks it
-    new = runner.invoke(app, ["validate", str(QUICKSTART), "--training.patience", "3"])
-    assert new.exit_code == 0, new.output
-
-
 def test_bench_takes_several_workloads_after_one_option(tmp_path):
     result = runner.invoke(
         app, ["bench", "--quick", "--no-peers", "--format", "json", "--workload",

@@ -16,7 +16,7 @@ from typing import Any
 from confection import Config
 
 from optsvc import registries
-from optsvc.config.schema import SystemSection
+from optsvc.config.schema import SystemSection, TrainingSection
 from optsvc.errors import OptsvcError
 from optsvc.fileio import TEXT_LIMIT, FileReadError, read_regular
 from optsvc.spec import params_of
@@ -188,17 +188,69 @@ def config_from_str(
         ) from None
     _check_override_sections(config, overrides)
     _set_values(config, overrides)
-    _check_references(config, text, source)
     if overrides or "$" in text:  # something to interpolate
         try:  # confection resolves ${...} on its own serialization of the config
             config = config.interpolate()
         except Exception as err:
+            undefined = undefined_variables(text, config)
+            if undefined:
+                raise ConfigError(undefined) from None
             raise ConfigError(f"{source}: {_one_line(err, source)}") from None
     config.is_interpolated = True
     if not isinstance(config, dict) or not config:
         raise ConfigError(f"{source} holds no sections")
     _refuse_cycles(config)
     return config
+
+
+_VARIABLE = re.compile(r"\$\{([^}]*)\}")
+_HEADER = re.compile(r"^\s*\[([^\]]+)\]")
+_KEY = re.compile(r"^\s*([^=\s#;][^=]*?)\s*=")
+
+
+def undefined_variables(text: str, config: dict) -> list[ConfigIssue]:
+    """One issue per `${...}` variable that names nothing in `config` (read
+    without interpolation), with its line and a did-you-mean from the
+    sections and keys that exist."""
+    issues, section = [], ""
+    for number, line in enumerate(text.splitlines(), 1):
+        header = _HEADER.match(line)
+        if header:
+            section = header.group(1).strip()
+            continue
+        key = _KEY.match(line)
+        where = f"{section}.{key.group(1)}" if key and section else section
+        for name in _VARIABLE.findall(line):
+            problem = _missing(config, name.strip())
+            if problem:
+                message = (
+                    f"undefined variable ${{{name}}} in an interpolation "
+                    f"(line {number}): {problem[0]}"
+                )
+                issues.append(ConfigIssue(where, message, hint=problem[1]))
+    return issues
+
+
+def _missing(config: dict, name: str) -> tuple[str, str] | None:
+    """(what is missing, a hint) for a dotted variable, or None if it exists."""
+    node: Any = config
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            continue
+        if i == 0 or not isinstance(node, dict):
+            sections = sorted(_section_paths(config))
+            hint = did_you_mean(name.rsplit(".", 1)[0], sections)
+            return (
+                f"there is no section [{'.'.join(parts[: max(1, i)])}]",
+                hint or f"sections: {', '.join(sections) or 'none'}",
+            )
+        here = ".".join(parts[:i])
+        keys = [str(k) for k in node]
+        hint = did_you_mean(part, keys) or f"[{here}] has: {', '.join(keys)}"
+        return f"[{here}] has no '{part}'", hint
+    return None
 
 
 def with_overrides(config: dict, overrides: dict[str, Any]) -> dict:
@@ -220,6 +272,8 @@ def _check_override_sections(config: dict, overrides: dict[str, Any]) -> None:
         for name in overrides
         if not _has_section(config, name.rsplit(".", 1)[0])
     ]
+    if not issues:
+        issues = _new_keys_outside_checks(config, overrides)
     # `--a.b 1 --a.b.c 2`: the first replaces the section the second sets a
     # value in, so neither order can mean what was asked.
     issues += [
@@ -232,69 +286,33 @@ def _check_override_sections(config: dict, overrides: dict[str, Any]) -> None:
         for inner in overrides
         if inner.startswith(outer + ".")
     ]
-    # A section optsvc does not check (spaCy's [nlp], Thinc's [hyper_params]):
-    # nothing else would catch a misspelt key, so it must be one that is there.
-    issues += [
-        ConfigIssue(
-            name,
-            "override names a key that is not in the config",
-            hint=did_you_mean(name, _value_paths(config))
-            or "overrides of sections optsvc does not check must name existing keys",
-        )
-        for name in overrides
-        if name.split(".", 1)[0] not in OPTSVC_SECTIONS
-        and _has_section(config, name.rsplit(".", 1)[0])
-        and name.rsplit(".", 1)[1] not in get_path(config, name.rsplit(".", 1)[0])
-    ]
     if issues:
         raise ConfigError(issues)
 
 
-_REFERENCE = re.compile(r"\$\{([^}]*)\}")
-
-
-def _check_references(config: dict, text: str, source: str) -> None:
-    """Every ${section.key} must name something the config has: say which
-    one does not, on which line, and what there is (configparser's own
-    message names neither)."""
-    known = _section_paths(config) | _value_paths(config)
+def _new_keys_outside_checks(config: dict, overrides: dict) -> list[ConfigIssue]:
+    """The rule for overrides: one may add a key only in a section optsvc
+    checks (which then reports a misspelt key itself); elsewhere
+    (`--nlp.langg`) it must name a key the config has, or nothing would ever
+    tell a typo from a new key."""
+    checked = find_sections(config).checked
     issues = []
-    for path, value in _values(config):
-        for ref in _REFERENCE.findall(value) if isinstance(value, str) else ():
-            if ref in known:
-                continue
-            line = next(
-                (
-                    i
-                    for i, row in enumerate(text.splitlines(), 1)
-                    if f"${{{ref}}}" in row
-                ),
-                None,
+    for name in overrides:
+        section, key = name.rsplit(".", 1)
+        keys = list(get_path(config, section))
+        if key in keys or any(
+            section == c or section.startswith(c + ".") for c in checked
+        ):
+            continue
+        issues.append(
+            ConfigIssue(
+                name,
+                f"override names a key that [{section}] does not have, in a "
+                "section optsvc does not check",
+                hint=did_you_mean(key, keys) or f"[{section}] has: {', '.join(keys)}",
             )
-            where = f" (line {line} of {source})" if line else ""
-            hint = did_you_mean(ref, known) or (
-                f"sections: {', '.join(sorted(_section_paths(config)))}"
-            )
-            issues.append(
-                ConfigIssue(
-                    path, f"${{{ref}}} names nothing in the config{where}", hint=hint
-                )
-            )
-    if issues:
-        raise ConfigError(issues)
-
-
-def _values(config: dict, prefix: str = ""):
-    for key, value in config.items():
-        here = f"{prefix}{key}"
-        if isinstance(value, dict):
-            yield from _values(value, here + ".")
-        else:
-            yield here, value
-
-
-def _value_paths(config: dict) -> set[str]:
-    return {path for path, _ in _values(config)}
+        )
+    return issues
 
 
 def _set_values(config: dict, overrides: dict[str, Any]) -> None:
@@ -357,39 +375,167 @@ def _has_section(config: dict, dotted: str) -> bool:
 
 # --- where things are ---
 
+# The registries whose blocks optsvc checks; any other (Thinc's @layers,
+# spaCy's @readers, ...) marks a Thinc or spaCy config.
+OWN_REGISTRIES = ("optimizers", "schedules", "datasets", "models")
+# Where Thinc and spaCy keep the optimizer a run trains with, by preference.
+PREFERRED_BLOCKS = ("training.optimizer", "optimizer")
+
 
 @dataclass
 class ConfigSections:
-    """Which sections a config has and where its optimizer block is."""
+    """Which sections a config has and where its optimizer block is.
+
+    optimizer_path: the optimizer block validate builds and show-schedule
+    shows; schedule_path: a standalone schedule block (`[learn_rate]`) shown
+    instead when the config has no optimizer block or one is picked. A
+    foreign config (Thinc's or spaCy's) has only its optimizer and schedule
+    blocks checked; every other section is listed as not checked."""
 
     optimizer_path: str | None
     is_spacy: bool
     checked: list[str] = field(default_factory=list)
     unchecked: list[str] = field(default_factory=list)
+    optimizer_blocks: list[str] = field(default_factory=list)
+    schedule_blocks: list[str] = field(default_factory=list)
+    is_foreign: bool = False
+    schedule_path: str | None = None
+
+    @property
+    def blocks(self) -> list[str]:
+        """Every optimizer and standalone schedule block found."""
+        return [*self.optimizer_blocks, *self.schedule_blocks]
 
 
-def find_sections(config: dict) -> ConfigSections:
-    """Find the optimizer block (`[optimizer]` or spaCy's `[training.optimizer]`)
-    and tell which top-level sections optsvc checks."""
-    is_spacy = bool(SPACY_SECTIONS & set(config))
-    path = None
-    if isinstance(config.get("optimizer"), dict):
-        path = "optimizer"
+def _registry_of(node: dict) -> str | None:
+    return next((str(k)[1:] for k in node if str(k).startswith("@")), None)
+
+
+def _find_blocks(node: dict, prefix: str, found: dict[str, list[str]]) -> None:
+    """Optimizer blocks and standalone schedule blocks, at any depth (a
+    block's own nested blocks are its arguments, not standalone)."""
+    for key, value in node.items():
+        if not isinstance(value, dict):
+            continue
+        path = f"{prefix}{key}"
+        registry = _registry_of(value)
+        if registry == "optimizers" or path in PREFERRED_BLOCKS:
+            found["optimizers"].append(path)
+        elif registry == "schedules":
+            found["schedules"].append(path)
+        elif registry is None or _is_own_typo(registry):
+            _find_blocks(value, path + ".", found)
+        found["registries"].append(registry or "")
+
+
+def _is_own_typo(registry: str) -> bool:
+    """`@schedulez`: a misspelt registry of optsvc's, not a foreign one."""
+    close = difflib.get_close_matches(registry, OWN_REGISTRIES, n=1, cutoff=0.8)
+    return registry in OWN_REGISTRIES or bool(close)
+
+
+def _looks_foreign(config: dict, registries_named: list[str]) -> bool:
+    """A Thinc or spaCy config: a spaCy section, a block of a registry optsvc
+    does not have (@layers), a section that is neither optsvc's nor a
+    misspelling of one ([hyper_params]), or a [training] key likewise
+    (Thinc's n_iter)."""
+    if SPACY_SECTIONS & set(config):
+        return True
+    if any(r and not _is_own_typo(r) for r in registries_named):
+        return True
+    if any(
+        isinstance(value, dict)
+        and name not in OPTSVC_SECTIONS
+        and not did_you_mean(name, OPTSVC_SECTIONS)
+        for name, value in config.items()
+    ):
+        return True
+    # Thinc's [training] holds its own loop's settings (n_iter, ...).
     training = config.get("training")
-    if isinstance(training, dict) and isinstance(training.get("optimizer"), dict):
-        path = "training.optimizer" if path is None else path
-    if is_spacy:
-        checked = [path] if path else []
-        unchecked = [s for s in config if s != "training" or path is None]
-        if path == "training.optimizer":
-            unchecked.append("training (other than training.optimizer)")
-        return ConfigSections(
-            path, True, checked, sorted(set(unchecked) - set(checked))
-        )
-    checked = [s for s in config if s in OPTSVC_SECTIONS]
-    return ConfigSections(
-        path, False, checked, [s for s in config if s not in OPTSVC_SECTIONS]
+    fields = TrainingSection.model_fields
+    return isinstance(training, dict) and any(
+        not isinstance(value, dict)
+        and key not in fields
+        and not did_you_mean(key, fields)
+        for key, value in training.items()
     )
+
+
+def find_sections(config: dict, block: str | None = None) -> ConfigSections:
+    """Find the optimizer blocks (`[optimizer]`, spaCy's `[training.optimizer]`,
+    `[pretraining.optimizer]`, ...) and standalone schedule blocks, pick the
+    one to build (`block`, else the one Thinc or spaCy would train with) and
+    tell which sections optsvc checks. Raises ConfigError for a `block` that
+    the config does not hold."""
+    found: dict[str, list[str]] = {"optimizers": [], "schedules": [], "registries": []}
+    _find_blocks(config, "", found)
+    foreign = _looks_foreign(config, found["registries"])
+    if not foreign:  # optsvc's own config: only its two places count
+        found["optimizers"] = [p for p in found["optimizers"] if p in PREFERRED_BLOCKS]
+        found["schedules"] = []
+    sections = ConfigSections(
+        None,
+        bool(SPACY_SECTIONS & set(config)),
+        optimizer_blocks=sorted(
+            found["optimizers"], key=lambda p: _preference(p, foreign)
+        ),
+        schedule_blocks=found["schedules"],
+        is_foreign=foreign,
+    )
+    _pick(sections, block)
+    if foreign:
+        sections.checked = sections.blocks
+        sections.unchecked = _unchecked(config, sections.checked)
+    else:
+        checked = [s for s in config if s in OPTSVC_SECTIONS]
+        sections.checked = checked
+        sections.unchecked = [s for s in config if s not in OPTSVC_SECTIONS]
+    return sections
+
+
+def _preference(path: str, foreign: bool) -> int:
+    """spaCy trains from [training.optimizer]; optsvc's own configs name
+    [optimizer] first (having both is an error there)."""
+    order = PREFERRED_BLOCKS if foreign else PREFERRED_BLOCKS[::-1]
+    return order.index(path) if path in order else 2
+
+
+def _pick(sections: ConfigSections, block: str | None) -> None:
+    if block is None:
+        if sections.optimizer_blocks:
+            sections.optimizer_path = sections.optimizer_blocks[0]
+        elif len(sections.schedule_blocks) == 1:
+            sections.schedule_path = sections.schedule_blocks[0]
+        return
+    if block in sections.optimizer_blocks:
+        sections.optimizer_path = block
+    elif block in sections.schedule_blocks:
+        sections.schedule_path = block
+    else:
+        names = sections.blocks
+        raise ConfigError(
+            ConfigIssue(
+                block,
+                "--block names no optimizer or schedule block of the config",
+                hint=did_you_mean(block, names)
+                or f"blocks: {', '.join(names) or 'none'}",
+            )
+        )
+
+
+def _unchecked(config: dict, checked: list[str]) -> list[str]:
+    """Top-level sections a foreign config's check left out, with the ones
+    holding a checked block named as 'training (other than ...)'."""
+    left = []
+    for name in config:
+        inner = [p for p in checked if p.startswith(f"{name}.")]
+        if name in checked:
+            continue
+        if inner:
+            left.append(f"{name} (other than {', '.join(inner)})")
+        else:
+            left.append(name)
+    return sorted(left)
 
 
 def config_to_str(config: dict) -> str:

@@ -10,10 +10,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from optsvc import registries
 from optsvc.config.parse import ConfigError, ConfigIssue
 from optsvc.fileio import TEXT_LIMIT, FileReadError, read_regular
 from optsvc.optim import Optimizer
 from optsvc.schedules.base import Schedule
+from optsvc.spec import Arg, params_of
 
 # Attribute names of a hyperparameter on the optimizer, by argument name.
 ATTRS = {"learn_rate": "learn_rate", "L2": "L2", "beta1": "b1", "beta2": "b2",
@@ -40,16 +42,158 @@ def horizon(schedule: Schedule) -> int | None:
     return best
 
 
-def default_steps(config: dict, optimizer: Optimizer, params: Iterable[str]) -> int:
-    """training.max_steps, else the schedules' own horizon, else 1000.
-    (spaCy's max_steps = 0 means "no limit": the schedules' horizon then.)"""
+def default_steps(
+    config: dict, schedules: Iterable[Schedule]
+) -> tuple[int, str | None]:
+    """(steps, why): training.max_steps, else the schedules' own horizon,
+    else 1000; `why` says which when it is not training.max_steps."""
     training = config.get("training")
     max_steps = training.get("max_steps") if isinstance(training, dict) else None
-    if isinstance(max_steps, int) and not isinstance(max_steps, bool) and max_steps > 0:
-        return max_steps
-    ends = [horizon(optimizer.schedules[p]) for p in params]
-    ends = [e for e in ends if e]
-    return max(ends) if ends else DEFAULT_HORIZON
+    if isinstance(max_steps, int) and max_steps > 0:
+        return max_steps, None
+    ends = [e for e in map(horizon, schedules) if e]
+    steps = max(ends) if ends else DEFAULT_HORIZON
+    why = "the schedule's own length" if ends else "the default"
+    if max_steps == 0:
+        return steps, f"training.max_steps is 0 (no limit): showing {why}, {steps}"
+    return steps, None
+
+
+def schedule_range(
+    schedule: Schedule, name: str, arg: Arg, steps: int, every: int | None
+) -> str | None:
+    """What is wrong with the values `schedule` takes over `steps` for a
+    hyperparameter whose range is `arg`: a value outside the range (read at
+    most 2000 evenly spaced steps and the last), or a plateau whose scale
+    can carry it out over the evaluations of the run; else None."""
+    stride = max(1, steps // 2000)
+    highest = -math.inf
+    for step in [*range(0, steps, stride), steps - 1]:
+        value = _value(schedule, step)
+        if value is None:
+            return None  # a failing schedule is reported on its own
+        if not arg.in_range(value):
+            return (
+                f"its schedule reaches {value!r} at step {step}, but {name} must "
+                f"be {arg.expected()}"
+            )
+        highest = max(highest, value)
+    growth = _plateau_growth(schedule, steps, every or DEFAULT_EVAL_FREQUENCY)
+    if growth is None:
+        return None
+    scale, plateaus = growth
+    try:
+        top = highest * scale**plateaus
+    except OverflowError:
+        top = math.inf
+    if math.isfinite(top) and arg.in_range(top):
+        return None
+    return (
+        f"a plateau with scale {scale!r} can multiply it by {scale!r}**{plateaus} "
+        f"in {steps} steps (an evaluation every {every or DEFAULT_EVAL_FREQUENCY} "
+        f"steps), to {top!r}, but {name} must be finite and {arg.expected()}"
+    )
+
+
+DEFAULT_EVAL_FREQUENCY = 100  # TrainingSection's
+
+
+def _value(schedule: Schedule, step: int) -> float | None:
+    try:
+        value = schedule(step, key=None, last_score=None)
+    except (ValueError, ArithmeticError):
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+def _plateau_growth(
+    schedule: Schedule, steps: int, every: int
+) -> tuple[float, int] | None:
+    """(scale, most plateaus in the run) of a growing plateau in `schedule`."""
+    for value in schedule.attrs.values():
+        if isinstance(value, Schedule):
+            inner = _plateau_growth(value, steps, every)
+            if inner:
+                return inner
+    a = schedule.attrs
+    if schedule.name != "plateau" or not a["scale"] > 1:
+        return None
+    return a["scale"], steps // max(1, every) // max(1, a["max_patience"])
+
+
+def hyper_ranges(optimizer_name: str) -> dict[str, Arg]:
+    """The range each hyperparameter of a registered optimizer accepts, as
+    its signature declares it (`optsvc.optim.optimizer`'s aliases)."""
+    found = registries.optimizers.get_all().get(optimizer_name)
+    if found is None:
+        return {}
+    return {p.name: p.arg for p in params_of(found) if p.kind == "hyper"}
+
+
+def range_errors(
+    optimizer: Optimizer,
+    opt_path: str,
+    ranges: dict[str, Arg],
+    max_steps: int | None,
+    every: int | None = None,
+) -> list[ConfigIssue]:
+    """One issue per scheduled hyperparameter whose values over the run
+    (training.max_steps, else the schedule's own length, else 1000 steps)
+    leave the range its optimizer declares."""
+    issues = []
+    for name, schedule in optimizer.schedules.items():
+        if schedule.name == "constant" or name not in ranges:
+            continue
+        steps = max_steps or horizon(schedule) or DEFAULT_HORIZON
+        problem = schedule_range(schedule, name, ranges[name], steps, every)
+        if problem:
+            issues.append(ConfigIssue(f"{opt_path}.{name}", problem))
+    return issues
+
+
+def odd_values(blocks: dict[str, tuple[str, dict]]) -> list[ConfigIssue]:
+    """Warnings for values a function accepts but that are likely mistakes."""
+    issues = []
+    for path, (name, block) in blocks.items():
+        low, high = block.get("min_lr"), block.get("max_lr")
+        if (
+            name.endswith("cyclic_triangular.v1")
+            and isinstance(low, numbers.Real)
+            and isinstance(high, numbers.Real)
+            and low > high
+        ):
+            issues.append(
+                ConfigIssue(
+                    f"{path}.min_lr",
+                    f"is above max_lr ({high!r}), so the cycles run upside down",
+                    value=low,
+                    has_value=True,
+                    hint="swap min_lr and max_lr unless that is meant",
+                )
+            )
+    return issues
+
+
+def standalone_values(
+    schedule: Schedule, steps: int, scores: dict[int, float] | None = None
+) -> list[float]:
+    """A schedule block's values at steps 0 .. steps - 1 (scores, if given,
+    reach it at their step, as the optimizer would pass them)."""
+    values, last = [], None
+    scores = scores or {}
+    for step in range(steps):
+        last = (step, scores[step]) if step in scores else last
+        try:
+            values.append(float(schedule(step, key=None, last_score=last)))
+        except (ValueError, ArithmeticError) as err:
+            reason = str(err) if isinstance(err, ValueError) else "it overflows"
+            raise ConfigError(
+                f"the schedule fails at step {step}: {reason}; show fewer steps "
+                "(--steps) or fix the schedule"
+            ) from None
+    return values
 
 
 def read_scores(path: str | Path) -> dict[int, float]:

@@ -24,6 +24,7 @@ from optsvc.config.blocks import (
     check_block,
     check_model,
     construct,
+    find_function,
 )
 from optsvc.config.parse import (
     ConfigError,
@@ -35,9 +36,16 @@ from optsvc.config.parse import (
     load_config,
     with_overrides,
 )
-from optsvc.config.preview import dead_schedule_warnings
+from optsvc.config.preview import (
+    dead_schedule_warnings,
+    hyper_ranges,
+    odd_values,
+    range_errors,
+)
+from optsvc.config.resources import size_errors
 from optsvc.config.schema import SECTIONS, SystemSection, TrainingSection
 from optsvc.optim import Optimizer
+from optsvc.schedules.base import Schedule
 
 logger = logging.getLogger("optsvc")
 
@@ -52,6 +60,8 @@ class Report:
     # Each checked registered-function block: path -> (name, block).
     blocks: dict[str, tuple[str, dict]] = field(default_factory=dict)
     optimizer: Optimizer | None = None
+    # A standalone schedule block (`[learn_rate]`) picked instead, built.
+    schedule: Schedule | None = None
     # A training config's [system] and [training] settings, defaults filled
     # in (None for a config that is not optsvc's training config).
     system: SystemSection | None = None
@@ -72,47 +82,37 @@ class Report:
         return construct(self.blocks[path][1], path)
 
 
-def validate_config(config: dict, *, for_training: bool = False) -> Report:
+def validate_config(
+    config: dict, *, for_training: bool = False, block: str | None = None
+) -> Report:
     """Check every section optsvc knows, then build the optimizer (once).
 
+    In a Thinc or spaCy config only the optimizer and schedule blocks are
+    checked (every one found); the others are listed as not checked.
+    block: the optimizer or schedule block to build (`pretraining.optimizer`),
+    default the one Thinc or spaCy trains with.
     for_training: the config must be a complete training job ([data],
     [model], [training]); `report.system` and `report.training` then hold its
     settings.
     """
-    report = Report(find_sections(config))
+    report = Report(find_sections(config, block))
     _check_optimizer_block(config, report)
     settings: dict[str, BaseModel | None] = {}
-    if not report.sections.is_spacy:
+    if not report.sections.is_foreign:
         settings = _check_sections(config, report, for_training)
+    elif for_training and not report.sections.is_spacy:
+        report.errors.append(_not_trainable(config))
+    report.warnings.extend(odd_values(report.blocks))
     if report.ok and report.sections.optimizer_path:
-        _build_optimizer(config, report)
-    report.warnings.extend(_odd_values(report.blocks))
+        _build_optimizer(config, report, settings.get("training"))
+    elif report.ok and report.sections.schedule_path:
+        path = report.sections.schedule_path
+        report.schedule = _construct(config, path, report)
     if for_training and report.ok and not report.sections.is_spacy:
         report.system = settings.get("system") or SystemSection()
         report.training = settings.get("training") or TrainingSection()
+        report.errors.extend(_size_errors(report))
     return report
-
-
-def _odd_values(blocks: dict) -> list[ConfigIssue]:
-    """Values that are allowed but rarely meant."""
-    found = []
-    for path, (name, block) in blocks.items():
-        low, high = block.get("min_lr"), block.get("max_lr")
-        if name == "cyclic_triangular.v1" and _numbers(low, high) and low > high:
-            found.append(
-                ConfigIssue(
-                    f"{path}.min_lr",
-                    f"is above max_lr ({high}), so the rate peaks at min_lr",
-                    value=low,
-                    has_value=True,
-                    hint="swap min_lr and max_lr",
-                )
-            )
-    return found
-
-
-def _numbers(*values: Any) -> bool:
-    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
 
 
 def load_optimizer(
@@ -153,17 +153,41 @@ def load_optimizer(
 # --- the steps ------------------------------------------------------------------------
 
 
+def _size_errors(report: Report) -> list[ConfigIssue]:
+    """The job's memory, estimated before anything is allocated."""
+    functions = {}
+    for path, registry_name in (("data", "datasets"), ("model", "models")):
+        found = find_function(registry_name, report.blocks[path][0])
+        if found is None:
+            return []
+        functions[path] = found[1]
+    return size_errors(report.blocks, functions, report.training.batch_size)
+
+
+def _not_trainable(config: dict) -> ConfigIssue:
+    others = [s for s in config if s not in ("system", "data", "training", "optimizer")]
+    return ConfigIssue(
+        "",
+        "this is a Thinc-style config (it has "
+        + ", ".join(f"[{s}]" for s in others)
+        + "); optsvc train runs optsvc training configs: [system], [data], "
+        "[model] with @models, [training], [optimizer]",
+        hint="optsvc validate and optsvc show-schedule check its optimizer",
+    )
+
+
 def _check_optimizer_block(config: dict, report: Report) -> None:
-    path = report.sections.optimizer_path
-    if path is None:
-        report.errors.append(
-            ConfigIssue(
-                "optimizer",
-                "no optimizer block: no [optimizer] section, nor spaCy's "
-                "[training.optimizer]",
-                hint='add [optimizer] with @optimizers = "Adam.v1"',
-            )
-        )
+    lay = report.sections
+    path = lay.optimizer_path
+    if lay.is_foreign:  # every block found is checked, one is built
+        for where in lay.blocks:
+            expected = "optimizers" if where in lay.optimizer_blocks else "schedules"
+            block = get_path(config, where)
+            check_block(block, where, expected, report.errors, report.blocks)
+    if path is None and lay.schedule_path is None:
+        report.errors.append(_no_block(lay))
+        return
+    if lay.is_foreign or path is None:
         return
     check_block(
         get_path(config, path), path, "optimizers", report.errors, report.blocks
@@ -178,6 +202,29 @@ def _check_optimizer_block(config: dict, report: Report) -> None:
                     hint="keep one of them",
                 )
             )
+
+
+def _no_block(lay: ConfigSections) -> ConfigIssue:
+    if lay.schedule_blocks:
+        return ConfigIssue(
+            "",
+            "no optimizer block, and several schedule blocks: "
+            + ", ".join(lay.schedule_blocks),
+            hint=f"pick one with --block {lay.schedule_blocks[0]}",
+        )
+    return ConfigIssue(
+        "optimizer",
+        "no optimizer block: no [optimizer] section, nor spaCy's [training.optimizer]",
+        hint='add [optimizer] with @optimizers = "Adam.v1"',
+    )
+
+
+def _construct(config: dict, path: str, report: Report) -> Any:
+    try:
+        return construct(get_path(config, path), path)
+    except ConfigError as err:
+        report.errors.extend(err.issues)
+        return None
 
 
 def _check_sections(
@@ -234,26 +281,33 @@ def _check_settings(name: str, value: Any, report: Report) -> BaseModel | None:
     return model
 
 
-def _build_optimizer(config: dict, report: Report) -> None:
+def _build_optimizer(
+    config: dict, report: Report, training: BaseModel | None = None
+) -> None:
     """Build the checked optimizer block, then read its schedules over
-    training.max_steps for a learning rate that dies early."""
+    training.max_steps: a learning rate that dies early is a warning, a
+    value outside its hyperparameter's range an error."""
     path = report.sections.optimizer_path
+    report.optimizer = _construct(config, path, report)
+    if not isinstance(report.optimizer, Optimizer):
+        return
+    section = config.get("training")
+    section = section if isinstance(section, dict) else {}
+    max_steps = getattr(training, "max_steps", section.get("max_steps"))
+    every = getattr(training, "eval_frequency", section.get("eval_frequency"))
+    if not isinstance(max_steps, int) or max_steps <= 0:
+        max_steps = None  # none, or spaCy's 0 (no limit): no run to read over
     try:
-        report.optimizer = construct(get_path(config, path), path)
+        ranges = hyper_ranges(report.blocks[path][0])
+        report.errors.extend(
+            range_errors(report.optimizer, path, ranges, max_steps, every)
+        )
+        if max_steps:
+            report.warnings.extend(
+                dead_schedule_warnings(report.optimizer, path, max_steps)
+            )
     except ConfigError as err:
         report.errors.extend(err.issues)
-        return
-    training = config.get("training")
-    max_steps = training.get("max_steps") if isinstance(training, dict) else None
-    if not isinstance(report.optimizer, Optimizer) or not isinstance(max_steps, int):
-        return
-    if max_steps > 0:
-        try:
-            warnings = dead_schedule_warnings(report.optimizer, path, max_steps)
-        except ConfigError as err:
-            report.errors.extend(err.issues)
-        else:
-            report.warnings.extend(warnings)
 
 
 __all__ = ["Report", "validate_config", "load_optimizer", "build_block"]
