@@ -377,7 +377,7 @@ def _has_section(config: dict, dotted: str) -> bool:
 
 # The registries whose blocks optsvc checks; any other (Thinc's @layers,
 # spaCy's @readers, ...) marks a Thinc or spaCy config.
-OWN_REGISTRIES = ("optimizers", "schedules", "datasets", "models")
+OWN_REGISTRIES = ("optimizers", "schedules", "datasets", "models", "loggers")
 # Where Thinc and spaCy keep the optimizer a run trains with, by preference.
 PREFERRED_BLOCKS = ("training.optimizer", "optimizer")
 
