@@ -781,7 +781,7 @@ def _plant(kind: str, newest: Path, marker: Path, rng: random.Random):
         (newest / "optimizer.bin").write_bytes(buf.getvalue())
         _rewrite_manifest(newest)
         what = "a pickle as optimizer.bin, manifest recomputed"
-        return what, {**fell_back, "warning": "optimizer.bin is refused"}
+        return what, {**fell_back, "warning": "optimizer state is refused"}
     if kind in LIES:
         what, warning = LIES[kind](newest, rng)
         _rewrite_manifest(newest)
@@ -816,7 +816,7 @@ def _lie_optimizer(folder: Path, rng: random.Random):
         slot = next(iter(saved.state.slots.values()))
         slot.nr = rng.choice([-1, 2**40])
         what = f"an update count of {slot.nr} in optimizer.bin"
-        warning = "optimizer.bin"
+        warning = "optimizer"
     (folder / "optimizer.bin").write_bytes(encode_optimizer(saved))
     return what, warning
 

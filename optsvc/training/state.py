@@ -307,7 +307,9 @@ def _check_optimizer(checkpoint, store: ParamStore, optimizer: Optimizer, bad):
             checkpoint.optimizer, like=optimizer.schedules, ops=get_ops("numpy")
         )
     except Exception as err:  # a refused state, or one that breaks the decoder
-        raise bad(f"optimizer.bin is refused ({type(err).__name__}: {err})") from None
+        raise bad(
+            f"its optimizer state is refused ({type(err).__name__}: {err})"
+        ) from None
     kinds = {True: "RAdam", False: "Adam or SGD"}
     if saved.use_radam != optimizer.use_radam:
         raise bad(
