@@ -60,7 +60,7 @@ spacy-side-by-side: $(STAMP)
 
 # The reliability soak (issue 6): 50 training runs SIGKILLed and resumed, checkpoint
 # corruptions, 10,000 fuzzed configs, command lines and optimizer calls; the
-# figures go to bench/results/soak.json (README, Reliability). About 20-30 min
+# figures go to bench/results/soak.json (README, Reliability). About 12 min
 # on 2 CPU cores; exit 1 if any promise broke. `make test` runs a small version
 # (tests/test_reliability.py).
 soak: $(STAMP)
