@@ -802,11 +802,14 @@ def _lie_optimizer(folder: Path, rng: random.Random):
     update count: the optimizer state re-encoded with a valid checksum."""
     import dataclasses
 
+    from optsvc import Adam
     from optsvc.backends import get_ops
     from optsvc.optim.serialize import decode_optimizer, encode_optimizer
 
+    LIKE = Adam().schedules  # every optimizer's hyperparameter names
+
     saved = decode_optimizer(
-        (folder / "optimizer.bin").read_bytes(), like={}, ops=get_ops("numpy")
+        (folder / "optimizer.bin").read_bytes(), like=LIKE, ops=get_ops("numpy")
     )
     how = rng.choice(["kind", "count"])
     if how == "kind":

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from confection import Config
 
+from optsvc import Adam
 from optsvc.backends import get_ops
 from optsvc.config.parse import ConfigError, load_config
 from optsvc.config.preview import read_scores
@@ -38,6 +39,9 @@ from optsvc.training.checkpoints import (
     save_checkpoint,
 )
 from optsvc.training.loop import train
+
+# the names of every optimizer's hyperparameters, for decoding saved state
+LIKE = Adam().schedules
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.cfg"
@@ -344,7 +348,7 @@ def _nan_weights(folder: Path) -> str:
 
 def _other_kind(folder: Path) -> str:
     saved = decode_optimizer(
-        (folder / "optimizer.bin").read_bytes(), like={}, ops=get_ops("numpy")
+        (folder / "optimizer.bin").read_bytes(), like=LIKE, ops=get_ops("numpy")
     )
     saved = dataclasses.replace(saved, use_radam=True)
     (folder / "optimizer.bin").write_bytes(encode_optimizer(saved))
@@ -353,7 +357,7 @@ def _other_kind(folder: Path) -> str:
 
 def _infinite_moments(folder: Path) -> str:
     saved = decode_optimizer(
-        (folder / "optimizer.bin").read_bytes(), like={}, ops=get_ops("numpy")
+        (folder / "optimizer.bin").read_bytes(), like=LIKE, ops=get_ops("numpy")
     )
     for slot in saved.state.slots.values():
         slot.m[...] = np.inf
@@ -365,7 +369,7 @@ def _learn_rate(folder: Path) -> str:
     from optsvc.schedules.base import Schedule
 
     saved = decode_optimizer(
-        (folder / "optimizer.bin").read_bytes(), like={}, ops=get_ops("numpy")
+        (folder / "optimizer.bin").read_bytes(), like=LIKE, ops=get_ops("numpy")
     )
     schedules = dict(saved.schedules)
     old = schedules["learn_rate"]

@@ -383,11 +383,14 @@ class OptimizerState:
             if f"m{i}" in arrays or f"v{i}" in arrays:
                 for name in (f"m{i}", f"v{i}"):
                     array = arrays.get(name)
+                    if array is not None and not np.isfinite(array).all():
+                        raise StateError(
+                            f"optimizer state for key {key!r}: {name} is not finite"
+                        )
                     if (
                         array is None
                         or array.shape != (size,)
                         or array.dtype != np.float32
-                        or not np.isfinite(array).all()
                     ):
                         raise StateError(
                             f"optimizer state for key {key!r} has a bad {name}"

@@ -115,7 +115,7 @@ class RunFolder:
 
     def holds_run(self) -> bool:
         """Whether anything of a run is here (even a partial one)."""
-        return any((self.path / name).exists() for name in RUN_FILES)
+        return any(os.path.lexists(self.path / name) for name in RUN_FILES)
 
     def saved_work(self) -> bool:
         """Whether a run here saved anything worth keeping: a checkpoint or
@@ -152,7 +152,9 @@ class RunFolder:
                 "--extend lengthens a run that is resumed; add --resume, or leave "
                 "--extend out"
             )
-        if resume and not self.holds_run():
+        if resume and not (self.path.is_dir() and any(self.path.iterdir())):
+            # nothing there at all (a mistyped or empty folder); a folder a
+            # run was started in, even killed at once, resumes from step 0
             raise RunError(
                 f"'{self.path}' holds no run to resume; check the folder, or start "
                 f"a run there without --resume"
