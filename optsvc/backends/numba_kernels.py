@@ -408,6 +408,11 @@ def fused_update(
     )
 
 
+# `multi_update` as the compiled function itself (positional, `EMPTY` for
+# absent arrays), for callers that count microseconds.
+multi_positional = _multi
+
+
 def multi_update(
     w, g, m, v, ema, offsets, sizes, lrs, rates, kinds, *, b1, b2, eps, l2, clip, decay
 ) -> None:
@@ -449,6 +454,7 @@ __all__ = [
     "fused_update",
     "max_threads",
     "multi_parallel",
+    "multi_positional",
     "multi_update",
     "stream_inplace",
 ]

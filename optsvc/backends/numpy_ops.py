@@ -219,23 +219,24 @@ class NumpyOps(Ops):
             )
             return
         self.threads_used = 1
-        kernels.multi_update(
+        kernels.multi_positional(
             w,
             g,
-            m,
-            v,
-            ema,
+            kernels.EMPTY if m is None else m,
+            kernels.EMPTY if v is None else v,
+            kernels.EMPTY if ema is None else ema,
             layout.offsets,
             layout.sizes,
             params.lr,
             params.ema_rate,
             params.kind,
-            b1=b1,
-            b2=b2,
-            eps=eps,
-            l2=l2,
-            clip=clip,
-            decay=decay,
+            b1,
+            b2,
+            eps,
+            l2,
+            clip,
+            decay,
+            ema is not None,
         )
 
     def __repr__(self) -> str:
