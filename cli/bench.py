@@ -102,6 +102,11 @@ def bench(
         # RuntimeError / ImportError: what the peers' libraries raise.
         Console(stderr=True, highlight=False).print(f"✘ {error}", markup=False)
         raise typer.Exit(1) from None
+    _report(rows, config, gpu, peers, output_format)
+
+
+def _report(rows, config, gpu: int, peers: bool, output_format: BenchFormat) -> None:
+    """The rows as JSON or a table, and a line for each skipped peer."""
     skipped = peer_skips(_probe(config)) if peers and rows else []
     if output_format is BenchFormat.json:
         report = {"optsvc": optsvc.__version__, "machine": machine(gpu), "rows": rows}

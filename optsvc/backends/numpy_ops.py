@@ -194,28 +194,8 @@ class NumpyOps(Ops):
             )
             return
         if self._threads > 1 and w.shape[0] >= self._parallel_min:
-            if layout.device is None:  # the work items, cut once per layout
-                layout.device = kernels.chunk_items(layout.offsets, layout.sizes)
-            items, firsts = layout.device
-            self.threads_used = kernels.multi_parallel(
-                w,
-                g,
-                kernels.EMPTY if m is None else m,
-                kernels.EMPTY if v is None else v,
-                kernels.EMPTY if ema is None else ema,
-                items,
-                firsts,
-                params.lr,
-                params.ema_rate,
-                params.kind,
-                b1,
-                b2,
-                eps,
-                l2,
-                clip,
-                decay,
-                ema is not None,
-                self._threads,
+            self._multi_parallel(
+                kernels, w, g, m, v, ema, layout, params, b1, b2, eps, l2, clip, decay
             )
             return
         self.threads_used = 1
@@ -237,6 +217,34 @@ class NumpyOps(Ops):
             clip,
             decay,
             ema is not None,
+        )
+
+    def _multi_parallel(
+        self, kernels, w, g, m, v, ema, layout, params, b1, b2, eps, l2, clip, decay
+    ) -> None:
+        """`multi_update` on the thread pool, over the layout's work items."""
+        if layout.device is None:  # the work items, cut once per layout
+            layout.device = kernels.chunk_items(layout.offsets, layout.sizes)
+        items, firsts = layout.device
+        self.threads_used = kernels.multi_parallel(
+            w,
+            g,
+            kernels.EMPTY if m is None else m,
+            kernels.EMPTY if v is None else v,
+            kernels.EMPTY if ema is None else ema,
+            items,
+            firsts,
+            params.lr,
+            params.ema_rate,
+            params.kind,
+            b1,
+            b2,
+            eps,
+            l2,
+            clip,
+            decay,
+            ema is not None,
+            self._threads,
         )
 
     def __repr__(self) -> str:
