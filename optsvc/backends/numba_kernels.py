@@ -56,9 +56,13 @@ CHUNK = 16384
 
 # Updates smaller than this many elements (one tensor for the per-key call,
 # the whole flat buffer for the multi-tensor call) stay on the calling
-# thread: below it, waking the pool costs more than the other cores save
-# (measured on 2 cores: even at 32K elements, 1.5x faster at 64K).
-PARALLEL_MIN = 65536
+# thread. Measured on 2 cores with the pool awake (one call after another):
+# break-even at 32K elements, 1.5x faster at 64K, 2.3x at 256K. But a pool
+# that slept between steps (other work in between, as in training) must be
+# woken first, which costs tens of microseconds on an idle machine (and up to
+# a scheduler time slice on an oversubscribed one): 256K elements (~0.3 ms
+# on one thread) pay for that.
+PARALLEL_MIN = 262144
 
 
 _jit = numba.njit(cache=True, fastmath=False, nogil=True, error_model="numpy")
