@@ -194,7 +194,8 @@ def test_more_threads_than_cores_with_the_workqueue_layer(tmp_path):
 
             def run(threads):
                 opt = Adam(0.01, L2=0.01, grad_clip=1.0, ops=NumpyOps(threads=threads))
-                w = np.linspace(-1, 1, 5 * numba_kernels.CHUNK + 3, dtype=np.float32)
+                n = numba_kernels.PARALLEL_MIN + 2 * numba_kernels.CHUNK + 3
+                w = np.linspace(-1, 1, n, dtype=np.float32)
                 for step in range(3):
                     opt("w", w, np.sin(w * (step + 1)).astype(np.float32))
                 return w, opt.mom1["w"], opt.averages["w"]
