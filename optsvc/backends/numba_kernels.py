@@ -19,6 +19,17 @@ differs from numpy's ``dot`` only in the last bits of a float64, so the
 float32 norm almost always agrees exactly. The per-key and the multi-tensor
 entry points share that code, so they agree with each other bit for bit.
 
+Threads. `fused_parallel` and `multi_parallel` run the same per-chunk code
+over numba's thread pool: every tensor is cut into `CHUNK`-element chunks
+from its own start (the cut depends on sizes alone), the clipping norm's
+partial sums go to one slot per chunk and are added in chunk order after the
+parallel loop, exactly as the serial `_norm_sq` adds them; so the results
+are the same bit for bit on any number of threads, and equal the serial
+kernels'. (A tensor of one chunk sums its norm as before chunking existed.)
+`NumpyOps(threads=N)` picks the parallel kernels for updates of at least
+`PARALLEL_MIN` elements. Launches hold a lock: numba's workqueue layer, the
+one always available, aborts on concurrent launches.
+
 This module imports numba at import time; `optsvc.backends.numpy_ops` imports
 it lazily, on the first update, and falls back to the numpy kernel without
 numba. Functions are compiled on first call and cached on disk (``cache=True``).
