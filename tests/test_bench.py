@@ -382,6 +382,5 @@ def test_a_skipped_peer_says_why(app, monkeypatch):
     result = CliRunner().invoke(app, ["--quick", "-w", "W3"])
     assert "torch AdamW: skipped" in result.output
     monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
-    assert bench.peer_skips(SGD(0.1)) == [
-        "torch AdamW: skipped, no AdamW counterpart of SGD"
-    ]
+    torch_lines = [x for x in bench.peer_skips(SGD(0.1)) if x.startswith("torch")]
+    assert torch_lines == ["torch AdamW: skipped, no AdamW counterpart of SGD"]
