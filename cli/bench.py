@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 from enum import Enum
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.text import Text
+from rich.console import Console
 
 import optsvc
-from optsvc.bench import machine, rows_table, run_bench
+from optsvc.bench import WORKLOADS, machine, peer_skips, rows_table, run_bench
 from optsvc.config import ConfigError
 from optsvc.errors import OptsvcError
 
@@ -26,11 +25,12 @@ class BenchFormat(str, Enum):
 
 def bench(
     config: Annotated[
-        Path | None,
+        list[Path] | None,
         typer.Argument(
             help="Config whose [optimizer] or [training.optimizer] block is "
             "benchmarked (default: spaCy's default Adam: learn_rate 0.001, "
-            "grad_clip 1.0, L2 0.01 as weight decay, averages on).",
+            "grad_clip 1.0, L2 0.01 as weight decay, averages on). Workload "
+            "names here add to --workload (--workload W2 W3).",
             show_default=False,
         ),
     ] = None,
@@ -65,23 +65,26 @@ def bench(
             help="Also time Thinc and PyTorch where they are importable.",
         ),
     ] = True,
+    threads: Annotated[
+        int,
+        typer.Option(
+            "--threads",
+            min=1,
+            help="CPU threads for optsvc's kernels, the floor's stream, BLAS "
+            "and torch (more than one needs numba).",
+        ),
+    ] = 1,
 ) -> None:
     """Time the optimizer step against the memory-bandwidth floor, Thinc and
     PyTorch, in one run: ms/step, GB/s and the multiple of the floor (the
     bytes the step must move / the memory bandwidth measured in the same run,
     the better of an array copy and an in-place rewrite).
-    Run it single-threaded for CPU numbers: OMP_NUM_THREADS=1
-    OPENBLAS_NUM_THREADS=1.
+    `--threads N` runs everything on N CPU threads, the floor included.
 
-    Example: optsvc bench --workload W3 --format json
+    Example: optsvc bench --workload W2 W3 --threads 2 --format json
     """
-    config, workloads = _workloads(config, workload or [])
-    if peers:
-        for peer in missing_peers():
-            render.err.print(
-                Text(f"note: {peer} is not installed, so its rows are left out")
-            )
     try:
+        config, workloads = _split_workloads(config or [], workload or [])
         rows = run_bench(
             config,
             gpu_id=gpu,
@@ -89,6 +92,7 @@ def bench(
             repeat=repeat,
             include_peers=peers,
             quick=quick,
+            threads=threads,
         )
     except ConfigError as error:  # as `optsvc validate` shows it
         render.errors(error, str(config))
@@ -96,28 +100,54 @@ def bench(
     except (OptsvcError, ValueError, RuntimeError, ImportError) as error:
         # OptsvcError: no GPU (DeviceError); ValueError: an unknown workload;
         # RuntimeError / ImportError: what the peers' libraries raise.
-        render.err.print(f"✘ {error}", markup=False)
+        Console(stderr=True, highlight=False).print(f"✘ {error}", markup=False)
         raise typer.Exit(1) from None
+    _report(rows, config, gpu, peers, output_format)
+
+
+def _report(rows, config, gpu: int, peers: bool, output_format: BenchFormat) -> None:
+    """The rows as JSON or a table, and a line for each skipped peer."""
+    skipped = peer_skips(_probe(config)) if peers and rows else []
     if output_format is BenchFormat.json:
         report = {"optsvc": optsvc.__version__, "machine": machine(gpu), "rows": rows}
+        if peers:
+            report["skipped"] = skipped
         typer.echo(json.dumps(report, indent=2))
     else:
-        render.out.print(rows_table(rows))
+        console = Console(highlight=False)
+        console.print(rows_table(rows))
+        for line in skipped:
+            console.print(line, markup=False)
 
 
-WORKLOADS = ("W1", "W2", "W3")
+def _split_workloads(args: list[Path], workloads: list[str]):
+    """(config or None, workload names). `--workload W2 W3` leaves W3 among
+    the arguments: a workload name that is not a file is a workload. Commas
+    separate names too (W2,W3)."""
+    names = [n.strip() for w in workloads for n in w.split(",") if n.strip()]
+    configs = []
+    for arg in args:
+        parts = [n.strip() for n in str(arg).split(",") if n.strip()]
+        if not arg.exists() and parts and all(_is_workload(n) for n in parts):
+            names += parts
+        else:
+            configs.append(arg)
+    if len(configs) > 1:
+        given = ", ".join(map(str, configs))
+        raise ValueError(f"one config at most, got {given}; workloads are W1, W2, W3")
+    names = [n.upper() if _is_workload(n) else n for n in names]
+    return (configs[0] if configs else None), names
 
 
-def _workloads(config: Path | None, given: list[str]):
-    """`--workload W2 W3`: the second name lands in CONFIG; it is a workload."""
-    if config is not None and not config.exists() and str(config) in WORKLOADS:
-        return None, [*given, str(config)]
-    return config, list(given)
+def _is_workload(name: str) -> bool:
+    return name.upper() in WORKLOADS["cpu"]
 
 
-def missing_peers() -> list[str]:
-    """The peers `optsvc bench` compares with that cannot be imported here."""
-    return [name for name in ("thinc", "torch") if find_spec(name) is None]
+def _probe(config):
+    """The benchmarked optimizer, for the lines on skipped peers."""
+    from optsvc.bench import default_optimizer, optimizer_from_config
+
+    return default_optimizer() if config is None else optimizer_from_config(config)
 
 
 if __name__ == "__main__":  # python -m optsvc_cli.bench ...

@@ -324,3 +324,63 @@ def test_user_errors_are_one_line(app, args, message):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_workloads_after_one_option_are_workloads_not_configs(app):
+    # issue 11: `--workload W2 W3` took W3 for a config file.
+    args = ["--quick", "--workload", "W2", "W3", "--format", "json", "--no-peers"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["rows"]
+    assert [r["workload"] for r in rows] == ["W2", "W2", "W3", "W3"]
+    result = CliRunner().invoke(app, ["--quick", "-w", "w3,W2", "--no-peers"])
+    assert result.exit_code == 0, result.output
+    assert "W3: 20 tensors" in result.output and "W2: 2000 tensors" in result.output
+    result = CliRunner().invoke(app, ["a.cfg", "b.cfg", "--quick"])
+    assert result.exit_code == 1 and "one config at most" in result.output
+
+
+def test_threads_option_runs_every_part_on_that_many_threads(app, monkeypatch):
+    pytest.importorskip("numba", exc_type=ImportError)
+    from optsvc.backends import numba_kernels
+
+    streams = []
+    real_stream = numba_kernels.stream_inplace
+    monkeypatch.setattr(
+        numba_kernels,
+        "stream_inplace",
+        lambda buf, threads: streams.append(threads) or real_stream(buf, 1),
+    )
+    monkeypatch.setattr(numba_kernels, "max_threads", lambda: 2)
+    monkeypatch.setattr(numba_kernels, "PARALLEL_MIN", 0)
+    used = []
+    real_multi = numba_kernels.multi_parallel
+    monkeypatch.setattr(
+        numba_kernels,
+        "multi_parallel",
+        lambda *a: used.append(a[-1]) or real_multi(*a[:-1], 1),
+    )
+    rows = run_bench(workloads=["W3"], quick=True, include_peers=False, threads=2)
+    assert streams and set(streams) == {2}  # the floor: a stream on 2 threads
+    assert used and set(used) == {2}  # optsvc's kernels on 2 threads
+    assert all("optsvc: 2" in r["threads"] for r in rows)
+
+
+def test_threads_beyond_the_pool_are_refused(app):
+    pytest.importorskip("numba", exc_type=ImportError)
+    result = CliRunner().invoke(app, ["--quick", "-w", "W3", "--threads", "4096"])
+    assert result.exit_code == 1
+    assert "NUMBA_NUM_THREADS=4096" in result.output
+
+
+def test_a_skipped_peer_says_why(app, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch fails
+    result = CliRunner().invoke(app, ["--quick", "-w", "W3", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    skipped = json.loads(result.output)["skipped"]
+    assert any(line.startswith("torch AdamW: skipped, torch") for line in skipped)
+    result = CliRunner().invoke(app, ["--quick", "-w", "W3"])
+    assert "torch AdamW: skipped" in result.output
+    monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
+    torch_lines = [x for x in bench.peer_skips(SGD(0.1)) if x.startswith("torch")]
+    assert torch_lines == ["torch AdamW: skipped, no AdamW counterpart of SGD"]

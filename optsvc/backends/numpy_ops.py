@@ -33,17 +33,38 @@ class NumpyOps(Ops):
     when numba imports). The choice is made on the first update, so creating
     the backend, and importing optsvc, never imports numba.
 
+    `threads`: how many threads an update of at least
+    `numba_kernels.PARALLEL_MIN` elements (one tensor, or a whole parameter
+    store) runs on; None follows NUMBA_NUM_THREADS, else OMP_NUM_THREADS,
+    else uses every CPU (never more than numba's pool). Smaller updates, and
+    every update without numba, run on one thread. The results are the same
+    bit for bit whatever the thread count.
+
     >>> NumpyOps(compiled=False).compiled
     False
+    >>> NumpyOps(compiled=False, threads=4).threads
+    1
     """
 
     name = "numpy"
     xp = np
 
-    def __init__(self, compiled: bool | None = None) -> None:
+    def __init__(self, compiled: bool | None = None, threads: int | None = None):
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+        ):
+            raise ValueError(
+                f"NumpyOps(threads={threads!r}): give a positive int, or None to "
+                "follow NUMBA_NUM_THREADS / OMP_NUM_THREADS"
+            )
         self._scratch = numpy_kernels.Scratch()
         self._want = compiled
+        self._want_threads = threads
         self._kernels = None  # numba_kernels module, False (numpy), None (unknown)
+        self._threads = 1
+        self._parallel_min = 0
+        #: Threads the last update ran on (0 before the first update).
+        self.threads_used = 0
 
     @property
     def compiled(self) -> bool:
@@ -57,8 +78,18 @@ class NumpyOps(Ops):
                 raise ImportError(
                     "NumpyOps(compiled=True) needs numba: pip install 'optsvc[fast]'"
                 )
+            if kernels:
+                wanted = self._want_threads or kernels.default_threads()
+                self._threads = min(wanted, kernels.max_threads())
+                self._parallel_min = kernels.PARALLEL_MIN
             self._kernels = kernels or False
         return self._kernels
+
+    @property
+    def threads(self) -> int:
+        """The threads a large update runs on (resolves the kernel choice now)."""
+        self._resolve()
+        return self._threads
 
     def fused_update(
         self, w, g, m, v, ema, *, kind, lr, b1, b2, eps, l2, clip, decay, ema_rate
@@ -67,6 +98,27 @@ class NumpyOps(Ops):
         if kernels is None:
             kernels = self._resolve()
         if kernels:
+            if self._threads > 1 and w.shape[0] >= self._parallel_min:
+                self.threads_used = kernels.fused_parallel(
+                    w,
+                    g,
+                    kernels.EMPTY if m is None else m,
+                    kernels.EMPTY if v is None else v,
+                    kernels.EMPTY if ema is None else ema,
+                    int(kind),
+                    lr,
+                    b1,
+                    b2,
+                    eps,
+                    l2,
+                    clip,
+                    decay,
+                    ema_rate,
+                    ema is not None,
+                    self._threads,
+                )
+                return
+            self.threads_used = 1
             kernels.fused_positional(
                 w,
                 g,
@@ -85,6 +137,7 @@ class NumpyOps(Ops):
                 ema is not None,
             )
             return
+        self.threads_used = 1
         numpy_kernels.fused_update(
             w,
             g,
@@ -140,24 +193,62 @@ class NumpyOps(Ops):
                 decay=decay,
             )
             return
-        kernels.multi_update(
+        if self._threads > 1 and w.shape[0] >= self._parallel_min:
+            self._multi_parallel(
+                kernels, w, g, m, v, ema, layout, params, b1, b2, eps, l2, clip, decay
+            )
+            return
+        self.threads_used = 1
+        kernels.multi_positional(
             w,
             g,
-            m,
-            v,
-            ema,
+            kernels.EMPTY if m is None else m,
+            kernels.EMPTY if v is None else v,
+            kernels.EMPTY if ema is None else ema,
             layout.offsets,
             layout.sizes,
             params.lr,
             params.ema_rate,
             params.kind,
-            b1=b1,
-            b2=b2,
-            eps=eps,
-            l2=l2,
-            clip=clip,
-            decay=decay,
+            b1,
+            b2,
+            eps,
+            l2,
+            clip,
+            decay,
+            ema is not None,
+        )
+
+    def _multi_parallel(
+        self, kernels, w, g, m, v, ema, layout, params, b1, b2, eps, l2, clip, decay
+    ) -> None:
+        """`multi_update` on the thread pool, over the layout's work items."""
+        if layout.device is None:  # the work items, cut once per layout
+            layout.device = kernels.chunk_items(layout.offsets, layout.sizes)
+        items, firsts = layout.device
+        self.threads_used = kernels.multi_parallel(
+            w,
+            g,
+            kernels.EMPTY if m is None else m,
+            kernels.EMPTY if v is None else v,
+            kernels.EMPTY if ema is None else ema,
+            items,
+            firsts,
+            params.lr,
+            params.ema_rate,
+            params.kind,
+            b1,
+            b2,
+            eps,
+            l2,
+            clip,
+            decay,
+            ema is not None,
+            self._threads,
         )
 
     def __repr__(self) -> str:
-        return "NumpyOps()" if self._want is None else f"NumpyOps({self._want})"
+        args = [] if self._want is None else [repr(self._want)]
+        if self._want_threads is not None:
+            args.append(f"threads={self._want_threads}")
+        return f"NumpyOps({', '.join(args)})"

@@ -18,10 +18,17 @@ Thinc's semantics ask (no per-tensor clipping, no averages) say so in
 ['optsvc multi-tensor', 'optsvc per-key']
 """
 
-from .implementations import IMPL_MULTI, IMPL_PER_KEY
+from .implementations import IMPL_MULTI, IMPL_PER_KEY, peer_skips
 from .report import floor_caption, rows_table
 from .run import run_bench
-from .timing import MIN_COPY_BYTES, machine, measure_bandwidth, single_thread
+from .timing import (
+    MIN_COPY_BYTES,
+    check_threads,
+    machine,
+    measure_bandwidth,
+    single_thread,
+    thread_limits,
+)
 from .workloads import (
     QUICK_SCALE,
     WORKLOADS,
@@ -36,6 +43,7 @@ __all__ = [
     "IMPL_MULTI",
     "IMPL_PER_KEY",
     "MIN_COPY_BYTES",
+    "check_threads",
     "QUICK_SCALE",
     "WORKLOADS",
     "default_optimizer",
@@ -43,10 +51,12 @@ __all__ = [
     "machine",
     "measure_bandwidth",
     "optimizer_from_config",
+    "peer_skips",
     "rows_table",
     "run_bench",
     "single_thread",
     "state_bytes_per_param",
+    "thread_limits",
     "traffic_per_param",
     "workload_shapes",
 ]

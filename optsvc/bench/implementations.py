@@ -19,6 +19,7 @@ IMPL_PER_KEY = "optsvc per-key"
 def _optsvc_runner(build: Callable[[], Optimizer], multi: bool):
     def setup(dev: _Device, keys, weights, grads):
         opt = build()
+        opt.state.ops = dev.ops  # the bench's thread count, per-key calls too
         store = ParamStore.from_arrays(weights, ops=dev.ops)
         saved = dev.xp.asarray(
             np.concatenate([grads[k].reshape(-1) for k in keys])
@@ -115,6 +116,23 @@ def _torch_runner(opt: Optimizer, fused: bool, same_work: bool):
         return step, refill
 
     return setup
+
+
+def peer_skips(opt: Optimizer) -> list[str]:
+    """Why each peer that `optsvc bench` would time is left out of this run:
+    not importable here, or no counterpart of `opt` (one line each)."""
+    skips = []
+    for module, peer in (("thinc", "thinc per-key"), ("torch", "torch AdamW")):
+        try:
+            __import__(module)
+        except ImportError as err:
+            skips.append(f"{peer}: skipped, {module} does not import here ({err})")
+    if "torch" not in " ".join(skips):
+        sgd = not opt.use_radam and not (opt.b1 > 0 and opt.b2 > 0)
+        if sgd or opt.use_radam:
+            kind = "RAdam" if opt.use_radam else "SGD"
+            skips.append(f"torch AdamW: skipped, no AdamW counterpart of {kind}")
+    return skips
 
 
 def _peers(opt: Optimizer, dev: _Device) -> list[tuple[str, Callable, str, bool]]:

@@ -18,7 +18,8 @@ from .timing import (
     _Device,
     _inplace_runner,
     _interleaved,
-    single_thread,
+    check_threads,
+    thread_limits,
 )
 from .workloads import (
     QUICK_SCALE,
@@ -41,6 +42,7 @@ def run_bench(
     quick: bool = False,
     scale: float | None = None,
     build: Callable[[], Optimizer] | None = None,
+    threads: int = 1,
 ) -> list[dict]:
     """Time the optimizer step on each workload and return one row per
     (workload, implementation).
@@ -51,7 +53,10 @@ def run_bench(
     (cupy). repeat / warmup: timed and untimed rounds (default 9 / 2; 3 / 1
     with `quick`); in each round every implementation, and the floor's copy,
     takes one step in turn. quick: workloads shrunk by `QUICK_SCALE` (or by
-    `scale`), for tests.
+    `scale`), for tests. threads: CPU threads for optsvc's kernels (its
+    `NumpyOps(threads=...)`), for the floor (an in-place stream over that
+    many threads when more than one), for BLAS (threadpoolctl) and for torch
+    (`torch.set_num_threads`); Thinc's per-key loop is numpy's, one thread.
 
     Each row: workload, description, device, implementation, tensors, params,
     ms (median), ms_min, ms_max, gbps, x_floor, floor_ms, floor_gbps,
@@ -72,7 +77,8 @@ def run_bench(
     scale = (QUICK_SCALE if quick else 1.0) if scale is None else scale
     repeat = repeat or (3 if quick else 9)
     warmup = warmup if warmup is not None else (1 if quick else 2)
-    dev = _Device(gpu_id)
+    check_threads(threads, gpu_id)
+    dev = _Device(gpu_id, threads)
     names = list(dict.fromkeys(workloads))
     for name in names:
         workload_shapes(name, dev.kind)  # unknown names fail before any timing
@@ -86,14 +92,14 @@ def run_bench(
         impls += _peers(probe, dev)
     run_id = uuid.uuid4().hex[:12]
     rows: list[dict] = []
-    with single_thread() as threads:
+    with thread_limits(threads) as limits:
         for name in names:
             desc, shapes = workload_shapes(name, dev.kind, scale)
             rows += _bench_workload(
                 name, desc, shapes, impls, dev, per_param, footprint, warmup, repeat
             )
             for row in rows[-len(impls) :]:
-                row.update(run_id=run_id, threads=threads)
+                row.update(run_id=run_id, threads=limits)
     return rows
 
 

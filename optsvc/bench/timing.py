@@ -16,19 +16,21 @@ from typing import Any
 
 import numpy as np
 
-from optsvc.backends import Ops, get_ops
+from optsvc.backends import NumpyOps, Ops, get_ops
 
 # The bandwidth copy is never smaller than this (bytes of each array).
 MIN_COPY_BYTES = 64 * 1024
 
 
 class _Device:
-    """Array helpers of one device: numpy, or cupy on `gpu_id`."""
+    """Array helpers of one device: numpy (optsvc's kernels on `threads`
+    threads), or cupy on `gpu_id`."""
 
-    def __init__(self, gpu_id: int) -> None:
+    def __init__(self, gpu_id: int, threads: int = 1) -> None:
         self.gpu_id = gpu_id
+        self.threads = threads
         self.ops: Ops = (
-            get_ops("numpy") if gpu_id < 0 else get_ops("cupy", gpu_id=gpu_id)
+            NumpyOps(threads=threads) if gpu_id < 0 else get_ops("cupy", gpu_id=gpu_id)
         )
         self.xp = self.ops.xp
         self.name = "cpu" if gpu_id < 0 else f"gpu:{gpu_id}"
@@ -76,9 +78,17 @@ def _copy_runner(dev: _Device, nbytes: int):
 def _inplace_runner(dev: _Device, nbytes: int):
     """A step that reads and rewrites one float32 array of `nbytes` in place
     (the optimizer's own access pattern: no write-allocate traffic), and the
-    bytes it moves (read + write)."""
+    bytes it moves (read + write). On the CPU with more than one thread, a
+    compiled stream over `dev.threads` threads, chunk by chunk."""
     n = max(nbytes, MIN_COPY_BYTES) // 4
     buf = dev.xp.ones(n, dtype=np.float32)
+    if dev.gpu_id < 0 and dev.threads > 1:
+        from optsvc.backends import numba_kernels
+
+        def stream():
+            numba_kernels.stream_inplace(buf, dev.threads)
+
+        return stream, 2 * 4 * n
 
     def scale():
         dev.xp.multiply(buf, np.float32(1.0), out=buf)
@@ -119,17 +129,38 @@ def _interleaved(runners: dict, dev: _Device, *, warmup: int, repeat: int) -> di
     return times
 
 
+def check_threads(threads: int, gpu_id: int = -1) -> None:
+    """ValueError, with the fix, when `threads` CPU threads cannot be had."""
+    if threads < 1:
+        raise ValueError(f"--threads {threads}: give 1 or more")
+    if threads == 1 or gpu_id >= 0:
+        return
+    try:
+        from optsvc.backends import numba_kernels
+    except ImportError:
+        raise ValueError(
+            f"--threads {threads} needs numba (pip install 'optsvc[fast]')"
+        ) from None
+    pool = numba_kernels.max_threads()
+    if threads > pool:
+        raise ValueError(
+            f"--threads {threads}: numba's pool has {pool} threads; "
+            f"set NUMBA_NUM_THREADS={threads} (or more) before starting"
+        )
+
+
 @contextmanager
-def single_thread():
-    """Limit BLAS / OpenMP pools to one thread where that can be done now
-    (threadpoolctl, torch); yields a description of what was done."""
+def thread_limits(threads: int = 1):
+    """Limit BLAS / OpenMP pools and torch to `threads` threads where that
+    can be done now (threadpoolctl, torch); yields a description of what was
+    done (optsvc's own kernels take the count from their `NumpyOps`)."""
     with ExitStack() as stack:
-        done = []
+        done = [f"optsvc: {threads}"]
         try:
             from threadpoolctl import threadpool_limits
 
-            stack.enter_context(threadpool_limits(1))
-            done.append("threadpoolctl: 1")
+            stack.enter_context(threadpool_limits(threads))
+            done.append(f"threadpoolctl: {threads}")
         except ImportError:
             env = {
                 k: os.environ.get(k)
@@ -144,12 +175,17 @@ def single_thread():
             import torch
 
             old = torch.get_num_threads()
-            torch.set_num_threads(1)
+            torch.set_num_threads(threads)
             stack.callback(torch.set_num_threads, old)
-            done.append("torch: 1")
+            done.append(f"torch: {threads}")
         except ImportError:
             pass
         yield "; ".join(done)
+
+
+def single_thread():
+    """`thread_limits(1)`: BLAS / OpenMP pools and torch on one thread."""
+    return thread_limits(1)
 
 
 def machine(gpu_id: int = -1) -> dict:

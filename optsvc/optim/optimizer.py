@@ -89,6 +89,9 @@ class Optimizer(ScheduledHyperparams):
             L2_is_weight_decay=L2_is_weight_decay,
         )
         self._state = OptimizerState(use_averages=use_averages, ops=ops)
+        # (scalars, nr, lr_scale, (kind, c, ema_rate, decay)) of the last
+        # per-key call: what the next key with the same nr and scale reuses.
+        self._step_memo: tuple = (None, 0, 0.0, None)
 
     # --- the state, read-only ------------------------------------------------------
 
@@ -148,7 +151,18 @@ class Optimizer(ScheduledHyperparams):
         if not s.betas_supported:
             raise unsupported_betas(s, key)
         nr = (slot.nr if slot is not None else 0) + 1
-        kind, c = step_size(s, nr, lr_scale, state.radam_buffer)
+        memo = self._step_memo
+        if memo[0] is s and memo[1] == nr and memo[2] == lr_scale:
+            kind, c, rate, decay = memo[3]
+        else:
+            kind, c = step_size(s, nr, lr_scale, state.radam_buffer)
+            rate = averaging_rate(nr)
+            decay = lr_scale * s.learn_rate * s.weight_decay
+            # The keys of one step mostly share nr: their scalars are computed
+            # once. Not for RAdam (its memo is written on every call, as
+            # Thinc's is) nor a zero scale (the sign of a zero step matters).
+            if not s.use_radam and lr_scale:
+                self._step_memo = (s, nr, lr_scale, (kind, c, rate, decay))
         if slot is None:
             slot = state.new_slot(key, weights.shape, weights.size, ops)
         if kind != _SGD and slot.m is None:
@@ -166,8 +180,8 @@ class Optimizer(ScheduledHyperparams):
             eps=s.eps,
             l2=s.l2,
             clip=s.grad_clip,
-            decay=lr_scale * s.learn_rate * s.weight_decay,
-            ema_rate=averaging_rate(nr),
+            decay=decay,
+            ema_rate=rate,
         )
         slot.nr = nr
         return weights, gradient
@@ -269,8 +283,28 @@ class Optimizer(ScheduledHyperparams):
         )
 
 
+_F32 = np.dtype(np.float32)
+
+
 def _check_arrays(key, weights, gradient, ops: Ops, slot: KeySlot | None) -> None:
     """The checks of a per-key call's arrays, each with its own message."""
+    try:  # the usual case in one test; a failure finds its message below
+        wf, gf = weights.flags, gradient.flags
+        if (
+            weights.dtype is _F32
+            and gradient.dtype is _F32
+            and wf.c_contiguous
+            and gf.c_contiguous
+            and wf.writeable
+            and gf.writeable
+            and weights.shape == gradient.shape
+            and (slot is None or slot.shape == weights.shape)
+            and ops.owns(weights)
+            and ops.owns(gradient)
+        ):
+            return
+    except AttributeError:
+        pass
     for what, array in (("weights", weights), ("gradient", gradient)):
         if not ops.owns(array):
             if isinstance(array, np.generic) or not (
