@@ -4,7 +4,6 @@ user's side."""
 from __future__ import annotations
 
 import errno
-import json
 from pathlib import Path
 
 from optsvc_cli.main import app
@@ -107,28 +106,6 @@ def test_a_folder_that_cannot_be_written_is_named_in_one_sentence(
         f"✘ cannot write in '{run}' (Permission denied); give a folder you can "
         "write with -o"
     )
-
-
-def test_bench_takes_several_workloads_after_one_option(tmp_path):
-    result = runner.invoke(
-        app, ["bench", "--quick", "--no-peers", "--format", "json", "--workload",
-              "W2", "W3"]
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    rows = json.loads(result.stdout)["rows"]
-    assert {row["workload"] for row in rows} == {"W2", "W3"}
-
-
-def test_bench_says_which_peer_it_leaves_out(monkeypatch):
-    import optsvc_cli.bench as bench_cli
-
-    real = bench_cli.find_spec
-    monkeypatch.setattr(
-        bench_cli, "find_spec", lambda name: None if name == "torch" else real(name)
-    )
-    result = runner.invoke(app, ["bench", "--quick", "--workload", "W3"])
-    assert result.exit_code == 0, result.output
-    assert "note: torch is not installed, so its rows are left out" in result.stderr
 
 
 def test_a_thinc_registry_is_not_suggested_as_one_of_optsvcs(tmp_path):
