@@ -444,11 +444,14 @@ def checkpoint_problems(run: Path) -> list[str]:
 def _kill_once(
     job: Job, run: Path, mode: str, rng: random.Random, fig: Figures, probe: float
 ):
-    """Start `optsvc train JOB -o RUN --resume` and SIGKILL it (mode "delay":
+    """Start `optsvc train JOB -o RUN [--resume]` and SIGKILL it (mode "delay":
     after a random delay; "checkpoint": when the n-th checkpoint's temporary
     folder appears; "final": when final.npz's temporary file appears).
     Returns "killed", "finished" or "failed"."""
-    args = ["train", job.config, "-o", run, "--resume"]
+    # --resume where a run has left something; a run killed before it made
+    # its folder has nothing to resume, and optsvc says so: start it afresh
+    started = run.is_dir() and any(run.iterdir())
+    args = ["train", job.config, "-o", run, *(["--resume"] if started else [])]
     proc = subprocess.Popen(
         [*OPTSVC, *map(str, args)],
         stdout=subprocess.PIPE,
@@ -572,7 +575,9 @@ def crash_campaign(
             outcome = _kill_once(job, run, mode, rng, fig, lock_probes)
             if outcome == "failed":
                 break
-        code, out, err = run_subprocess(["train", job.config, "-o", run, "--resume"])
+        started = run.is_dir() and any(run.iterdir())  # else nothing to resume
+        final = ["train", job.config, "-o", run, *(["--resume"] if started else [])]
+        code, out, err = run_subprocess(final)
         if code is None:
             fig.add("hangs")
             fig.fail("crash", f"{job.name}: the final --resume did not finish")
