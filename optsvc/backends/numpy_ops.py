@@ -98,28 +98,7 @@ class NumpyOps(Ops):
         if kernels is None:
             kernels = self._resolve()
         if kernels:
-            if self._threads > 1 and w.shape[0] >= self._parallel_min:
-                self.threads_used = kernels.fused_parallel(
-                    w,
-                    g,
-                    kernels.EMPTY if m is None else m,
-                    kernels.EMPTY if v is None else v,
-                    kernels.EMPTY if ema is None else ema,
-                    int(kind),
-                    lr,
-                    b1,
-                    b2,
-                    eps,
-                    l2,
-                    clip,
-                    decay,
-                    ema_rate,
-                    ema is not None,
-                    self._threads,
-                )
-                return
-            self.threads_used = 1
-            kernels.fused_positional(
+            args = (
                 w,
                 g,
                 kernels.EMPTY if m is None else m,
@@ -136,6 +115,11 @@ class NumpyOps(Ops):
                 ema_rate,
                 ema is not None,
             )
+            if self._threads > 1 and w.shape[0] >= self._parallel_min:
+                self.threads_used = kernels.fused_parallel(*args, self._threads)
+            else:
+                self.threads_used = 1
+                kernels.fused_positional(*args)
             return
         self.threads_used = 1
         numpy_kernels.fused_update(
