@@ -99,11 +99,7 @@ class NumpyOps(Ops):
             kernels = self._resolve()
         if kernels:
             args = (
-                w,
-                g,
-                kernels.EMPTY if m is None else m,
-                kernels.EMPTY if v is None else v,
-                kernels.EMPTY if ema is None else ema,
+                *_arrays(kernels, w, g, m, v, ema),
                 int(kind),
                 lr,
                 b1,
@@ -177,58 +173,19 @@ class NumpyOps(Ops):
                 decay=decay,
             )
             return
+        arrays = _arrays(kernels, w, g, m, v, ema)
+        tail = (params.lr, params.ema_rate, params.kind, b1, b2, eps, l2, clip, decay)
         if self._threads > 1 and w.shape[0] >= self._parallel_min:
-            self._multi_parallel(
-                kernels, w, g, m, v, ema, layout, params, b1, b2, eps, l2, clip, decay
+            if layout.device is None:  # the work items, cut once per layout
+                layout.device = kernels.chunk_items(layout.offsets, layout.sizes)
+            items, firsts = layout.device
+            self.threads_used = kernels.multi_parallel(
+                *arrays, items, firsts, *tail, ema is not None, self._threads
             )
             return
         self.threads_used = 1
         kernels.multi_positional(
-            w,
-            g,
-            kernels.EMPTY if m is None else m,
-            kernels.EMPTY if v is None else v,
-            kernels.EMPTY if ema is None else ema,
-            layout.offsets,
-            layout.sizes,
-            params.lr,
-            params.ema_rate,
-            params.kind,
-            b1,
-            b2,
-            eps,
-            l2,
-            clip,
-            decay,
-            ema is not None,
-        )
-
-    def _multi_parallel(
-        self, kernels, w, g, m, v, ema, layout, params, b1, b2, eps, l2, clip, decay
-    ) -> None:
-        """`multi_update` on the thread pool, over the layout's work items."""
-        if layout.device is None:  # the work items, cut once per layout
-            layout.device = kernels.chunk_items(layout.offsets, layout.sizes)
-        items, firsts = layout.device
-        self.threads_used = kernels.multi_parallel(
-            w,
-            g,
-            kernels.EMPTY if m is None else m,
-            kernels.EMPTY if v is None else v,
-            kernels.EMPTY if ema is None else ema,
-            items,
-            firsts,
-            params.lr,
-            params.ema_rate,
-            params.kind,
-            b1,
-            b2,
-            eps,
-            l2,
-            clip,
-            decay,
-            ema is not None,
-            self._threads,
+            *arrays, layout.offsets, layout.sizes, *tail, ema is not None
         )
 
     def __repr__(self) -> str:
@@ -236,3 +193,16 @@ class NumpyOps(Ops):
         if self._want_threads is not None:
             args.append(f"threads={self._want_threads}")
         return f"NumpyOps({', '.join(args)})"
+
+
+def _arrays(kernels, w, g, m, v, ema) -> tuple:
+    """The compiled kernels' array arguments: `kernels.EMPTY` for an absent
+    moment or average (numba takes no None)."""
+    empty = kernels.EMPTY
+    return (
+        w,
+        g,
+        empty if m is None else m,
+        empty if v is None else v,
+        empty if ema is None else ema,
+    )
