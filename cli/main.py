@@ -41,6 +41,7 @@ from optsvc.training.signals import TrainingInterrupted
 
 from . import render
 from .bench import bench
+from .evaluate import evaluate
 from .plot import plot
 from .runs import runs
 from .sweep import sweep
@@ -446,6 +447,7 @@ def registry_cmd(
 
 
 app.command("bench")(user_errors(bench))
+app.command("evaluate")(user_errors(evaluate))
 app.command("runs")(user_errors(runs))
 app.command("plot")(user_errors(plot))
 app.command("sweep", context_settings=OVERRIDES)(user_errors(sweep))

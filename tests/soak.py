@@ -379,8 +379,8 @@ def prepare_jobs(work: Path, names=None) -> dict[str, Job]:
     return jobs
 
 
-def final_arrays(run: Path) -> dict[str, np.ndarray]:
-    with np.load(run / "final.npz", allow_pickle=False) as npz:
+def final_arrays(run: Path, name: str = "final.npz") -> dict[str, np.ndarray]:
+    with np.load(run / name, allow_pickle=False) as npz:
         return {name: npz[name] for name in npz.files}
 
 
@@ -394,26 +394,34 @@ def metric_rows(run: Path) -> list[dict]:
 
 
 def run_difference(run: Path, reference: Path) -> str | None:
-    """How `run` differs from `reference` (final.npz bit for bit, the metrics
-    rows), or None when it does not."""
-    try:
-        got, want = final_arrays(run), final_arrays(reference)
-    except (OSError, ValueError) as err:
-        return f"final.npz unreadable: {err}"
-    if sorted(got) != sorted(want):
-        return f"final.npz holds {sorted(got)}, expected {sorted(want)}"
-    for name, array in want.items():
-        other = got[name]
-        if other.dtype != array.dtype or other.shape != array.shape:
-            return f"final.npz {name}: {other.dtype}{other.shape} vs {array.dtype}"
-        if other.tobytes() != array.tobytes():
-            return f"final.npz {name} differs from the uninterrupted run's"
+    """How `run` differs from `reference` (final.npz and best.npz bit for
+    bit, the metrics rows), or None when it does not."""
+    for file in ("final.npz", "best.npz"):
+        difference = weights_difference(run, reference, file)
+        if difference:
+            return difference
     rows, expected = metric_rows(run), metric_rows(reference)
     if rows != expected:
         steps = [r.get("step") for r in rows]
         return (
             f"metrics.jsonl differs: steps {steps} vs {[r['step'] for r in expected]}"
         )
+    return None
+
+
+def weights_difference(run: Path, reference: Path, file: str) -> str | None:
+    try:
+        got, want = final_arrays(run, file), final_arrays(reference, file)
+    except (OSError, ValueError) as err:
+        return f"{file} unreadable: {err}"
+    if sorted(got) != sorted(want):
+        return f"{file} holds {sorted(got)}, expected {sorted(want)}"
+    for name, array in want.items():
+        other = got[name]
+        if other.dtype != array.dtype or other.shape != array.shape:
+            return f"{file} {name}: {other.dtype}{other.shape} vs {array.dtype}"
+        if other.tobytes() != array.tobytes():
+            return f"{file} {name} differs from the uninterrupted run's"
     return None
 
 
@@ -446,7 +454,8 @@ def _kill_once(
 ):
     """Start `optsvc train JOB -o RUN [--resume]` and SIGKILL it (mode "delay":
     after a random delay; "checkpoint": when the n-th checkpoint's temporary
-    folder appears; "final": when final.npz's temporary file appears).
+    folder appears; "final" or "best": when final.npz's or best.npz's
+    temporary file appears).
     Returns "killed", "finished" or "failed"."""
     # --resume where a run has left something; a run killed before it made
     # its folder has nothing to resume, and optsvc says so: start it afresh
@@ -479,7 +488,8 @@ def _kill_once(
                     names = os.listdir(ckpt if mode == "checkpoint" else run)
                 except FileNotFoundError:
                     names = []
-                prefix = ".tmp-step-" if mode == "checkpoint" else ".final.npz.tmp-"
+                prefix = {"checkpoint": ".tmp-step-", "final": ".final.npz.tmp-",
+                          "best": ".best.npz.tmp-"}[mode]  # fmt: skip
                 new = [n for n in names if n.startswith(prefix) and n not in seen]
                 seen.update(new)
                 if new and (len(seen) >= nth or mode == "final"):
@@ -571,7 +581,9 @@ def crash_campaign(
             if modes:
                 mode = modes[(attempts - 1) % len(modes)]
             else:
-                mode = rng.choices(("delay", "checkpoint", "final"), (5, 4, 1))[0]
+                mode = rng.choices(
+                    ("delay", "checkpoint", "best", "final"), (5, 4, 1, 1)
+                )[0]
             outcome = _kill_once(job, run, mode, rng, fig, lock_probes)
             if outcome == "failed":
                 break
@@ -666,7 +678,7 @@ SIMPLE = [
 SPECIAL = ["two-bad", "none-left", "tmp-leftover", "tmp-leftover-finished",
            "old-leftover", "pickle-arrays", "pickle-optimizer", "shape-mismatch",
            "dtype-mismatch", "missing-weights", "nan-weights", "optimizer-lie",
-           "state-lie"]  # fmt: skip
+           "state-lie", "best-score-lie", "best-shape-lie"]  # fmt: skip
 CORRUPTIONS = [*SIMPLE, *SPECIAL]
 
 
@@ -861,6 +873,14 @@ LIES = {
         lambda a: a.pop("w:0/b"), "w:0/b removed", "no weights"
     ),
     "nan-weights": _lie_arrays(_nan_weights, "a NaN in w:0/W", "NaN"),
+    "best-score-lie": _lie_arrays(
+        lambda a: a.update({"best:score": a["best:score"] + 0.5}),
+        "best:score raised", "another score than its best",
+    ),
+    "best-shape-lie": _lie_arrays(
+        lambda a: a.update({"best:w:0/W": a["best:w:0/W"][:, :1]}),
+        "best:w:0/W of another shape", "best weights for",
+    ),
     "optimizer-lie": _lie_optimizer,
     "state-lie": _lie_state,
 }  # fmt: skip

@@ -828,6 +828,8 @@ def a_state() -> TrainState:
     state.stopped = EARLY_STOP
     state.config, state.max_steps = {"training": {"patience": 2}}, 400
     state.backend = "cupy"
+    state.best = {"w:0/W": np.ones((2, 3), np.float32), "step": np.asarray(10),
+                  "score": np.asarray(0.75)}  # fmt: skip
     return state
 
 
@@ -849,8 +851,12 @@ def test_the_training_state_round_trips_through_a_checkpoint(tmp_path):
     state = a_state()
     back = TrainState.from_checkpoint(saved_state(tmp_path, state))
     for field in dataclasses.fields(TrainState):
-        if field.name not in ("order", "rng"):
+        if field.name not in ("order", "rng", "best"):
             assert getattr(back, field.name) == getattr(state, field.name), field.name
+    assert back.best.keys() == state.best.keys()
+    for name, array in state.best.items():
+        assert back.best[name].dtype == array.dtype
+        assert back.best[name].tobytes() == array.tobytes()
     assert back.order.dtype == state.order.dtype
     assert back.order.tobytes() == state.order.tobytes()
     # the generator goes on exactly where it was
@@ -860,8 +866,8 @@ def test_the_training_state_round_trips_through_a_checkpoint(tmp_path):
 def test_every_field_of_the_state_is_written():
     record, arrays = a_state().to_checkpoint()
     fields = {field.name for field in dataclasses.fields(TrainState)}
-    assert fields - {"order"} <= set(record)
-    assert set(arrays) == {"data_order"}
+    assert fields - {"order", "best"} <= set(record)
+    assert set(arrays) == {"data_order", "best:w:0/W", "best:step", "best:score"}
     json.dumps(record, allow_nan=False)  # plain, finite JSON data
 
 
@@ -902,6 +908,31 @@ BAD_STATES = {
         None,
         lambda a: a.__setitem__("data_order", np.arange(10.0)),
         "'data_order' that is not an ordering",
+    ),
+    "best of another score": (
+        None,
+        lambda a: a.__setitem__("best:score", np.asarray(0.5)),
+        "best weights of another score than its best (0.75)",
+    ),
+    "best from a later step": (
+        None,
+        lambda a: a.__setitem__("best:step", np.asarray(18)),
+        "best weights of step 18, after step 17",
+    ),
+    "best without its step": (
+        None,
+        lambda a: a.pop("best:step"),
+        "best weights without their step and score",
+    ),
+    "best with a text score": (
+        None,
+        lambda a: a.__setitem__("best:score", np.asarray(0.75 + 0j)),
+        "best weights without their step and score",
+    ),
+    "best without a best score": (
+        _set("best_score", None),
+        None,
+        "best weights of another score than its best (None)",
     ),
 }
 

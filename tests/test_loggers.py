@@ -108,7 +108,7 @@ def test_every_scalar_at_every_step_in_tensorboard_and_mlflow(tmp_path):
     assert mlrun.data.params["optimizer.optimizers"] == "Adam.v1"
     assert mlrun.data.params["training.max_steps"] == "100"
     artifacts = {a.path for a in client.list_artifacts(mlrun.info.run_id)}
-    assert artifacts == {"config.cfg", "final.npz"}
+    assert artifacts == {"config.cfg", "best.npz", "final.npz"}
 
 
 def test_a_tensorboard_log_dir_can_be_given(tmp_path):
@@ -232,7 +232,7 @@ def test_a_real_mlflow_tracking_server(tmp_path, mlflow_server):
     assert found.info.status == "FINISHED"
     assert_same(history(client, found.info.run_id, "loss"), expected(run, "loss"))
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
-    assert artifacts == {"config.cfg", "final.npz"}
+    assert artifacts == {"config.cfg", "best.npz", "final.npz"}
 
 
 # --- validation and missing extras ------------------------------------------------

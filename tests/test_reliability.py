@@ -64,11 +64,12 @@ def assert_held(fig: soak.Figures) -> None:
 @pytest.mark.slow
 @LINUX
 def test_crash_campaign(jobs, work):
-    """6 SIGKILLs (mid-checkpoint, after a random delay, while final.npz is
-    written), a second lock refused while a run writes, every checkpoint
-    left verifying, every resumed run bit-identical to the uninterrupted one."""
+    """6 SIGKILLs (mid-checkpoint, after a random delay, while best.npz or
+    final.npz is written), a second lock refused while a run writes, every
+    checkpoint left verifying, every resumed run bit-identical to the
+    uninterrupted one (final.npz, best.npz and the metrics)."""
     fig = soak.Figures()
-    modes = ["checkpoint", "delay", "final", "checkpoint", "delay", "checkpoint"]
+    modes = ["checkpoint", "delay", "final", "checkpoint", "best", "checkpoint"]
     soak.crash_campaign(
         jobs, 6, random.Random(6), work, fig, modes=modes, lock_probes=1.0
     )

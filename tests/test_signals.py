@@ -48,19 +48,23 @@ def uninterrupted(tmp_path_factory) -> dict[str, np.ndarray]:
     run = tmp_path_factory.mktemp("straight") / "run"
     subprocess.run(command(run, str(QUICKSTART), *JOB), check=True, env=ENV,
                    capture_output=True)  # fmt: skip
-    return final(run)
+    return saved_weights(run)
 
 
-def final(run: Path) -> dict[str, np.ndarray]:
-    with np.load(run / "final.npz", allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+def saved_weights(run: Path) -> dict[str, np.ndarray]:
+    """The arrays of final.npz and best.npz, as "final.npz/NAME"."""
+    arrays = {}
+    for file in ("final.npz", "best.npz"):
+        with np.load(run / file, allow_pickle=False) as data:
+            arrays.update({f"{file}/{k}": data[k] for k in data.files})
+    return arrays
 
 
 def resume_equals(run: Path, reference: dict[str, np.ndarray]) -> None:
     done = subprocess.run(command(run, "--resume"), env=ENV, capture_output=True,
                           text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    ours = final(run)
+    ours = saved_weights(run)
     assert ours.keys() == reference.keys()
     assert all(np.array_equal(ours[k], reference[k]) for k in ours)
 

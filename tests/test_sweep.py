@@ -43,7 +43,7 @@ GRID = ["--grid", "optimizer.beta1=0.8,0.9",
         "--grid", "optimizer.learn_rate.initial_rate=0.003,0.01"]  # fmt: skip
 NAMES = ["0-beta1=0.8-initial_rate=0.003", "1-beta1=0.8-initial_rate=0.01",
          "2-beta1=0.9-initial_rate=0.003", "3-beta1=0.9-initial_rate=0.01"]  # fmt: skip
-RUN_FILES = ("config.cfg", "metrics.jsonl", "checkpoints", "final.npz")
+RUN_FILES = ("config.cfg", "metrics.jsonl", "checkpoints", "best.npz", "final.npz")
 
 needs_ray = pytest.mark.skipif(
     not ray_available(), reason="Ray Tune is not installed (pip install 'optsvc[ray]')"

@@ -938,7 +938,7 @@ def test_plain_log_lines_metrics_and_run_folder(tmp_path):
 
     # the run folder
     assert sorted(os.listdir(run)) == [
-        ".lock", "checkpoints", "config.cfg", "final.npz", "metrics.jsonl",
+        ".lock", "best.npz", "checkpoints", "config.cfg", "final.npz", "metrics.jsonl",
     ]  # fmt: skip
     assert step_folders(run) == ["step-00000120", "step-00000160", "step-00000200"]
     filled = Config().from_str((run / "config.cfg").read_text())
@@ -947,7 +947,7 @@ def test_plain_log_lines_metrics_and_run_folder(tmp_path):
     assert filled["system"]["gpu_id"] == -1
     assert filled["optimizer"]["learn_rate"]["total_steps"] == 200
     weights = final_arrays(run)
-    assert {k.split(":")[0] for k in weights} == {"w", "avg"}  # and the averages
+    assert {k.split(":")[0] for k in weights} == {"w", "avg", "step", "score"}
     assert all(np.isfinite(a).all() for a in weights.values())
     # the filled config reproduces the run
     again = tmp_path / "again"
@@ -1262,18 +1262,20 @@ def test_metrics_are_cut_back_to_the_checkpoint_and_damage_dropped(tmp_path):
         ]
 
 
-def test_final_npz_is_recognised_only_when_it_holds_exactly_the_weights(tmp_path):
+@pytest.mark.parametrize("name", ["final", "best"])
+def test_a_weights_file_is_recognised_only_when_it_holds_exactly_them(tmp_path, name):
     weights = {"w:0/W": np.arange(6, dtype=np.float32).reshape(2, 3)}
     with RunFolder(tmp_path / "run") as folder:
-        assert not folder.final_holds(weights)  # missing
-        folder.write_final(weights)
-        assert folder.final_holds(weights)
-        assert not folder.final_holds({"w:0/W": weights["w:0/W"] + 1})
-        assert not folder.final_holds({"w:0/W": weights["w:0/W"].astype(np.float64)})
-        assert not folder.final_holds({**weights, "avg:0/W": weights["w:0/W"]})
-        data = folder.final.read_bytes()
-        folder.final.write_bytes(data[: len(data) // 2])
-        assert not folder.final_holds(weights)
-        folder.final.unlink()
-        os.mkfifo(folder.final)  # would block a reader: not even opened
-        assert not folder.final_holds(weights)
+        path = getattr(folder, name)
+        assert not folder.holds(path, weights)  # missing
+        folder.write_weights(path, weights)
+        assert folder.holds(path, weights)
+        assert not folder.holds(path, {"w:0/W": weights["w:0/W"] + 1})
+        assert not folder.holds(path, {"w:0/W": weights["w:0/W"].astype(np.float64)})
+        assert not folder.holds(path, {**weights, "avg:0/W": weights["w:0/W"]})
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        assert not folder.holds(path, weights)
+        path.unlink()
+        os.mkfifo(path)  # would block a reader: not even opened
+        assert not folder.holds(path, weights)

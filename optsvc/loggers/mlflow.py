@@ -153,7 +153,8 @@ class MLflowLogger(Logger):
         if self._client is None or self.run_id is None:
             return
         if final is not None and self.settings["log_artifacts"]:
-            for path in (self.run.output_dir / "config.cfg", final):
+            folder = self.run.output_dir
+            for path in (folder / "config.cfg", folder / "best.npz", final):
                 if path.is_file():
                     self._client.log_artifact(self.run_id, str(path))
         self._client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
@@ -173,11 +174,11 @@ def mlflow_logger(
     ] = None,
     tags: Annotated[dict | None, Arg("tags to set on the MLflow run")] = None,
     log_artifacts: Annotated[
-        bool, Arg("log the filled config and the final weights as artifacts")
+        bool, Arg("log the filled config, the best and the final weights as artifacts")
     ] = True,
 ) -> LoggerFactory:
     """The run's config as parameters, every evaluation row as metrics by
-    step, and the filled config and final weights as artifacts, in MLflow.
+    step, and the filled config, best and final weights as artifacts, in MLflow.
 
     >>> mlflow_logger(experiment_name="lr-study")
     <logger optsvc.MLflowLogger.v1>

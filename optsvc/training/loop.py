@@ -2,10 +2,11 @@
 
 `train`: setup (config, device) -> run folder -> data -> model -> optimizer
 and state (fresh, or where a checkpoint left them) -> the loop (batch,
-forward, backward, update, schedules, evaluate, checkpoint, log) -> the final
-weights. What a checkpoint records, and so what resume restores, is
-`optsvc.training.state`; the run folder's rules are
-`optsvc.training.run_folder`; all output goes through the loggers (`optsvc.loggers`).
+forward, backward, update, schedules, evaluate (best.npz when the score
+improves), checkpoint, log) -> the final weights. What a checkpoint records,
+and so what resume restores, is `optsvc.training.state`; the run folder's
+rules are `optsvc.training.run_folder`; all output goes through the loggers
+(`optsvc.loggers`).
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ from optsvc.training.state import (
     ModelMismatch,
     TrainState,
     check_fits,
-    key_name,
     restore_model,
+    run_weights,
     weight_arrays,
 )
 
@@ -88,7 +89,8 @@ def train(
     err_console: Console | None = None,
 ) -> TrainResult:
     """Run (or resume) the training job a config describes; write the filled
-    config, metrics.jsonl, checkpoints and final weights to `output_dir`.
+    config, metrics.jsonl, checkpoints, the best evaluation's weights
+    (best.npz) and the final weights (final.npz) to `output_dir`.
 
     Progress goes to `console`, warnings before the run starts to
     `err_console` (default: `console`, else stderr). `--resume` on a run that
@@ -119,6 +121,9 @@ def train(
         if saved is not None:
             check_resumable(saved, job.relevant, job.settings.max_steps, allow_extend)
         state = resume_or_start(job, data, store, checkpoint, saved)
+        if state.best is not None and not folder.holds(folder.best, state.best):
+            # a kill after an evaluation the checkpoint does not reach yet
+            folder.write_weights(folder.best, state.best)
         ended = state.stopped is not None  # a finished run stays finished
         if not ended:
             prepare_folder(folder, job, state, resumed=checkpoint is not None)
@@ -465,6 +470,7 @@ def evaluate_and_log(loop: Loop, state: TrainState) -> None:
     optimizer.last_score = state.score
     if state.best_score is None or state.score > state.best_score:
         state.best_score, state.evals_since_best = state.score, 0
+        keep_best(loop, state)
     else:
         state.evals_since_best += 1
     now, (then, then_step) = time.perf_counter(), loop.clock
@@ -498,6 +504,23 @@ def dev_score(loop: Loop) -> float:
         finally:
             model.use_params({k: store.weights(k) for k in store}, model.grads)
     return evaluate(model, data.X_dev, data.y_dev, data.task, xp)
+
+
+def keep_best(loop: Loop, state: TrainState) -> None:
+    """best.npz: the weights (and averages) that made this, the best score so
+    far; the checkpoints carry them too, so that a resumed run keeps them."""
+    state.best = run_weights(
+        loop.store, loop.ops, loop.optimizer.averages, step=state.step,
+        score=state.score,
+    )  # fmt: skip
+    try:
+        loop.folder.write_weights(loop.folder.best, state.best)
+    except OSError as err:
+        raise RunError(
+            f"step {state.step}: {loop.folder.best} could not be written "
+            f"({err.strerror or err}); free some space (or fix the folder's "
+            "permissions) and continue with --resume"
+        ) from None
 
 
 def save(loop: Loop, state: TrainState) -> None:
@@ -541,24 +564,32 @@ def _logger(report) -> LoggerFactory:
 
 
 def write_final(loop: Loop, state: TrainState, *, trained: bool) -> float:
-    """final.npz (the weights, and their averages) and the last line; a run
-    that was over before it started rewrites it only if it is missing or
-    torn. Returns the final score."""
-    store, ops, averages = loop.store, loop.ops, loop.optimizer.averages
-    final = weight_arrays(store, ops)
-    if averages:
-        for key in store:
-            if key in averages:
-                final[f"avg:{key_name(key)}"] = ops.to_numpy(averages[key])
-    if trained or not loop.folder.final_holds(final):
-        loop.folder.write_final(final)
+    """final.npz (the weights, their averages, the step and the score) and
+    the last line; a run that was over before it started rewrites it only if
+    it is missing or torn. Returns the final score."""
+    folder = loop.folder
     score = state.score if state.score is not None else dev_score(loop)
+    final = run_weights(
+        loop.store, loop.ops, loop.optimizer.averages, step=state.step, score=score
+    )
+    if trained or not folder.holds(folder.final, final):
+        folder.write_weights(folder.final, final)
+    if state.best is None:
+        where = f"weights in {folder.final}"
+    else:
+        where = f"weights in {folder.final}, the best in {folder.best}"
     best = score if state.best_score is None else state.best_score
     loop.logger.info(
-        f"final score {score:.4f} at step {state.step} (best {best:.4f}); "
-        f"weights in {loop.folder.final}"
+        f"final score {score:.4f} at step {state.step} (best {best:.4f}"
+        f"{_best_step(state)}); {where}"
     )
     return score
+
+
+def _best_step(state: TrainState) -> str:
+    if state.best is None or int(state.best["step"]) == state.step:
+        return ""
+    return f" at step {int(state.best['step'])}"
 
 
 def logged_hyperparameters(optimizer) -> list[str]:

@@ -1,13 +1,14 @@
 """A run folder and its rules, apart from the loop that fills it.
 
 The folder holds the filled config (``config.cfg``), ``metrics.jsonl``,
-``checkpoints/`` and ``final.npz``, and ``.lock`` while a process trains in
-it. `RunFolder` decides, before any training: one process at a time (the
-lock), whether a folder that already holds a run is refused, continued
-(``--resume``) or replaced (``--overwrite``), which checkpoint a resume
-continues from, and tidies what a killed writer left. `check_resumable` says
-whether a checkpoint may be continued with the current config, with a diff
-of what changed when not.
+``checkpoints/``, ``best.npz`` (the best evaluation's weights) and
+``final.npz``, and ``.lock`` while a process trains in it. `RunFolder`
+decides, before any training: one process at a time (the lock), whether a
+folder that already holds a run is refused, continued (``--resume``) or
+replaced (``--overwrite``), which checkpoint a resume continues from, and
+tidies what a killed writer left. `check_resumable` says whether a checkpoint
+may be continued with the current config, with a diff of what changed when
+not.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from optsvc.training.state import TrainState
 NOT_RELEVANT = {("training", "checkpoint_frequency"), ("training", "keep_checkpoints"),
                 ("training", "max_steps"), ("training", "logger"),
                 ("system", "gpu_id")}  # fmt: skip
-RUN_FILES = ("config.cfg", "metrics.jsonl", "checkpoints", "final.npz")
+RUN_FILES = ("config.cfg", "metrics.jsonl", "checkpoints", "best.npz", "final.npz")
 
 
 class RunError(OptsvcError, RuntimeError):
@@ -64,6 +65,7 @@ class RunFolder:
         self.metrics = self.path / "metrics.jsonl"
         self.checkpoints = self.path / "checkpoints"
         self.final = self.path / "final.npz"
+        self.best = self.path / "best.npz"
         self._lock: RunLock | None = None
 
     # --- one process at a time --------------------------------------------------------
@@ -118,9 +120,9 @@ class RunFolder:
         return any(os.path.lexists(self.path / name) for name in RUN_FILES)
 
     def saved_work(self) -> bool:
-        """Whether a run here saved anything worth keeping: a checkpoint or
-        its final weights."""
-        if self.final.exists():
+        """Whether a run here saved anything worth keeping: a checkpoint, its
+        best or its final weights."""
+        if self.final.exists() or self.best.exists():
             return True
         return self.checkpoints.is_dir() and any(self.checkpoints.iterdir())
 
@@ -246,18 +248,20 @@ class RunFolder:
                 continue  # UnicodeDecodeError is a ValueError too
         write_atomic(self.metrics, b"".join(keep))
 
-    def write_final(self, arrays: dict[str, np.ndarray]) -> None:
+    def write_weights(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
+        """final.npz or best.npz, atomically: a kill leaves the old file or
+        the new one, never a torn one."""
         buf = io.BytesIO()
         np.savez(buf, **arrays)
-        write_atomic(self.final, buf.getvalue())
+        write_atomic(path, buf.getvalue())
 
-    def final_holds(self, arrays: dict[str, np.ndarray]) -> bool:
-        """Whether final.npz holds exactly `arrays` (a finished run's final
-        weights need no rewriting); False when it is missing or unreadable."""
+    def holds(self, path: Path, arrays: dict[str, np.ndarray]) -> bool:
+        """Whether `path` (final.npz or best.npz) holds exactly `arrays`, so
+        needs no rewriting; False when it is missing or unreadable."""
         try:
-            if not stat.S_ISREG(os.stat(self.final).st_mode):
+            if not stat.S_ISREG(os.stat(path).st_mode):
                 return False
-            with np.load(self.final, allow_pickle=False) as npz:
+            with np.load(path, allow_pickle=False) as npz:
                 if sorted(npz.files) != sorted(arrays):
                     return False
                 return all(_same(npz[name], arrays[name]) for name in arrays)

@@ -11,9 +11,11 @@ A training checkpoint (see `optsvc.training.checkpoints` for the folder) holds
   position (epoch, cursor and this epoch's order of the examples, the array
   ``data_order``), the random generator that draws the next order, the loss
   summed since the last evaluation, the skipped-step count, the evaluations
-  (last score, best score, evaluations since the best: early stopping) and
-  whether and why the run ended. `TrainState.to_checkpoint` writes it,
-  `TrainState.from_checkpoint` reads it back and checks every value.
+  (last score, best score, evaluations since the best: early stopping), the
+  best evaluation's weights (what ``best.npz`` holds, the arrays
+  ``best:NAME``) and whether and why the run ended.
+  `TrainState.to_checkpoint` writes it, `TrainState.from_checkpoint` reads
+  it back and checks every value.
 
 Before anything is restored, `check_fits` checks what a checkpoint holds
 against the run (its model, its optimizer as the config builds it, the data):
@@ -43,6 +45,7 @@ from optsvc.training.checkpoints import Checkpoint, CheckpointError, config_hash
 EARLY_STOP, MAX_STEPS = "early_stop", "max_steps"
 STOP_REASONS = (EARLY_STOP, MAX_STEPS)
 DATA_ORDER = "data_order"  # the array in arrays.npz
+BEST = "best:"  # the prefix of the best evaluation's arrays in arrays.npz
 # Counters are saved as JSON ints; beyond int64 they could not be real.
 _MAX_COUNT = 2**63 - 1
 
@@ -87,6 +90,8 @@ class TrainState:
     best_score: float | None = None
     evals_since_best: int = 0
     stopped: str | None = None  # None while running, else one of STOP_REASONS
+    # The best evaluation's weights, as best.npz holds them (`run_weights`).
+    best: dict[str, np.ndarray] | None = None
     # What the run was started with: resume refuses another config with a diff.
     config: dict | None = None  # the training-relevant config
     max_steps: int | None = None
@@ -128,7 +133,8 @@ class TrainState:
             "config_hash": None if self.config is None else config_hash(self.config),
             "backend": self.backend, "optsvc": __version__,
         }  # fmt: skip
-        return state, {DATA_ORDER: np.asarray(self.order)}
+        best = {f"{BEST}{name}": array for name, array in (self.best or {}).items()}
+        return state, {DATA_ORDER: np.asarray(self.order), **best}
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint) -> TrainState:
@@ -150,12 +156,14 @@ class TrainState:
         order = _order(checkpoint.arrays.get(DATA_ORDER), bad)
         if counts["cursor"] > order.size:
             raise bad(f"has a data position {counts['cursor']} past the data")
+        best_score = _score(raw["best_score"], "best_score", bad)
         return cls(
             order=order,
             rng=_generator(raw["rng"], bad),
             loss_sum=_number(raw["loss_sum"], "loss_sum", bad),
             score=_score(raw["score"], "score", bad),
-            best_score=_score(raw["best_score"], "best_score", bad),
+            best_score=best_score,
+            best=_best(checkpoint.arrays, best_score, counts["step"], bad),
             stopped=_stop_reason(raw.get("stopped"), bad),
             config=_config(raw.get("config"), bad),
             max_steps=_max_steps(raw.get("max_steps"), bad),
@@ -214,6 +222,25 @@ def _order(order: Any, bad) -> np.ndarray:
     return order
 
 
+def _best(arrays: dict, best_score: float | None, step: int, bad):
+    """The best evaluation's weights a checkpoint holds (None in checkpoints
+    written before the first evaluation, or by earlier optsvc versions), checked
+    against its best score and step."""
+    best = {n[len(BEST) :]: a for n, a in arrays.items() if n.startswith(BEST)}
+    if not best:
+        return None
+    meta = {name: best.get(name) for name in ("step", "score")}
+    if any(a is None or a.shape != () for a in meta.values()) or (
+        meta["step"].dtype.kind not in "iu" or meta["score"].dtype.kind != "f"
+    ):
+        raise bad("has best weights without their step and score")
+    if best_score is None or float(meta["score"]) != best_score:
+        raise bad(f"has best weights of another score than its best ({best_score})")
+    if not 0 <= int(meta["step"]) <= step:
+        raise bad(f"has best weights of step {int(meta['step'])}, after step {step}")
+    return best
+
+
 def _generator(value: Any, bad) -> np.random.Generator:
     rng = np.random.default_rng(0)
     try:
@@ -229,6 +256,22 @@ def _generator(value: Any, bad) -> np.random.Generator:
 def weight_arrays(store: ParamStore, ops) -> dict[str, np.ndarray]:
     """The weights as checkpoints and final.npz name them (`w:KEY`), on the host."""
     return {f"w:{key_name(k)}": ops.to_numpy(store.weights(k)) for k in store}
+
+
+def run_weights(
+    store: ParamStore, ops, averages, *, step: int, score: float
+) -> dict[str, np.ndarray]:
+    """What final.npz and best.npz hold: the weights (`w:KEY`), their averages
+    when the optimizer keeps them (`avg:KEY`, what the dev score is computed
+    with), the step and the dev score: copies on the host, which later
+    updates leave as they are."""
+    arrays = {name: np.array(a) for name, a in weight_arrays(store, ops).items()}
+    for key in store:
+        if averages and key in averages:
+            arrays[f"avg:{key_name(key)}"] = np.array(ops.to_numpy(averages[key]))
+    arrays["step"] = np.asarray(step, dtype=np.int64)
+    arrays["score"] = np.asarray(score, dtype=np.float64)
+    return arrays
 
 
 def restore_model(
@@ -377,6 +420,14 @@ def _check_model(checkpoint: Checkpoint, store: ParamStore, n_train: int) -> Non
         raise ModelMismatch(
             f"it holds weights the model does not have ({', '.join(extra[:3])})"
         )
+    best = {n for n in arrays if n.startswith(f"{BEST}w:")}
+    if best and best != {f"{BEST}{name}" for name in names}:
+        raise ModelMismatch("its best weights are not the model's parameters")
+    for name, key in names.items():
+        for kind in ("w", "avg"):
+            saved = arrays.get(f"{BEST}{kind}:{name[2:]}")
+            if saved is not None and saved.shape != store.shape(key):
+                raise ModelMismatch(f"its best weights for {key} have another shape")
     order = arrays.get(DATA_ORDER)
     if order is None or order.size != n_train:
         raise ModelMismatch(
@@ -401,6 +452,7 @@ __all__ = [
     "EARLY_STOP",
     "MAX_STEPS",
     "weight_arrays",
+    "run_weights",
     "restore_model",
     "check_fits",
     "key_name",

@@ -1,0 +1,202 @@
+"""best.npz, `optsvc evaluate` and `load_run` (issue 11, item 4): the best
+evaluation's weights are kept, survive a resume bit for bit, and can be
+scored and loaded from the user's side."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from optsvc_cli.main import app
+from typer.testing import CliRunner
+
+from optsvc.training import load_run
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "configs" / "quickstart.cfg"
+# A constant, large learning rate: the dev score goes up and down, so the
+# best evaluation (step 360) is not the last (step 400). Checkpoints every
+# 100 steps, evaluations every 20.
+NOISY = ["--training.max_steps", "400", "--training.eval_frequency", "20",
+         "--training.checkpoint_frequency", "100", "--data.n_samples", "600",
+         "--optimizer.use_averages", "false", "--model.hidden_width", "16",
+         "--optimizer.learn_rate.initial_rate", "0.05",
+         "--optimizer.learn_rate.final_rate", "0.05",
+         "--optimizer.learn_rate.warmup_steps", "1"]  # fmt: skip
+runner = CliRunner()
+
+
+def cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}
+
+
+def assert_same_file(got: Path, want: Path) -> None:
+    a, b = arrays(got), arrays(want)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype and a[name].tobytes() == b[name].tobytes()
+
+
+def scores(run: Path) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [row for row in map(json.loads, lines) if "score" in row]
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory) -> Path:
+    """An uninterrupted run whose best evaluation is not its last."""
+    run = tmp_path_factory.mktemp("noisy") / "run"
+    done = cli("train", QUICKSTART, "-o", run, *NOISY)
+    assert done.exit_code == 0, done.output
+    rows = scores(run)
+    best = max(rows, key=lambda r: r["score"])  # the first of equal bests
+    assert best["step"] < rows[-1]["step"]  # else this file tests nothing
+    return run
+
+
+def test_best_npz_holds_the_best_evaluation_and_evaluate_scores_it(noisy):
+    rows = scores(noisy)
+    best = max(rows, key=lambda r: r["score"])
+    saved = arrays(noisy / "best.npz")
+    assert int(saved["step"]) == best["step"] and float(saved["score"]) == best["score"]
+
+    done = cli("evaluate", noisy, "--format", "json")
+    assert done.exit_code == 0, done.output
+    result = json.loads(done.stdout)
+    assert (result["weights"], result["step"]) == ("best", best["step"])
+    assert result["score"] == best["score"] == result["saved_score"]
+    assert (result["metric"], result["n_dev"]) == ("accuracy", 120)
+
+    done = cli("evaluate", noisy, "--weights", "final", "--format", "json")
+    assert done.exit_code == 0, done.output
+    result = json.loads(done.stdout)
+    assert (result["step"], result["score"]) == (400, rows[-1]["score"])
+
+    text = cli("evaluate", noisy).stdout.strip()
+    assert text == (
+        f"{noisy / 'best.npz'}, step {best['step']}: accuracy {best['score']:.4f} "
+        "on 120 dev examples"
+    )
+
+
+def test_the_last_line_of_a_run_names_the_best_step(tmp_path):
+    done = cli("train", QUICKSTART, "-o", tmp_path / "run", *NOISY)
+    best = max(scores(tmp_path / "run"), key=lambda r: r["score"])
+    assert (
+        f"(best {best['score']:.4f} at step {best['step']}); weights in "
+        f"{tmp_path / 'run' / 'final.npz'}, the best in "
+        f"{tmp_path / 'run' / 'best.npz'}"
+    ) in done.stdout
+
+
+def test_load_run_gives_the_model_with_the_weights(noisy):
+    run = load_run(noisy)  # best.npz by default
+    best = arrays(noisy / "best.npz")
+    for (layer, name), weights in run.model.params.items():
+        assert np.array_equal(weights, best[f"w:{layer}/{name}"])
+    predicted = run.model.predict(run.data.X_dev).argmax(axis=1)
+    assert (predicted == run.data.y_dev).mean() == run.evaluate() == best["score"]
+    final = load_run(noisy, "final")
+    assert final.step == 400 and not final.averaged
+    assert final.evaluate() == scores(noisy)[-1]["score"]
+
+
+def test_averaged_weights_are_what_evaluations_use(tmp_path):
+    run = tmp_path / "run"
+    small = ["--training.max_steps", "60", "--training.eval_frequency", "30",
+             "--data.n_samples", "300", "--optimizer.learn_rate.warmup_steps", "10"]  # fmt: skip
+    assert cli("train", QUICKSTART, "-o", run, *small).exit_code == 0  # averages on
+    saved = arrays(run / "best.npz")
+    averaged, raw = load_run(run), load_run(run, averages=False)
+    assert averaged.averaged and not raw.averaged
+    for key in averaged.model.params:
+        name = f"{key[0]}/{key[1]}"
+        assert np.array_equal(averaged.model.params[key], saved[f"avg:{name}"])
+        assert np.array_equal(raw.model.params[key], saved[f"w:{name}"])
+    assert averaged.evaluate() == float(saved["score"])
+    done = cli("evaluate", run, "--raw", "--format", "json")
+    assert json.loads(done.stdout)["averaged"] is False
+
+
+@pytest.mark.parametrize("damage", ["best.npz from after the checkpoint", "lost"])
+def test_a_resumed_run_ends_with_the_uninterrupted_best_npz(tmp_path, noisy, damage):
+    """A kill after best.npz was written for step 360 but before the
+    checkpoint of step 400: the run resumes at step 300, whose checkpoint
+    holds the best weights up to then, and ends as the uninterrupted one."""
+    run = tmp_path / "run"
+    shutil.copytree(noisy, run)
+    shutil.rmtree(run / "checkpoints" / "step-00000400")
+    (run / "final.npz").unlink()
+    if damage == "lost":
+        (run / "best.npz").unlink()
+    done = cli("train", "--resume", "-o", run)
+    assert done.exit_code == 0, done.output
+    assert "from step 300" in done.stdout
+    assert_same_file(run / "best.npz", noisy / "best.npz")
+    assert_same_file(run / "final.npz", noisy / "final.npz")
+
+
+@pytest.mark.parametrize("damage", ["deleted", "from a later step", "torn"])
+def test_resume_puts_back_the_best_npz_of_its_checkpoint(tmp_path, noisy, damage):
+    """A run that has ended trains nothing on --resume, but best.npz is set
+    back to what its last checkpoint holds, whatever a kill or a user did."""
+    run = tmp_path / "run"
+    shutil.copytree(noisy, run)
+    best = run / "best.npz"
+    if damage == "deleted":
+        best.unlink()
+    elif damage == "from a later step":
+        shutil.copy(run / "final.npz", best)
+    else:
+        best.write_bytes(best.read_bytes()[:100])
+    done = cli("train", "--resume", "-o", run)
+    assert done.exit_code == 0, done.output
+    assert "already ended at step 400" in done.stdout
+    assert_same_file(best, noisy / "best.npz")
+
+
+def test_evaluate_says_what_to_do_when_there_is_nothing_to_score(tmp_path, noisy):
+    run = tmp_path / "run"
+    shutil.copytree(noisy, run)
+    (run / "final.npz").unlink()  # killed before the end
+    done = cli("evaluate", run, "--weights", "final")
+    assert done.exit_code == 1
+    assert done.stderr.strip() == (
+        f"✘ '{run}' has no final.npz: the run has not finished; continue it with "
+        f"optsvc train --resume -o {run}, or use its best weights (--weights best)"
+    )
+    (run / "best.npz").unlink()
+    done = cli("evaluate", run)
+    assert done.exit_code == 1 and "has no best.npz" in done.stderr
+    assert "--weights final" in done.stderr
+
+    done = cli("evaluate", tmp_path / "nothing")
+    assert done.exit_code == 1
+    assert "is not a run folder; give the folder optsvc train wrote" in done.stderr
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(tmp_path, noisy):
+    run = tmp_path / "run"
+    shutil.copytree(noisy, run)
+    config = run / "config.cfg"
+    config.write_text(
+        config.read_text().replace("hidden_width = 16", "hidden_width = 8")
+    )
+    done = cli("evaluate", run)
+    assert done.exit_code == 1
+    assert "best.npz in" in done.stderr and "does not fit the model" in done.stderr
+    assert "Traceback" not in done.output
+    (run / "best.npz").write_bytes(b"not an archive")
+    config.write_text(
+        config.read_text().replace("hidden_width = 8", "hidden_width = 16")
+    )
+    done = cli("evaluate", run)
+    assert done.exit_code == 1 and "it is damaged" in done.stderr
