@@ -112,7 +112,8 @@ def test_load_run_gives_the_model_with_the_weights(noisy):
 def test_averaged_weights_are_what_evaluations_use(tmp_path):
     run = tmp_path / "run"
     small = ["--training.max_steps", "60", "--training.eval_frequency", "30",
-             "--data.n_samples", "300", "--optimizer.learn_rate.warmup_steps", "10"]  # fmt: skip
+             "--data.n_samples", "300",
+             "--optimizer.learn_rate.warmup_steps", "10"]  # fmt: skip
     assert cli("train", QUICKSTART, "-o", run, *small).exit_code == 0  # averages on
     saved = arrays(run / "best.npz")
     averaged, raw = load_run(run), load_run(run, averages=False)
