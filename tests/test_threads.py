@@ -225,3 +225,12 @@ def test_more_threads_than_cores_with_the_workqueue_layer(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["workqueue", "4"]
+
+
+@pytest.mark.parametrize("threads", range(1, POOL + 1))
+def test_the_floor_stream_rewrites_every_element_in_place(threads):
+    for n in SIZES:
+        buf = np.arange(n, dtype=np.float32) - np.float32(n / 2)
+        before = buf.copy()
+        assert numba_kernels.stream_inplace(buf, threads) == threads
+        assert same_bits(buf, before)
