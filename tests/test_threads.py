@@ -234,3 +234,41 @@ def test_the_floor_stream_rewrites_every_element_in_place(threads):
         before = buf.copy()
         assert numba_kernels.stream_inplace(buf, threads) == threads
         assert same_bits(buf, before)
+
+
+LAYOUTS = [
+    [3 * CHUNK, 0, 0, 0],
+    [CHUNK + 1, 5, 0],
+    [0, 7, CHUNK, 0, 2 * CHUNK + 3, 1],
+    [300_000] + [0] * 18,
+]
+
+
+@pytest.mark.parametrize("sizes", LAYOUTS, ids=lambda s: f"{len(s)} tensors")
+@pytest.mark.parametrize("clip", [0.0, 1.0])
+def test_the_parallel_multi_tensor_kernel_equals_the_serial_one(sizes, clip):
+    """Flat buffers holding tensors of one chunk, several chunks and none:
+    the clipping norm of each, whatever kind, on every thread count."""
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    sizes = np.asarray(sizes, dtype=np.int64)
+    n = int(sizes.sum())
+    base = random_state(n, UpdateKind.ADAM, True, seed=len(sizes))
+    base["g"] *= np.float32(10.0)  # norms above the clip
+    lrs = np.full(len(sizes), 0.01, np.float32)
+    rates = np.full(len(sizes), 0.1, np.float32)
+    kinds = np.asarray([int(UpdateKind.ADAM)] * len(sizes), np.int64)
+    hyper = {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "l2": 0.01, "clip": clip,
+             "decay": 0.0}  # fmt: skip
+    serial = copy_state(base)
+    numba_kernels.multi_update(
+        *(serial[k] for k in NAMES), offsets, sizes, lrs, rates, kinds, **hyper
+    )
+    items, firsts = numba_kernels.chunk_items(offsets, sizes)
+    for threads in range(1, POOL + 1):
+        ours = copy_state(base)
+        numba_kernels.multi_parallel(
+            *(ours[k] for k in NAMES), items, firsts, lrs, rates, kinds,
+            *hyper.values(), True, threads,
+        )  # fmt: skip
+        for name in NAMES:
+            assert same_bits(ours[name], serial[name]), (threads, name)

@@ -293,8 +293,9 @@ def _multi_parallel(  # pragma: no cover - compiled
     # A tensor of several chunks: its norm from partial sums, in a first pass.
     # A tensor of one chunk: its norm in the same work item as its update,
     # while its gradient is still in cache (one read from memory, not two);
-    # the same sum, 0.0 + its one partial, either way.
-    if flags & _CLIP and n_items > n_tensors:
+    # the same sum, 0.0 + its one partial, either way. (Empty tensors have no
+    # items, so the item count cannot tell whether any tensor has several.)
+    if flags & _CLIP:
         partial = np.empty(n_items, np.float64)
         for i in numba.prange(n_items):
             t, a, b = items[0, i], items[1, i], items[2, i]
