@@ -62,15 +62,20 @@ def evaluate(
 
     Example: optsvc evaluate runs/quickstart --weights final
     """
+    from optsvc.config import ConfigError
     from optsvc.training.weights import load_run
 
-    loaded = load_run(run, weights.value, averages=not raw, gpu_id=gpu)
+    try:
+        loaded = load_run(run, weights.value, averages=not raw, gpu_id=gpu)
+    except ConfigError as error:  # the run's own config no longer validates
+        render.errors(error, str(run / "config.cfg"))
+        raise typer.Exit(1) from None
     score = loaded.evaluate()
     result = {
         "run": str(run), "weights": weights.value, "file": str(loaded.file),
         "step": loaded.step, "metric": loaded.metric, "score": score,
         "saved_score": loaded.saved_score, "n_dev": loaded.data.n_dev,
-        "averaged": loaded.averaged,
+        "averaged": loaded.averaged, "scored_averaged": loaded.scored_averaged,
     }  # fmt: skip
     if output_format is EvalFormat.json:
         sys.stdout.write(json.dumps(result) + "\n")
@@ -90,6 +95,9 @@ def describe(result: dict) -> str:
         "dev examples"
     )
     saved = result["saved_score"]
-    if saved is not None and saved != result["score"]:
+    same_weights = result["averaged"] == result["scored_averaged"]
+    if saved is not None and same_weights and saved != result["score"]:
         line += f" ({saved:.4f} when the run saved them)"
+    elif saved is not None and not same_weights:
+        line += f" (the run's evaluation, with the averages: {saved:.4f})"
     return line

@@ -124,7 +124,13 @@ def test_averaged_weights_are_what_evaluations_use(tmp_path):
         assert np.array_equal(raw.model.params[key], saved[f"w:{name}"])
     assert averaged.evaluate() == float(saved["score"])
     done = cli("evaluate", run, "--raw", "--format", "json")
-    assert json.loads(done.stdout)["averaged"] is False
+    result = json.loads(done.stdout)
+    assert (result["averaged"], result["scored_averaged"]) == (False, True)
+    text = cli("evaluate", run, "--raw").stdout
+    score = float(saved["score"])
+    assert text.rstrip().endswith(
+        f"(the run's evaluation, with the averages: {score:.4f})"
+    )
 
 
 @pytest.mark.parametrize("damage", ["best.npz from after the checkpoint", "lost"])
@@ -176,6 +182,9 @@ def test_evaluate_says_what_to_do_when_there_is_nothing_to_score(tmp_path, noisy
     )
     (run / "best.npz").unlink()
     done = cli("evaluate", run)
+    assert done.exit_code == 1 and "holds no weights yet" in done.stderr
+    shutil.copy(noisy / "final.npz", run / "final.npz")
+    done = cli("evaluate", run)
     assert done.exit_code == 1 and "has no best.npz" in done.stderr
     assert "--weights final" in done.stderr
 
@@ -200,4 +209,52 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path, noisy):
         config.read_text().replace("hidden_width = 8", "hidden_width = 16")
     )
     done = cli("evaluate", run)
-    assert done.exit_code == 1 and "it is damaged" in done.stderr
+    assert done.exit_code == 1 and "is damaged (not a readable npz" in done.stderr
+    assert f"optsvc train --resume -o {run} writes it again" in done.stderr
+
+
+def test_a_resume_that_starts_again_drops_the_old_best_npz(tmp_path, noisy):
+    """No checkpoint to resume from: the run starts at step 0, and best.npz
+    of the attempt before (maybe of another config) is not passed off as
+    this run's."""
+    run = tmp_path / "run"
+    shutil.copytree(noisy, run)
+    shutil.rmtree(run / "checkpoints")
+    (run / "final.npz").unlink()
+    blown = cli("train", "--resume", "-o", run,
+                "--optimizer.learn_rate.initial_rate", "1e38")  # fmt: skip
+    assert blown.exit_code == 1 and "not saved" in blown.stderr
+    assert not (run / "best.npz").exists()
+    done = cli("evaluate", run)
+    assert done.exit_code == 1 and "holds no weights yet" in done.stderr
+
+
+def test_a_run_that_fails_after_an_evaluation_keeps_its_best_npz(tmp_path):
+    run = tmp_path / "run"
+    blown = cli("train", QUICKSTART, "-o", run, *NOISY[:-6],
+                "--training.eval_frequency", "1", "--optimizer.learn_rate",
+                '{"@schedules": "constant.v1", "rate": 1e15}')  # fmt: skip
+    assert blown.exit_code == 1 and "refused and not saved" in blown.stderr
+    assert (run / "best.npz").is_file()
+    listed = json.loads(cli("runs", tmp_path, "--format", "json").stdout)
+    assert [(r["status"], "refused" in r["note"]) for r in listed] == [("failed", True)]
+    again = cli("train", QUICKSTART, "-o", run, *NOISY)  # would lose best.npz
+    assert again.exit_code == 1 and "already holds a run" in again.stderr
+    assert cli("evaluate", run).exit_code == 0
+
+
+def test_evaluate_names_the_config_and_the_sweep(tmp_path, noisy):
+    run = tmp_path / "run"
+    shutil.copytree(noisy, run)
+    config = run / "config.cfg"
+    config.write_text(
+        config.read_text().replace("hidden_width = 16", "hidden_width = -1")
+    )
+    done = cli("evaluate", run)
+    assert done.exit_code == 1
+    assert done.stderr.startswith(f"✘ {config}: 1 error")
+    assert "model.hidden_width" in done.stderr
+    (tmp_path / "sweep" / "trials").mkdir(parents=True)
+    done = cli("evaluate", tmp_path / "sweep")
+    assert done.exit_code == 1
+    assert "is a sweep; evaluate one of its trials" in done.stderr

@@ -27,7 +27,7 @@ def test_after_a_nan_stop_the_folder_takes_a_new_run(tmp_path):
     run = tmp_path / "run"
     blown = train(QUICKSTART, "-o", run, *SMALL,
                   "--optimizer.learn_rate.initial_rate", "1e30")  # fmt: skip
-    assert blown.exit_code == 1 and "nothing was saved" in blown.stderr
+    assert blown.exit_code == 1 and "not saved" in blown.stderr
     again = train(QUICKSTART, "-o", run, *SMALL)
     assert again.exit_code == 0, again.output
     assert "replacing the run in" in again.stderr

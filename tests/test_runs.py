@@ -86,7 +86,7 @@ def test_json_lists_each_status_with_its_figures(root, held):
     assert failed["steps"] is None and failed["max_steps"] == 40
     assert failed["best_score"] is None and failed["final_loss"] is None
     # the run recorded why it failed: its error is the note
-    assert "NaN or inf" in failed["note"] and "nothing was saved" in failed["note"]
+    assert "NaN or inf" in failed["note"] and "not saved" in failed["note"]
 
 
 def test_a_sweep_shows_the_values_that_differ(root):

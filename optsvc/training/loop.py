@@ -121,9 +121,7 @@ def train(
         if saved is not None:
             check_resumable(saved, job.relevant, job.settings.max_steps, allow_extend)
         state = resume_or_start(job, data, store, checkpoint, saved)
-        if state.best is not None and not folder.holds(folder.best, state.best):
-            # a kill after an evaluation the checkpoint does not reach yet
-            folder.write_weights(folder.best, state.best)
+        keep_checkpoint_best(folder, state)
         ended = state.stopped is not None  # a finished run stays finished
         if not ended:
             prepare_folder(folder, job, state, resumed=checkpoint is not None)
@@ -139,7 +137,7 @@ def train(
         except BaseException as error:
             logger.finish()
             logger.close(None, failed=True)
-            if isinstance(error, OptsvcError) and not folder.saved_work():
+            if isinstance(error, OptsvcError) and not folder.resumable():
                 folder.record_failure(str(error))
             raise
         logger.finish()
@@ -430,7 +428,7 @@ def update(loop: Loop, state: TrainState, loss: float) -> None:
     if bad is not None:
         if loop.settings.nonfinite != "skip":
             raise RunError(
-                f"step {step}: {bad}; the step was refused and nothing was saved "
+                f"step {step}: {bad}; the step was refused and not saved "
                 '(set training.nonfinite = "skip" to skip such steps)'
             )
         store.flat_gradients[...] = 0
@@ -449,7 +447,7 @@ def update(loop: Loop, state: TrainState, loss: float) -> None:
             f"step {step}: the update made {_nonfinite_weights(store, xp)} although "
             "the loss and gradients were finite (is the learning rate, "
             f"{loop.optimizer.learn_rate:g}, too large?); the run was stopped and "
-            "nothing was saved"
+            "the step not saved"
         )
 
 
@@ -504,6 +502,19 @@ def dev_score(loop: Loop) -> float:
         finally:
             model.use_params({k: store.weights(k) for k in store}, model.grads)
     return evaluate(model, data.X_dev, data.y_dev, data.task, xp)
+
+
+def keep_checkpoint_best(folder: RunFolder, state: TrainState) -> None:
+    """best.npz as the run has it at `state`'s step: the checkpoint's best
+    weights (a kill may have left best.npz from an evaluation after the
+    checkpoint, or torn), none before the first evaluation (a start from step
+    0). A checkpoint of an optsvc that did not keep best weights leaves the
+    file as it is."""
+    if state.best is not None:
+        if not folder.holds(folder.best, state.best):
+            folder.write_weights(folder.best, state.best)
+    elif state.best_score is None:
+        folder.best.unlink(missing_ok=True)
 
 
 def keep_best(loop: Loop, state: TrainState) -> None:

@@ -120,15 +120,21 @@ class RunFolder:
         return any(os.path.lexists(self.path / name) for name in RUN_FILES)
 
     def saved_work(self) -> bool:
-        """Whether a run here saved anything worth keeping: a checkpoint, its
-        best or its final weights."""
-        if self.final.exists() or self.best.exists():
+        """Whether a run here saved anything worth keeping (a checkpoint, its
+        best or its final weights), which a new run must not replace unasked."""
+        return self.best.exists() or self.resumable()
+
+    def resumable(self) -> bool:
+        """Whether --resume has something to continue from: a checkpoint, or
+        the final weights of a run that ended."""
+        if self.final.exists():
             return True
         return self.checkpoints.is_dir() and any(self.checkpoints.iterdir())
 
     def record_failure(self, error: str) -> None:
-        """Note in metrics.jsonl that the run failed (`optsvc runs` shows it;
-        a new run may then replace one that saved nothing)."""
+        """Note in metrics.jsonl that the run failed before anything it could
+        resume from (`optsvc runs` shows it; a new run may then replace one
+        that saved nothing)."""
         with self.metrics.open("a", encoding="utf8") as f:
             f.write(json.dumps({"status": "failed", "error": error}) + "\n")
 

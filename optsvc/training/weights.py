@@ -61,6 +61,7 @@ class LoadedRun:
     step: int | None  # the step the weights are from
     saved_score: float | None  # the dev score recorded with them
     averaged: bool  # whether the model computes with the averaged weights
+    scored_averaged: bool  # whether the run's own evaluations used averages
 
     @property
     def file(self) -> Path:
@@ -72,10 +73,12 @@ class LoadedRun:
         return METRICS[self.data.task]
 
     def evaluate(self) -> float:
-        """The model's score on the run's dev set, as the run computed it."""
+        """The model's score on the run's dev set, as the run computed it
+        (overflows in weights that diverged are scored, not warned about)."""
         xp = self.ops.xp
         X, y = self.ops.asarray(self.data.X_dev), self.ops.asarray(self.data.y_dev)
-        return evaluate(self.model, X, y, self.data.task, xp)
+        with np.errstate(all="ignore"):
+            return evaluate(self.model, X, y, self.data.task, xp)
 
 
 def load_run(
@@ -98,7 +101,8 @@ def load_run(
     path = Path(run)
     data, model, ops = _build(path, gpu_id)
     arrays = read_weights(path / f"{weights}.npz", path)
-    averaged = averages and all(f"avg:{key_name(k)}" in arrays for k in model.params)
+    has_averages = all(f"avg:{key_name(k)}" in arrays for k in model.params)
+    averaged = averages and has_averages
     kind = "avg" if averaged else "w"
     params = {}
     for key, current in model.params.items():
@@ -115,6 +119,7 @@ def load_run(
         step=_scalar(arrays.get("step"), int),
         saved_score=_scalar(arrays.get("score"), float),
         averaged=averaged,
+        scored_averaged=has_averages,
     )
 
 
@@ -126,6 +131,11 @@ def _build(path: Path, gpu_id: int) -> tuple[Any, Model, Any]:
         )
     own = path / "config.cfg"
     if not own.is_file():
+        if (path / "trials").is_dir():
+            raise WeightsError(
+                f"'{path}' is a sweep; evaluate one of its trials: optsvc evaluate "
+                f"{path / 'trials' / 'NAME'} (optsvc runs {path} lists them)"
+            )
         raise WeightsError(
             f"'{path}' holds no run (no config.cfg); is it the -o of a run?"
         )
@@ -152,13 +162,19 @@ def read_weights(file: Path, run: Path | None = None) -> dict[str, np.ndarray]:
     try:
         with np.load(file, allow_pickle=False) as npz:
             return {name: npz[name] for name in npz.files}
-    except Exception as err:  # a torn or damaged archive fails in many ways
+    except Exception:  # a torn or damaged archive fails in many ways
         raise WeightsError(
-            f"cannot read '{file}' ({type(err).__name__}: {err}); it is damaged"
+            f"'{file}' is damaged (not a readable npz archive); optsvc train "
+            f"--resume -o {run} writes it again from the run's last checkpoint"
         ) from None
 
 
 def _missing(file: Path, run: Path) -> str:
+    if not (run / "best.npz").exists() and not (run / "final.npz").exists():
+        return (
+            f"'{run}' holds no weights yet: the run has not reached its first "
+            f"evaluation; continue it with optsvc train --resume -o {run}"
+        )
     if file.name == "final.npz":
         return (
             f"'{run}' has no final.npz: the run has not finished; continue it with "
