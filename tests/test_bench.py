@@ -302,6 +302,13 @@ def test_json_format(app):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert set(report) == {"optsvc", "machine", "rows"}
+    from importlib import metadata
+
+    for peer in ("thinc", "torch"):  # the peers' versions, or None
+        try:
+            assert report["machine"][peer] == metadata.version(peer)
+        except metadata.PackageNotFoundError:
+            assert report["machine"][peer] is None
     assert [r["implementation"] for r in report["rows"]] == [IMPL_MULTI, IMPL_PER_KEY]
     assert set(report["rows"][0]) == ROW_KEYS
 

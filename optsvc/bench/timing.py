@@ -11,6 +11,7 @@ import statistics
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +210,11 @@ def machine(gpu_id: int = -1) -> dict:
         info["numba"] = numba.__version__
     except ImportError:
         info["numba"] = None
+    for peer in ("thinc", "torch"):  # installed versions, without importing them
+        try:
+            info[peer] = metadata.version(peer)
+        except metadata.PackageNotFoundError:
+            info[peer] = None
     if gpu_id >= 0:
         try:
             xp = get_ops("cupy", gpu_id=gpu_id).xp
