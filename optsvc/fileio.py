@@ -39,13 +39,17 @@ def read_regular(path, limit: int, what: str = "file") -> bytes:
             f"cannot read {what} '{path}' ({err.strerror}); check the path"
         ) from None
     try:
-        _check_opened(fd, path, limit, what)
+        size = _check_opened(fd, path, limit, what)
     except BaseException:
         os.close(fd)
         raise
     with os.fdopen(fd, "rb") as f:
         try:
-            data = f.read(limit + 1)
+            # as much as fstat said (a buffer of `limit` bytes could be far
+            # too large), then what it may have grown by, up to the limit
+            data = f.read(size + 1)
+            if len(data) > size:
+                data += f.read(limit + 1 - len(data))
         except OSError as err:
             raise FileReadError(
                 f"cannot read {what} '{path}' ({err.strerror})"
@@ -57,7 +61,8 @@ def read_regular(path, limit: int, what: str = "file") -> bytes:
     return data
 
 
-def _check_opened(fd: int, path: Path, limit: int, what: str) -> None:
+def _check_opened(fd: int, path: Path, limit: int, what: str) -> int:
+    """The size of the regular file open as `fd`, if it is within `limit`."""
     info = os.fstat(fd)
     if stat.S_ISDIR(info.st_mode):
         raise FileReadError(f"{what} '{path}' is a folder; give the path of a file")
@@ -71,6 +76,7 @@ def _check_opened(fd: int, path: Path, limit: int, what: str) -> None:
             f"{what} '{path}' is {info.st_size} bytes, over the limit of {limit}; "
             "is it the right file?"
         )
+    return info.st_size
 
 
 def write_atomic(path, data: bytes) -> None:

@@ -203,6 +203,18 @@ def _checked_size(x: Any, name: str, n: int | None) -> int:
     return shape[0]
 
 
+def _checked_state(m: Any, v: Any, ema: Any, n: int, *, moments: bool) -> None:
+    """The optimizer-state arrays of an update of `n` elements: m and v when
+    the update keeps moments (Adam, momentum), ema when given."""
+    if moments:
+        if m is None or v is None:
+            raise ValueError("m and v are required for Adam and momentum updates")
+        _checked_size(m, "m", n)
+        _checked_size(v, "v", n)
+    if ema is not None:
+        _checked_size(ema, "ema", n)
+
+
 def _on_device(k: dict[str, Any], x: Any) -> Any:
     """Hand numba a device view of x without a host-side stream sync.
 

@@ -39,6 +39,7 @@ from .cuda_common import (
     _L2,
     KIND_VALUES,
     _checked_size,
+    _checked_state,
     _device_id,
     _device_state,
     _on_device,
@@ -201,13 +202,7 @@ def _checked_arrays(w: Any, g: Any, m: Any, v: Any, ema: Any, sgd: bool) -> int:
     """The size of a fused update's arrays, checked (ValueError, TypeError)."""
     n = _checked_size(w, "w", None)
     _checked_size(g, "g", n)
-    if not sgd:
-        if m is None or v is None:
-            raise ValueError("m and v are required for Adam and momentum updates")
-        _checked_size(m, "m", n)
-        _checked_size(v, "v", n)
-    if ema is not None:
-        _checked_size(ema, "ema", n)
+    _checked_state(m, v, ema, n, moments=not sgd)
     return n
 
 

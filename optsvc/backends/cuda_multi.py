@@ -31,6 +31,7 @@ from .cuda_common import (
     _L2,
     KIND_VALUES,
     _checked_size,
+    _checked_state,
     _device_id,
     _device_state,
     _on_device,
@@ -234,13 +235,7 @@ def _checked_args(
     kinds = params[2]
     if not np.isin(kinds, KIND_VALUES).all():
         raise ValueError(f"unknown update kind in {np.unique(kinds).tolist()}")
-    if (kinds != UpdateKind.SGD).any():
-        if m is None or v is None:
-            raise ValueError("m and v are required for Adam and momentum updates")
-        _checked_size(m, "m", n)
-        _checked_size(v, "v", n)
-    if ema is not None:
-        _checked_size(ema, "ema", n)
+    _checked_state(m, v, ema, n, moments=bool((kinds != UpdateKind.SGD).any()))
     return params
 
 

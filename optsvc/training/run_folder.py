@@ -13,11 +13,9 @@ not.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,8 @@ import numpy as np
 
 from optsvc.config import SystemSection, TrainingSection, config_to_str
 from optsvc.errors import OptsvcError
-from optsvc.fileio import TEXT_LIMIT, read_regular, write_atomic
+from optsvc.fileio import TEXT_LIMIT, FileReadError, read_regular, write_atomic
+from optsvc.training.checkpoint_format import arrays_from_bytes, arrays_to_bytes
 from optsvc.training.checkpoints import (
     Checkpoint,
     CheckpointError,
@@ -41,6 +40,8 @@ from optsvc.training.state import TrainState
 NOT_RELEVANT = {("training", "checkpoint_frequency"), ("training", "keep_checkpoints"),
                 ("training", "max_steps"), ("training", "logger"),
                 ("system", "gpu_id")}  # fmt: skip
+# best.npz and final.npz are read whole; only a regular file is read at all.
+WEIGHTS_LIMIT = 2**38
 RUN_FILES = ("config.cfg", "metrics.jsonl", "checkpoints", "best.npz", "final.npz")
 
 
@@ -255,24 +256,28 @@ class RunFolder:
         write_atomic(self.metrics, b"".join(keep))
 
     def write_weights(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
-        """final.npz or best.npz, atomically: a kill leaves the old file or
-        the new one, never a torn one."""
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        write_atomic(path, buf.getvalue())
+        """final.npz or best.npz, in a checkpoint's arrays.npz format,
+        atomically: a kill leaves the old file or the new one, never a torn
+        one."""
+        write_atomic(path, arrays_to_bytes(arrays))
 
     def holds(self, path: Path, arrays: dict[str, np.ndarray]) -> bool:
         """Whether `path` (final.npz or best.npz) holds exactly `arrays`, so
         needs no rewriting; False when it is missing or unreadable."""
         try:
-            if not stat.S_ISREG(os.stat(path).st_mode):
-                return False
-            with np.load(path, allow_pickle=False) as npz:
-                if sorted(npz.files) != sorted(arrays):
-                    return False
-                return all(_same(npz[name], arrays[name]) for name in arrays)
-        except Exception:  # a torn or damaged archive fails in many ways
+            saved = read_weights(path)
+        except (FileReadError, CheckpointError):
             return False
+        return sorted(saved) == sorted(arrays) and all(
+            _same(saved[name], arrays[name]) for name in arrays
+        )
+
+
+def read_weights(path: Path) -> dict[str, np.ndarray]:
+    """Every array of final.npz or best.npz, read as a checkpoint's arrays
+    are: a regular file, each array's header checked before its data, no
+    pickle. FileReadError or CheckpointError when it cannot be."""
+    return arrays_from_bytes(path, read_regular(path, WEIGHTS_LIMIT, "weights file"))
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -369,6 +374,7 @@ __all__ = [
     "RunFolder",
     "RunError",
     "RUN_FILES",
+    "read_weights",
     "NOT_RELEVANT",
     "check_resumable",
     "config_diff",

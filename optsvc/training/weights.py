@@ -23,7 +23,6 @@ Python::
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,10 @@ import numpy as np
 from optsvc.backends import ops_for_device
 from optsvc.config import ConfigError, load_config, validate_config
 from optsvc.errors import OptsvcError
+from optsvc.fileio import FileReadError
 from optsvc.toys.models import Model, evaluate
+from optsvc.training import run_folder
+from optsvc.training.checkpoint_format import CheckpointError
 from optsvc.training.state import key_name
 
 WEIGHTS = ("best", "final")
@@ -154,15 +156,11 @@ def read_weights(file: Path, run: Path | None = None) -> dict[str, np.ndarray]:
     """Every array of a run's best.npz or final.npz, read without pickle;
     WeightsError, with what to do, when it is missing or unreadable."""
     run = file.parent if run is None else run
+    if not os.path.lexists(file):
+        raise WeightsError(_missing(file, run))
     try:
-        if not stat.S_ISREG(os.stat(file).st_mode):
-            raise WeightsError(f"'{file}' is not a regular file")
-    except FileNotFoundError:
-        raise WeightsError(_missing(file, run)) from None
-    try:
-        with np.load(file, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
-    except Exception:  # a torn or damaged archive fails in many ways
+        return run_folder.read_weights(file)
+    except (FileReadError, CheckpointError):  # not a regular file, torn, damaged
         raise WeightsError(
             f"'{file}' is damaged (not a readable npz archive); optsvc train "
             f"--resume -o {run} writes it again from the run's last checkpoint"
