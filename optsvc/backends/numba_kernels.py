@@ -423,21 +423,18 @@ def fused_update(
     for SGD and `ema` is None without averages. Same arguments and results as
     `numpy_kernels.fused_update`."""
     fused_positional(
-        w,
-        g,
+        w, g, *state_arrays(m, v, ema), int(kind), lr, b1, b2, eps, l2, clip,
+        decay, ema_rate, ema is not None,
+    )  # fmt: skip
+
+
+def state_arrays(m, v, ema) -> tuple:
+    """The optimizer-state arguments of the compiled kernels: `EMPTY` for an
+    absent moment or average (numba takes no None)."""
+    return (
         EMPTY if m is None else m,
         EMPTY if v is None else v,
         EMPTY if ema is None else ema,
-        int(kind),
-        lr,
-        b1,
-        b2,
-        eps,
-        l2,
-        clip,
-        decay,
-        ema_rate,
-        ema is not None,
     )
 
 
@@ -457,9 +454,7 @@ def multi_update(
     _multi(
         w,
         g,
-        EMPTY if m is None else m,
-        EMPTY if v is None else v,
-        EMPTY if ema is None else ema,
+        *state_arrays(m, v, ema),
         offsets,
         sizes,
         lrs,
@@ -489,5 +484,6 @@ __all__ = [
     "multi_parallel",
     "multi_positional",
     "multi_update",
+    "state_arrays",
     "stream_inplace",
 ]

@@ -197,7 +197,9 @@ class NumpyOps(Ops):
 
 def _arrays(kernels, w, g, m, v, ema) -> tuple:
     """The compiled kernels' array arguments: `kernels.EMPTY` for an absent
-    moment or average (numba takes no None)."""
+    moment or average (numba takes no None), as `kernels.state_arrays` gives
+    them, written out here: this is the per-key call's path, where a call
+    more costs."""
     empty = kernels.EMPTY
     return (
         w,
