@@ -245,6 +245,30 @@ LAYOUTS = [
 
 
 @pytest.mark.parametrize("sizes", LAYOUTS, ids=lambda s: f"{len(s)} tensors")
+def test_the_work_items_cover_each_tensor_once_longest_first(sizes):
+    """Every element in exactly one item of its own tensor, no item longer
+    than CHUNK, each tensor's items consecutive and in order, and the items
+    of tensors of several chunks ahead of all others (the norm pass runs
+    over that leading run)."""
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    items, spans = numba_kernels.chunk_items(offsets, sizes)
+    tensor, start, stop = items
+    covered = np.zeros(sum(sizes), dtype=np.int64)
+    for t, (first, count) in enumerate(spans.T):
+        assert count == -(-sizes[t] // CHUNK)
+        assert (tensor[first : first + count] == t).all()
+        assert list(start[first : first + count]) == list(
+            range(offsets[t], offsets[t] + sizes[t], CHUNK)
+        )
+        for a, b in zip(start[first : first + count], stop[first : first + count]):
+            assert 0 < b - a <= CHUNK
+            covered[a:b] += 1
+    assert (covered == 1).all()
+    several = spans[1][tensor] > 1
+    assert several[: several.sum()].all()  # a leading run
+
+
+@pytest.mark.parametrize("sizes", LAYOUTS, ids=lambda s: f"{len(s)} tensors")
 @pytest.mark.parametrize("clip", [0.0, 1.0])
 def test_the_parallel_multi_tensor_kernel_equals_the_serial_one(sizes, clip):
     """Flat buffers holding tensors of one chunk, several chunks and none:
@@ -263,11 +287,11 @@ def test_the_parallel_multi_tensor_kernel_equals_the_serial_one(sizes, clip):
     numba_kernels.multi_update(
         *(serial[k] for k in NAMES), offsets, sizes, lrs, rates, kinds, **hyper
     )
-    items, firsts = numba_kernels.chunk_items(offsets, sizes)
+    items, spans = numba_kernels.chunk_items(offsets, sizes)
     for threads in range(1, POOL + 1):
         ours = copy_state(base)
         numba_kernels.multi_parallel(
-            *(ours[k] for k in NAMES), items, firsts, lrs, rates, kinds,
+            *(ours[k] for k in NAMES), items, spans, lrs, rates, kinds,
             *hyper.values(), True, threads,
         )  # fmt: skip
         for name in NAMES:

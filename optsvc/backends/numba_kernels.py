@@ -280,7 +280,7 @@ def _fused_parallel(  # pragma: no cover - compiled
 
 @_pjit
 def _multi_parallel(  # pragma: no cover - compiled
-    w, g, m, v, ema, items, firsts, lrs, rates, kinds, b1, b2, eps, l2, clip,
+    w, g, m, v, ema, items, spans, lrs, rates, kinds, b1, b2, eps, l2, clip,
     decay, has_ema,
 ):  # fmt: skip
     f32 = np.float32
@@ -288,23 +288,26 @@ def _multi_parallel(  # pragma: no cover - compiled
     b1_32, omb1, b2_32, omb2 = f32(b1), f32(1.0 - b1), f32(b2), f32(1.0 - b2)
     eps32, l2_32, clip32, decay32 = f32(eps), f32(l2), f32(clip), f32(decay)
     n_items = items.shape[1]
-    n_tensors = firsts.shape[0] - 1
+    n_tensors = spans.shape[1]
     scales = np.ones(n_tensors, np.float32)
-    # A tensor of several chunks: its norm from partial sums, in a first pass.
+    # A tensor of several chunks: its norm from partial sums, in a first pass
+    # over the leading items (`chunk_items` puts such tensors' chunks first).
     # A tensor of one chunk: its norm in the same work item as its update,
     # while its gradient is still in cache (one read from memory, not two);
-    # the same sum, 0.0 + its one partial, either way. (Empty tensors have no
-    # items, so the item count cannot tell whether any tensor has several.)
+    # the same sum, 0.0 + its one partial, either way.
     if flags & _CLIP:
-        partial = np.empty(n_items, np.float64)
-        for i in numba.prange(n_items):
-            t, a, b = items[0, i], items[1, i], items[2, i]
-            if firsts[t + 1] - firsts[t] > 1:
-                partial[i] = _sumsq(g[a:b], w[a:b], l2_32, flags)
+        n_split = 0
         for t in range(n_tensors):
-            if firsts[t + 1] - firsts[t] > 1:
+            if spans[1, t] > 1:
+                n_split += spans[1, t]
+        partial = np.empty(n_split, np.float64)
+        for i in numba.prange(n_split):
+            a, b = items[1, i], items[2, i]
+            partial[i] = _sumsq(g[a:b], w[a:b], l2_32, flags)
+        for t in range(n_tensors):
+            if spans[1, t] > 1:
                 total = 0.0
-                for i in range(firsts[t], firsts[t + 1]):
+                for i in range(spans[0, t], spans[0, t] + spans[1, t]):
                     total += partial[i]
                 scales[t] = _clip_scale(total, clip32, flags)
     for i in numba.prange(n_items):
@@ -312,7 +315,7 @@ def _multi_parallel(  # pragma: no cover - compiled
         a = items[1, i]
         b = items[2, i]
         scale = scales[t]
-        if flags & _CLIP and firsts[t + 1] - firsts[t] == 1:
+        if flags & _CLIP and spans[1, t] == 1:
             scale = _clip_scale(0.0 + _sumsq(g[a:b], w[a:b], l2_32, flags), clip32,
                                 flags)  # fmt: skip
         _apply(
@@ -347,18 +350,23 @@ _LAUNCH = threading.Lock()
 def chunk_items(offsets, sizes) -> tuple[np.ndarray, np.ndarray]:
     """The work items of the parallel multi-tensor kernel for tensors at
     `offsets` with `sizes`: `items`, int64 rows (tensor, start, stop), each
-    tensor cut into `CHUNK`-sized chunks from its own start, in tensor
-    order; and `firsts`, tensor t's items being ``firsts[t]:firsts[t + 1]``."""
+    tensor cut into `CHUNK`-sized chunks from its own start; and `spans`,
+    int64 rows (first item, item count) per tensor. The chunks of tensors of
+    several chunks come first, in tensor and chunk order, so that the norm
+    pass runs over a leading run of items with no test per item; then the
+    tensors of one chunk, in tensor order."""
     offsets = np.asarray(offsets, dtype=np.int64)
     sizes = np.asarray(sizes, dtype=np.int64)
     counts = (sizes + CHUNK - 1) // CHUNK
-    firsts = np.zeros(len(sizes) + 1, dtype=np.int64)
-    np.cumsum(counts, out=firsts[1:])
-    tensor = np.repeat(np.arange(len(sizes), dtype=np.int64), counts)
-    within = np.arange(int(firsts[-1]), dtype=np.int64) - firsts[tensor]
+    order = np.concatenate([np.flatnonzero(counts > 1), np.flatnonzero(counts == 1)])
+    firsts = np.zeros(len(sizes), dtype=np.int64)
+    firsts[order] = np.cumsum(counts[order]) - counts[order]
+    tensor = np.repeat(order, counts[order])
+    within = np.arange(len(tensor), dtype=np.int64) - firsts[tensor]
     start = offsets[tensor] + within * CHUNK
     stop = np.minimum(start + CHUNK, offsets[tensor] + sizes[tensor])
-    return np.ascontiguousarray(np.stack([tensor, start, stop])), firsts
+    items = np.ascontiguousarray(np.stack([tensor, start, stop]).astype(np.int64))
+    return items, np.ascontiguousarray(np.stack([firsts, counts]))
 
 
 def fused_parallel(
@@ -376,7 +384,7 @@ def fused_parallel(
 
 
 def multi_parallel(
-    w, g, m, v, ema, items, firsts, lrs, rates, kinds, b1, b2, eps, l2, clip,
+    w, g, m, v, ema, items, spans, lrs, rates, kinds, b1, b2, eps, l2, clip,
     decay, has_ema, threads,
 ) -> int:  # fmt: skip
     """`multi_update` over `threads` threads, on the work items of
@@ -385,7 +393,7 @@ def multi_parallel(
     with _LAUNCH:
         numba.set_num_threads(threads)
         _multi_parallel(
-            w, g, m, v, ema, items, firsts, lrs, rates, kinds, b1, b2, eps, l2,
+            w, g, m, v, ema, items, spans, lrs, rates, kinds, b1, b2, eps, l2,
             clip, decay, has_ema,
         )  # fmt: skip
     return threads

@@ -178,9 +178,9 @@ class NumpyOps(Ops):
         if self._threads > 1 and w.shape[0] >= self._parallel_min:
             if layout.device is None:  # the work items, cut once per layout
                 layout.device = kernels.chunk_items(layout.offsets, layout.sizes)
-            items, firsts = layout.device
+            items, spans = layout.device
             self.threads_used = kernels.multi_parallel(
-                *arrays, items, firsts, *tail, ema is not None, self._threads
+                *arrays, items, spans, *tail, ema is not None, self._threads
             )
             return
         self.threads_used = 1
