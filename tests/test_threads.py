@@ -251,7 +251,7 @@ def test_the_work_items_cover_each_tensor_once_longest_first(sizes):
     of tensors of several chunks ahead of all others (the norm pass runs
     over that leading run)."""
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    items, spans = numba_kernels.chunk_items(offsets, sizes)
+    items, spans, n_split = numba_kernels.chunk_items(offsets, sizes)
     tensor, start, stop = items
     covered = np.zeros(sum(sizes), dtype=np.int64)
     for t, (first, count) in enumerate(spans.T):
@@ -266,6 +266,7 @@ def test_the_work_items_cover_each_tensor_once_longest_first(sizes):
     assert (covered == 1).all()
     several = spans[1][tensor] > 1
     assert several[: several.sum()].all()  # a leading run
+    assert n_split == several.sum()
 
 
 @pytest.mark.parametrize("sizes", LAYOUTS, ids=lambda s: f"{len(s)} tensors")
@@ -287,11 +288,11 @@ def test_the_parallel_multi_tensor_kernel_equals_the_serial_one(sizes, clip):
     numba_kernels.multi_update(
         *(serial[k] for k in NAMES), offsets, sizes, lrs, rates, kinds, **hyper
     )
-    items, spans = numba_kernels.chunk_items(offsets, sizes)
+    work = numba_kernels.chunk_items(offsets, sizes)
     for threads in range(1, POOL + 1):
         ours = copy_state(base)
         numba_kernels.multi_parallel(
-            *(ours[k] for k in NAMES), items, spans, lrs, rates, kinds,
+            *(ours[k] for k in NAMES), *work, lrs, rates, kinds,
             *hyper.values(), True, threads,
         )  # fmt: skip
         for name in NAMES:

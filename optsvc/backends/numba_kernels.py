@@ -144,12 +144,13 @@ def _norm_sq(g, w, l2, flags):  # pragma: no cover - compiled
 
 
 @_jit
-def _clip_scale(total, clip, flags):  # pragma: no cover - compiled
-    scale = np.float32(1.0)  # x * 1 is exact: "no clipping" needs no branch
-    if flags & _CLIP:
-        norm = np.float32(math.sqrt(total))
-        if norm >= clip:
-            scale = clip / norm
+def _clip_scale(total, clip):  # pragma: no cover - compiled
+    """The gradient's factor for a squared norm `total` (callers test the
+    clip flag): 1 below the clip, so "no clipping" needs no branch later."""
+    scale = np.float32(1.0)  # x * 1 is exact
+    norm = np.float32(math.sqrt(total))
+    if norm >= clip:
+        scale = clip / norm
     return scale
 
 
@@ -193,7 +194,7 @@ def _update(  # pragma: no cover - compiled
     norm if asked, then one pass over the elements."""
     scale = np.float32(1.0)
     if flags & _CLIP:
-        scale = _clip_scale(_norm_sq(g, w, l2, flags), clip, flags)
+        scale = _clip_scale(_norm_sq(g, w, l2, flags), clip)
     _apply(
         w, g, m, v, ema, kind, lr, b1, omb1, b2, omb2, eps, l2, scale, decay, rate,
         flags,
@@ -268,7 +269,7 @@ def _fused_parallel(  # pragma: no cover - compiled
         total = 0.0
         for c in range(chunks):
             total += partial[c]
-        scale = _clip_scale(total, f32(clip), flags)
+        scale = _clip_scale(total, f32(clip))
     for c in numba.prange(chunks):
         a = c * CHUNK
         b = min(a + CHUNK, n)
@@ -280,8 +281,8 @@ def _fused_parallel(  # pragma: no cover - compiled
 
 @_pjit
 def _multi_parallel(  # pragma: no cover - compiled
-    w, g, m, v, ema, items, spans, lrs, rates, kinds, b1, b2, eps, l2, clip,
-    decay, has_ema,
+    w, g, m, v, ema, items, spans, n_split, lrs, rates, kinds, b1, b2, eps, l2,
+    clip, decay, has_ema,
 ):  # fmt: skip
     f32 = np.float32
     flags = _flags(l2, clip, decay, has_ema)
@@ -291,15 +292,11 @@ def _multi_parallel(  # pragma: no cover - compiled
     n_tensors = spans.shape[1]
     scales = np.ones(n_tensors, np.float32)
     # A tensor of several chunks: its norm from partial sums, in a first pass
-    # over the leading items (`chunk_items` puts such tensors' chunks first).
+    # over the leading `n_split` items (`chunk_items` puts them first).
     # A tensor of one chunk: its norm in the same work item as its update,
     # while its gradient is still in cache (one read from memory, not two);
     # the same sum, 0.0 + its one partial, either way.
     if flags & _CLIP:
-        n_split = 0
-        for t in range(n_tensors):
-            if spans[1, t] > 1:
-                n_split += spans[1, t]
         partial = np.empty(n_split, np.float64)
         for i in numba.prange(n_split):
             a, b = items[1, i], items[2, i]
@@ -309,15 +306,14 @@ def _multi_parallel(  # pragma: no cover - compiled
                 total = 0.0
                 for i in range(spans[0, t], spans[0, t] + spans[1, t]):
                     total += partial[i]
-                scales[t] = _clip_scale(total, clip32, flags)
+                scales[t] = _clip_scale(total, clip32)
     for i in numba.prange(n_items):
         t = items[0, i]
         a = items[1, i]
         b = items[2, i]
         scale = scales[t]
         if flags & _CLIP and spans[1, t] == 1:
-            scale = _clip_scale(0.0 + _sumsq(g[a:b], w[a:b], l2_32, flags), clip32,
-                                flags)  # fmt: skip
+            scale = _clip_scale(0.0 + _sumsq(g[a:b], w[a:b], l2_32, flags), clip32)
         _apply(
             w[a:b], g[a:b], m[a:b], v[a:b], ema[a:b], np.int64(kinds[t]), lrs[t],
             b1_32, omb1, b2_32, omb2, eps32, l2_32, scale, decay32, rates[t], flags,
@@ -347,14 +343,14 @@ def _stream_parallel(buf, factor):  # pragma: no cover - compiled
 _LAUNCH = threading.Lock()
 
 
-def chunk_items(offsets, sizes) -> tuple[np.ndarray, np.ndarray]:
+def chunk_items(offsets, sizes) -> tuple[np.ndarray, np.ndarray, int]:
     """The work items of the parallel multi-tensor kernel for tensors at
     `offsets` with `sizes`: `items`, int64 rows (tensor, start, stop), each
-    tensor cut into `CHUNK`-sized chunks from its own start; and `spans`,
-    int64 rows (first item, item count) per tensor. The chunks of tensors of
-    several chunks come first, in tensor and chunk order, so that the norm
-    pass runs over a leading run of items with no test per item; then the
-    tensors of one chunk, in tensor order."""
+    tensor cut into `CHUNK`-sized chunks from its own start; `spans`, int64
+    rows (first item, item count) per tensor; and `n_split`, how many items
+    belong to tensors of several chunks. Those come first, in tensor and
+    chunk order, so that the norm pass runs over the leading `n_split` items
+    with no test per item; then the tensors of one chunk, in tensor order."""
     offsets = np.asarray(offsets, dtype=np.int64)
     sizes = np.asarray(sizes, dtype=np.int64)
     counts = (sizes + CHUNK - 1) // CHUNK
@@ -366,37 +362,36 @@ def chunk_items(offsets, sizes) -> tuple[np.ndarray, np.ndarray]:
     start = offsets[tensor] + within * CHUNK
     stop = np.minimum(start + CHUNK, offsets[tensor] + sizes[tensor])
     items = np.ascontiguousarray(np.stack([tensor, start, stop]).astype(np.int64))
-    return items, np.ascontiguousarray(np.stack([firsts, counts]))
+    spans = np.ascontiguousarray(np.stack([firsts, counts]))
+    return items, spans, int(counts[counts > 1].sum())
 
 
 def fused_parallel(
     w, g, m, v, ema, kind, lr, b1, b2, eps, l2, clip, decay, ema_rate, has_ema, threads
-) -> int:
+) -> None:
     """`fused_positional` over `threads` threads, chunk by chunk; the same
-    results bit for bit. Returns the number of threads it ran on."""
+    results bit for bit."""
     with _LAUNCH:
         numba.set_num_threads(threads)
         _fused_parallel(
             w, g, m, v, ema, kind, lr, b1, b2, eps, l2, clip, decay, ema_rate,
             has_ema,
         )  # fmt: skip
-    return threads
 
 
 def multi_parallel(
-    w, g, m, v, ema, items, spans, lrs, rates, kinds, b1, b2, eps, l2, clip,
-    decay, has_ema, threads,
-) -> int:  # fmt: skip
+    w, g, m, v, ema, items, spans, n_split, lrs, rates, kinds, b1, b2, eps, l2,
+    clip, decay, has_ema, threads,
+) -> None:  # fmt: skip
     """`multi_update` over `threads` threads, on the work items of
     `chunk_items` (positional; `EMPTY` for absent arrays); the same results
-    bit for bit. Returns the number of threads it ran on."""
+    bit for bit."""
     with _LAUNCH:
         numba.set_num_threads(threads)
         _multi_parallel(
-            w, g, m, v, ema, items, spans, lrs, rates, kinds, b1, b2, eps, l2,
-            clip, decay, has_ema,
+            w, g, m, v, ema, items, spans, n_split, lrs, rates, kinds, b1, b2,
+            eps, l2, clip, decay, has_ema,
         )  # fmt: skip
-    return threads
 
 
 def stream_inplace(buf, threads: int) -> int:

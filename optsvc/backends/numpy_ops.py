@@ -99,7 +99,9 @@ class NumpyOps(Ops):
             kernels = self._resolve()
         if kernels:
             args = (
-                *_arrays(kernels, w, g, m, v, ema),
+                w,
+                g,
+                *kernels.state_arrays(m, v, ema),
                 int(kind),
                 lr,
                 b1,
@@ -112,7 +114,8 @@ class NumpyOps(Ops):
                 ema is not None,
             )
             if self._threads > 1 and w.shape[0] >= self._parallel_min:
-                self.threads_used = kernels.fused_parallel(*args, self._threads)
+                kernels.fused_parallel(*args, self._threads)
+                self.threads_used = self._threads
             else:
                 self.threads_used = 1
                 kernels.fused_positional(*args)
@@ -173,15 +176,15 @@ class NumpyOps(Ops):
                 decay=decay,
             )
             return
-        arrays = _arrays(kernels, w, g, m, v, ema)
+        arrays = (w, g, *kernels.state_arrays(m, v, ema))
         tail = (params.lr, params.ema_rate, params.kind, b1, b2, eps, l2, clip, decay)
         if self._threads > 1 and w.shape[0] >= self._parallel_min:
             if layout.device is None:  # the work items, cut once per layout
                 layout.device = kernels.chunk_items(layout.offsets, layout.sizes)
-            items, spans = layout.device
-            self.threads_used = kernels.multi_parallel(
-                *arrays, items, spans, *tail, ema is not None, self._threads
+            kernels.multi_parallel(
+                *arrays, *layout.device, *tail, ema is not None, self._threads
             )
+            self.threads_used = self._threads
             return
         self.threads_used = 1
         kernels.multi_positional(
@@ -193,18 +196,3 @@ class NumpyOps(Ops):
         if self._want_threads is not None:
             args.append(f"threads={self._want_threads}")
         return f"NumpyOps({', '.join(args)})"
-
-
-def _arrays(kernels, w, g, m, v, ema) -> tuple:
-    """The compiled kernels' array arguments: `kernels.EMPTY` for an absent
-    moment or average (numba takes no None), as `kernels.state_arrays` gives
-    them, written out here: this is the per-key call's path, where a call
-    more costs."""
-    empty = kernels.EMPTY
-    return (
-        w,
-        g,
-        empty if m is None else m,
-        empty if v is None else v,
-        empty if ema is None else ema,
-    )

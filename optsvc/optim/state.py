@@ -151,6 +151,12 @@ class _SlotView(Mapping):
     def __init__(self, slots: dict[KeyT, KeySlot]) -> None:
         self._slots = slots
 
+    def __iter__(self) -> Iterator[KeyT]:
+        return iter(self._slots)
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
     def __repr__(self) -> str:
         return repr(dict(self))
 
@@ -190,12 +196,6 @@ class AveragesView(_SlotView):
         slot = self._slots[key]
         return slot.ema.reshape(slot.shape)
 
-    def __iter__(self) -> Iterator[KeyT]:
-        return iter(self._slots)
-
-    def __len__(self) -> int:
-        return len(self._slots)
-
 
 class UpdateCounts(_SlotView):
     """`optimizer.nr_update`: key -> number of updates so far (read-only)."""
@@ -204,12 +204,6 @@ class UpdateCounts(_SlotView):
 
     def __getitem__(self, key: KeyT) -> int:
         return self._slots[key].nr
-
-    def __iter__(self) -> Iterator[KeyT]:
-        return iter(self._slots)
-
-    def __len__(self) -> int:
-        return len(self._slots)
 
     def __contains__(self, key: object) -> bool:
         return key in self._slots
