@@ -26,7 +26,6 @@ from .timing import (
     check_threads,
     machine,
     measure_bandwidth,
-    single_thread,
     thread_limits,
 )
 from .workloads import (
@@ -54,7 +53,6 @@ __all__ = [
     "peer_skips",
     "rows_table",
     "run_bench",
-    "single_thread",
     "state_bytes_per_param",
     "thread_limits",
     "traffic_per_param",

@@ -11,6 +11,7 @@ import numpy as np
 from optsvc.optim import Optimizer, ParamStore
 
 from .timing import _Device
+from .workloads import is_sgd
 
 IMPL_MULTI = "optsvc multi-tensor"
 IMPL_PER_KEY = "optsvc per-key"
@@ -122,17 +123,23 @@ def peer_skips(opt: Optimizer) -> list[str]:
     """Why each peer that `optsvc bench` would time is left out of this run:
     not importable here, or no counterpart of `opt` (one line each)."""
     skips = []
+    imported = {}
     for module, peer in (("thinc", "thinc per-key"), ("torch", "torch AdamW")):
         try:
             __import__(module)
+            imported[module] = True
         except ImportError as err:
+            imported[module] = False
             skips.append(f"{peer}: skipped, {module} does not import here ({err})")
-    if "torch" not in " ".join(skips):
-        sgd = not opt.use_radam and not (opt.b1 > 0 and opt.b2 > 0)
-        if sgd or opt.use_radam:
-            kind = "RAdam" if opt.use_radam else "SGD"
-            skips.append(f"torch AdamW: skipped, no AdamW counterpart of {kind}")
+    if imported["torch"] and not _has_adamw_counterpart(opt):
+        kind = "RAdam" if opt.use_radam else "SGD"
+        skips.append(f"torch AdamW: skipped, no AdamW counterpart of {kind}")
     return skips
+
+
+def _has_adamw_counterpart(opt: Optimizer) -> bool:
+    """Adam (or AdamW) is what torch's AdamW can stand beside; not SGD or RAdam."""
+    return not (is_sgd(opt) or opt.use_radam)
 
 
 def _peers(opt: Optimizer, dev: _Device) -> list[tuple[str, Callable, str, bool]]:
@@ -157,13 +164,12 @@ def _peers(opt: Optimizer, dev: _Device) -> list[tuple[str, Callable, str, bool]
         )
     except ImportError:
         pass
-    sgd = not opt.use_radam and not (opt.b1 > 0 and opt.b2 > 0)
     try:
         import torch  # noqa: F401
     except ImportError:
         return peers
-    if sgd or opt.use_radam:
-        return peers  # no AdamW counterpart to compare with
+    if not _has_adamw_counterpart(opt):
+        return peers
     less = []
     if opt.grad_clip > 0:
         less.append("no per-tensor clipping")

@@ -184,11 +184,6 @@ def thread_limits(threads: int = 1):
         yield "; ".join(done)
 
 
-def single_thread():
-    """`thread_limits(1)`: BLAS / OpenMP pools and torch on one thread."""
-    return thread_limits(1)
-
-
 def machine(gpu_id: int = -1) -> dict:
     """What the numbers were measured on."""
     info: dict[str, Any] = {

@@ -41,11 +41,16 @@ def optimizer_from_config(path: str | Path) -> Optimizer:
     return load_optimizer(path)
 
 
+def is_sgd(opt: Optimizer) -> bool:
+    """Whether `opt` follows SGD's rule (no moments): neither RAdam nor
+    Adam's beta1 > 0 and beta2 > 0."""
+    return not opt.use_radam and not (opt.b1 > 0 and opt.b2 > 0)
+
+
 def state_bytes_per_param(opt: Optimizer) -> int:
     """Bytes a float32 parameter occupies across the arrays a step touches:
     w and g, m and v for Adam / RAdam, the average."""
-    sgd = not opt.use_radam and not (opt.b1 > 0 and opt.b2 > 0)
-    return (8 if sgd else 16) + (4 if opt.averages is not None else 0)
+    return (8 if is_sgd(opt) else 16) + (4 if opt.averages is not None else 0)
 
 
 def traffic_per_param(opt: Optimizer) -> int:
@@ -53,8 +58,7 @@ def traffic_per_param(opt: Optimizer) -> int:
     write w and g (16), m and v for Adam / RAdam (+16), the average (+8), one
     more read of g for the clipping norm (+4; +4 more to read w when L2 goes
     into the gradient before clipping)."""
-    sgd = not opt.use_radam and not (opt.b1 > 0 and opt.b2 > 0)
-    total = 16 if sgd else 32
+    total = 16 if is_sgd(opt) else 32
     if opt.averages is not None:
         total += 8
     if opt.grad_clip > 0:

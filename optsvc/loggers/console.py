@@ -27,8 +27,6 @@ from optsvc import registries
 from optsvc.loggers.base import Logger, LoggerFactory, RunInfo
 from optsvc.spec import Arg, checked
 
-FIXED = ("step", "epoch", "loss", "score")
-
 
 def _fmt(key: str, value: Any) -> str:
     if value is None:

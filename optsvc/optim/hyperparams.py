@@ -143,8 +143,8 @@ class StepScalars:
     rule (beta1 > 0 and beta2 > 0) rather than SGD's, outside RAdam.
     `kernel_b1`, `kernel_b2`: the betas the kernels get. `l2`: the L2 term
     added to the gradient; `weight_decay`: L2 applied as decoupled weight
-    decay, ``decay = lr_scale * learn_rate * weight_decay`` (one of the two is
-    0). `betas_supported`: False for beta1 = 0 with beta2 > 0 outside RAdam
+    decay, scaled into one update's factor by `decay` (one of the two is 0).
+    `betas_supported`: False for beta1 = 0 with beta2 > 0 outside RAdam
     (`unsupported_betas` says why).
     """
 
@@ -161,6 +161,10 @@ class StepScalars:
     l2: float
     weight_decay: float
     betas_supported: bool
+
+    def decay(self, lr_scale: float) -> float:
+        """The decoupled weight decay of one update: the factor w loses."""
+        return lr_scale * self.learn_rate * self.weight_decay
 
 
 def step_scalars(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from optsvc.backends import Ops, UpdateKind
+from optsvc.backends import Ops
 from optsvc.optim.hyperparams import StepScalars, unsupported_betas
 from optsvc.optim.state import OptimizerState
 from optsvc.optim.step import averaging_rate, step_size
@@ -39,24 +39,22 @@ def update_store(
         keys = [key for key in store if store.size_of(key) > 0]
         if not keys:
             return
-        first = keys[0]
     else:
-        first = group.keys[0]
+        keys = group.keys
     if not scalars.betas_supported:
-        raise unsupported_betas(scalars, first)
+        raise unsupported_betas(scalars, keys[0])
     if group is None:
         group = state.lay_out(store, keys, ops)
     state.ops = ops
     nr = group.nr + 1
     params = group.params
-    kind = UpdateKind.SGD
     for start, stop in group.runs(nr):
         n = int(nr[start])
         kind, c = step_size(scalars, n, lr_scale, state.radam_buffer)
         params.lr[start:stop] = c
         params.kind[start:stop] = kind
         params.ema_rate[start:stop] = averaging_rate(n)
-    if kind != UpdateKind.SGD and group.m is None:
+    if (scalars.adam or scalars.use_radam) and group.m is None:  # not SGD
         state.group_moments(group, ops)
     ops.multi_update(
         store.flat_weights,
@@ -71,6 +69,6 @@ def update_store(
         eps=scalars.eps,
         l2=scalars.l2,
         clip=scalars.grad_clip,
-        decay=lr_scale * scalars.learn_rate * scalars.weight_decay,
+        decay=scalars.decay(lr_scale),
     )
     group.nr = nr

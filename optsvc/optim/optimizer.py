@@ -157,7 +157,7 @@ class Optimizer(ScheduledHyperparams):
         else:
             kind, c = step_size(s, nr, lr_scale, state.radam_buffer)
             rate = averaging_rate(nr)
-            decay = lr_scale * s.learn_rate * s.weight_decay
+            decay = s.decay(lr_scale)
             # The keys of one step mostly share nr: their scalars are computed
             # once. Not for RAdam (its memo is written on every call, as
             # Thinc's is) nor a zero scale (the sign of a zero step matters).
