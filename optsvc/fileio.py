@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
+import zipfile
 from pathlib import Path
 
 from optsvc.errors import OptsvcError
@@ -19,6 +20,14 @@ TEXT_LIMIT = 256 * 2**20
 class FileReadError(OptsvcError, OSError):
     """A file optsvc will not read: missing, not a regular file, too large or
     unreadable."""
+
+
+def inflates(member: zipfile.ZipInfo, size: int) -> bool:
+    """Whether a zip archive's `member` could unpack to more than `size`
+    bytes (the archive's own size): compressed, or declaring more. optsvc
+    stores its archives' members uncompressed, so such a member is not what
+    optsvc wrote, and is refused before it is opened."""
+    return member.compress_type != zipfile.ZIP_STORED or member.file_size > size
 
 
 def read_regular(path, limit: int, what: str = "file") -> bytes:

@@ -435,3 +435,21 @@ def test_a_lying_checkpoint_is_skipped_with_a_warning(run, finished, lie):
             for name in want.files:
                 assert np.isfinite(got[name]).all()
                 assert got[name].tobytes() == want[name].tobytes(), name
+
+
+@pytest.mark.slow
+def test_a_lying_checkpoint_is_skipped_on_a_resume_from_the_runs_own_config(run):
+    """`optsvc train --resume -o DIR` reads the run's filled config.cfg, with
+    the defaults written out: it is the same config, so the checkpoint is
+    checked against the model as it is with the config given again."""
+    _, out = run
+    bad = newest(out)
+    needle = _infinite_moments(bad)
+    rewrite_manifest(bad)
+    (out / "final.npz").unlink()
+    result = run_cli("train", "-o", out, "--resume")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    warnings = [ln for ln in output.splitlines() if "skipping a bad checkpoint" in ln]
+    assert len(warnings) == 1 and needle in warnings[0], output
+    assert "resumed: from step 40" in output

@@ -22,6 +22,7 @@ import numpy as np
 
 import optsvc.schedules  # noqa: F401  (fills SCHEDULE_FNS)
 from optsvc.backends import Ops
+from optsvc.fileio import inflates
 from optsvc.optim.hyperparams import HyperparamError, check_last_score, check_restored
 from optsvc.optim.state import OptimizerState, SlotRecord, StateError
 from optsvc.optim.step import RADAM_BUFFER_SLOTS
@@ -191,8 +192,17 @@ def read_archive(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
         loaded = np.load(io.BytesIO(data), allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             raise ValueError("a single array, not an .npz archive")
-        with loaded as npz:
+        with loaded as npz:  # only the zip's directory is read so far
+            for member in npz.zip.infolist():
+                if inflates(member, len(data)):
+                    raise StateError(
+                        f"member {member.filename!r} is compressed or declares "
+                        f"{member.file_size} bytes, more than the archive holds; "
+                        "refused"
+                    )
             arrays = {name: npz[name] for name in npz.files}
+    except StateError:
+        raise
     except Exception as err:  # a corrupt zip raises more than BadZipFile
         raise StateError(f"not a readable optsvc state archive ({err})") from None
     if _META not in arrays:

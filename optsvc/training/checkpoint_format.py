@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from optsvc.errors import OptsvcError
-from optsvc.fileio import FileReadError, read_regular
+from optsvc.fileio import FileReadError, inflates, read_regular
 
 FORMAT = "optsvc.checkpoint"
 VERSION = 1
@@ -309,7 +309,7 @@ def _read_member(
                 shape, _, dtype = fmt.read_array_header_2_0(f)
             else:
                 raise _fail(path, f"{ARRAYS}: {name!r} uses .npy version {version}")
-        if info.compress_type != zipfile.ZIP_STORED or info.file_size > size:
+        if inflates(info, size):
             # Checkpoints store arrays uncompressed; a compressed member could
             # inflate to far more than the file, so it is not opened.
             raise _fail(
@@ -335,24 +335,6 @@ def _read_member(
         raise _fail(
             path, f"{ARRAYS}: {name!r} is not readable ({type(err).__name__}: {err})"
         ) from None
-
-
-def check_stored_zip(path: Path, name: str, data: bytes) -> None:
-    """CheckpointError unless every member of the zip archive `data` (file
-    `name`) is stored uncompressed within it: what optsvc writes, and what
-    cannot inflate to more than the file's size. Only the headers are read."""
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            infos = zf.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
-        raise _fail(path, f"{name} is not a readable archive ({err})") from None
-    for info in infos:
-        if info.compress_type != zipfile.ZIP_STORED or info.file_size > len(data):
-            raise _fail(
-                path,
-                f"{name}: member {info.filename!r} is compressed or declares "
-                f"{info.file_size} bytes, more than the file holds; refused",
-            )
 
 
 def state_from_bytes(path: Path, data: bytes) -> dict:

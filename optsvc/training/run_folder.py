@@ -30,16 +30,17 @@ from optsvc.training.checkpoints import (
     Checkpoint,
     CheckpointError,
     check_checkpoint_folder,
-    config_hash,
     load_latest_checkpoint,
 )
 from optsvc.training.lock import LockedError, RunLock
-from optsvc.training.state import TrainState
+from optsvc.training.state import (
+    NOT_RELEVANT,
+    TrainState,
+    comparable,
+    relevant_config,
+    same_config,
+)
 
-# Settings that change how a run is recorded, not what it computes.
-NOT_RELEVANT = {("training", "checkpoint_frequency"), ("training", "keep_checkpoints"),
-                ("training", "max_steps"), ("training", "logger"),
-                ("system", "gpu_id")}  # fmt: skip
 # best.npz and final.npz are read whole; only a regular file is read at all.
 WEIGHTS_LIMIT = 2**38
 RUN_FILES = ("config.cfg", "metrics.jsonl", "checkpoints", "best.npz", "final.npz")
@@ -208,17 +209,20 @@ class RunFolder:
         skipped with a warning."""
         if not self.checkpoints.is_dir():
             return None, None
+        states: dict[Path, TrainState] = {}  # what `check` made of each one read
+
+        def keep(checkpoint: Checkpoint) -> None:
+            states[checkpoint.path] = check(checkpoint)
+
         try:
-            checkpoint = load_latest_checkpoint(
-                self.checkpoints, warn=warn, check=check
-            )
+            checkpoint = load_latest_checkpoint(self.checkpoints, warn=warn, check=keep)
         except CheckpointError as err:
             raise RunError(
                 f"cannot resume, {err}; start again with --overwrite"
             ) from None
         if checkpoint is None:
             return None, None
-        return checkpoint, check(checkpoint)
+        return checkpoint, states[checkpoint.path]
 
     def clear(self) -> None:
         """Remove the run in this folder (for --overwrite)."""
@@ -284,27 +288,6 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
-def relevant_config(config: dict) -> dict:
-    """The config without the settings in NOT_RELEVANT."""
-    out = json.loads(json.dumps(config))
-    for section, key in NOT_RELEVANT:
-        if isinstance(out.get(section), dict):
-            out[section].pop(key, None)
-    return out
-
-
-def comparable(relevant: dict) -> dict:
-    """A training-relevant config with the defaults of [system] and [training]
-    written out, so that a run's own filled config.cfg compares equal to the
-    config it was started from."""
-    out = json.loads(json.dumps(relevant))
-    defaults = {"system": SystemSection(), "training": TrainingSection()}
-    for name, section in defaults.items():
-        if isinstance(out.get(name), dict):
-            out[name] = {**section.model_dump(), **out[name]}
-    return relevant_config(out)
-
-
 def config_diff(old: Any, new: Any, path: str = "") -> list[str]:
     """Dotted paths whose values differ, as 'path: old -> new' lines.
 
@@ -331,10 +314,8 @@ def check_resumable(
     """RunError unless a run at `state` may continue with this config: the
     training-relevant values unchanged (else a diff), and max_steps not below
     the step, nor changed without --extend."""
-    saved = None if state.config is None else comparable(state.config)
-    relevant = comparable(relevant)
-    if saved is not None and config_hash(saved) != config_hash(relevant):
-        lines = config_diff(saved, relevant)
+    if state.config is not None and not same_config(state.config, relevant):
+        lines = config_diff(comparable(state.config), comparable(relevant))
         raise RunError(
             "the config changed since the checkpoint, so the run cannot be resumed "
             "as it was:\n  "

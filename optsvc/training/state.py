@@ -28,6 +28,7 @@ an uninterrupted one did, bit for bit on the CPU, is the test of this list.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,10 +37,10 @@ import numpy as np
 
 from optsvc.about import __version__
 from optsvc.backends import get_ops
+from optsvc.config import SystemSection, TrainingSection
 from optsvc.errors import OptsvcError
 from optsvc.optim import Optimizer, ParamStore
 from optsvc.optim.serialize import decode_optimizer, schedule_to_json
-from optsvc.training.checkpoint_format import check_stored_zip
 from optsvc.training.checkpoints import Checkpoint, CheckpointError, config_hash
 
 EARLY_STOP, MAX_STEPS = "early_stop", "max_steps"
@@ -53,6 +54,40 @@ _MAX_COUNT = 2**63 - 1
 _COUNTERS = ("step", "epoch", "cursor", "loss_count", "evals_since_best",
              "skipped_steps")  # fmt: skip
 _SCORES = ("score", "best_score")
+
+
+# Settings that change how a run is recorded, not what it computes.
+NOT_RELEVANT = {("training", "checkpoint_frequency"), ("training", "keep_checkpoints"),
+                ("training", "max_steps"), ("training", "logger"),
+                ("system", "gpu_id")}  # fmt: skip
+
+
+def relevant_config(config: dict) -> dict:
+    """The config without the settings in NOT_RELEVANT."""
+    out = json.loads(json.dumps(config))
+    for section, key in NOT_RELEVANT:
+        if isinstance(out.get(section), dict):
+            out[section].pop(key, None)
+    return out
+
+
+def comparable(relevant: dict) -> dict:
+    """A training-relevant config with the defaults of [system] and [training]
+    written out, so that a run's own filled config.cfg compares equal to the
+    config it was started from."""
+    out = json.loads(json.dumps(relevant))
+    defaults = {"system": SystemSection(), "training": TrainingSection()}
+    for name, section in defaults.items():
+        if isinstance(out.get(name), dict):
+            out[name] = {**section.model_dump(), **out[name]}
+    return relevant_config(out)
+
+
+def same_config(saved: dict, relevant: dict) -> bool:
+    """Whether a checkpoint's recorded config and the run's training-relevant
+    config are the same run's, with the defaults of [system] and [training]
+    written out on both sides."""
+    return config_hash(comparable(saved)) == config_hash(comparable(relevant))
 
 
 class ModelMismatch(OptsvcError, ValueError):
@@ -321,13 +356,14 @@ def check_fits(
     check lies, and is treated like a corrupt one: CheckpointError naming what
     is wrong, so that `load_latest_checkpoint` falls back to an older one.
 
-    A checkpoint of another config (`config`, the run's training-relevant
-    config, differs from the one it records) is not checked against the
-    model: the resume refuses it with the difference instead.
+    A checkpoint of another config (not `same_config` as `config`, the
+    run's training-relevant config) is not checked against the model: the
+    resume refuses it with the difference instead (`check_resumable`).
     """
     saved = TrainState.from_checkpoint(checkpoint)
-    if config is not None and saved.config is not None and saved.config != config:
-        return saved
+    if config is not None and saved.config is not None:
+        if not same_config(saved.config, config):
+            return saved
 
     def bad(problem: str) -> CheckpointError:
         return CheckpointError(f"{checkpoint.path}: {problem}")
@@ -344,7 +380,6 @@ def check_fits(
 
 
 def _check_optimizer(checkpoint, store: ParamStore, optimizer: Optimizer, bad):
-    check_stored_zip(checkpoint.path, "optimizer.bin", checkpoint.optimizer)
     try:
         saved = decode_optimizer(
             checkpoint.optimizer, like=optimizer.schedules, ops=get_ops("numpy")
@@ -456,4 +491,8 @@ __all__ = [
     "restore_model",
     "check_fits",
     "key_name",
+    "NOT_RELEVANT",
+    "relevant_config",
+    "comparable",
+    "same_config",
 ]
