@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from optsvc.analysis.runs import short_keys
 from optsvc.config import (
     ConfigError,
     ConfigIssue,
@@ -194,26 +195,13 @@ def _with_trials(issue: ConfigIssue, indexes: list[int], total: int) -> ConfigIs
 def _names(points: list[dict], paths: list[str]) -> list[str]:
     """'<index>-<slug of the values>', the index padded to sort in order."""
     width = len(str(max(len(points) - 1, 0)))
-    keys = _short_keys(paths)
+    keys = short_keys(paths)
     names = []
     for index, values in enumerate(points):
         slug = "-".join(f"{keys[p]}={_short(values[p])}" for p in paths if p in values)
         slug = re.sub(r"[^A-Za-z0-9._=+-]", "_", slug)[:60].rstrip("-_")
         names.append(f"{index:0{width}d}-{slug}" if slug else f"{index:0{width}d}")
     return names
-
-
-def _short_keys(paths: list[str]) -> dict[str, str]:
-    """The last part of each path, or more of it where that is ambiguous."""
-    keys = {}
-    for path in paths:
-        parts = path.split(".")
-        for n in range(1, len(parts) + 1):
-            key = ".".join(parts[-n:])
-            if sum(p == key or p.endswith("." + key) for p in paths) == 1:
-                break
-        keys[path] = key
-    return keys
 
 
 def _short(value: Any) -> str:
