@@ -32,6 +32,7 @@ from typing import Any
 
 from optsvc.config import ConfigError, load_config
 from optsvc.errors import OptsvcError
+from optsvc.fileio import TEXT_LIMIT, read_regular
 
 # Any of these makes a folder a run (`optsvc train` writes config.cfg first);
 # `.lock` alone only while it is held: a run that has not written it yet. A
@@ -158,8 +159,9 @@ def read_records(run: str | os.PathLike) -> list[dict[str, Any]]:
     """Every JSON object in metrics.jsonl, in order; lines torn by a kill are
     skipped."""
     try:
-        text = (Path(run) / "metrics.jsonl").read_text(encoding="utf8")
-    except (OSError, UnicodeDecodeError):
+        data = read_regular(Path(run) / "metrics.jsonl", TEXT_LIMIT, "metrics log")
+        text = data.decode("utf8")
+    except (OSError, UnicodeDecodeError):  # FileReadError is an OSError
         return []
     records = []
     for line in text.splitlines():

@@ -175,7 +175,7 @@ class Tracker:
 
     def _refresh(self, row: TrialRow) -> None:
         """Step and metrics from the trial's metrics.jsonl, the record of truth."""
-        rows = read_rows(self.folder(row.name) / "metrics.jsonl")
+        rows = read_rows(self.folder(row.name))
         if not rows:
             row.step = row.score = row.loss = row.best = None
             return

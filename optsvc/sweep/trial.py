@@ -10,7 +10,6 @@ is stopped never leaves a training process behind.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -18,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from optsvc.analysis.runs import read_records
 
 LOG = "train.log"
 ERROR_MARK = "✘ "
@@ -67,7 +68,7 @@ def run_trial(
     folder = Path(folder).resolve()
     log_path = folder / LOG
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    reader = RowReader(folder / "metrics.jsonl")
+    reader = RowReader(folder)
     command = [sys.executable, "-c", _LAUNCHER, str(os.getpid())]
     command += train_command(folder, gpu=gpu)
     with log_path.open("ab") as log:
@@ -120,35 +121,25 @@ def last_error(folder: str | Path) -> str:
     return _error_in(path, 0).removeprefix(ERROR_MARK)
 
 
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """The evaluation rows of a metrics.jsonl; a line torn by a kill is skipped."""
-    try:
-        text = Path(path).read_text(encoding="utf8")
-    except FileNotFoundError:
-        return []
-    rows = []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
-            rows.append(row)
-    return rows
+def read_rows(folder: str | Path) -> list[dict[str, Any]]:
+    """The evaluation rows of a trial's metrics.jsonl (its objects with an int
+    step); a line torn by a kill is skipped."""
+    return [r for r in read_records(folder) if isinstance(r.get("step"), int)]
 
 
 class RowReader:
-    """New rows of a metrics.jsonl, each step once. The file is read whole
-    each time: a resumed run replaces it (atomically) when it starts."""
+    """New rows of a trial folder's metrics.jsonl, each step once. The file is
+    read whole each time: a resumed run replaces it (atomically) when it
+    starts."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, folder: Path):
+        self.folder = folder
         self.last_step = -1
 
     def send(self, on_row: Callable[[dict[str, Any]], None] | None) -> None:
         if on_row is None:
             return
-        for row in read_rows(self.path):
+        for row in read_rows(self.folder):
             if row["step"] > self.last_step:
                 self.last_step = row["step"]
                 on_row(row)
