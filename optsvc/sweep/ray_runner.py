@@ -188,9 +188,8 @@ def run_ray(
     address: str | None = None,
     early_stop: bool = False,
 ) -> bool:
-    """Run `trials` with Ray Tune; True when the sweep was interrupted."""
-    if not ray_available():
-        raise SweepError(f"Ray Tune is not installed; {RAY_EXTRA}")
+    """Run `trials` with Ray Tune; True when the sweep was interrupted. Only
+    run_sweep calls it, after choose_engine checked that Ray is installed."""
     cpus = None if address else max(workers or os.cpu_count() or 1, 1)
     with ray_session(address, cpus):
         from ray import tune

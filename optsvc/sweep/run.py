@@ -86,9 +86,7 @@ def run_sweep(
     interrupted = False
     try:
         if todo and engine == "serial":
-            interrupted = run_serial(
-                todo, tracker, retries=retries, gpu=gpus_per_trial > 0
-            )
+            run_serial(todo, tracker, retries=retries, gpu=gpus_per_trial > 0)
         elif todo:
             interrupted = run_ray(
                 todo, tracker, workers=workers, gpus_per_trial=gpus_per_trial,

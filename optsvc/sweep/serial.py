@@ -13,16 +13,12 @@ from optsvc.sweep.trial import run_trial
 
 def run_serial(
     trials: Sequence[Trial], tracker: Tracker, *, retries: int = 0, gpu: bool = False
-) -> bool:
+) -> None:
     """Run `trials` in order, each retried up to `retries` times from its last
-    checkpoint; True when it was interrupted (Ctrl-C) before the end."""
-    try:
-        for trial in trials:
-            _run_one(trial, tracker, retries, gpu)
-    except KeyboardInterrupt:
-        tracker.interrupt()
-        return True
-    return False
+    checkpoint. Ctrl-C (KeyboardInterrupt) goes through to run_sweep, which
+    marks the unfinished trials as interrupted."""
+    for trial in trials:
+        _run_one(trial, tracker, retries, gpu)
 
 
 def _run_one(trial: Trial, tracker: Tracker, retries: int, gpu: bool) -> None:
