@@ -13,11 +13,13 @@ from optsvc.config.parse import (
     SPACY_SECTIONS,
     ConfigError,
     ConfigIssue,
+    config_from_str,
     config_to_str,
     did_you_mean,
     get_path,
     load_config,
     parse_overrides,
+    read_config_text,
 )
 from optsvc.config.schema import SystemSection, TrainingSection
 from optsvc.config.validation import (
@@ -30,11 +32,13 @@ from optsvc.config.validation import (
 __all__ = [
     "ConfigError",
     "ConfigIssue",
+    "config_from_str",
     "config_to_str",
     "did_you_mean",
     "get_path",
     "load_config",
     "parse_overrides",
+    "read_config_text",
     "SystemSection",
     "SPACY_SECTIONS",
     "TrainingSection",

@@ -154,6 +154,13 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     Raises ConfigError (never a parser traceback) for a missing, unreadable,
     empty or malformed file and for overrides that do not fit it."""
     path = Path(path)
+    return config_from_str(read_config_text(path), overrides, source=str(path))
+
+
+def read_config_text(path: str | Path) -> str:
+    """The text of a config file, as `load_config` reads it; ConfigError for
+    a missing, unreadable or non-UTF-8 file."""
+    path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file '{path}' does not exist; check the path")
     if path.is_dir():
@@ -168,7 +175,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         ) from None
     except OSError as err:
         raise ConfigError(f"cannot read config file '{path}': {err.strerror}") from None
-    return config_from_str(text, overrides, source=str(path))
+    return text
 
 
 def config_from_str(

@@ -18,8 +18,9 @@ from optsvc.analysis.runs import short_keys
 from optsvc.config import (
     ConfigError,
     ConfigIssue,
+    config_from_str,
     config_to_str,
-    load_config,
+    read_config_text,
     validate_config,
 )
 from optsvc.sweep.space import Distribution, SweepError, parse_grid, parse_sample
@@ -71,13 +72,19 @@ def plan_sweep(
     grids = [parse_grid(g) for g in grid]
     draws = [parse_sample(s) for s in sample]
     paths = _check_paths(grids, draws, samples, overrides)
-    base = load_config(config, overrides)
+    # Read once: every trial is built from the same text (as load_config
+    # would build it from the file).
+    text = read_config_text(config)
+    source = str(Path(config))
+    base = config_from_str(text, overrides, source=source)
     seed = _base_seed(base)
     points = _points(grids, draws, samples, seed)
     names = _names(points, paths)
     trials, issues, warnings = [], {}, []
     for index, (values, name) in enumerate(zip(points, names)):
-        trial, problems, notes = _trial(config, overrides, index, name, values)
+        trial, problems, notes = _trial(
+            config, text, source, overrides, index, name, values
+        )
         for problem in problems:
             issues.setdefault(str(problem), (problem, []))[1].append(index)
         warnings.extend(w for w in notes if w not in warnings)
@@ -153,9 +160,11 @@ def _points(grids, draws, samples: int, seed: int) -> list[dict[str, Any]]:
     return points
 
 
-def _trial(config, overrides, index: int, name: str, values: dict):
+def _trial(
+    config, text: str, source: str, overrides, index: int, name: str, values: dict
+):
     try:
-        cfg = load_config(config, {**overrides, **values})
+        cfg = config_from_str(text, {**overrides, **values}, source=source)
     except ConfigError as err:
         return None, err.issues, []
     report = validate_config(cfg, for_training=True)
