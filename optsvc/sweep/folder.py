@@ -14,6 +14,7 @@ from optsvc.about import __version__
 from optsvc.fileio import write_atomic
 from optsvc.sweep.plan import SweepPlan
 from optsvc.sweep.space import SweepError
+from optsvc.training.run_folder import RunFolder
 
 SWEEP_FILE = "sweep.json"
 TRIALS = "trials"
@@ -60,10 +61,10 @@ def prepare_folder(out: Path, plan: SweepPlan, *, resume: bool) -> None:
         }
         write_atomic(sweep_file, (json.dumps(document, indent=1) + "\n").encode())
     for trial in plan.trials:
-        folder = out / TRIALS / trial.name
-        folder.mkdir(parents=True, exist_ok=True)
-        if not (folder / "config.cfg").exists():
-            write_atomic(folder / "config.cfg", trial.config.encode())
+        run = RunFolder(out / TRIALS / trial.name)
+        run.path.mkdir(parents=True, exist_ok=True)
+        if not run.config_file.exists():
+            write_atomic(run.config_file, trial.config.encode())
 
 
 def _check_same(sweep_file: Path, records: list[dict], out: Path) -> None:

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from optsvc.sweep.plan import Trial
-from optsvc.sweep.results import FAILED, FINISHED, STOPPED, Tracker
+from optsvc.sweep.results import FAILED, FINISHED, STOPPED, Tracker, _number
 from optsvc.sweep.space import SweepError
 from optsvc.sweep.trial import last_error, run_trial
+from optsvc.training.run_folder import RunFolder
 
 RAY_EXTRA = "pip install 'optsvc[ray]'"
 # A private instance: loopback only (Ray's switch for single-machine use), no
@@ -83,9 +84,8 @@ def _metrics(row: dict[str, Any]) -> dict[str, float]:
     # Tune needs a number for the metric in every report; NaN when missing.
     out = {}
     for key in ("score", "loss"):
-        value = row.get(key)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        out[key] = float(value) if ok and math.isfinite(value) else math.nan
+        value = _number(row.get(key))
+        out[key] = math.nan if value is None else value
     return out
 
 
@@ -168,7 +168,7 @@ def _callback(tracker: Tracker):
         def on_trial_complete(self, iteration, trials, trial, **info):
             # A trial ASHA stopped ends here too, without final weights.
             name = _name(trial)
-            done = (tracker.folder(name) / "final.npz").exists()
+            done = RunFolder(tracker.folder(name)).final.exists()
             tracker.end(name, FINISHED if done else STOPPED)
 
     return SweepCallback()

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from optsvc.fileio import write_atomic
+from optsvc.sweep.folder import TRIALS
 from optsvc.sweep.plan import SweepPlan, Trial
 from optsvc.sweep.trial import read_rows
+from optsvc.training.run_folder import RunFolder
 
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
@@ -71,7 +73,7 @@ class Tracker:
             self.rows.setdefault(trial.name, TrialRow(trial))
 
     def folder(self, name: str) -> Path:
-        return self.out / "trials" / name
+        return self.out / TRIALS / name
 
     def restore(self, previous: dict[str, dict[str, Any]]) -> None:
         """Statuses and attempts from an earlier run's results.json."""
@@ -80,7 +82,7 @@ class Tracker:
             row.attempts = int(old.get("attempts") or 0)
             row.error = str(old.get("error") or "")
             status = old.get("status", PENDING)
-            if status == FINISHED and not (self.folder(name) / "final.npz").exists():
+            if status == FINISHED and not RunFolder(self.folder(name)).final.exists():
                 status = INTERRUPTED  # its weights are gone: run it again
             row.status = status if status in DONE or status == FAILED else (
                 INTERRUPTED if row.attempts else PENDING
@@ -156,7 +158,7 @@ class Tracker:
         write_atomic(self.out / RESULTS_CSV, _csv(table).encode())
         best_path = self.out / BEST_CFG
         if best is not None:
-            text = (self.folder(best.name) / "config.cfg").read_bytes()
+            text = RunFolder(self.folder(best.name)).config_file.read_bytes()
             write_atomic(best_path, text)
         else:
             best_path.unlink(missing_ok=True)
@@ -197,7 +199,7 @@ class Tracker:
             f"best_{self.metric}": row.best,
             "attempts": row.attempts,
             "error": row.error,
-            "folder": f"trials/{row.name}",
+            "folder": f"{TRIALS}/{row.name}",
         }
 
 

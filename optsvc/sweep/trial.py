@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from optsvc.analysis.runs import read_records
+from optsvc.training.run_folder import RunFolder
 
 LOG = "train.log"
 ERROR_MARK = "✘ "
@@ -51,7 +52,7 @@ class TrialRun:
 def train_command(folder: Path, *, gpu: bool = False) -> list[str]:
     """The `optsvc train` command line for a trial folder."""
     command = [sys.executable, "-m", "optsvc_cli.main", "train"]
-    command += [str(folder / "config.cfg"), "-o", str(folder), "--resume"]
+    command += [str(RunFolder(folder).config_file), "-o", str(folder), "--resume"]
     # The runner made one GPU visible to this trial: its first.
     return command + (["--gpu", "0"] if gpu else [])
 
