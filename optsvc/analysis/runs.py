@@ -33,6 +33,7 @@ from typing import Any
 from optsvc.config import ConfigError, load_config
 from optsvc.errors import OptsvcError
 from optsvc.fileio import TEXT_LIMIT, read_regular
+from optsvc.training.lock import lock_holder
 
 # Any of these makes a folder a run (`optsvc train` writes config.cfg first);
 # `.lock` alone only while it is held: a run that has not written it yet. A
@@ -385,11 +386,9 @@ def _status(
 
 
 def _holder(run: Path) -> str:
-    try:
-        pid = (run / ".lock").read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        return ""
-    return f"pid {pid}" if pid.isdigit() else ""
+    text = lock_holder(run)
+    pid = text.strip()
+    return f"pid {pid}" if text.isascii() and pid.isdigit() else ""
 
 
 def _ended_early(state: dict[str, Any] | None) -> str:

@@ -22,6 +22,16 @@ class LockedError(OptsvcError, RuntimeError):
     """Another live process is using the run folder."""
 
 
+def lock_holder(folder: str | os.PathLike) -> str:
+    """What the run folder's ``.lock`` records (its holder's pid, unstripped),
+    or '' when it cannot be read; at most 64 bytes are read."""
+    try:
+        data = read_regular(Path(folder) / ".lock", 64, "lock file")
+    except OptsvcError:
+        return ""
+    return data.decode(errors="replace")
+
+
 class RunLock:
     """An exclusive lock on a run folder, taken at construction.
 
@@ -55,10 +65,7 @@ class RunLock:
         self._dir_fd: int | None = dir_fd
 
     def _locked(self) -> LockedError:
-        try:
-            holder = read_regular(self.path, 64, "lock file").decode(errors="replace")
-        except OptsvcError:
-            holder = ""
+        holder = lock_holder(self.path.parent)
         return LockedError(
             f"another optsvc train (pid {holder.strip() or '?'}) is using "
             f"'{self.path.parent}'; wait for it to finish, or use another folder "
