@@ -69,7 +69,7 @@ def schedule_range(
     stride = max(1, steps // 2000)
     highest = -math.inf
     for step in [*range(0, steps, stride), steps - 1]:
-        value = _value(schedule, step)
+        value, _ = _evaluate(schedule, name, step)
         if value is None:
             return None  # a failing schedule is reported on its own
         if not arg.in_range(value):
@@ -96,16 +96,6 @@ def schedule_range(
 
 
 DEFAULT_EVAL_FREQUENCY = 100  # TrainingSection's
-
-
-def _value(schedule: Schedule, step: int) -> float | None:
-    try:
-        value = schedule(step, key=None, last_score=None)
-    except (ValueError, ArithmeticError):
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    return float(value)
 
 
 def _plateau_growth(
@@ -188,12 +178,18 @@ def standalone_values(
         try:
             values.append(float(schedule(step, key=None, last_score=last)))
         except (ValueError, ArithmeticError) as err:
-            reason = str(err) if isinstance(err, ValueError) else "it overflows"
-            raise ConfigError(
-                f"the schedule fails at step {step}: {reason}; show fewer steps "
-                "(--steps) or fix the schedule"
-            ) from None
+            raise _step_failure("the schedule", step, err) from None
     return values
+
+
+def _step_failure(what: str, step: int, err: Exception) -> ConfigError:
+    """The ConfigError for a schedule that raised `err` at `step` while its
+    values were being shown."""
+    reason = str(err) if isinstance(err, ValueError) else "it overflows"
+    return ConfigError(
+        f"{what} fails at step {step}: {reason}; show fewer steps (--steps) or "
+        "fix the schedule"
+    )
 
 
 def read_scores(path: str | Path) -> dict[int, float]:
@@ -242,11 +238,7 @@ def schedule_values(
             try:
                 values[p].append(getattr(optimizer, ATTRS[p]))
             except (ValueError, ArithmeticError) as err:
-                reason = str(err) if isinstance(err, ValueError) else "it overflows"
-                raise ConfigError(
-                    f"the schedule of '{p}' fails at step {step}: {reason}; "
-                    "show fewer steps (--steps) or fix the schedule"
-                ) from None
+                raise _step_failure(f"the schedule of '{p}'", step, err) from None
         optimizer.step_schedules()
     return values
 
@@ -260,11 +252,11 @@ def dead_schedule_warnings(
     whose step it leaves alone."""
     stride = max(1, max_steps // 2000)
     schedules = {n: s for n, s in optimizer.schedules.items() if s.name != "constant"}
-    learn_rate = optimizer.schedules["learn_rate"]
+    # A constant learn_rate never dies part-way: only a scheduled one is read.
     last_live = -1
     for step in range(0, max_steps, stride) if schedules else ():
         for name, schedule in schedules.items():
-            reason = _failure(schedule, name, step)
+            value, reason = _evaluate(schedule, name, step)
             if reason:
                 raise ConfigError(
                     ConfigIssue(
@@ -273,8 +265,8 @@ def dead_schedule_warnings(
                         f"training.max_steps ({max_steps}): {reason}",
                     )
                 )
-        if learn_rate(step, key=None, last_score=None) > 0:
-            last_live = step
+            if name == "learn_rate" and value > 0:
+                last_live = step
     dead_from = last_live + stride
     if last_live >= 0 and 10 * dead_from < 9 * max_steps:
         return [
@@ -288,19 +280,24 @@ def dead_schedule_warnings(
     return []
 
 
-def _failure(schedule: Schedule, name: str, step: int) -> str | None:
-    """Why a hyperparameter's schedule gives no usable value at `step`."""
+def _evaluate(
+    schedule: Schedule, name: str, step: int
+) -> tuple[float | None, str | None]:
+    """(value, reason): a hyperparameter's schedule read once at `step`.
+    value: the number it gives (inf and nan too), None when it fails or gives
+    something else; reason: why that value is not usable (also for inf and
+    nan), None when it is."""
     try:
         value = schedule(step, key=None, last_score=None)
     except ValueError as err:
-        return str(err)
+        return None, str(err)
     except ArithmeticError:
-        return "the value overflows"
+        return None, "the value overflows"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return f"'{name}' schedule gave {value!r}; expected a number"
+        return None, f"'{name}' schedule gave {value!r}; expected a number"
     if not math.isfinite(value):
-        return f"'{name}' must be finite, got {value!r}"
-    return None
+        return float(value), f"'{name}' must be finite, got {value!r}"
+    return float(value), None
 
 
 def describe(schedule: Schedule) -> str:
