@@ -10,8 +10,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from optsvc import registries
+from optsvc.config.blocks import find_function
 from optsvc.config.parse import ConfigError, ConfigIssue
+from optsvc.config.schema import TrainingSection
 from optsvc.fileio import TEXT_LIMIT, FileReadError, read_regular
 from optsvc.optim import Optimizer
 from optsvc.schedules.base import Schedule
@@ -21,6 +22,7 @@ from optsvc.spec import Arg, params_of
 ATTRS = {"learn_rate": "learn_rate", "L2": "L2", "beta1": "b1", "beta2": "b2",
          "eps": "eps", "grad_clip": "grad_clip"}  # fmt: skip
 DEFAULT_HORIZON = 1000
+DEFAULT_EVAL_FREQUENCY = TrainingSection.model_fields["eval_frequency"].default
 
 
 def scheduled(optimizer: Optimizer) -> list[str]:
@@ -95,9 +97,6 @@ def schedule_range(
     )
 
 
-DEFAULT_EVAL_FREQUENCY = 100  # TrainingSection's
-
-
 def _plateau_growth(
     schedule: Schedule, steps: int, every: int
 ) -> tuple[float, int] | None:
@@ -115,11 +114,13 @@ def _plateau_growth(
 
 def hyper_ranges(optimizer_name: str) -> dict[str, Arg]:
     """The range each hyperparameter of a registered optimizer accepts, as
-    its signature declares it (`optsvc.optim.optimizer`'s aliases)."""
-    found = registries.optimizers.get_all().get(optimizer_name)
+    its signature declares it (`optsvc.optim.optimizer`'s aliases); a
+    third-party optimizer without annotations declares none, so none is
+    checked (hence not HPARAM_ARGS for every optimizer)."""
+    found = find_function("optimizers", optimizer_name)
     if found is None:
         return {}
-    return {p.name: p.arg for p in params_of(found) if p.kind == "hyper"}
+    return {p.name: p.arg for p in params_of(found[1]) if p.kind == "hyper"}
 
 
 def range_errors(
