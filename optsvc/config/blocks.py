@@ -14,12 +14,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from optsvc.config.parse import ConfigError, ConfigIssue, did_you_mean
+from optsvc.config.parse import OWN_REGISTRIES, ConfigError, ConfigIssue, did_you_mean
 from optsvc.config.registry import registry
 from optsvc.config.schema import Nested, function_schema
 from optsvc.spec import params_of, rules_of, unchecked
 
-REGISTRIES = ("optimizers", "schedules", "datasets", "models", "loggers")
 # Which registry each optsvc section's block names, and an example.
 SECTION_REGISTRY = {"data": ("datasets", "blobs.v1"), "model": ("models", "mlp.v1")}
 # Registries of Thinc and spaCy that their configs name: never a misspelling of
@@ -152,14 +151,15 @@ def _check_reference(block, path, expected, issues) -> tuple[str, str, Callable]
 
 def _reference_problem(reg_name, name, expected, names) -> dict | None:
     """What is wrong with `@reg_name = name` where @expected is wanted."""
-    if reg_name not in REGISTRIES:
+    if reg_name not in OWN_REGISTRIES:
         if reg_name in FOREIGN_REGISTRIES:
             return {
                 "message": f"@{reg_name} is a Thinc/spaCy registry, not one optsvc "
                 "builds",
                 "hint": f"this block needs a function from @{expected}",
             }
-        close = difflib.get_close_matches(reg_name, REGISTRIES, n=1, cutoff=0.75)
+        # Its own cutoff, not parse's 0.8: a shared one would change the hints.
+        close = difflib.get_close_matches(reg_name, OWN_REGISTRIES, n=1, cutoff=0.75)
         hint = f"did you mean '{close[0]}'?" if close else f"use @{expected}"
         return {"message": f"unknown registry @{reg_name}", "hint": hint}
     if reg_name != expected:
@@ -282,7 +282,7 @@ def _registry_named(block: Any, path: str) -> str:
     if not isinstance(block, dict):
         return "optimizers"
     refs = [str(k)[1:] for k in block if str(k).startswith("@")]
-    return next((r for r in refs if r in REGISTRIES), "optimizers")
+    return next((r for r in refs if r in OWN_REGISTRIES), "optimizers")
 
 
 __all__ = ["build_block", "check_block", "construct", "find_function", "known"]
