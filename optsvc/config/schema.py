@@ -104,11 +104,6 @@ def config_params(func) -> list[Param]:
     return list(params_of(func))
 
 
-def describe_arg(func, name: str) -> str:
-    """The description a function's signature gives argument `name`."""
-    return next((p.arg.desc for p in params_of(func) if p.name == name), "")
-
-
 # --- training sections -------------------------------------------------------------
 
 
