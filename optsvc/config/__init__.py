@@ -9,6 +9,7 @@ The names below are the config layer's interface to the layers above it
 optimizer from a config with the same checks and errors as `optsvc validate`.
 """
 
+from optsvc.config.blocks import build_block
 from optsvc.config.parse import (
     SPACY_SECTIONS,
     ConfigError,
@@ -22,12 +23,7 @@ from optsvc.config.parse import (
     read_config_text,
 )
 from optsvc.config.schema import SystemSection, TrainingSection
-from optsvc.config.validation import (
-    Report,
-    build_block,
-    load_optimizer,
-    validate_config,
-)
+from optsvc.config.validation import Report, load_optimizer, validate_config
 
 __all__ = [
     "ConfigError",

@@ -261,16 +261,15 @@ def _is_block(value: Any) -> bool:
     return isinstance(value, dict) and any(str(k).startswith("@") for k in value)
 
 
-def build_block(block: dict, path: str, *, expected: str | None = None) -> Any:
+def build_block(block: dict, path: str) -> Any:
     """Check a registered-function block as `validate_config` does, then
     build it; every problem is listed in one ConfigError with its dotted path.
-    `expected`: the registry the block must name (default: the one it names).
 
     >>> build_block({"@schedules": "constant.v1", "rate": 0.5}, "lr")(10)
     0.5
     """
     issues: list[ConfigIssue] = []
-    check_block(block, path, expected or _registry_named(block, path), issues, {})
+    check_block(block, path, _registry_named(block, path), issues, {})
     if issues:
         raise ConfigError(issues)
     return construct(block, path)

@@ -20,7 +20,6 @@ from pydantic import BaseModel
 
 from optsvc.config.blocks import (
     SECTION_REGISTRY,
-    build_block,
     check_block,
     check_model,
     construct,
@@ -310,4 +309,4 @@ def _build_optimizer(
         report.errors.extend(err.issues)
 
 
-__all__ = ["Report", "validate_config", "load_optimizer", "build_block"]
+__all__ = ["Report", "validate_config", "load_optimizer"]
