@@ -153,13 +153,12 @@ def load_optimizer(
 
 
 def _size_errors(report: Report) -> list[ConfigIssue]:
-    """The job's memory, estimated before anything is allocated."""
-    functions = {}
-    for path, registry_name in (("data", "datasets"), ("model", "models")):
-        found = find_function(registry_name, report.blocks[path][0])
-        if found is None:
-            return []
-        functions[path] = found[1]
+    """The job's memory, estimated before anything is allocated (the data and
+    model blocks passed their checks, so each names a registered function)."""
+    functions = {
+        path: find_function(registry_name, report.blocks[path][0])[1]
+        for path, (registry_name, _) in SECTION_REGISTRY.items()
+    }
     return size_errors(report.blocks, functions, report.training.batch_size)
 
 
