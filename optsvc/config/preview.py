@@ -150,7 +150,7 @@ def odd_values(blocks: dict[str, tuple[str, dict]]) -> list[ConfigIssue]:
     for path, (name, block) in blocks.items():
         low, high = block.get("min_lr"), block.get("max_lr")
         if (
-            name.endswith("cyclic_triangular.v1")
+            name == "cyclic_triangular.v1"
             and isinstance(low, numbers.Real)
             and isinstance(high, numbers.Real)
             and low > high
