@@ -11,20 +11,27 @@ from typing import Annotated, Any
 
 from optsvc import registries
 from optsvc.schedules.base import Schedule, schedule_fn
-from optsvc.schedules.thinc import WARMUP_WITHIN_TOTAL
+from optsvc.schedules.thinc import (
+    WARMUP_WITHIN_TOTAL,
+    FinalRate,
+    NextSchedule,
+    PeakAfterWarmup,
+    PeakRate,
+    RisingFraction,
+    StartRate,
+    WarmupSteps,
+)
 from optsvc.spec import Arg, Rule, checked
 
 
 @registries.schedules.register("warmup_cosine.v1")
 @checked(WARMUP_WITHIN_TOTAL)
 def warmup_cosine(
-    initial_rate: Annotated[float, Arg("peak value, reached after warmup", ge=0)],
-    warmup_steps: Annotated[int, Arg("steps of linear warmup", ge=0)],
+    initial_rate: PeakAfterWarmup,
+    warmup_steps: WarmupSteps,
     total_steps: Annotated[int, Arg("step at which the decay ends", ge=1)],
     *,
-    final_rate: Annotated[
-        float, Arg("the value never goes below this floor", ge=0)
-    ] = 0.0,
+    final_rate: FinalRate = 0.0,
 ) -> Schedule[float]:
     """Linear warmup to `initial_rate`, then cosine decay to `final_rate`.
 
@@ -62,14 +69,12 @@ def _warmup_cosine(schedule: Schedule, step: int, **kwargs: Any) -> float:
 @registries.schedules.register("exponential_decay.v1")
 @checked()
 def exponential_decay(
-    initial_rate: Annotated[float, Arg("value at step 0", ge=0)],
+    initial_rate: StartRate,
     decay_rate: Annotated[float, Arg("factor per decay_steps", ge=0)],
     decay_steps: Annotated[int, Arg("steps per factor of decay_rate", ge=1)],
     *,
     staircase: Annotated[bool, Arg("decay in discrete steps")] = False,
-    final_rate: Annotated[
-        float, Arg("the value never goes below this floor", ge=0)
-    ] = 0.0,
+    final_rate: FinalRate = 0.0,
 ) -> Schedule[float]:
     """`initial_rate * decay_rate ** (step / decay_steps)`, never below
     `final_rate`; with `staircase`, the exponent is floored (step decay).
@@ -104,7 +109,7 @@ def _exponential_decay(schedule: Schedule, step: int, **kwargs: Any) -> float:
 @registries.schedules.register("step_decay.v1")
 @checked()
 def step_decay(
-    initial_rate: Annotated[float, Arg("value at step 0", ge=0)],
+    initial_rate: StartRate,
     step_size: Annotated[int, Arg("steps between decays", ge=1)],
     gamma: Annotated[float, Arg("factor per decay", ge=0)] = 0.1,
 ) -> Schedule[float]:
@@ -173,8 +178,8 @@ def _piecewise_constant(schedule: Schedule, step: int, **kwargs: Any) -> float:
 @registries.schedules.register("linear_warmup.v1")
 @checked()
 def linear_warmup(
-    warmup_steps: Annotated[int, Arg("steps of linear warmup", ge=0)],
-    schedule: Annotated[Schedule[float], Arg("the schedule that follows")],
+    warmup_steps: WarmupSteps,
+    schedule: NextSchedule,
 ) -> Schedule[float]:
     """Ramp linearly from 0 to `schedule(warmup_steps)` over `warmup_steps`
     steps, then follow `schedule(step)` (the inner schedule sees the global
@@ -204,12 +209,10 @@ def _linear_warmup(schedule: Schedule, step: int, **kwargs: Any) -> float:
 @registries.schedules.register("one_cycle.v1")
 @checked()
 def one_cycle(
-    max_rate: Annotated[float, Arg("peak value", ge=0)],
+    max_rate: PeakRate,
     total_steps: Annotated[int, Arg("length of the cycle, in steps", ge=2)],
     *,
-    pct_start: Annotated[
-        float, Arg("fraction of steps spent increasing", gt=0, lt=1)
-    ] = 0.25,
+    pct_start: RisingFraction = 0.25,
     div_factor: Annotated[
         float, Arg("initial value = max_rate / div_factor", gt=0)
     ] = 25.0,

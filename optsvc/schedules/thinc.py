@@ -17,6 +17,17 @@ from optsvc import registries
 from optsvc.schedules.base import Schedule, schedule_fn
 from optsvc.spec import Arg, Rule, checked
 
+# Arguments that several schedules take (here and in `optsvc.schedules.extra`),
+# each declared once.
+PeakAfterWarmup = Annotated[float, Arg("peak value, reached after warmup", ge=0)]
+WarmupSteps = Annotated[int, Arg("steps of linear warmup", ge=0)]
+PeakRate = Annotated[float, Arg("peak value", ge=0)]
+RisingFraction = Annotated[float, Arg("fraction of steps spent increasing", gt=0, lt=1)]
+FinalRate = Annotated[float, Arg("the value never goes below this floor", ge=0)]
+StartRate = Annotated[float, Arg("value at step 0", ge=0)]
+StepOffset = Annotated[float, Arg("step offset")]
+NextSchedule = Annotated[Schedule[float], Arg("the schedule that follows")]
+
 # --- Thinc 9.1.1's schedules ---------------------------------------------------
 
 
@@ -41,7 +52,7 @@ def _constant(schedule: Schedule, step: int, **kwargs: Any) -> float:
 def constant_then(
     rate: Annotated[float, Arg("the value for the first steps")],
     steps: Annotated[int, Arg("steps at that value", ge=0)],
-    schedule: Annotated[Schedule[float], Arg("the schedule that follows")],
+    schedule: NextSchedule,
 ) -> Schedule[float]:
     """`rate` for the first `steps` steps, then `schedule(step)`.
 
@@ -72,7 +83,7 @@ def decaying(
     base_rate: Annotated[float, Arg("value at step 0")],
     decay: Annotated[float, Arg("decay per step")],
     *,
-    t: Annotated[float, Arg("step offset")] = 0.0,
+    t: StepOffset = 0.0,
 ) -> Schedule[float]:
     """Inverse-time decay: `base_rate / (1 + decay * (step + t))`.
 
@@ -97,7 +108,7 @@ def compounding(
     stop: Annotated[float, Arg("the value is clipped at this bound")],
     compound: Annotated[float, Arg("factor per step")],
     *,
-    t: Annotated[float, Arg("step offset")] = 0.0,
+    t: StepOffset = 0.0,
 ) -> Schedule[float]:
     """`start * compound ** (step + t)`, clipped at `stop` (from either side).
 
@@ -137,8 +148,8 @@ WARMUP_WITHIN_TOTAL = Rule(_warmup_within_total, at="warmup_steps")
 @registries.schedules.register("warmup_linear.v1")
 @checked(WARMUP_WITHIN_TOTAL.config_only())
 def warmup_linear(
-    initial_rate: Annotated[float, Arg("peak value, reached after warmup", ge=0)],
-    warmup_steps: Annotated[int, Arg("steps of linear warmup", ge=0)],
+    initial_rate: PeakAfterWarmup,
+    warmup_steps: WarmupSteps,
     total_steps: Annotated[int, Arg("step at which the schedule ends", ge=1)],
 ) -> Schedule[float]:
     """Linear warmup from 0 to `initial_rate` over `warmup_steps`, then a
@@ -185,16 +196,14 @@ def _rises_for_a_step(num_steps: int, cut_frac: float) -> str | None:
 @registries.schedules.register("slanted_triangular.v1")
 @checked(Rule(_rises_for_a_step, at="num_steps"))
 def slanted_triangular(
-    max_rate: Annotated[float, Arg("peak value", ge=0)],
+    max_rate: PeakRate,
     num_steps: Annotated[int, Arg("length of the schedule", ge=1)],
     *,
-    cut_frac: Annotated[
-        float, Arg("fraction of steps spent increasing", gt=0, lt=1)
-    ] = 0.1,
+    cut_frac: RisingFraction = 0.1,
     ratio: Annotated[
         float, Arg("how much smaller the lowest value is than the peak", gt=0)
     ] = 32,
-    t: Annotated[float, Arg("step offset")] = 0.0,
+    t: StepOffset = 0.0,
 ) -> Schedule[float]:
     """Howard and Ruder's slanted triangular rate.
 
