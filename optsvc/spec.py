@@ -117,11 +117,13 @@ def _integer(arg: Arg, x: Any, what: str = "") -> str | None:
     return None
 
 
-def _items(check: Callable[..., str | None], arg: Arg, x: Any) -> str | None:
+def _items(
+    check: Callable[..., str | None], arg: Arg, x: Any, prefix: str = "item "
+) -> str | None:
     if not isinstance(x, (list, tuple)):
         return "must be a list"
     for i, item in enumerate(x):
-        problem = check(arg, item, f"item {i} ")
+        problem = check(arg, item, f"{prefix}{i} ")
         if problem:
             return problem
     return None
@@ -133,11 +135,7 @@ def _hyperparameter(arg: Arg, x: Any) -> str | None:
     if isinstance(x, (list, tuple)):
         if not x:
             return "must be a number, a non-empty list or a schedule"
-        for i, item in enumerate(x):
-            problem = _number(arg, item, f"list item {i} ")
-            if problem:
-                return problem
-        return None
+        return _items(_number, arg, x, "list item ")
     if isinstance(x, numbers.Number):
         return _number(arg, x)
     return None
