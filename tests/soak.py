@@ -645,7 +645,7 @@ def _damage(path: Path, how: str, rng: random.Random) -> str:
     return f"{path.name} deleted"
 
 
-def _rewrite_manifest(folder: Path) -> None:
+def rewrite_manifest(folder: Path) -> None:
     """Recompute a checkpoint's manifest for its present files: only the
     check under test (pickle, shape, dtype) can fail then."""
     import hashlib
@@ -669,7 +669,7 @@ def _replace_arrays(folder: Path, change) -> None:
     buf = io.BytesIO()
     np.savez(buf, allow_pickle=True, **arrays)
     (folder / "arrays.npz").write_bytes(buf.getvalue())
-    _rewrite_manifest(folder)
+    rewrite_manifest(folder)
 
 
 SIMPLE = [
@@ -796,12 +796,12 @@ def _plant(kind: str, newest: Path, marker: Path, rng: random.Random):
         buf = io.BytesIO()
         np.savez(buf, m0=np.array([Payload(marker)], dtype=object))
         (newest / "optimizer.bin").write_bytes(buf.getvalue())
-        _rewrite_manifest(newest)
+        rewrite_manifest(newest)
         what = "a pickle as optimizer.bin, manifest recomputed"
         return what, {**fell_back, "warning": "optimizer state is refused"}
     if kind in LIES:
         what, warning = LIES[kind](newest, rng)
-        _rewrite_manifest(newest)
+        rewrite_manifest(newest)
         return f"{what}, manifest recomputed", {**fell_back, "warning": warning}
     raise AssertionError(kind)
 

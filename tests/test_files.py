@@ -9,7 +9,6 @@ CLI in a subprocess, with a timeout, so that a hang fails the test."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from confection import Config
+from soak import rewrite_manifest
 
 from optsvc import Adam
 from optsvc.backends import get_ops
@@ -35,7 +35,6 @@ from optsvc.training.checkpoints import (
     CheckpointError,
     load_checkpoint,
     load_latest_checkpoint,
-    manifest_to_bytes,
     save_checkpoint,
 )
 from optsvc.training.loop import train
@@ -86,19 +85,6 @@ def one_error_line(result: subprocess.CompletedProcess, *needles: str) -> None:
     assert len(errors) == 1, output
     for needle in needles:
         assert needle in errors[0], output
-
-
-def rewrite_manifest(folder: Path) -> None:
-    """Recompute a checkpoint's checksums for its present files, as someone
-    crafting a lying checkpoint would."""
-    manifest = json.loads((folder / "manifest.json").read_text())
-    for name in manifest["files"]:
-        data = (folder / name).read_bytes()
-        manifest["files"][name] = {
-            "size": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-        }
-    (folder / "manifest.json").write_bytes(manifest_to_bytes(manifest))
 
 
 def newest(run: Path) -> Path:
