@@ -35,46 +35,6 @@ def test_after_a_nan_stop_the_folder_takes_a_new_run(tmp_path):
     assert (run / "final.npz").is_file()
 
 
-def test_a_run_that_saved_work_still_needs_resume_or_overwrite(tmp_path):
-    run = tmp_path / "run"
-    assert train(QUICKSTART, "-o", run, *SMALL).exit_code == 0
-    again = train(QUICKSTART, "-o", run, *SMALL)
-    assert again.exit_code == 1
-    assert "already holds a run; add --resume" in again.stderr
-
-
-SPACY_NO_LIMIT = """
-[nlp]
-lang = "en"
-
-[training]
-max_steps = 0
-
-[training.optimizer]
-@optimizers = "Adam.v1"
-
-[training.optimizer.learn_rate]
-@schedules = "warmup_linear.v1"
-initial_rate = 0.001
-warmup_steps = 25
-total_steps = 200
-"""
-
-
-def test_show_schedule_on_a_spacy_config_without_a_step_limit(tmp_path):
-    # spaCy's max_steps = 0 is "no limit": the schedule's own length is used
-    cfg = tmp_path / "spacy.cfg"
-    cfg.write_text(SPACY_NO_LIMIT)
-    chart = runner.invoke(app, ["show-schedule", str(cfg)])
-    assert chart.exit_code == 0, chart.output
-    assert "internal error" not in chart.output
-    rows = runner.invoke(app, ["show-schedule", str(cfg), "--format", "csv"])
-    assert rows.exit_code == 0
-    lines = rows.stdout.strip().splitlines()
-    assert lines[0] == "step,learn_rate" and len(lines) == 1 + 200
-    assert lines[26].startswith("25,0.001")
-
-
 def test_train_warns_like_validate_about_a_learning_rate_that_dies_early(tmp_path):
     dying = [*SMALL, "--optimizer.learn_rate.total_steps", "20",
              "--optimizer.learn_rate.final_rate", "0"]  # fmt: skip
@@ -141,8 +101,3 @@ def test_cyclic_triangular_upside_down_is_a_warning():
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "optimizer.learn_rate.min_lr: is above max_lr (0.01)" in result.stderr
-
-
-def test_shell_completion_can_be_installed():
-    result = runner.invoke(app, ["--help"])
-    assert "--install-completion" in result.stdout

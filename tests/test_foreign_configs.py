@@ -281,38 +281,16 @@ def test_override_typo_in_an_unchecked_section_is_refused(tmp_path):
     assert result.exit_code == 0, output
 
 
-def test_sgd_table_shows_only_what_sgd_takes():
-    result, output = invoke("validate", ROOT / "configs" / "sgd.cfg")
-    assert result.exit_code == 0, output
-    assert "learn_rate" in output and "grad_clip" in output
-    for unused in ("beta1", "beta2", "eps"):
-        assert unused not in output
-
-
-def test_cyclic_triangular_upside_down_warns(tmp_path):
-    text = (
-        '[optimizer]\n@optimizers = "Adam.v1"\n\n[optimizer.learn_rate]\n'
-        '@schedules = "cyclic_triangular.v1"\nmin_lr = 0.1\nmax_lr = 0.01\n'
-        "period = 10\n"
-    )
-    result, output = invoke("validate", write(tmp_path, text))
-    assert result.exit_code == 0, output
-    assert "warning: optimizer.learn_rate.min_lr: is above max_lr" in output
-
-
 def test_layers_registry_gets_no_schedules_hint(tmp_path):
     text = '[optimizer]\n@optimizers = "Adam.v1"\n\n[data]\n@layers = "x.v1"\n'
     result, output = invoke("validate", write(tmp_path, text))
+    assert result.exit_code == 0, output
     assert "@schedules" not in output
 
 
 # --- configs that validated, then crashed in train (issue 15.2) ----------------------
 
 QUICK = (ROOT / "configs" / "quickstart.cfg").read_text()
-
-
-def quick(tmp_path: Path, extra: str) -> Path:
-    return write(tmp_path, QUICK + "\n" + extra)
 
 
 BETA1_TO_ONE = """\

@@ -382,7 +382,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
 
 
 @pytest.mark.slow
-def test_resume_refuses_another_sweep(ray_grid, home, tmp_path):
+def test_resume_refuses_another_sweep(home, tmp_path):
     out = tmp_path / "sweep"
     sweep(out, home, "--grid", "optimizer.beta1=0.9", "--engine", "serial", check=0)
     other = sweep(out, home, "--grid", "optimizer.beta1=0.8", "--resume", check=1)

@@ -120,6 +120,7 @@ def assert_same_training(a, b):
     assert dict(opt_a.nr_update) == dict(opt_b.nr_update)
 
 
+@pytest.mark.skipif(POOL < 2, reason="numba's pool has one thread here")
 @pytest.mark.parametrize("multi", [True, False], ids=["update_store", "per-key"])
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_optimizer_on_every_thread_count_equals_one_thread(monkeypatch, name, multi):
