@@ -1,10 +1,13 @@
 """Real run folders for the `optsvc runs` and `optsvc plot` tests, made by
-the training loop on a tiny version of configs/quickstart.cfg."""
+the training loop on a tiny version of configs/quickstart.cfg, and what the
+run tests share: the CLI in a subprocess, a quiet console, metrics.jsonl's rows."""
 
 from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -14,6 +17,7 @@ from optsvc.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.cfg"
+OPTSVC = [sys.executable, "-m", "optsvc_cli.main"]
 TINY = {
     "training.max_steps": 40,
     "data.n_samples": 200,
@@ -44,3 +48,18 @@ def make_run(folder: Path, optimizer: dict | None = None, **overrides) -> Path:
 def metrics(folder: Path) -> list[dict]:
     lines = (folder / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=200, soft_wrap=True)
+
+
+def run_cli(*args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
+    """`optsvc ARGS` in a subprocess, as a user runs it (output to a pipe)."""
+    return subprocess.run(
+        [*OPTSVC, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )

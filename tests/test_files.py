@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from confection import Config
+from runs_helpers import OPTSVC, QUICKSTART, quiet, run_cli
 from soak import rewrite_manifest
 
 from optsvc import Adam
@@ -42,9 +42,6 @@ from optsvc.training.loop import train
 # the names of every optimizer's hyperparameters, for decoding saved state
 LIKE = Adam().schedules
 
-ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = ROOT / "configs" / "quickstart.cfg"
-OPTSVC = [sys.executable, "-m", "optsvc_cli.main"]
 SMALL = {
     "data.n_samples": 600,
     "model.hidden_width": 16,
@@ -54,16 +51,6 @@ SMALL = {
     "training.keep_checkpoints": 3,
     "optimizer.learn_rate.warmup_steps": 10,
 }
-
-
-def run_cli(*args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*OPTSVC, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-    )
 
 
 def make_config(path: Path, settings: dict | None = None) -> Path:
@@ -103,14 +90,8 @@ def finished(tmp_path_factory) -> tuple[Path, Path]:
     """A finished small run (checkpoints at 20, 40, 60) and its config."""
     folder = tmp_path_factory.mktemp("finished")
     cfg = make_config(folder / "job.cfg")
-    train(load_config(cfg), folder / "run", console=_quiet())
+    train(load_config(cfg), folder / "run", console=quiet())
     return cfg, folder / "run"
-
-
-def _quiet():
-    from rich.console import Console
-
-    return Console(file=io.StringIO(), width=200)
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from confection import Config
 from optsvc_cli.main import app
 from rich.console import Console
 from rich.text import Text
+from runs_helpers import QUICKSTART, quiet, run_cli
 from typer.testing import CliRunner
 
 from optsvc.config.parse import ConfigError, config_from_str, load_config
@@ -44,9 +45,6 @@ from optsvc.training.loop import RunError, config_diff, train
 from optsvc.training.run_folder import RunFolder, check_resumable
 from optsvc.training.state import TrainState
 
-ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = ROOT / "configs" / "quickstart.cfg"
-OPTSVC = [sys.executable, "-m", "optsvc_cli.main"]
 POSIX = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="SIGKILL and /proc/self/fd"
 )
@@ -86,17 +84,6 @@ def make_config(path: Path, settings: dict | None = None, **blocks) -> Path:
             node[key] = value
     path.write_text(cfg.to_str())
     return path
-
-
-def quiet() -> Console:
-    return Console(file=io.StringIO(), width=200, soft_wrap=True)
-
-
-def run_cli(*args) -> subprocess.CompletedProcess:
-    """`optsvc ARGS` in a subprocess, as a user runs it (output to a pipe)."""
-    return subprocess.run(
-        [*OPTSVC, *map(str, args)], capture_output=True, text=True, timeout=120
-    )
 
 
 def invoke(*args):
