@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from optsvc_cli.main import app
+from soak import final_arrays
 from typer.testing import CliRunner
 
 from optsvc.training import load_run
@@ -33,13 +34,9 @@ def cli(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def arrays(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as npz:
-        return {name: npz[name] for name in npz.files}
-
-
 def assert_same_file(got: Path, want: Path) -> None:
-    a, b = arrays(got), arrays(want)
+    a = final_arrays(got.parent, got.name)
+    b = final_arrays(want.parent, want.name)
     assert sorted(a) == sorted(b)
     for name in a:
         assert a[name].dtype == b[name].dtype and a[name].tobytes() == b[name].tobytes()
@@ -65,7 +62,7 @@ def noisy(tmp_path_factory) -> Path:
 def test_best_npz_holds_the_best_evaluation_and_evaluate_scores_it(noisy):
     rows = scores(noisy)
     best = max(rows, key=lambda r: r["score"])
-    saved = arrays(noisy / "best.npz")
+    saved = final_arrays(noisy, "best.npz")
     assert int(saved["step"]) == best["step"] and float(saved["score"]) == best["score"]
 
     done = cli("evaluate", noisy, "--format", "json")
@@ -99,7 +96,7 @@ def test_the_last_line_of_a_run_names_the_best_step(tmp_path):
 
 def test_load_run_gives_the_model_with_the_weights(noisy):
     run = load_run(noisy)  # best.npz by default
-    best = arrays(noisy / "best.npz")
+    best = final_arrays(noisy, "best.npz")
     for (layer, name), weights in run.model.params.items():
         assert np.array_equal(weights, best[f"w:{layer}/{name}"])
     predicted = run.model.predict(run.data.X_dev).argmax(axis=1)
@@ -115,7 +112,7 @@ def test_averaged_weights_are_what_evaluations_use(tmp_path):
              "--data.n_samples", "300",
              "--optimizer.learn_rate.warmup_steps", "10"]  # fmt: skip
     assert cli("train", QUICKSTART, "-o", run, *small).exit_code == 0  # averages on
-    saved = arrays(run / "best.npz")
+    saved = final_arrays(run, "best.npz")
     averaged, raw = load_run(run), load_run(run, averages=False)
     assert averaged.averaged and not raw.averaged
     for key in averaged.model.params:

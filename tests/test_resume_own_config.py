@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from optsvc_cli.main import app
+from soak import final_arrays
 from typer.testing import CliRunner
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.cfg"
@@ -28,11 +29,6 @@ def finished(tmp_path: Path, steps: int = 60) -> Path:
     return run
 
 
-def weights(run: Path) -> dict[str, np.ndarray]:
-    with np.load(run / "final.npz", allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
-
-
 def test_the_saved_config_resumes_itself(tmp_path):
     run = finished(tmp_path)
     result = train(run / "config.cfg", "-o", run, "--resume")
@@ -42,11 +38,11 @@ def test_the_saved_config_resumes_itself(tmp_path):
 
 def test_resume_without_a_config_uses_the_runs_own(tmp_path):
     run = finished(tmp_path)
-    before = weights(run)
+    before = final_arrays(run)
     result = train("--resume", "-o", run)
     assert result.exit_code == 0, result.output
     assert "already ended at step 60" in result.stdout
-    assert all(np.array_equal(before[k], v) for k, v in weights(run).items())
+    assert all(np.array_equal(before[k], v) for k, v in final_arrays(run).items())
 
 
 def test_extending_a_run_from_its_own_config_equals_a_longer_run(tmp_path):
@@ -63,7 +59,7 @@ def test_extending_a_run_from_its_own_config_equals_a_longer_run(tmp_path):
     config.write_text((run / "config.cfg").read_text())
     result = train(config, "-o", straight, "--training.max_steps", 80)
     assert result.exit_code == 0, result.output
-    ours, theirs = weights(run), weights(straight)
+    ours, theirs = final_arrays(run), final_arrays(straight)
     assert ours.keys() == theirs.keys()
     assert all(np.array_equal(ours[k], theirs[k]) for k in ours)
 

@@ -13,7 +13,6 @@ final.npz) through `KILL_DRIVER`, so that those points are hit every time.
 from __future__ import annotations
 
 import io
-import json
 import os
 import random
 import re
@@ -31,7 +30,8 @@ from confection import Config
 from optsvc_cli.main import app
 from rich.console import Console
 from rich.text import Text
-from runs_helpers import QUICKSTART, quiet, run_cli
+from runs_helpers import QUICKSTART, metrics, quiet, run_cli
+from soak import final_arrays
 from typer.testing import CliRunner
 
 from optsvc.config.parse import ConfigError, config_from_str, load_config
@@ -91,20 +91,9 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def metrics(run: Path) -> list[dict]:
-    return [
-        json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
-    ]
-
-
 def computed(rows: list[dict]) -> list[dict]:
     """The rows without their timing: what must repeat exactly."""
     return [{k: v for k, v in row.items() if k != "steps_per_sec"} for row in rows]
-
-
-def final_arrays(run: Path) -> dict[str, np.ndarray]:
-    with np.load(run / "final.npz", allow_pickle=False) as npz:
-        return {name: npz[name] for name in npz.files}
 
 
 def assert_same_run(run: Path, reference: Path, context: str = "") -> None:
