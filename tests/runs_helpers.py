@@ -1,11 +1,13 @@
 """Real run folders for the `optsvc runs` and `optsvc plot` tests, made by
 the training loop on a tiny version of configs/quickstart.cfg, and what the
-run tests share: the CLI in a subprocess, a quiet console, metrics.jsonl's rows."""
+run tests share: the CLI in a subprocess, a quiet console, metrics.jsonl's rows,
+a free loopback port."""
 
 from __future__ import annotations
 
 import io
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +65,9 @@ def run_cli(*args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
         timeout=timeout,
         cwd=cwd,
     )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -9,7 +9,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from optsvc_cli.main import app
-from runs_helpers import QUICKSTART, metrics
+from runs_helpers import QUICKSTART, free_port, metrics
 from typer.testing import CliRunner
 
 runner = CliRunner()
@@ -167,12 +166,6 @@ def test_a_killed_and_resumed_run_logs_every_step_once(tmp_path):
 
 
 # --- a real MLflow tracking server on loopback ------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from optsvc_cli.main import app
+from runs_helpers import free_port
 from typer.testing import CliRunner
 
 from optsvc.config import ConfigError
@@ -391,17 +392,11 @@ def test_resume_refuses_another_sweep(home, tmp_path):
     assert "already holds a sweep; add --resume" in fresh.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @needs_ray
 @pytest.mark.slow
 def test_same_sweep_on_an_existing_cluster(ray_grid, home, tmp_path_factory):
     # A one-node cluster on loopback only, started and stopped by the test.
-    port = _free_port()
+    port = free_port()
     env = _env(home, RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
                RAY_USAGE_STATS_ENABLED="0")  # fmt: skip
     temp = Path(f"/tmp/optsvc-test-{os.getpid()}")
