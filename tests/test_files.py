@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 from confection import Config
 from runs_helpers import OPTSVC, QUICKSTART, quiet, run_cli
-from soak import rewrite_manifest
+from soak import _nan_weights as nan_in_first_weight
+from soak import _replace_arrays, rewrite_manifest
 
 from optsvc import Adam
 from optsvc.backends import get_ops
@@ -303,13 +304,7 @@ def test_damaged_metrics_lines_are_dropped_on_resume(run):
 
 
 def _nan_weights(folder: Path) -> str:
-    with np.load(folder / "arrays.npz", allow_pickle=False) as npz:
-        arrays = {name: npz[name] for name in npz.files}
-    arrays["w:0/W"] = arrays["w:0/W"].copy()
-    arrays["w:0/W"].flat[0] = np.nan
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    (folder / "arrays.npz").write_bytes(buf.getvalue())
+    _replace_arrays(folder, nan_in_first_weight)  # a NaN in w:0/W
     return "NaN"
 
 
