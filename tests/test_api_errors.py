@@ -5,13 +5,13 @@ was (issue 15, item 8)."""
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
 
 import numpy as np
 import pytest
+from state_helpers import archive
 
 import optsvc.schedules as S
 from optsvc import Adam, Optimizer, RAdam, StateError
@@ -219,18 +219,11 @@ def test_schedule_at_the_largest_step_is_finite(name):
 # --- from_bytes ---
 
 
-def _archive(meta_text: bytes, arrays: dict) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays, __meta__=np.frombuffer(meta_text, dtype=np.uint8))
-    return buf.getvalue()
-
-
 def _crafted(mutate) -> bytes:
     """A saved Adam, changed by `mutate(meta, arrays)`, checksum recomputed."""
     meta, arrays = serialize.read_archive(_trained().to_bytes())
     mutate(meta, arrays)
-    meta["sha256"] = serialize._digest(arrays, meta)
-    return _archive(json.dumps(meta).encode(), arrays)
+    return archive(meta, arrays, rehash=True)
 
 
 def _set(path, value):
@@ -320,7 +313,7 @@ def test_deeply_nested_metadata_is_refused_before_parsing():
     opt = _trained()
     before = _snapshot(opt)
     with pytest.raises(StateError, match="nests deeper than"):
-        opt.from_bytes(_archive(text.encode(), arrays))
+        opt.from_bytes(archive(meta, arrays, meta_bytes=text.encode()))
     assert _snapshot(opt) == before
 
 

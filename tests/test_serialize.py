@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from state_helpers import archive
 
 import optsvc
 from optsvc import Schedule, StateError, fileio
@@ -578,20 +579,6 @@ def trained(kind="Adam", lr="plateau"):
     opt = build(kind, lr)
     run(opt, make_weights(), 0, 9)
     return opt
-
-
-def archive(meta, arrays, *, rehash=False, meta_bytes=None) -> bytes:
-    """An .npz like optsvc's, from parts (optionally with a recomputed digest,
-    so that only the check under test fails)."""
-    arrays = dict(arrays)
-    if rehash:
-        meta = dict(meta, sha256=serialize._digest(arrays, meta))
-    if meta_bytes is None:
-        meta_bytes = json.dumps(meta).encode()
-    arrays["__meta__"] = np.frombuffer(meta_bytes, dtype=np.uint8)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
 
 
 def assert_refused(data, match, target=None):
