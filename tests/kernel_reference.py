@@ -12,6 +12,15 @@ import numpy as np
 
 from optsvc.backends import UpdateKind
 
+# the update kinds by the names the kernel tests give them
+KINDS = {
+    "sgd": UpdateKind.SGD,
+    "adam": UpdateKind.ADAM,
+    "momentum": UpdateKind.MOMENTUM,
+}
+# the arrays of one update, in the kernels' argument order
+NAMES = ("w", "g", "m", "v", "ema")
+
 
 def reference_update(
     w, g, m, v, ema, *, kind, lr, b1, b2, eps, l2, clip, decay, ema_rate

@@ -25,7 +25,7 @@ numba = pytest.importorskip(
     exc_type=ImportError,
 )
 
-from kernel_reference import reference_update  # noqa: E402
+from kernel_reference import KINDS, NAMES, reference_update  # noqa: E402
 
 from optsvc.backends import UpdateKind, cuda_common  # noqa: E402
 from optsvc.backends import cuda_kernels as ck  # noqa: E402
@@ -42,12 +42,6 @@ else:
             "CUDA simulator is off and no GPU is usable", allow_module_level=True
         )
 
-KINDS = {
-    "sgd": UpdateKind.SGD,
-    "adam": UpdateKind.ADAM,
-    "momentum": UpdateKind.MOMENTUM,
-}
-NAMES = ("w", "g", "m", "v", "ema")
 HYPER = dict(lr=0.005, b1=0.9, b2=0.999, eps=1e-8, ema_rate=0.1)
 
 

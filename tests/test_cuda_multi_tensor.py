@@ -11,7 +11,7 @@ simulator.
 
 import numpy as np
 import pytest
-from kernel_reference import reference_update
+from kernel_reference import NAMES, reference_update
 
 from optsvc.backends import UpdateKind
 
@@ -35,7 +35,6 @@ else:
             "CUDA simulator is off and no GPU is usable", allow_module_level=True
         )
 
-NAMES = ("w", "g", "m", "v", "ema")
 # Sizes cross the simulator's 64-element chunks (and leave gaps: a store's
 # empty tensors have no entry, and the layout need not cover the buffer).
 SIZES = [5, 150, 64, 1, 65, 30]

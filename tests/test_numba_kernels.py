@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from kernel_reference import (
+    KINDS,
+    NAMES,
     copy_state,
     random_state,
     reference_update,
@@ -33,13 +35,7 @@ from optsvc.backends import (  # noqa: E402
     numba_kernels,
 )
 
-KINDS = {
-    "sgd": UpdateKind.SGD,
-    "adam": UpdateKind.ADAM,
-    "momentum": UpdateKind.MOMENTUM,
-}
 HYPER = dict(lr=0.01, b1=0.9, b2=0.999, eps=1e-8, ema_rate=0.1)
-NAMES = ("w", "g", "m", "v", "ema")
 SIZES = [
     1,
     7,

@@ -6,6 +6,7 @@ import tracemalloc
 import numpy as np
 import pytest
 from kernel_reference import (
+    KINDS,
     copy_state,
     random_state,
     reference_update,
@@ -14,11 +15,6 @@ from kernel_reference import (
 from optsvc.backends import UpdateKind, numpy_kernels
 from optsvc.backends.numpy_kernels import BLOCK, fused_update
 
-KINDS = {
-    "sgd": UpdateKind.SGD,
-    "adam": UpdateKind.ADAM,
-    "momentum": UpdateKind.MOMENTUM,
-}
 CASES = list(
     itertools.product(
         KINDS,
