@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kernel_reference import copy_state, random_state
+from kernel_reference import NAMES, copy_state, random_state
 
 pytest.importorskip(
     "numba", reason="numba (the fast extra) is not installed", exc_type=ImportError
@@ -24,7 +24,6 @@ from optsvc.optim import SGD, Adam, ParamStore, RAdam  # noqa: E402
 
 CHUNK = numba_kernels.CHUNK
 POOL = numba_kernels.max_threads()
-NAMES = ("w", "g", "m", "v", "ema")
 SIZES = [0, 1, 7, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 37]
 
 
