@@ -14,8 +14,9 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from optsvc.analysis import RunsError, RunSummary, list_runs
+from optsvc.analysis import RunSummary, list_runs
 from optsvc.analysis.runs import short_keys
+from optsvc.errors import RunError
 
 from . import render
 
@@ -84,7 +85,7 @@ def runs(
     Example: optsvc runs runs/ --sort best --desc
     """
     if not folder.exists():
-        raise RunsError(
+        raise RunError(
             f"there is no folder '{folder}'; give the folder that holds your "
             "runs: optsvc runs DIR"
         )

@@ -17,8 +17,15 @@ from .backends import (
     set_current_ops,
     use_ops,
 )
-from .errors import OptsvcError
-from .optim import SGD, Adam, Optimizer, ParamStore, RAdam, StateError
+from .errors import (
+    ConfigError,
+    DeviceError,
+    MissingExtraError,
+    OptsvcError,
+    RunError,
+    StateError,
+)
+from .optim import SGD, Adam, Optimizer, ParamStore, RAdam
 from .schedules import (
     Schedule,
     compounding,
@@ -79,6 +86,10 @@ __all__ = [
     "use_ops",
     "require_gpu",
     "prefer_gpu",
-    "StateError",
     "OptsvcError",
+    "ConfigError",
+    "StateError",
+    "RunError",
+    "DeviceError",
+    "MissingExtraError",
 ]

@@ -10,16 +10,11 @@ import stat
 import zipfile
 from pathlib import Path
 
-from optsvc.errors import OptsvcError
+from optsvc.errors import StateError
 
 # Configs and metrics logs are text a person could read; beyond this they are
 # not what optsvc wrote.
 TEXT_LIMIT = 256 * 2**20
-
-
-class FileReadError(OptsvcError, OSError):
-    """A file optsvc will not read: missing, not a regular file, too large or
-    unreadable."""
 
 
 def inflates(member: zipfile.ZipInfo, size: int) -> bool:
@@ -35,16 +30,16 @@ def read_regular(path, limit: int, what: str = "file") -> bytes:
 
     The file is opened without blocking (a FIFO would wait for a writer) and
     checked with fstat before anything is read, and never more than `limit`
-    bytes are read, even if it grows meanwhile; FileReadError, one sentence
+    bytes are read, even if it grows meanwhile; StateError, one sentence
     naming `what` and the path, otherwise.
     """
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise FileReadError(f"{what} '{path}' does not exist; check the path") from None
+        raise StateError(f"{what} '{path}' does not exist; check the path") from None
     except OSError as err:
-        raise FileReadError(
+        raise StateError(
             f"cannot read {what} '{path}' ({err.strerror}); check the path"
         ) from None
     try:
@@ -60,11 +55,9 @@ def read_regular(path, limit: int, what: str = "file") -> bytes:
             if len(data) > size:
                 data += f.read(limit + 1 - len(data))
         except OSError as err:
-            raise FileReadError(
-                f"cannot read {what} '{path}' ({err.strerror})"
-            ) from None
+            raise StateError(f"cannot read {what} '{path}' ({err.strerror})") from None
     if len(data) > limit:
-        raise FileReadError(
+        raise StateError(
             f"{what} '{path}' grew past the limit of {limit} bytes while being read"
         )
     return data
@@ -74,14 +67,14 @@ def _check_opened(fd: int, path: Path, limit: int, what: str) -> int:
     """The size of the regular file open as `fd`, if it is within `limit`."""
     info = os.fstat(fd)
     if stat.S_ISDIR(info.st_mode):
-        raise FileReadError(f"{what} '{path}' is a folder; give the path of a file")
+        raise StateError(f"{what} '{path}' is a folder; give the path of a file")
     if not stat.S_ISREG(info.st_mode):
-        raise FileReadError(
+        raise StateError(
             f"{what} '{path}' is not a regular file (a pipe or a device?); "
             "give a regular file"
         )
     if info.st_size > limit:
-        raise FileReadError(
+        raise StateError(
             f"{what} '{path}' is {info.st_size} bytes, over the limit of {limit}; "
             "is it the right file?"
         )
@@ -109,4 +102,4 @@ def write_atomic(path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-__all__ = ["write_atomic", "read_regular", "FileReadError", "TEXT_LIMIT"]
+__all__ = ["write_atomic", "read_regular", "StateError", "TEXT_LIMIT"]

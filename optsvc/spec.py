@@ -45,6 +45,8 @@ from typing import Annotated, Any, Literal, Union
 
 import numpy as np
 
+from optsvc.errors import ConfigError
+
 # Step counts and sizes beyond this are mistakes (and overflow float maths).
 MAX_INT = 2**63 - 1
 # Arguments of registered functions that configs never set.
@@ -298,14 +300,14 @@ _CHECKED: dict[Callable, _Checked] = {}
 
 def checked(*rules: Rule) -> Callable[[Callable], Callable]:
     """Check every call of the decorated function against the `Arg`s of its
-    signature, then `rules`; a bad value is a ValueError naming the argument.
+    signature, then `rules`; a bad value is a ConfigError naming the argument.
 
     >>> @checked()
     ... def halve(rate: Annotated[float, Arg("the value", ge=0)]) -> float:
     ...     return rate / 2
     >>> halve(-1.0)
     Traceback (most recent call last):
-    ValueError: halve: 'rate' must be >= 0, got -1.0
+    optsvc.errors.ConfigError: halve: 'rate' must be >= 0, got -1.0
     """
 
     def decorate(func: Callable) -> Callable:
@@ -352,15 +354,15 @@ def _check_call(func: Callable, args: tuple, kwargs: dict) -> None:
         problem = param.problem(values[param.name])
         if problem:
             value = show(values[param.name])
-            raise ValueError(f"{name}: '{param.name}' {problem}, got {value}")
+            raise ConfigError(f"{name}: '{param.name}' {problem}, got {value}")
     for rule in checked_.rules:
         problem = rule.problem(values) if rule.python else None
         if problem and rule.at:
-            raise ValueError(
+            raise ConfigError(
                 f"{name}: '{rule.at}' {problem}, got {show(values[rule.at])}"
             )
         if problem:
-            raise ValueError(f"{name}: {problem}")
+            raise ConfigError(f"{name}: {problem}")
 
 
 __all__ = [

@@ -428,7 +428,7 @@ def weights_difference(run: Path, reference: Path, file: str) -> str | None:
 def checkpoint_problems(run: Path) -> list[str]:
     """Every `step-*` folder must verify and hold only finite numbers."""
     from optsvc.training.checkpoints import (
-        CheckpointError,
+        StateError,
         list_checkpoints,
         load_checkpoint,
     )
@@ -437,7 +437,7 @@ def checkpoint_problems(run: Path) -> list[str]:
     for path in list_checkpoints(run / "checkpoints"):
         try:
             ck = load_checkpoint(path)
-        except CheckpointError as err:
+        except StateError as err:
             problems.append(f"torn checkpoint under a real name: {err}")
             continue
         for name, array in ck.arrays.items():
@@ -539,11 +539,12 @@ def _listdir(path: Path) -> list[str]:
 
 def _probe_lock(run: Path, pid: int, fig: Figures) -> None:
     """While `pid` trains in `run`, a second train must be refused."""
-    from optsvc.training.lock import LockedError, RunLock
+    from optsvc.errors import RunError
+    from optsvc.training.lock import RunLock
 
     try:
         lock = RunLock(run)
-    except LockedError as err:
+    except RunError as err:
         if f"pid {pid}" in str(err) and "another optsvc train" in str(err):
             fig.add("second trains refused by the lock")
         else:
@@ -1040,7 +1041,8 @@ def _special_checkpoint(job: Job, run: Path, kind: str, steps, rng) -> str | Non
 
 def _lock_deleted(job: Job, run: Path) -> str | None:
     """A run trains; its RUN/.lock is deleted; a second writer must be refused."""
-    from optsvc.training.lock import LockedError, RunLock
+    from optsvc.errors import RunError
+    from optsvc.training.lock import RunLock
 
     shutil.rmtree(run)
     proc = subprocess.Popen(
@@ -1057,7 +1059,7 @@ def _lock_deleted(job: Job, run: Path) -> str | None:
         (run / ".lock").unlink()
         try:
             RunLock(run).release()
-        except LockedError:
+        except RunError:
             return None
         if proc.poll() is None:
             return "a second lock was admitted while the run trained"

@@ -15,9 +15,9 @@ from state_helpers import archive
 
 import optsvc.schedules as S
 from optsvc import Adam, Optimizer, RAdam, StateError
-from optsvc.errors import OptsvcError
+from optsvc.errors import ConfigError, OptsvcError
 from optsvc.optim import serialize
-from optsvc.optim.hyperparams import HPARAM_ARGS, HyperparamError
+from optsvc.optim.hyperparams import HPARAM_ARGS
 from optsvc.optim.optimizer import Beta1, Eps, LearnRate
 from optsvc.spec import MAX_INT
 
@@ -127,7 +127,7 @@ def test_setter_ranges_are_the_factories_declarations(name):
     attr = {"beta1": "b1"}.get(name, name)
     opt = Adam()
     expected = re.escape(HPARAM_ARGS[name].expected())
-    with pytest.raises(HyperparamError, match=expected):
+    with pytest.raises(ConfigError, match=expected):
         setattr(opt, attr, -1.0)
 
 
@@ -143,7 +143,7 @@ def test_nan_score_does_not_reach_plateau():
     for step, score in enumerate([0.1, 0.2, 0.3]):
         opt.last_score = (step, score)
         assert opt.learn_rate == 0.1
-        with pytest.raises(HyperparamError, match="last_score"):
+        with pytest.raises(ConfigError, match="last_score"):
             opt.last_score = (step, float("nan"))
         opt.step_schedules()
     assert opt.learn_rate == 0.1
@@ -175,7 +175,7 @@ def test_beta1_schedule_reaching_one_is_a_clear_error():
     opt((0, "W"), W, np.ones(4, dtype="f"))
     opt.step_schedules()
     W_before = W.copy()
-    with pytest.raises(HyperparamError, match=r"'beta1' must be in \[0, 1\)"):
+    with pytest.raises(ConfigError, match=r"'beta1' must be in \[0, 1\)"):
         opt((0, "W"), W, np.ones(4, dtype="f"))
     np.testing.assert_array_equal(W, W_before)
     assert opt.nr_update[(0, "W")] == 1

@@ -27,6 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from optsvc.errors import StateError
 from optsvc.training import checkpoints
 from optsvc.training.checkpoints import (
     ARRAYS,
@@ -34,7 +35,6 @@ from optsvc.training.checkpoints import (
     MANIFEST,
     OPTIMIZER,
     STATE,
-    CheckpointError,
     config_hash,
     list_checkpoints,
     load_checkpoint,
@@ -184,9 +184,9 @@ def test_no_checkpoints(tmp_path):
     assert load_latest_checkpoint(tmp_path / "missing") is None
     assert load_latest_checkpoint(tmp_path) is None
     (tmp_path / "file").write_text("x")
-    with pytest.raises(CheckpointError, match="not a folder"):
+    with pytest.raises(StateError, match="not a folder"):
         load_latest_checkpoint(tmp_path / "file")
-    with pytest.raises(CheckpointError, match="not a folder"):
+    with pytest.raises(StateError, match="not a folder"):
         save(tmp_path / "file", 1)
 
 
@@ -267,7 +267,7 @@ def test_bad_inputs_are_clear_errors_and_write_nothing(tmp_path, change, match):
     arrays, optimizer, state = payload(1)
     args = dict(step=1, arrays=arrays, optimizer=optimizer, state=state) | change
     step = args.pop("step")
-    with pytest.raises(CheckpointError, match=match):
+    with pytest.raises(StateError, match=match):
         save_checkpoint(tmp_path / "ckpt", step, **args)
     assert not (tmp_path / "ckpt").exists()
 
@@ -284,7 +284,7 @@ def test_config_hash():
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     )
     assert len(config_hash(a)) == 64
-    with pytest.raises(CheckpointError, match="not JSON data"):
+    with pytest.raises(StateError, match="not JSON data"):
         config_hash({"x": object()})
     with pytest.raises(TypeError):
         config_hash(3)
@@ -523,7 +523,7 @@ def two(tmp_path):
 def assert_detected(directory: Path, bad: Path, match: str, fallback=1) -> None:
     """`bad` fails with `match`, in one line naming it; loading the latest
     falls back to `fallback` with a warning naming `bad`."""
-    with pytest.raises(CheckpointError, match=match) as err:
+    with pytest.raises(StateError, match=match) as err:
         load_checkpoint(bad)
     message = str(err.value)
     assert str(bad) in message and "\n" not in message
@@ -563,7 +563,7 @@ def test_every_flipped_bit_in_the_manifest_is_detected(two):
         flipped = bytearray(original)
         flipped[bit // 8] ^= 1 << (bit % 8)
         (bad / MANIFEST).write_bytes(flipped)
-        with pytest.raises(CheckpointError, match=MANIFEST):
+        with pytest.raises(StateError, match=MANIFEST):
             load_checkpoint(bad)
     assert_detected(directory, bad, MANIFEST)
 
@@ -692,7 +692,7 @@ def test_all_bad_is_an_error(two):
     (bad / MANIFEST).unlink()
     flip_bit(directory / step_name(1) / ARRAYS, 1000)
     warnings: list[str] = []
-    with pytest.raises(CheckpointError, match="none of its 2 checkpoints verifies"):
+    with pytest.raises(StateError, match="none of its 2 checkpoints verifies"):
         load_latest_checkpoint(directory, warn=warnings.append)
     assert len(warnings) == 2
     assert "step-00000002" in warnings[0] and "step-00000001" in warnings[1]
@@ -944,7 +944,7 @@ def test_a_state_no_run_writes_is_refused_naming_the_value(
     tmp_path, edit, edit_arrays, match
 ):
     checkpoint = saved_state(tmp_path, a_state(), edit, edit_arrays)
-    with pytest.raises(CheckpointError) as info:
+    with pytest.raises(StateError) as info:
         TrainState.from_checkpoint(checkpoint)
     assert str(info.value).startswith(f"{checkpoint.path}: state.json ")
     assert match in str(info.value)

@@ -27,13 +27,13 @@ from soak import _replace_arrays, rewrite_manifest
 
 from optsvc import Adam
 from optsvc.backends import get_ops
-from optsvc.config.parse import ConfigError, load_config
+from optsvc.config.parse import load_config
 from optsvc.config.preview import read_scores
-from optsvc.fileio import FileReadError, read_regular
+from optsvc.errors import ConfigError, StateError
+from optsvc.fileio import read_regular
 from optsvc.optim.serialize import decode_optimizer, encode_optimizer
 from optsvc.training import checkpoints as ckpt_module
 from optsvc.training.checkpoints import (
-    CheckpointError,
     load_checkpoint,
     load_latest_checkpoint,
     save_checkpoint,
@@ -114,7 +114,7 @@ def test_read_regular_refuses_special_missing_and_oversized_files(tmp_path, fifo
         (tmp_path / "absent", "does not exist"),
         (big, "over the limit of 10"),
     ]:
-        with pytest.raises(FileReadError, match=needle) as err:
+        with pytest.raises(StateError, match=needle) as err:
             read_regular(path, 10, "test file")
         assert "\n" not in str(err.value)
     assert read_regular(big, 11) == b"x" * 11
@@ -190,7 +190,7 @@ def test_a_compressed_array_that_would_inflate_is_refused(tmp_path):
     (bad / "arrays.npz").write_bytes(buf.getvalue())
     rewrite_manifest(bad)
     assert (bad / "arrays.npz").stat().st_size < 5 * 2**20
-    with pytest.raises(CheckpointError, match="compressed"):
+    with pytest.raises(StateError, match="compressed"):
         load_checkpoint(bad)
     assert load_latest_checkpoint(tmp_path, warn=lambda _: None).step == 1
 

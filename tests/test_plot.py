@@ -11,8 +11,8 @@ from optsvc_cli.main import app
 from runs_helpers import CYCLIC, make_run, metrics
 from typer.testing import CliRunner
 
-from optsvc.analysis import MissingExtraError, PlotError, load_runs, make_figure
-from optsvc.errors import OptsvcError
+from optsvc.analysis import load_runs, make_figure
+from optsvc.errors import ConfigError, MissingExtraError, OptsvcError
 
 runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -162,5 +162,5 @@ def test_without_matplotlib_the_error_names_the_extra(runs, monkeypatch, tmp_pat
 
 
 def test_plot_error_is_a_user_error():
-    assert issubclass(PlotError, OptsvcError)
+    assert issubclass(ConfigError, OptsvcError)
     assert issubclass(MissingExtraError, ImportError)

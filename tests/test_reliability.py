@@ -31,11 +31,12 @@ from optsvc_cli.main import app
 from typer.testing import CliRunner
 
 from optsvc.config.parse import load_config
+from optsvc.errors import RunError
 from optsvc.optim.serialize import read_archive
 from optsvc.toys import models
 from optsvc.training import loop as training
 from optsvc.training.checkpoints import list_checkpoints, load_checkpoint
-from optsvc.training.loop import RunError, train
+from optsvc.training.loop import train
 
 LINUX = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="SIGKILL, flock and /proc/self/fd"

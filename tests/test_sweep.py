@@ -27,7 +27,6 @@ from typer.testing import CliRunner
 
 from optsvc.config import ConfigError
 from optsvc.sweep import (
-    SweepError,
     parse_grid,
     parse_sample,
     plan_sweep,
@@ -187,7 +186,7 @@ def test_grid_values_read_as_overrides():
 def test_bad_sweep_arguments_are_refused(bad, words):
     grid = [v for k, v in zip(bad, bad[1:]) if k == "--grid"]
     sample = [v for k, v in zip(bad, bad[1:]) if k == "--sample"]
-    with pytest.raises(SweepError, match=words):
+    with pytest.raises(ConfigError, match=words):
         plan_sweep(CONFIG, grid=grid, sample=sample)
 
 

@@ -35,13 +35,14 @@ from soak import final_arrays
 from typer.testing import CliRunner
 
 from optsvc.config.parse import ConfigError, config_from_str, load_config
+from optsvc.errors import RunError
 from optsvc.training import loop as training
 from optsvc.training.checkpoints import (
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
-from optsvc.training.loop import RunError, config_diff, train
+from optsvc.training.loop import config_diff, train
 from optsvc.training.run_folder import RunFolder, check_resumable
 from optsvc.training.state import TrainState
 

@@ -2,8 +2,6 @@
 draw their metrics (`plot`). Both read only what a run folder holds."""
 
 from optsvc.analysis.plot import (
-    MissingExtraError,
-    PlotError,
     RunSeries,
     load_runs,
     make_figure,
@@ -12,7 +10,6 @@ from optsvc.analysis.plot import (
 )
 from optsvc.analysis.runs import (
     STATUSES,
-    RunsError,
     RunSummary,
     find_runs,
     list_runs,
@@ -22,11 +19,8 @@ from optsvc.analysis.runs import (
 )
 
 __all__ = [
-    "MissingExtraError",
-    "PlotError",
     "RunSeries",
     "RunSummary",
-    "RunsError",
     "STATUSES",
     "find_runs",
     "list_runs",

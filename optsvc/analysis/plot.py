@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from optsvc.analysis.runs import (
-    RunsError,
     expand_runs,
     read_config,
     read_metrics,
@@ -26,21 +25,13 @@ from optsvc.analysis.runs import (
     short_keys,
     sweep_values,
 )
-from optsvc.errors import OptsvcError
+from optsvc.errors import ConfigError, MissingExtraError
 
 ALWAYS = ("loss", "score", "learn_rate")
 FORMATS = (".png", ".svg", ".pdf")
 # One marker per run, so runs stay apart where colours are not shown.
 MARKERS = ("•", "x", "o", "+", "*", "#", "@", "%")
 INSTALL_HINT = "pip install 'optsvc[plot]'"
-
-
-class PlotError(OptsvcError, ValueError):
-    """A plot that cannot be made as asked."""
-
-
-class MissingExtraError(OptsvcError, ImportError):
-    """An optional dependency that is not installed."""
 
 
 @dataclass
@@ -113,11 +104,11 @@ def default_metrics(runs: Sequence[RunSeries]) -> list[str]:
 
 
 def check_metrics(runs: Sequence[RunSeries], metrics: Sequence[str]) -> list[str]:
-    """`metrics`, or the defaults when empty; PlotError naming the metrics
+    """`metrics`, or the defaults when empty; ConfigError naming the metrics
     the runs have when one is unknown or when there is nothing to draw."""
     if not any(run.rows for run in runs):
         where = ", ".join(str(run.path) for run in runs)
-        raise PlotError(
+        raise ConfigError(
             f"no evaluations logged yet in {where}; wait for the first "
             "evaluation (training.eval_frequency steps)"
         )
@@ -125,7 +116,7 @@ def check_metrics(runs: Sequence[RunSeries], metrics: Sequence[str]) -> list[str
     known = {k for run in runs for row in run.rows for k in row} - {"step"}
     unknown = [m for m in chosen if m not in known]
     if unknown:
-        raise PlotError(
+        raise ConfigError(
             f"no run logged a metric named '{unknown[0]}'; choose from "
             f"{', '.join(sorted(known))}"
         )
@@ -180,13 +171,13 @@ def save_plot(
     """Write the figure to `path` (.png, .svg or .pdf); the path written."""
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
-        raise PlotError(
+        raise ConfigError(
             f"cannot write a plot as '{path.suffix or path.name}'; give a file "
             f"ending in {', '.join(FORMATS)}"
         )
     fig = make_figure(runs, metrics)
     if path.parent and not path.parent.is_dir():
-        raise PlotError(f"folder '{path.parent}' does not exist; create it first")
+        raise ConfigError(f"folder '{path.parent}' does not exist; create it first")
     fig.savefig(path, dpi=120)
     return path
 
@@ -261,10 +252,7 @@ def _show(value: Any) -> str:
 
 
 __all__ = [
-    "MissingExtraError",
-    "PlotError",
     "RunSeries",
-    "RunsError",
     "check_metrics",
     "default_metrics",
     "load_runs",

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from optsvc.config import ConfigError, load_config
-from optsvc.errors import OptsvcError
+from optsvc.errors import RunError, StateError
 from optsvc.fileio import TEXT_LIMIT, read_regular
 from optsvc.training.lock import lock_holder
 
@@ -41,10 +41,6 @@ from optsvc.training.lock import lock_holder
 RUN_MARKERS = ("config.cfg", "checkpoints", "final.npz")
 STATUSES = ("running", "finished", "interrupted", "failed")
 CHECKPOINT_PREFIX = "step-"
-
-
-class RunsError(OptsvcError, ValueError):
-    """A path that holds no run, or a run that cannot be read."""
 
 
 @dataclass
@@ -99,7 +95,7 @@ def find_runs(root: str | os.PathLike) -> list[Path]:
     runs' own checkpoints are not searched."""
     root = Path(root)
     if not root.is_dir():
-        raise RunsError(f"'{root}' is not a folder; give a folder that holds runs")
+        raise RunError(f"'{root}' is not a folder; give a folder that holds runs")
     found = []
     for here, dirs, _files in os.walk(root, onerror=None, followlinks=False):
         path = Path(here)
@@ -116,15 +112,15 @@ def find_runs(root: str | os.PathLike) -> list[Path]:
 
 def expand_runs(paths: list[str | os.PathLike]) -> list[Path]:
     """Each path as a run, or the runs under it (a sweep folder); in order,
-    without repeats. RunsError for a path that holds none."""
+    without repeats. RunError for a path that holds none."""
     out: list[Path] = []
     for given in paths:
         path = Path(given)
         if not path.exists():
-            raise RunsError(f"'{path}' does not exist; check the path")
+            raise RunError(f"'{path}' does not exist; check the path")
         runs = [path] if is_run(path) else find_runs(path)
         if not runs:
-            raise RunsError(
+            raise RunError(
                 f"'{path}' holds no run (no config.cfg, checkpoints or final.npz); "
                 "give a folder written by optsvc train, or one that holds such folders"
             )
@@ -162,7 +158,7 @@ def read_records(run: str | os.PathLike) -> list[dict[str, Any]]:
     try:
         data = read_regular(Path(run) / "metrics.jsonl", TEXT_LIMIT, "metrics log")
         text = data.decode("utf8")
-    except (OSError, UnicodeDecodeError):  # FileReadError is an OSError
+    except (StateError, UnicodeDecodeError):
         return []
     records = []
     for line in text.splitlines():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from optsvc.errors import OptsvcError
+from optsvc.errors import DeviceError
 
 from .cuda_ops import CudaKernelOps
 
@@ -33,10 +33,6 @@ def gpu_count() -> int:
         return int(cupy.cuda.runtime.getDeviceCount())
     except Exception:  # no driver, no device
         return 0
-
-
-class DeviceError(OptsvcError, RuntimeError):
-    """The GPU asked for cannot be used (no cupy, or no such device)."""
 
 
 def check_gpu(gpu_id: int) -> None:

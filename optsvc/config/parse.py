@@ -17,57 +17,13 @@ from confection import Config
 
 from optsvc import registries
 from optsvc.config.schema import SystemSection, TrainingSection
-from optsvc.errors import OptsvcError
-from optsvc.fileio import TEXT_LIMIT, FileReadError, read_regular
+from optsvc.errors import ConfigError, ConfigIssue, StateError
+from optsvc.fileio import TEXT_LIMIT, read_regular
 from optsvc.spec import params_of
 
 # Sections that mark a spaCy config: optsvc checks only its optimizer block.
 SPACY_SECTIONS = {"nlp", "components", "corpora", "paths", "pretraining", "initialize"}
 OPTSVC_SECTIONS = ("system", "data", "model", "training", "optimizer")
-
-
-@dataclass(frozen=True)
-class ConfigIssue:
-    """One problem in a config: where, what was given, and what is expected."""
-
-    path: str
-    message: str
-    value: Any = None
-    has_value: bool = False
-    hint: str = ""
-
-    def __str__(self) -> str:
-        text = f"{self.path}: {self.message}" if self.path else self.message
-        if self.has_value:
-            text += f", got {_show(self.value)}"
-        if self.hint:
-            text += f" ({self.hint})"
-        return text
-
-
-class ConfigError(OptsvcError, ValueError):
-    """A config that cannot be used; `.issues` lists every problem found."""
-
-    def __init__(self, issues: Sequence[ConfigIssue] | ConfigIssue | str):
-        if isinstance(issues, str):
-            issues = [ConfigIssue("", issues)]
-        elif isinstance(issues, ConfigIssue):
-            issues = [issues]
-        self.issues = list(issues)
-        super().__init__("\n".join(str(i) for i in self.issues))
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a section"
-    try:
-        if isinstance(value, (str, list, bool)) or value is None:
-            text = json.dumps(value)  # as configs write them: "a", [1, 2], true, null
-        else:
-            text = repr(value)
-    except (ValueError, RecursionError):  # e.g. a list that holds itself
-        text = "a value that refers to itself"
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -167,7 +123,7 @@ def read_config_text(path: str | Path) -> str:
         raise ConfigError(f"'{path}' is a folder; give the path of a .cfg file")
     try:
         text = read_regular(path, TEXT_LIMIT, "config file").decode("utf8")
-    except FileReadError as err:
+    except StateError as err:
         raise ConfigError(str(err)) from None
     except UnicodeDecodeError:
         raise ConfigError(

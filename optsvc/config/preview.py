@@ -13,7 +13,7 @@ from typing import Any
 from optsvc.config.blocks import find_function
 from optsvc.config.parse import ConfigError, ConfigIssue
 from optsvc.config.schema import TrainingSection
-from optsvc.fileio import TEXT_LIMIT, FileReadError, read_regular
+from optsvc.fileio import TEXT_LIMIT, StateError, read_regular
 from optsvc.optim import Optimizer
 from optsvc.schedules.base import Schedule
 from optsvc.spec import Arg, params_of
@@ -199,7 +199,7 @@ def read_scores(path: str | Path) -> dict[int, float]:
     try:
         data = read_regular(path, TEXT_LIMIT, "scores file")
         lines = data.decode("utf8").splitlines()
-    except FileReadError as err:
+    except StateError as err:
         raise ConfigError(str(err)) from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot read scores from '{path}': {err}") from None

@@ -4,7 +4,7 @@ default; `optsvc.TensorBoardLogger.v1`, `optsvc.MLflowLogger.v1`,
 `optsvc.ChainLogger.v1` for several at once). The TensorBoard and MLflow
 libraries are optional extras, imported when such a logger starts."""
 
-from optsvc.loggers.base import Logger, LoggerError, LoggerFactory, RunInfo
+from optsvc.loggers.base import Logger, LoggerFactory, RunInfo
 from optsvc.loggers.chain import Loggers, chain_logger
 from optsvc.loggers.console import ConsoleLogger, MetricsFile, console_logger
 from optsvc.loggers.mlflow import mlflow_logger
@@ -12,7 +12,6 @@ from optsvc.loggers.tensorboard import tensorboard_logger
 
 __all__ = [
     "Logger",
-    "LoggerError",
     "LoggerFactory",
     "RunInfo",
     "Loggers",

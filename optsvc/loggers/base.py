@@ -17,11 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
-from optsvc.errors import OptsvcError
-
-
-class LoggerError(OptsvcError, RuntimeError):
-    """A logger cannot be used (a missing extra, a store it cannot reach)."""
+from optsvc.errors import missing_extra
 
 
 @dataclass
@@ -89,11 +85,11 @@ class LoggerFactory:
         self.requires = tuple(requires)  # (extra, module) pairs
 
     def check(self) -> None:
-        """LoggerError, naming the extra, if a library it needs is missing:
+        """MissingExtraError, naming the extra, if a library it needs is missing:
         called before a run folder is touched."""
         for extra, module in self.requires:
             if importlib.util.find_spec(module) is None:
-                raise missing_extra(extra, module)
+                raise missing_extra(extra, module, f"the {extra} logger")
 
     def __call__(self, run: RunInfo) -> Logger:
         return self._make(run)
@@ -102,11 +98,4 @@ class LoggerFactory:
         return f"<logger {self.name}>"
 
 
-def missing_extra(extra: str, module: str) -> LoggerError:
-    return LoggerError(
-        f"the {extra} logger needs {module}, which is not installed: "
-        f"pip install 'optsvc[{extra}]'"
-    )
-
-
-__all__ = ["Logger", "LoggerError", "LoggerFactory", "RunInfo", "missing_extra"]
+__all__ = ["Logger", "LoggerFactory", "RunInfo"]

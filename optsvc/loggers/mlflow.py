@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from optsvc import registries
+from optsvc.errors import MissingExtraError, RunError, missing_extra
 from optsvc.fileio import write_atomic
 from optsvc.loggers.base import (
     Logger,
-    LoggerError,
     LoggerFactory,
     RunInfo,
-    missing_extra,
 )
 from optsvc.spec import Arg, checked
 
@@ -68,7 +67,7 @@ class MLflowLogger(Logger):
         try:
             from mlflow.tracking import MlflowClient
         except ImportError:
-            raise missing_extra("mlflow", "mlflow") from None
+            raise missing_extra("mlflow", "mlflow", "the mlflow logger") from None
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)
         if self.settings["tracking_uri"] is None:
@@ -80,10 +79,10 @@ class MLflowLogger(Logger):
                 self._continue(previous)
             else:
                 self._new_run()
-        except LoggerError:
+        except MissingExtraError:
             raise
         except Exception as err:  # the store is not there, refuses, ...
-            raise LoggerError(
+            raise RunError(
                 f"MLflow at {self.uri} cannot be used ({type(err).__name__}: "
                 f"{err}); check training.logger.tracking_uri"
             ) from None

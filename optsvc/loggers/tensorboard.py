@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from optsvc import registries
-from optsvc.loggers.base import Logger, LoggerFactory, RunInfo, missing_extra
+from optsvc.errors import missing_extra
+from optsvc.loggers.base import Logger, LoggerFactory, RunInfo
 from optsvc.spec import Arg, checked
 
 NOT_SCALARS = ("step",)
@@ -34,7 +35,9 @@ class TensorBoardLogger(Logger):
             from tensorboard.compat.proto.event_pb2 import Event, SessionLog
             from tensorboard.summary.writer.event_file_writer import EventFileWriter
         except ImportError:
-            raise missing_extra("tensorboard", "tensorboard") from None
+            raise missing_extra(
+                "tensorboard", "tensorboard", "the tensorboard logger"
+            ) from None
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._writer = EventFileWriter(str(self.log_dir))
         # TensorBoard drops the events of earlier sessions from a START's step

@@ -4,7 +4,7 @@ hyperparameters, its state, the flat `ParamStore` and saving to bytes."""
 from optsvc.optim.hyperparams import HPARAMS, StepScalars
 from optsvc.optim.optimizer import SGD, Adam, Optimizer, RAdam
 from optsvc.optim.params import ParamStore
-from optsvc.optim.state import OptimizerState, StateError
+from optsvc.optim.state import OptimizerState
 
 __all__ = [
     "Optimizer",
@@ -12,7 +12,6 @@ __all__ = [
     "Adam",
     "RAdam",
     "ParamStore",
-    "StateError",
     "HPARAMS",
     "OptimizerState",
     "StepScalars",

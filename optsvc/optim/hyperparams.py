@@ -25,7 +25,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from optsvc.errors import OptsvcError
+from optsvc.errors import ConfigError
 from optsvc.schedules.base import Schedule
 from optsvc.schedules.thinc import to_schedule
 from optsvc.spec import MAX_INT, Arg, show
@@ -66,10 +66,6 @@ HPARAM_ARGS: Mapping[str, Arg] = MappingProxyType(
 _ALWAYS_IN_RANGE = frozenset({"beta1", "beta2", "eps"})
 
 
-class HyperparamError(OptsvcError, ValueError):
-    """A hyperparameter value (or schedule value) outside what it accepts."""
-
-
 def _as_float(value: Any) -> float:
     """`value` as a float; an int too large for a float becomes inf."""
     try:
@@ -80,9 +76,9 @@ def _as_float(value: Any) -> float:
 
 def _check_range(name: str, value: Any, where: str, *, finite_only=False) -> float:
     """`value` as a float, checked against `HPARAM_ARGS[name]` (only for
-    finiteness with `finite_only`); a HyperparamError naming `name` if not."""
+    finiteness with `finite_only`); a ConfigError naming `name` if not."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise HyperparamError(
+        raise ConfigError(
             f"'{name}' must be a number, a list of numbers or a schedule, "
             f"got {show(value)}{where}"
         )
@@ -90,9 +86,9 @@ def _check_range(name: str, value: Any, where: str, *, finite_only=False) -> flo
     arg = HPARAM_ARGS[name]
     if not math.isfinite(x):
         expected = "finite" if finite_only else f"a finite number {arg.expected()}"
-        raise HyperparamError(f"'{name}' must be {expected}, got {show(value)}{where}")
+        raise ConfigError(f"'{name}' must be {expected}, got {show(value)}{where}")
     if not finite_only and not arg.in_range(x):
-        raise HyperparamError(
+        raise ConfigError(
             f"'{name}' must be {arg.expected()}, got {show(value)}{where}"
         )
     return x
@@ -126,10 +122,10 @@ def hparam_schedule(name: str, value: Any) -> Schedule:
         _check_range(name, value, "")
     try:
         return to_schedule(name, value)
-    except HyperparamError:
+    except ConfigError:
         raise
     except ValueError as err:  # not a hyperparameter at all: the user's input
-        raise HyperparamError(str(err)) from None
+        raise ConfigError(str(err)) from None
 
 
 @dataclass(slots=True)
@@ -201,7 +197,7 @@ def unsupported_betas(scalars: StepScalars, key: Any = None) -> ValueError:
     """The error for betas that `scalars.betas_supported` refuses; `key`
     names the parameter being updated, if any."""
     where = f" (key {key!r})" if key is not None else ""
-    return HyperparamError(
+    return ConfigError(
         f"'beta1' = 0 with 'beta2' = {scalars.beta2} is not supported{where}; "
         "use beta1 > 0 for Adam or beta1 = beta2 = 0 for SGD"
     )
@@ -214,12 +210,12 @@ def hparam_values(
     against their ranges with `full_check` (when a schedule is set), else the
     betas and eps against theirs and the others for finiteness only (Thinc's
     own schedules may leave the range, e.g. slanted_triangular past
-    num_steps). A HyperparamError naming the hyperparameter if not."""
+    num_steps). A ConfigError naming the hyperparameter if not."""
     values = []
     for name in HPARAMS:
         value = schedules[name](step, key=None, last_score=score)
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise HyperparamError(
+            raise ConfigError(
                 f"'{name}' schedule gave {show(value)} at step {step}; "
                 "expected a number"
             )
@@ -237,7 +233,7 @@ def check_restored(
 ) -> None:
     """Check restored schedules as the optimizer would have when they were
     set (every value in range at step 0) and at the next update (at `step`);
-    a HyperparamError naming the hyperparameter if not. The schedules are
+    a ConfigError naming the hyperparameter if not. The schedules are
     evaluated on copies and without a score, so their state (plateau's) stays
     as restored and a score is judged by the update that reads it."""
     copies = copy.deepcopy(dict(schedules))
@@ -453,13 +449,13 @@ class ScheduledHyperparams:
 
 def check_last_score(score: Any, step: int) -> tuple[int, float]:
     """`score` (a number, taken at `step`, or a `(step, score)` tuple) as a
-    `(step, score)` pair; a HyperparamError unless the score is a float (an
+    `(step, score)` pair; a ConfigError unless the score is a float (an
     infinity included: -inf is the worst score) or an int a float can hold,
     not NaN, and its step a whole number in [0, 2**63). A NaN compares as
     neither better nor worse, so schedules such as plateau would misread it."""
     if isinstance(score, tuple):
         if len(score) != 2 or type(score[0]) is not int or not 0 <= score[0] <= MAX_INT:
-            raise HyperparamError(
+            raise ConfigError(
                 f"last_score must be a number or a (step, score) tuple with a "
                 f"whole step in [0, 2**63), got {show(score)}"
             )
@@ -467,10 +463,10 @@ def check_last_score(score: Any, step: int) -> tuple[int, float]:
     else:
         value = score
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise HyperparamError(f"last_score must be a number, got {show(value)}")
+        raise ConfigError(f"last_score must be a number, got {show(value)}")
     x = _as_float(value)
     if math.isnan(x) or (math.isinf(x) and isinstance(value, numbers.Integral)):
-        raise HyperparamError(
+        raise ConfigError(
             f"last_score must be a number that a float can hold and not NaN, got "
             f"{show(value)}; report a failed evaluation as float('-inf')"
         )

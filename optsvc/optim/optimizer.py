@@ -20,6 +20,7 @@ import numpy as np
 
 from optsvc import registries
 from optsvc.backends import Ops, UpdateKind, get_array_ops, get_ops
+from optsvc.errors import ConfigError
 from optsvc.fileio import write_atomic
 from optsvc.optim import multi_tensor
 from optsvc.optim.hyperparams import (
@@ -446,7 +447,7 @@ def RAdam(
     0.01
     """
     if weight_decay is not None and L2 is not None:
-        raise ValueError(
+        raise ConfigError(
             "RAdam: give 'weight_decay' or 'L2', not both ('weight_decay' is "
             "L2 applied as weight decay)"
         )

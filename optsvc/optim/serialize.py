@@ -22,9 +22,10 @@ import numpy as np
 
 import optsvc.schedules  # noqa: F401  (fills SCHEDULE_FNS)
 from optsvc.backends import Ops
+from optsvc.errors import ConfigError, StateError
 from optsvc.fileio import inflates
-from optsvc.optim.hyperparams import HyperparamError, check_last_score, check_restored
-from optsvc.optim.state import OptimizerState, SlotRecord, StateError
+from optsvc.optim.hyperparams import check_last_score, check_restored
+from optsvc.optim.state import OptimizerState, SlotRecord
 from optsvc.optim.step import RADAM_BUFFER_SLOTS
 from optsvc.schedules.base import SCHEDULE_FNS, Schedule
 from optsvc.schedules.thinc import PlateauState
@@ -311,7 +312,7 @@ def _saved_from(
     last_score = _last_score(meta["last_score"])
     try:
         check_restored(schedules, step=step, use_radam=use_radam)
-    except HyperparamError as err:
+    except ConfigError as err:
         raise StateError(f"optimizer state is corrupt: {err}") from None
     records = []
     for entry in meta["keys"]:
@@ -341,7 +342,7 @@ def _last_score(score: Any) -> tuple[int, float] | None:
         raise StateError(f"optimizer state is corrupt: last_score is {show(score)}")
     try:
         return check_last_score(tuple(score), 0)
-    except HyperparamError as err:
+    except ConfigError as err:
         raise StateError(f"optimizer state is corrupt: {err}") from None
 
 

@@ -24,17 +24,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from optsvc.backends import Ops, TensorParams
-from optsvc.errors import OptsvcError
+from optsvc.errors import StateError
 from optsvc.optim.step import new_radam_buffer
 
 if TYPE_CHECKING:
     from optsvc.optim.params import ParamStore
 
 KeyT = Hashable
-
-
-class StateError(OptsvcError, ValueError):
-    """Saved optimizer state that cannot be written or read back."""
 
 
 def shape_conflict(key: KeyT, old: tuple, new: tuple, where: str = "") -> ValueError:

@@ -13,6 +13,7 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
+from optsvc.errors import ConfigError
 from optsvc.spec import MAX_INT, show
 
 OutT = TypeVar("OutT")
@@ -63,9 +64,9 @@ class Schedule(Generic[OutT]):
         since no training run reaches them and float maths overflows there.
         """
         if step < 0:
-            raise ValueError(f"Schedule step must be non-negative, got {step}")
+            raise ConfigError(f"Schedule step must be non-negative, got {step}")
         if step > MAX_INT:
-            raise ValueError(
+            raise ConfigError(
                 f"Schedule step must be below 2**63, got {show(step)}; "
                 "steps count updates, so a step this large is a mistake"
             )
@@ -86,9 +87,9 @@ class Schedule(Generic[OutT]):
     ) -> Iterator[OutT]:
         """Yield the values at `start`, `start + step_size`, ... forever."""
         if start < 0:
-            raise ValueError(f"Schedule start must be non-negative, got {start}")
+            raise ConfigError(f"Schedule start must be non-negative, got {start}")
         if step_size < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"Schedule step_size must be non-negative, got {step_size}"
             )
         return (self(step, **extra) for step in itertools.count(start, step_size))

@@ -14,6 +14,7 @@ from types import GeneratorType
 from typing import Annotated, Any
 
 from optsvc import registries
+from optsvc.errors import ConfigError
 from optsvc.schedules.base import Schedule, schedule_fn
 from optsvc.spec import Arg, Rule, checked
 
@@ -323,7 +324,7 @@ def _plateau(
             state.best_score = score
             state.patience = 0
         elif score_step < state.last_score_step:
-            raise ValueError(
+            raise ConfigError(
                 f"plateau: scores must arrive in step order; got a score for step "
                 f"{score_step} after one for step {state.last_score_step}"
             )
@@ -342,15 +343,15 @@ def _plateau(
 
 def _check_number(fn: str, name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{fn}: '{name}' must be a number, got {value!r}")
+        raise ConfigError(f"{fn}: '{name}' must be a number, got {value!r}")
     if not math.isfinite(value):
-        raise ValueError(f"{fn}: '{name}' must be finite, got {value!r}")
+        raise ConfigError(f"{fn}: '{name}' must be finite, got {value!r}")
 
 
 def from_list(values: list[float], *, name: str = "value") -> Schedule[float]:
     """One value a step; the last one repeats."""
     if not values:
-        raise ValueError(f"'{name}' is an empty list; give at least one value")
+        raise ConfigError(f"'{name}' is an empty list; give at least one value")
     for value in values:
         _check_number(name, "list item", value)
     return Schedule("list", _list, attrs={"values": list(values)})
@@ -371,7 +372,7 @@ def from_generator(generator: Iterator[float], *, name: str = "value") -> Schedu
     try:
         first = next(generator)
     except StopIteration:
-        raise ValueError(
+        raise ConfigError(
             f"'{name}' is an exhausted generator; it yielded no value"
         ) from None
     _check_number(name, "generator value", first)
@@ -391,7 +392,7 @@ def from_generator(generator: Iterator[float], *, name: str = "value") -> Schedu
 def _generator(schedule: Schedule, step: int, **kwargs: Any) -> float:
     a = schedule.attrs
     if step < a["last_step"]:
-        raise ValueError(
+        raise ConfigError(
             f"'{a['name']}' comes from a generator, which cannot go back from step "
             f"{a['last_step']} to step {step}"
         )
@@ -417,7 +418,7 @@ def to_schedule(name: str, value: Any) -> Schedule:
         return from_list(list(value), name=name)
     if isinstance(value, (GeneratorType, Iterator)):
         return from_generator(value, name=name)
-    raise ValueError(
+    raise ConfigError(
         f"'{name}' must be a number, a list of numbers, a generator or a Schedule; "
         f"got {type(value).__name__} {value!r}"
     )

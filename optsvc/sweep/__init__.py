@@ -15,7 +15,7 @@ from optsvc.sweep.plan import SweepPlan, Trial, plan_sweep
 from optsvc.sweep.ray_runner import RAY_EXTRA, ray_available
 from optsvc.sweep.results import BEST_CFG, RESULTS_CSV, RESULTS_JSON, TrialRow
 from optsvc.sweep.run import ENGINES, METRICS, SweepOutcome, choose_engine, run_sweep
-from optsvc.sweep.space import Distribution, SweepError, parse_grid, parse_sample
+from optsvc.sweep.space import Distribution, parse_grid, parse_sample
 
 __all__ = [
     "BEST_CFG",
@@ -25,7 +25,6 @@ __all__ = [
     "RAY_EXTRA",
     "RESULTS_CSV",
     "RESULTS_JSON",
-    "SweepError",
     "SweepOutcome",
     "SweepPlan",
     "Trial",

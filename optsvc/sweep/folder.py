@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from optsvc.about import __version__
+from optsvc.errors import RunError
 from optsvc.fileio import write_atomic
 from optsvc.sweep.plan import SweepPlan
-from optsvc.sweep.space import SweepError
 from optsvc.training.run_folder import RunFolder
 
 SWEEP_FILE = "sweep.json"
@@ -38,16 +38,16 @@ def prepare_folder(out: Path, plan: SweepPlan, *, resume: bool) -> None:
     records = json.loads(json.dumps(_trial_records(plan)))  # as read back
     sweep_file = out / SWEEP_FILE
     if out.exists() and not out.is_dir():
-        raise SweepError(f"output path '{out}' is a file; give a folder with -o")
+        raise RunError(f"output path '{out}' is a file; give a folder with -o")
     if resume:
         if not sweep_file.exists():
-            raise SweepError(
+            raise RunError(
                 f"'{out}' holds no sweep to resume; run the command without "
                 "--resume to start one"
             )
         _check_same(sweep_file, records, out)
     elif sweep_file.exists() or (out / TRIALS).exists():
-        raise SweepError(
+        raise RunError(
             f"'{out}' already holds a sweep; add --resume to continue it, or "
             "choose another folder with -o"
         )
@@ -71,7 +71,7 @@ def _check_same(sweep_file: Path, records: list[dict], out: Path) -> None:
     try:
         saved = json.loads(sweep_file.read_text(encoding="utf8"))["trials"]
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise SweepError(
+        raise RunError(
             f"cannot read '{sweep_file}' ({err}); start the sweep again in "
             "another folder with -o"
         ) from None
@@ -85,7 +85,7 @@ def _check_same(sweep_file: Path, records: list[dict], out: Path) -> None:
             why = f"trial {new['index']} was {old.get('name')}, now {new['name']}"
         else:
             why = f"the config of trial {new['name']} is not the same"
-    raise SweepError(
+    raise RunError(
         f"the sweep in '{out}' was started with another config or other --grid/"
         f"--sample values ({why}); run the same command with --resume, or start "
         "a new sweep in another folder with -o"

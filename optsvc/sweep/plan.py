@@ -23,7 +23,7 @@ from optsvc.config import (
     read_config_text,
     validate_config,
 )
-from optsvc.sweep.space import Distribution, SweepError, parse_grid, parse_sample
+from optsvc.sweep.space import Distribution, parse_grid, parse_sample
 
 MAX_TRIALS = 10_000
 SEED_PATH = "system.seed"
@@ -106,26 +106,26 @@ def plan_sweep(
 
 def _check_paths(grids, draws, samples: int, overrides: dict) -> list[str]:
     if samples < 1:
-        raise SweepError(f"--samples must be at least 1, got {samples}")
+        raise ConfigError(f"--samples must be at least 1, got {samples}")
     paths = [p for p, _ in grids] + [p for p, _ in draws]
     if not paths and samples == 1:
-        raise SweepError(
+        raise ConfigError(
             "nothing to sweep; add --grid PATH=V1,V2,..., --sample PATH=DIST or "
             "--samples N"
         )
     twice = sorted({p for p in paths if paths.count(p) > 1})
     if twice:
-        raise SweepError(
+        raise ConfigError(
             f"{twice[0]} is swept twice; give each path one --grid or --sample"
         )
     both = sorted(set(paths) & set(overrides))
     if both:
-        raise SweepError(
+        raise ConfigError(
             f"{both[0]} is both swept and overridden; drop the --{both[0]} override"
         )
     if samples > 1:
         if SEED_PATH in paths or SEED_PATH in overrides:
-            raise SweepError(
+            raise ConfigError(
                 f"--samples {samples} sets {SEED_PATH} for each repeat, so it cannot "
                 f"also be swept or overridden; drop one of them"
             )
@@ -142,7 +142,7 @@ def _points(grids, draws, samples: int, seed: int) -> list[dict[str, Any]]:
     combos = list(itertools.product(*(values for _, values in grids)))
     total = len(combos) * samples
     if total > MAX_TRIALS:
-        raise SweepError(
+        raise ConfigError(
             f"the sweep has {total:,} trials, more than {MAX_TRIALS:,}; "
             "sweep fewer values, or sample them with --sample and --samples"
         )
@@ -169,7 +169,7 @@ def _trial(
         return None, err.issues, []
     report = validate_config(cfg, for_training=True)
     if report.sections.is_spacy:
-        raise SweepError(
+        raise ConfigError(
             f"'{config}' is a spaCy config; optsvc sweep runs optsvc training "
             "configs ([system], [data], [model], [training], [optimizer])"
         )
@@ -221,4 +221,4 @@ def _short(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-__all__ = ["Trial", "SweepPlan", "plan_sweep", "SweepError", "Distribution"]
+__all__ = ["Trial", "SweepPlan", "plan_sweep", "Distribution"]

@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from optsvc.errors import MissingExtraError
 from optsvc.sweep.plan import Trial
 from optsvc.sweep.results import FAILED, FINISHED, STOPPED, Tracker, _number
-from optsvc.sweep.space import SweepError
 from optsvc.sweep.trial import last_error, run_trial
 from optsvc.training.run_folder import RunFolder
 
@@ -63,7 +63,9 @@ def _import_ray():
         import ray
         import ray.tune  # noqa: F401
     except ImportError as err:
-        raise SweepError(f"Ray Tune cannot be imported ({err}); {RAY_EXTRA}") from None
+        raise MissingExtraError(
+            f"Ray Tune cannot be imported ({err}); {RAY_EXTRA}"
+        ) from None
     return ray
 
 

@@ -7,12 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from optsvc.errors import ConfigError, MissingExtraError
 from optsvc.sweep.folder import prepare_folder
 from optsvc.sweep.plan import SweepPlan
 from optsvc.sweep.ray_runner import RAY_EXTRA, ray_available, run_ray
 from optsvc.sweep.results import DONE, FAILED, Tracker, TrialRow, read_results
 from optsvc.sweep.serial import run_serial
-from optsvc.sweep.space import SweepError
 
 ENGINES = ("auto", "ray", "serial")
 METRICS = {"score": "max", "loss": "min"}
@@ -40,13 +40,15 @@ class SweepOutcome:
 def choose_engine(engine: str, address: str | None) -> str:
     """'ray' or 'serial' for `engine` ('auto': Ray when it is installed)."""
     if engine not in ENGINES:
-        raise SweepError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+        raise ConfigError(
+            f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}"
+        )
     if engine == "auto":
         engine = "ray" if ray_available() or address else "serial"
     if engine == "ray" and not ray_available():
-        raise SweepError(f"Ray Tune is not installed; {RAY_EXTRA}")
+        raise MissingExtraError(f"Ray Tune is not installed; {RAY_EXTRA}")
     if engine == "serial" and address:
-        raise SweepError(
+        raise ConfigError(
             "--address runs a sweep on a Ray cluster; drop --engine serial"
         )
     return engine
@@ -76,7 +78,7 @@ def run_sweep(
     engine = choose_engine(engine, address)
     mode = _check_options(metric, mode, workers, gpus_per_trial, retries)
     if early_stop and engine == "serial":
-        raise SweepError(f"--early-stop needs Ray Tune; {RAY_EXTRA}")
+        raise MissingExtraError(f"--early-stop needs Ray Tune; {RAY_EXTRA}")
     prepare_folder(out, plan, resume=resume)
     tracker = Tracker(out, plan, metric, mode, on_change)
     if resume:
@@ -103,14 +105,14 @@ def run_sweep(
 
 def _check_options(metric, mode, workers, gpus_per_trial, retries) -> str:
     if metric not in METRICS:
-        raise SweepError(f"--metric must be score or loss, got {metric!r}")
+        raise ConfigError(f"--metric must be score or loss, got {metric!r}")
     mode = mode or METRICS[metric]
     if mode not in ("max", "min"):
-        raise SweepError(f"--mode must be max or min, got {mode!r}")
+        raise ConfigError(f"--mode must be max or min, got {mode!r}")
     if workers is not None and workers < 1:
-        raise SweepError(f"--workers must be at least 1, got {workers}")
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
     if gpus_per_trial < 0:
-        raise SweepError(f"--gpus-per-trial must be >= 0, got {gpus_per_trial}")
+        raise ConfigError(f"--gpus-per-trial must be >= 0, got {gpus_per_trial}")
     if retries < 0:
-        raise SweepError(f"--retries must be >= 0, got {retries}")
+        raise ConfigError(f"--retries must be >= 0, got {retries}")
     return mode

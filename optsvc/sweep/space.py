@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from optsvc.config import parse_overrides
-from optsvc.errors import OptsvcError
+from optsvc.errors import ConfigError
 
 DISTRIBUTIONS = {
     "uniform": "uniform(LOW,HIGH)",
@@ -27,10 +27,6 @@ DISTRIBUTIONS = {
     "choice": "choice(V1,V2,...)",
 }
 _CALL = re.compile(r"^\s*([a-z_]+)\s*\((.*)\)\s*$", re.S)
-
-
-class SweepError(OptsvcError, ValueError):
-    """A sweep that cannot be planned or continued, with the reason and the fix."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +89,7 @@ def _path_and_rest(text: str, option: str, example: str) -> tuple[str, str]:
     path, eq, rest = text.partition("=")
     path = path.strip().removeprefix("--")
     if not eq or not rest.strip() or "." not in path:
-        raise SweepError(
+        raise ConfigError(
             f"{option} {text!r} is not PATH=VALUES; write it as {option} {example}"
         )
     return path, rest
@@ -114,10 +110,10 @@ def parse_grid(text: str) -> tuple[str, list[Any]]:
     path, rest = _path_and_rest(text, "--grid", example)
     raw = split_values(rest)
     if any(not v for v in raw):
-        raise SweepError(f"--grid {text!r} has an empty value; remove the extra comma")
+        raise ConfigError(f"--grid {text!r} has an empty value; remove the extra comma")
     values = [_value(path, v) for v in raw]
     if len(set(map(repr, values))) != len(values):
-        raise SweepError(f"--grid {text!r} lists a value twice; list each value once")
+        raise ConfigError(f"--grid {text!r} lists a value twice; list each value once")
     return path.replace("-", "_"), values
 
 
@@ -131,22 +127,22 @@ def parse_sample(text: str) -> tuple[str, Distribution]:
     path, rest = _path_and_rest(text, "--sample", "optimizer.L2=loguniform(1e-6,1e-2)")
     match = _CALL.match(rest)
     if not match or match.group(1) not in DISTRIBUTIONS:
-        raise SweepError(f"--sample {text!r}: the distribution must be one of {known}")
+        raise ConfigError(f"--sample {text!r}: the distribution must be one of {known}")
     kind = match.group(1)
     args = tuple(_value(path, v) for v in split_values(match.group(2)) if v)
     if kind == "choice":
         if not args:
-            raise SweepError(f"--sample {text!r}: choice() needs at least one value")
+            raise ConfigError(f"--sample {text!r}: choice() needs at least one value")
         return path.replace("-", "_"), Distribution(kind, args)
     numbers = len(args) == 2 and all(
         isinstance(a, (int, float)) and not isinstance(a, bool) for a in args
     )
     if not numbers or not args[0] < args[1]:
-        raise SweepError(
+        raise ConfigError(
             f"--sample {text!r}: {DISTRIBUTIONS[kind]} needs two numbers, LOW < HIGH"
         )
     if kind == "loguniform" and args[0] <= 0:
-        raise SweepError(f"--sample {text!r}: loguniform needs LOW > 0")
+        raise ConfigError(f"--sample {text!r}: loguniform needs LOW > 0")
     if kind == "randint" and not all(isinstance(a, int) for a in args):
-        raise SweepError(f"--sample {text!r}: randint needs two integers")
+        raise ConfigError(f"--sample {text!r}: randint needs two integers")
     return path.replace("-", "_"), Distribution(kind, args)

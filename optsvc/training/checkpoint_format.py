@@ -6,8 +6,8 @@ folder names, the manifest (format, version, step, each file's size and
 SHA-256, its own checksum), ``arrays.npz`` (numeric arrays only, written with
 fixed timestamps and read without pickle, the header checked before the data),
 and ``state.json`` (plain JSON data only). Encoding checks what the caller
-gives and raises CheckpointError naming what is wrong; decoding verifies what
-is read and raises CheckpointError naming the folder.
+gives and raises StateError naming what is wrong; decoding verifies what
+is read and raises StateError naming the folder.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from optsvc.errors import OptsvcError
-from optsvc.fileio import FileReadError, inflates, read_regular
+from optsvc.errors import StateError
+from optsvc.fileio import inflates, read_regular
 
 FORMAT = "optsvc.checkpoint"
 VERSION = 1
@@ -43,12 +43,8 @@ MANIFEST_LIMIT = 2**20  # a manifest lists four files: a few hundred bytes
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so that equal arrays give equal bytes
 
 
-class CheckpointError(OptsvcError, ValueError):
-    """A checkpoint that cannot be written, or read back and verified."""
-
-
-def _fail(path: Path, problem: str) -> CheckpointError:
-    return CheckpointError(f"{path}: {problem}")
+def _fail(path: Path, problem: str) -> StateError:
+    return StateError(f"{path}: {problem}")
 
 
 def step_name(step: int) -> str:
@@ -87,7 +83,7 @@ def read_manifest(path: Path) -> dict:
         )
     try:
         raw = read_regular(path / MANIFEST, MANIFEST_LIMIT, MANIFEST)
-    except FileReadError as err:
+    except StateError as err:
         raise _fail(path, f"cannot read {MANIFEST}: {err}") from None
     try:
         manifest = json.loads(raw.decode("utf-8"))
@@ -172,7 +168,7 @@ def read_file(path: Path, name: str, entry: dict) -> bytes:
         )
     try:
         data = read_regular(path / name, entry["size"], name)
-    except FileReadError as err:
+    except StateError as err:
         raise _fail(path, f"cannot read {name}: {err}") from None
     if (
         len(data) != entry["size"]
@@ -188,16 +184,16 @@ def read_file(path: Path, name: str, entry: dict) -> bytes:
 def check_step(step: Any) -> int:
     """`step` as an int, if it is one >= 0."""
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
-        raise CheckpointError(f"step must be an int, got {step!r}")
+        raise StateError(f"step must be an int, got {step!r}")
     if step < 0:
-        raise CheckpointError(f"step must be >= 0, got {step}")
+        raise StateError(f"step must be >= 0, got {step}")
     return int(step)
 
 
 def check_bytes(optimizer: Any) -> bytes:
     """The optimizer's state as bytes, if it is bytes-like."""
     if not isinstance(optimizer, (bytes, bytearray, memoryview)):
-        raise CheckpointError(
+        raise StateError(
             "optimizer must be bytes, such as Optimizer.to_bytes(), got a "
             f"{type(optimizer).__name__}"
         )
@@ -206,7 +202,7 @@ def check_bytes(optimizer: Any) -> bytes:
 
 def _check_array(name: Any, value: Any) -> np.ndarray:
     if not isinstance(name, str) or not name or "\x00" in name:
-        raise CheckpointError(
+        raise StateError(
             f"array name {name!r}: names must be non-empty strings without NUL"
         )
     if isinstance(value, np.generic):
@@ -217,12 +213,12 @@ def _check_array(name: Any, value: Any) -> np.ndarray:
             if hasattr(value, "__cuda_array_interface__")
             else ""
         )
-        raise CheckpointError(
+        raise StateError(
             f"arrays[{name!r}]: expected a numpy array, got {type(value).__name__}"
             + hint
         )
     if value.dtype.kind not in _KINDS:
-        raise CheckpointError(
+        raise StateError(
             f"arrays[{name!r}] has dtype {value.dtype}; only bool, integer, float "
             "and complex arrays can be saved (no objects, strings or records)"
         )
@@ -232,7 +228,7 @@ def _check_array(name: Any, value: Any) -> np.ndarray:
 def arrays_to_bytes(arrays: Any) -> bytes:
     """`arrays.npz`: each array checked, stored uncompressed, no pickle."""
     if not isinstance(arrays, Mapping):
-        raise CheckpointError(
+        raise StateError(
             f"arrays must be a dict of name -> numpy array, got {type(arrays).__name__}"
         )
     checked = {name: _check_array(name, value) for name, value in arrays.items()}
@@ -248,7 +244,7 @@ def arrays_to_bytes(arrays: Any) -> bytes:
 def state_to_bytes(state: Any) -> bytes:
     """`state.json`: the caller's dict, if it is plain JSON data."""
     if not isinstance(state, dict):
-        raise CheckpointError(f"state must be a dict, got {type(state).__name__}")
+        raise StateError(f"state must be a dict, got {type(state).__name__}")
     _check_plain(state, "state")
     return (json.dumps(state, indent=1) + "\n").encode()
 
@@ -261,7 +257,7 @@ def _check_plain(value: Any, where: str) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise CheckpointError(
+                raise StateError(
                     f"{where}: key {key!r} is not a string; JSON keys must be strings"
                 )
             _check_plain(item, f"{where}.{key}")
@@ -270,7 +266,7 @@ def _check_plain(value: Any, where: str) -> None:
         for i, item in enumerate(value):
             _check_plain(item, f"{where}[{i}]")
         return
-    raise CheckpointError(
+    raise StateError(
         f"{where}: a {type(value).__name__} is not plain JSON data (use dicts with "
         "string keys, lists, str, int, float, bool or None)"
     )
@@ -329,7 +325,7 @@ def _read_member(
             raise _fail(path, f"{ARRAYS}: {name!r} is shorter than its shape says")
         with zf.open(info) as f:
             return fmt.read_array(f, allow_pickle=False)
-    except CheckpointError:
+    except StateError:
         raise
     except Exception as err:  # a corrupt member raises many kinds of error
         raise _fail(

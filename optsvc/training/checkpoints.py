@@ -60,7 +60,7 @@ from optsvc.training.checkpoint_format import (
     STATE,
     STEP_NAME,
     VERSION,
-    CheckpointError,
+    StateError,
     arrays_from_bytes,
     arrays_to_bytes,
     check_bytes,
@@ -105,7 +105,7 @@ def config_hash(config: str | bytes | Mapping) -> str:
                 dict(config), sort_keys=True, separators=(",", ":"), ensure_ascii=False
             )
         except (TypeError, ValueError) as err:
-            raise CheckpointError(
+            raise StateError(
                 f"config_hash: the config is not JSON data ({err})"
             ) from None
         data = text.encode("utf-8")
@@ -280,13 +280,13 @@ def _is_running(pid: int) -> bool:
 def _verifies(path: Path) -> bool:
     try:
         load_checkpoint(path)
-    except CheckpointError:
+    except StateError:
         return False
     return True
 
 
 def check_checkpoint_folder(directory: str | os.PathLike) -> None:
-    """CheckpointError, with the fix, unless `directory` is a folder that can
+    """StateError, with the fix, unless `directory` is a folder that can
     hold checkpoints or does not exist yet (a file, a symlink loop or a
     dangling symlink in its place would fail only at the first save)."""
     directory = Path(directory)
@@ -295,12 +295,12 @@ def check_checkpoint_folder(directory: str | os.PathLike) -> None:
     try:
         info = os.stat(directory)
     except OSError as err:
-        raise CheckpointError(
+        raise StateError(
             f"{directory}: cannot be used for checkpoints ({err.strerror}, a broken "
             "or looping symlink?); remove it, or start again with --overwrite"
         ) from None
     if not stat.S_ISDIR(info.st_mode):
-        raise CheckpointError(
+        raise StateError(
             f"{directory}: not a folder, cannot hold checkpoints; remove it, or "
             "start again with --overwrite"
         )
@@ -310,7 +310,7 @@ def _ensure_folder(directory: Path) -> None:
     if directory.is_dir():
         return
     if os.path.lexists(directory):
-        raise CheckpointError(f"{directory}: not a folder, cannot hold checkpoints")
+        raise StateError(f"{directory}: not a folder, cannot hold checkpoints")
     directory.mkdir(parents=True, exist_ok=True)
     _fsync_dir(directory.parent)
 
@@ -362,7 +362,7 @@ def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
     if not os.path.lexists(directory):
         return []
     if not directory.is_dir():
-        raise CheckpointError(f"{directory}: not a folder, cannot hold checkpoints")
+        raise StateError(f"{directory}: not a folder, cannot hold checkpoints")
     found = []
     for name in os.listdir(directory):
         match = STEP_NAME.fullmatch(name)
@@ -373,7 +373,7 @@ def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read the checkpoint in folder `path`, verifying its manifest, sizes and
-    SHA-256s; CheckpointError says what is wrong if anything is."""
+    SHA-256s; StateError says what is wrong if anything is."""
     path = Path(path)
     manifest = read_manifest(path)
     data = {name: read_file(path, name, manifest["files"][name]) for name in FILES}
@@ -394,8 +394,8 @@ def load_latest_checkpoint(
 ) -> Checkpoint | None:
     """The newest checkpoint in `directory` that verifies, or None if there is
     none. Each bad newer one is skipped with a message to `warn` (default: the
-    "optsvc" logger's warning); CheckpointError if none verifies. `check`, if
-    given, looks at what a checkpoint holds: a CheckpointError from it makes
+    "optsvc" logger's warning); StateError if none verifies. `check`, if
+    given, looks at what a checkpoint holds: a StateError from it makes
     that checkpoint a bad one too."""
     warn = warn if warn is not None else logger.warning
     directory = Path(directory)
@@ -407,11 +407,11 @@ def load_latest_checkpoint(
             if check is not None:
                 check(checkpoint)
             return checkpoint
-        except CheckpointError as err:
+        except StateError as err:
             errors.append(err)
             warn(f"skipping a bad checkpoint: {err}")
     if errors:
-        raise CheckpointError(
+        raise StateError(
             f"{directory}: none of its {len(errors)} checkpoints verifies "
             f"(the newest: {errors[0]})"
         )

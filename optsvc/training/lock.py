@@ -14,12 +14,8 @@ import fcntl
 import os
 from pathlib import Path
 
-from optsvc.errors import OptsvcError
+from optsvc.errors import OptsvcError, RunError
 from optsvc.fileio import read_regular
-
-
-class LockedError(OptsvcError, RuntimeError):
-    """Another live process is using the run folder."""
 
 
 def lock_holder(folder: str | os.PathLike) -> str:
@@ -64,9 +60,9 @@ class RunLock:
         self._fd: int | None = fd
         self._dir_fd: int | None = dir_fd
 
-    def _locked(self) -> LockedError:
+    def _locked(self) -> RunError:
         holder = lock_holder(self.path.parent)
-        return LockedError(
+        return RunError(
             f"another optsvc train (pid {holder.strip() or '?'}) is using "
             f"'{self.path.parent}'; wait for it to finish, or use another folder "
             "with -o"

@@ -56,7 +56,7 @@ from optsvc.training.signals import StopOnSignal, TrainingInterrupted
 from optsvc.training.state import (
     EARLY_STOP,
     MAX_STEPS,
-    ModelMismatch,
+    StateError,
     TrainState,
     check_fits,
     restore_model,
@@ -263,7 +263,7 @@ def resume_or_start(
             restore_model(
                 checkpoint, store, job.optimizer, job.ops, n_train=data.n_train
             )
-        except ModelMismatch as err:
+        except StateError as err:
             raise RunError(
                 f"cannot resume from {checkpoint.path}: {err}; delete that folder to "
                 "resume from an earlier checkpoint, or start again with --overwrite"

@@ -23,16 +23,15 @@ from typing import Any
 import numpy as np
 
 from optsvc.config import SystemSection, TrainingSection, config_to_str
-from optsvc.errors import OptsvcError
-from optsvc.fileio import TEXT_LIMIT, FileReadError, read_regular, write_atomic
+from optsvc.errors import OptsvcError, RunError, StateError
+from optsvc.fileio import TEXT_LIMIT, read_regular, write_atomic
 from optsvc.training.checkpoint_format import arrays_from_bytes, arrays_to_bytes
 from optsvc.training.checkpoints import (
     Checkpoint,
-    CheckpointError,
     check_checkpoint_folder,
     load_latest_checkpoint,
 )
-from optsvc.training.lock import LockedError, RunLock
+from optsvc.training.lock import RunLock
 from optsvc.training.state import (
     NOT_RELEVANT,
     TrainState,
@@ -44,10 +43,6 @@ from optsvc.training.state import (
 # best.npz and final.npz are read whole; only a regular file is read at all.
 WEIGHTS_LIMIT = 2**38
 RUN_FILES = ("config.cfg", "metrics.jsonl", "checkpoints", "best.npz", "final.npz")
-
-
-class RunError(OptsvcError, RuntimeError):
-    """A run that cannot start or continue, with the reason and the fix."""
 
 
 class RunFolder:
@@ -82,7 +77,7 @@ class RunFolder:
         try:  # the first write into the folder: say which one it is
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock = RunLock(self.path)
-        except LockedError as err:
+        except RunError as err:
             raise RunError(str(err)) from None
         except OSError as err:  # read-only, no permission, no space
             raise RunError(
@@ -216,7 +211,7 @@ class RunFolder:
 
         try:
             checkpoint = load_latest_checkpoint(self.checkpoints, warn=warn, check=keep)
-        except CheckpointError as err:
+        except StateError as err:
             raise RunError(
                 f"cannot resume, {err}; start again with --overwrite"
             ) from None
@@ -270,7 +265,7 @@ class RunFolder:
         needs no rewriting; False when it is missing or unreadable."""
         try:
             saved = read_weights(path)
-        except (FileReadError, CheckpointError):
+        except StateError:
             return False
         return sorted(saved) == sorted(arrays) and all(
             _same(saved[name], arrays[name]) for name in arrays
@@ -280,7 +275,7 @@ class RunFolder:
 def read_weights(path: Path) -> dict[str, np.ndarray]:
     """Every array of final.npz or best.npz, read as a checkpoint's arrays
     are: a regular file, each array's header checked before its data, no
-    pickle. FileReadError or CheckpointError when it cannot be."""
+    pickle. StateError or StateError when it cannot be."""
     return arrays_from_bytes(path, read_regular(path, WEIGHTS_LIMIT, "weights file"))
 
 

@@ -38,10 +38,10 @@ import numpy as np
 from optsvc.about import __version__
 from optsvc.backends import get_ops
 from optsvc.config import SystemSection, TrainingSection
-from optsvc.errors import OptsvcError
+from optsvc.errors import StateError
 from optsvc.optim import Optimizer, ParamStore
 from optsvc.optim.serialize import decode_optimizer, schedule_to_json
-from optsvc.training.checkpoints import Checkpoint, CheckpointError, config_hash
+from optsvc.training.checkpoints import Checkpoint, config_hash
 
 EARLY_STOP, MAX_STEPS = "early_stop", "max_steps"
 STOP_REASONS = (EARLY_STOP, MAX_STEPS)
@@ -88,10 +88,6 @@ def same_config(saved: dict, relevant: dict) -> bool:
     config are the same run's, with the defaults of [system] and [training]
     written out on both sides."""
     return config_hash(comparable(saved)) == config_hash(comparable(relevant))
-
-
-class ModelMismatch(OptsvcError, ValueError):
-    """A checkpoint that verifies but does not fit the model being trained."""
 
 
 def key_name(key: tuple) -> str:
@@ -173,12 +169,12 @@ class TrainState:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint) -> TrainState:
-        """The record a checkpoint holds, every value checked; CheckpointError
+        """The record a checkpoint holds, every value checked; StateError
         (a checkpoint to skip, like a corrupt one) naming what is wrong."""
         raw, where = checkpoint.state, checkpoint.path
 
-        def bad(problem: str) -> CheckpointError:
-            return CheckpointError(f"{where}: state.json {problem}")
+        def bad(problem: str) -> StateError:
+            return StateError(f"{where}: state.json {problem}")
 
         for name in (*_COUNTERS, "loss_sum", *_SCORES, "rng"):
             if name not in raw:
@@ -319,21 +315,21 @@ def restore_model(
 ) -> None:
     """Load the checkpoint's weights into `store` and its state into
     `optimizer`, after checking that they fit the model and the data of
-    `n_train` examples; ModelMismatch, naming what does not fit, leaves the
+    `n_train` examples; StateError, naming what does not fit, leaves the
     weights untouched."""
     arrays, names = checkpoint.arrays, {f"w:{key_name(k)}": k for k in store}
     _check_model(checkpoint, store, n_train)
     try:
         optimizer.from_bytes(checkpoint.optimizer)
     except ValueError as err:  # StateError
-        raise ModelMismatch(f"its optimizer state is refused: {err}") from None
+        raise StateError(f"its optimizer state is refused: {err}") from None
     for key in store:
         average = (optimizer.averages or {}).get(key)
         moment = optimizer.mom1.get(key)
         if (average is not None and average.shape != store.shape(key)) or (
             moment is not None and moment.size != store.size_of(key)
         ):
-            raise ModelMismatch(
+            raise StateError(
                 f"its optimizer state for parameter {key} does not fit the model"
             )
     for name, key in names.items():
@@ -353,7 +349,7 @@ def check_fits(
     the optimizer state (its kind, schedules and options as the run's
     `optimizer` has them, its keys and shapes as the model's, finite moments,
     counters in range). A checkpoint that passes its checksums but fails a
-    check lies, and is treated like a corrupt one: CheckpointError naming what
+    check lies, and is treated like a corrupt one: StateError naming what
     is wrong, so that `load_latest_checkpoint` falls back to an older one.
 
     A checkpoint of another config (not `same_config` as `config`, the
@@ -365,12 +361,12 @@ def check_fits(
         if not same_config(saved.config, config):
             return saved
 
-    def bad(problem: str) -> CheckpointError:
-        return CheckpointError(f"{checkpoint.path}: {problem}")
+    def bad(problem: str) -> StateError:
+        return StateError(f"{checkpoint.path}: {problem}")
 
     try:
         _check_model(checkpoint, store, n_train)
-    except ModelMismatch as err:
+    except StateError as err:
         raise bad(str(err)) from None
     for name, array in checkpoint.arrays.items():
         if array.dtype.kind in "fc" and not np.isfinite(array).all():
@@ -452,30 +448,30 @@ def _check_model(checkpoint: Checkpoint, store: ParamStore, n_train: int) -> Non
         _check_weights(arrays.get(name), key, store)
     extra = sorted(n for n in arrays if n.startswith("w:") and n not in names)
     if extra:
-        raise ModelMismatch(
+        raise StateError(
             f"it holds weights the model does not have ({', '.join(extra[:3])})"
         )
     best = {n for n in arrays if n.startswith(f"{BEST}w:")}
     if best and best != {f"{BEST}{name}" for name in names}:
-        raise ModelMismatch("its best weights are not the model's parameters")
+        raise StateError("its best weights are not the model's parameters")
     for name, key in names.items():
         for kind in ("w", "avg"):
             saved = arrays.get(f"{BEST}{kind}:{name[2:]}")
             if saved is not None and saved.shape != store.shape(key):
-                raise ModelMismatch(f"its best weights for {key} have another shape")
+                raise StateError(f"its best weights for {key} have another shape")
     order = arrays.get(DATA_ORDER)
     if order is None or order.size != n_train:
-        raise ModelMismatch(
+        raise StateError(
             f"its data_order is not an ordering of the {n_train} training examples"
         )
 
 
 def _check_weights(saved: np.ndarray | None, key: tuple, store: ParamStore) -> None:
     if saved is None:
-        raise ModelMismatch(f"it holds no weights for parameter {key}")
+        raise StateError(f"it holds no weights for parameter {key}")
     dtype = store.flat_weights.dtype
     if saved.shape != store.shape(key) or saved.dtype != dtype:
-        raise ModelMismatch(
+        raise StateError(
             f"its weights for parameter {key} are {saved.dtype} of shape "
             f"{saved.shape}, but the model's are {dtype} of shape {store.shape(key)}"
         )
@@ -483,7 +479,7 @@ def _check_weights(saved: np.ndarray | None, key: tuple, store: ParamStore) -> N
 
 __all__ = [
     "TrainState",
-    "ModelMismatch",
+    "StateError",
     "EARLY_STOP",
     "MAX_STEPS",
     "weight_arrays",

@@ -30,20 +30,14 @@ from typing import Any
 import numpy as np
 
 from optsvc.backends import ops_for_device
-from optsvc.config import ConfigError, load_config, validate_config
-from optsvc.errors import OptsvcError
-from optsvc.fileio import FileReadError
+from optsvc.config import load_config, validate_config
+from optsvc.errors import ConfigError, RunError, StateError
 from optsvc.toys.models import Model, evaluate
 from optsvc.training import run_folder
-from optsvc.training.checkpoint_format import CheckpointError
 from optsvc.training.state import key_name
 
 WEIGHTS = ("best", "final")
 METRICS = {"classification": "accuracy", "regression": "R²"}
-
-
-class WeightsError(OptsvcError, ValueError):
-    """Weights that cannot be loaded: the run, the file or what it holds."""
 
 
 @dataclass
@@ -95,11 +89,11 @@ def load_run(
 
     averages: when the optimizer kept averages (use_averages), compute with
     them, as the run's evaluations did (and spaCy's model-best is saved);
-    False loads the raw weights. WeightsError, saying what to do, when the
+    False loads the raw weights. RunError or StateError, saying what to do, when the
     folder holds no run or not those weights.
     """
     if weights not in WEIGHTS:
-        raise WeightsError(f"weights must be 'best' or 'final', not {weights!r}")
+        raise ConfigError(f"weights must be 'best' or 'final', not {weights!r}")
     path = Path(run)
     data, model, ops = _build(path, gpu_id)
     arrays = read_weights(path / f"{weights}.npz", path)
@@ -128,24 +122,22 @@ def load_run(
 def _build(path: Path, gpu_id: int) -> tuple[Any, Model, Any]:
     """The run's data set and its model, initialised on the device."""
     if not path.is_dir():
-        raise WeightsError(
+        raise RunError(
             f"'{path}' is not a run folder; give the folder optsvc train wrote (its -o)"
         )
     own = path / "config.cfg"
     if not own.is_file():
         if (path / "trials").is_dir():
-            raise WeightsError(
+            raise RunError(
                 f"'{path}' is a sweep; evaluate one of its trials: optsvc evaluate "
                 f"{path / 'trials' / 'NAME'} (optsvc runs {path} lists them)"
             )
-        raise WeightsError(
-            f"'{path}' holds no run (no config.cfg); is it the -o of a run?"
-        )
+        raise RunError(f"'{path}' holds no run (no config.cfg); is it the -o of a run?")
     report = validate_config(load_config(own), for_training=True)
     if not report.ok:
         raise ConfigError(report.errors)
     if report.system is None:  # a spaCy config: not a run optsvc trained
-        raise WeightsError(f"'{own}' is not an optsvc training config")
+        raise ConfigError(f"'{own}' is not an optsvc training config")
     data, model = report.build("data"), report.build("model")
     ops = ops_for_device(gpu_id)
     model.initialize(data.n_features, data.n_outputs, ops, seed=report.system.seed)
@@ -154,14 +146,14 @@ def _build(path: Path, gpu_id: int) -> tuple[Any, Model, Any]:
 
 def read_weights(file: Path, run: Path | None = None) -> dict[str, np.ndarray]:
     """Every array of a run's best.npz or final.npz, read without pickle;
-    WeightsError, with what to do, when it is missing or unreadable."""
+    RunError or StateError, with what to do, when it is missing or unreadable."""
     run = file.parent if run is None else run
     if not os.path.lexists(file):
-        raise WeightsError(_missing(file, run))
+        raise RunError(_missing(file, run))
     try:
         return run_folder.read_weights(file)
-    except (FileReadError, CheckpointError):  # not a regular file, torn, damaged
-        raise WeightsError(
+    except StateError:  # not a regular file, torn, damaged
+        raise StateError(
             f"'{file}' is damaged (not a readable npz archive); optsvc train "
             f"--resume -o {run} writes it again from the run's last checkpoint"
         ) from None
@@ -191,13 +183,13 @@ def _array(
     array = arrays.get(name)
     if array is None or tuple(array.shape) != tuple(shape):
         found = "none" if array is None else f"shape {tuple(array.shape)}"
-        raise WeightsError(
+        raise StateError(
             f"{weights}.npz in '{run}' does not fit the model its config.cfg "
             f"builds: parameter {name[name.index(':') + 1 :]} should have shape "
             f"{tuple(shape)}, it has {found}"
         )
     if array.dtype.kind != "f":
-        raise WeightsError(f"{weights}.npz in '{run}': '{name}' is not a float array")
+        raise StateError(f"{weights}.npz in '{run}': '{name}' is not a float array")
     return array.astype(np.float32, copy=False)
 
 
@@ -207,4 +199,4 @@ def _scalar(array: np.ndarray | None, kind: type) -> Any:
     return kind(array)
 
 
-__all__ = ["load_run", "LoadedRun", "read_weights", "WeightsError", "WEIGHTS"]
+__all__ = ["load_run", "LoadedRun", "read_weights", "WEIGHTS"]
