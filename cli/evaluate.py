@@ -35,8 +35,8 @@ def evaluate(
         Weights,
         typer.Option(
             "--weights",
-            help="best: the best evaluation's weights (best.npz); final: the "
-            "last step's (final.npz).",
+            help="best: the best evaluation's weights (best.safetensors); final: the "
+            "last step's (final.safetensors).",
         ),
     ] = Weights.best,
     raw: Annotated[
@@ -58,7 +58,7 @@ def evaluate(
 
     The model is rebuilt from the run's own config.cfg and the data set
     generated again from it (seeded: the one the run evaluated on), so the
-    score of best.npz is the best score the run logged.
+    score of best.safetensors is the best score the run logged.
 
     Example: optsvc evaluate runs/quickstart --weights final
     """

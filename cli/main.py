@@ -357,8 +357,8 @@ def train_cmd(
 
     Logs an evaluation row every training.eval_frequency steps (loss, score and
     every scheduled hyperparameter), and writes the filled config,
-    metrics.jsonl, checkpoints, the best evaluation's weights (best.npz) and
-    the final weights (final.npz) to the run folder; optsvc evaluate scores
+    metrics.jsonl, checkpoints, the best evaluation's weights (best.safetensors) and
+    the final weights (final.safetensors) to the run folder; optsvc evaluate scores
     them. A killed run continues with --resume and ends with the same weights; on a
     run that has ended (max_steps reached or stopped early) --resume says so,
     trains nothing and exits 0.

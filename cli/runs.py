@@ -72,7 +72,7 @@ def runs(
 
     Status: running when a live optsvc train holds the run's lock (the lock
     dies with the process, and is only tested, never taken); finished when
-    final.npz exists; interrupted when a checkpoint exists, so
+    final.safetensors exists; interrupted when a checkpoint exists, so
     `optsvc train RUN/config.cfg -o RUN --resume` continues it; failed when the
     run recorded a failure, or when it ended with nothing to resume.
 

@@ -1,28 +1,30 @@
-"""Files written so that a crash, `kill -9` or a full disk leaves the old
-content or the new, never a torn file; files read only when they are regular
-files of a bounded size, so that a FIFO, a device such as /dev/zero or a huge
-file in their place never hangs optsvc or fills the memory."""
+"""Bytes in and out: files written so that a crash, `kill -9` or a full disk
+leaves the old content or the new, never a torn file; files read only when
+they are regular files of a bounded size, so that a FIFO, a device such as
+/dev/zero or a huge file in their place never hangs optsvc or fills the
+memory; arrays as safetensors, whose header is checked before any data is
+read and which never unpickles anything."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
-import zipfile
+from collections.abc import Mapping
 from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load, save
 
 from optsvc.errors import StateError
 
 # Configs and metrics logs are text a person could read; beyond this they are
 # not what optsvc wrote.
 TEXT_LIMIT = 256 * 2**20
-
-
-def inflates(member: zipfile.ZipInfo, size: int) -> bool:
-    """Whether a zip archive's `member` could unpack to more than `size`
-    bytes (the archive's own size): compressed, or declaring more. optsvc
-    stores its archives' members uncompressed, so such a member is not what
-    optsvc wrote, and is refused before it is opened."""
-    return member.compress_type != zipfile.ZIP_STORED or member.file_size > size
+# Arrays (weights, optimizer state) are read whole; 256 GiB is beyond any
+# machine optsvc trains on.
+ARRAYS_LIMIT = 2**38
 
 
 def read_regular(path, limit: int, what: str = "file") -> bytes:
@@ -102,4 +104,71 @@ def write_atomic(path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-__all__ = ["write_atomic", "read_regular", "StateError", "TEXT_LIMIT"]
+def encode_arrays(arrays: Mapping[str, np.ndarray], meta: str | None = None) -> bytes:
+    """`arrays` (numbers and booleans, each named) as safetensors bytes, with
+    `meta` (text, e.g. JSON) in the header; StateError naming an array that
+    cannot be saved."""
+    if not isinstance(arrays, Mapping):
+        raise StateError(
+            f"arrays must be a dict of name -> numpy array, got {type(arrays).__name__}"
+        )
+    # safetensors reads an array's memory as it lies: a strided view must
+    # be made contiguous first, or its bytes would be the wrong ones.
+    flat = {
+        name: np.require(_check(name, a), requirements="C")
+        for name, a in arrays.items()
+    }
+    try:
+        return save(flat, metadata=None if meta is None else {META: meta})
+    except (SafetensorError, ValueError, TypeError) as err:
+        raise StateError(f"cannot save these arrays: {err}") from None
+
+
+def _check(name: object, array: object) -> np.ndarray:
+    if not isinstance(name, str) or not name:
+        raise StateError(f"array name {name!r}: names must be non-empty strings")
+    if isinstance(array, np.generic):
+        array = np.asarray(array)
+    if not isinstance(array, np.ndarray):
+        hint = (
+            "; copy it to the host first (ops.to_numpy)"
+            if hasattr(array, "__cuda_array_interface__")
+            else ""
+        )
+        raise StateError(
+            f"arrays[{name!r}]: expected a numpy array, got {type(array).__name__}"
+            + hint
+        )
+    if array.dtype.kind not in "biuf":
+        raise StateError(
+            f"arrays[{name!r}] has dtype {array.dtype}; only bool, integer and float "
+            "arrays can be saved (no objects, strings, records or complex numbers)"
+        )
+    return array
+
+
+def decode_arrays(data: bytes, what: str) -> tuple[dict[str, np.ndarray], str | None]:
+    """The arrays and the header text of safetensors bytes; for anything
+    else, StateError: `what` (a sentence saying what is not readable) and
+    safetensors' reason."""
+    try:
+        arrays = load(data)
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + size])
+    except (SafetensorError, ValueError, TypeError) as err:
+        raise StateError(f"{what} ({err})") from None
+    meta = header.get("__metadata__") or {}
+    return arrays, meta.get(META)
+
+
+# The header entry that holds optsvc's own description of the arrays.
+META = "optsvc"
+
+__all__ = [
+    "write_atomic",
+    "read_regular",
+    "encode_arrays",
+    "decode_arrays",
+    "TEXT_LIMIT",
+    "ARRAYS_LIMIT",
+]

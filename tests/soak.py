@@ -7,11 +7,11 @@ with small counts (`make test`) and `make soak` with large ones:
 
 - `crash_campaign`: training runs (`optsvc train` in subprocesses) SIGKILLed
   at random moments: after a random delay (start-up, training, writing
-  final.npz), or the moment a checkpoint's temporary folder appears
+  final.safetensors), or the moment a checkpoint's temporary folder appears
   (mid-write). While a run holds its folder, a second lock on it must be
   refused; after each kill every `step-*` checkpoint must verify; then
   `--resume` (the killed run's lock is stale) continues to the end, and the
-  run must equal an uninterrupted one bit for bit: every array of final.npz
+  run must equal an uninterrupted one bit for bit: every array of final.safetensors
   and every metrics.jsonl row (timings aside).
 - `corruption_campaign`: each file of a checkpoint truncated at a random
   offset, bit-flipped, deleted; leftover temporary folders; two or all
@@ -67,12 +67,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.numpy
+
+from optsvc.fileio import encode_arrays
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTSVC = [sys.executable, "-m", "optsvc_cli.main"]
 QUICKSTART = ROOT / "configs" / "quickstart.cfg"
 EXAMPLES = sorted((ROOT / "configs").glob("*.cfg"))
-CHECKPOINT_FILES = ("arrays.npz", "optimizer.bin", "state.json", "manifest.json")
+CHECKPOINT_FILES = (
+    "arrays.safetensors",
+    "optimizer.safetensors",
+    "state.json",
+    "manifest.json",
+)
 
 # Time limits: a case that runs longer is a hang.
 VALIDATE_LIMIT = 20.0
@@ -379,9 +387,8 @@ def prepare_jobs(work: Path, names=None) -> dict[str, Job]:
     return jobs
 
 
-def final_arrays(run: Path, name: str = "final.npz") -> dict[str, np.ndarray]:
-    with np.load(run / name, allow_pickle=False) as npz:
-        return {name: npz[name] for name in npz.files}
+def final_arrays(run: Path, name: str = "final.safetensors") -> dict[str, np.ndarray]:
+    return safetensors.numpy.load((run / name).read_bytes())
 
 
 def metric_rows(run: Path) -> list[dict]:
@@ -394,9 +401,9 @@ def metric_rows(run: Path) -> list[dict]:
 
 
 def run_difference(run: Path, reference: Path) -> str | None:
-    """How `run` differs from `reference` (final.npz and best.npz bit for
-    bit, the metrics rows), or None when it does not."""
-    for file in ("final.npz", "best.npz"):
+    """How `run` differs from `reference` (final.safetensors and
+    best.safetensors bit for bit, the metrics rows), or None when it does not."""
+    for file in ("final.safetensors", "best.safetensors"):
         difference = weights_difference(run, reference, file)
         if difference:
             return difference
@@ -454,7 +461,7 @@ def _kill_once(
 ):
     """Start `optsvc train JOB -o RUN [--resume]` and SIGKILL it (mode "delay":
     after a random delay; "checkpoint": when the n-th checkpoint's temporary
-    folder appears; "final" or "best": when final.npz's or best.npz's
+    folder appears; "final" or "best": when final.safetensors's or best.safetensors's
     temporary file appears).
     Returns "killed", "finished" or "failed"."""
     # --resume where a run has left something; a run killed before it made
@@ -488,8 +495,9 @@ def _kill_once(
                     names = os.listdir(ckpt if mode == "checkpoint" else run)
                 except FileNotFoundError:
                     names = []
-                prefix = {"checkpoint": ".tmp-step-", "final": ".final.npz.tmp-",
-                          "best": ".best.npz.tmp-"}[mode]  # fmt: skip
+                prefix = {"checkpoint": ".tmp-step-",
+                          "final": ".final.safetensors.tmp-",
+                          "best": ".best.safetensors.tmp-"}[mode]  # fmt: skip
                 new = [n for n in names if n.startswith(prefix) and n not in seen]
                 seen.update(new)
                 if new and (len(seen) >= nth or mode == "final"):
@@ -664,12 +672,17 @@ def rewrite_manifest(folder: Path) -> None:
 
 
 def _replace_arrays(folder: Path, change) -> None:
-    with np.load(folder / "arrays.npz", allow_pickle=False) as npz:
-        arrays = {name: npz[name] for name in npz.files}
+    """The checkpoint's arrays changed by `change`; with an object array
+    planted, an .npz that holds a pickle in their place."""
+    arrays = safetensors.numpy.load((folder / "arrays.safetensors").read_bytes())
     change(arrays)
-    buf = io.BytesIO()
-    np.savez(buf, allow_pickle=True, **arrays)
-    (folder / "arrays.npz").write_bytes(buf.getvalue())
+    if any(a.dtype.hasobject for a in arrays.values()):
+        buf = io.BytesIO()
+        np.savez(buf, allow_pickle=True, **arrays)
+        data = buf.getvalue()
+    else:
+        data = encode_arrays(arrays)
+    (folder / "arrays.safetensors").write_bytes(data)
     rewrite_manifest(folder)
 
 
@@ -702,7 +715,7 @@ def corruption_campaign(
         shutil.copytree(job.reference, run)
         marker = folder / f"ran-{i}"
         what, expect = _corrupt(kind, run / "checkpoints", steps, marker, dead, rng)
-        (run / "final.npz").unlink()
+        (run / "final.safetensors").unlink()
         fig.add("corruptions injected")
         fig.add(f"corruptions injected: {kind if isinstance(kind, str) else kind[0]}")
         case = f"{kind}: {what}"
@@ -769,7 +782,7 @@ def _leftover(kind: str, ckpt: Path, steps: list[str], dead: int, rng):
     tmp = ckpt / f".tmp-{at}-{dead}"
     shutil.copytree(newest, tmp)
     (tmp / "manifest.json").unlink()
-    _damage(tmp / "arrays.npz", "truncate", rng)
+    _damage(tmp / "arrays.safetensors", "truncate", rng)
     if kind == "tmp-leftover":
         shutil.rmtree(newest)
         expect = {"code": 0, "warnings": 0, "from": steps[-2]}
@@ -791,14 +804,14 @@ def _plant(kind: str, newest: Path, marker: Path, rng: random.Random):
             arrays[victim] = np.array([Payload(marker), 1], dtype=object)
 
         _replace_arrays(newest, plant)
-        what = f"a pickle in arrays.npz as {victim!r}, manifest recomputed"
-        return what, {**fell_back, "warning": "object array"}
+        what = f"a pickle in arrays.safetensors as {victim!r}, manifest recomputed"
+        return what, {**fell_back, "warning": "arrays.safetensors is not readable"}
     if kind == "pickle-optimizer":
         buf = io.BytesIO()
         np.savez(buf, m0=np.array([Payload(marker)], dtype=object))
-        (newest / "optimizer.bin").write_bytes(buf.getvalue())
+        (newest / "optimizer.safetensors").write_bytes(buf.getvalue())
         rewrite_manifest(newest)
-        what = "a pickle as optimizer.bin, manifest recomputed"
+        what = "a pickle as optimizer.safetensors, manifest recomputed"
         return what, {**fell_back, "warning": "optimizer state is refused"}
     if kind in LIES:
         what, warning = LIES[kind](newest, rng)
@@ -827,19 +840,21 @@ def _lie_optimizer(folder: Path, rng: random.Random):
     LIKE = Adam().schedules  # every optimizer's hyperparameter names
 
     saved = decode_optimizer(
-        (folder / "optimizer.bin").read_bytes(), like=LIKE, ops=get_ops("numpy")
+        (folder / "optimizer.safetensors").read_bytes(), like=LIKE, ops=get_ops("numpy")
     )
     how = rng.choice(["kind", "count"])
     if how == "kind":
         saved = dataclasses.replace(saved, use_radam=not saved.use_radam)
-        what, warning = "optimizer.bin of the other kind (RAdam/Adam)", "RAdam"
-    else:
-        slot = next(iter(saved.state.slots.values()))
-        slot.nr = rng.choice([-1, 2**40])
-        what = f"an update count of {slot.nr} in optimizer.bin"
-        warning = "optimizer"
-    (folder / "optimizer.bin").write_bytes(encode_optimizer(saved))
-    return what, warning
+        what, warning = "optimizer.safetensors of the other kind (RAdam/Adam)", "RAdam"
+        (folder / "optimizer.safetensors").write_bytes(encode_optimizer(saved))
+        return what, warning
+    # an update count no run writes: the state crafted past the writer's checks
+    from state_helpers import archive, contents
+
+    meta, arrays = contents((folder / "optimizer.safetensors").read_bytes())
+    meta["keys"][0]["nr"] = nr = rng.choice([-1, 2**40])
+    (folder / "optimizer.safetensors").write_bytes(archive(meta, arrays, rehash=True))
+    return f"an update count of {nr} in optimizer.safetensors", "optimizer"
 
 
 def _lie_state(folder: Path, rng: random.Random):
@@ -974,7 +989,7 @@ def _resume(job: Job, run: Path) -> tuple[int, str, str]:
 def _metrics_damage(job: Job, run: Path, kind: str, steps, rng) -> str | None:
     """A damaged line: dropped (with the rows past the checkpoint, redone)."""
     shutil.rmtree(run / "checkpoints" / steps[-1])
-    (run / "final.npz").unlink()
+    (run / "final.safetensors").unlink()
     resume_step = int(steps[-2][5:])
     lines = (run / "metrics.jsonl").read_bytes().splitlines()
     i = rng.randrange(len(lines))
@@ -1032,7 +1047,7 @@ def _special_checkpoint(job: Job, run: Path, kind: str, steps, rng) -> str | Non
         os.mkfifo(target)
     else:
         target.symlink_to("/dev/zero")
-    (run / "final.npz").unlink()
+    (run / "final.safetensors").unlink()
     code, out, err = _resume(job, run)
     expect = {"code": 0, "warnings": 1, "from": steps[-2], "warning": name}
     problems = _resume_problems(job, run, expect, code, out, err)
@@ -1429,9 +1444,10 @@ def _fuzz_train(path, overrides, rng, run: Path, fig: Figures, case: str) -> Non
             try:
                 arrays = final_arrays(run)
             except (OSError, ValueError) as err:
-                problems.append(f"final.npz unreadable: {err}")
+                problems.append(f"final.safetensors unreadable: {err}")
                 arrays = {}
-            problems += [f"final.npz {k} holds NaN or inf" for k, a in arrays.items()
+            problems += [f"final.safetensors {k} holds NaN or inf"
+                         for k, a in arrays.items()
                          if not np.isfinite(a).all()]  # fmt: skip
             if problems:
                 fig.fail("train", f"{'; '.join(problems)}; {case}")

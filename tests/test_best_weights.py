@@ -1,4 +1,4 @@
-"""best.npz, `optsvc evaluate` and `load_run` (issue 11, item 4): the best
+"""best.safetensors, `optsvc evaluate` and `load_run` (issue 11, item 4): the best
 evaluation's weights are kept, survive a resume bit for bit, and can be
 scored and loaded from the user's side."""
 
@@ -62,7 +62,7 @@ def noisy(tmp_path_factory) -> Path:
 def test_best_npz_holds_the_best_evaluation_and_evaluate_scores_it(noisy):
     rows = scores(noisy)
     best = max(rows, key=lambda r: r["score"])
-    saved = final_arrays(noisy, "best.npz")
+    saved = final_arrays(noisy, "best.safetensors")
     assert int(saved["step"]) == best["step"] and float(saved["score"]) == best["score"]
 
     done = cli("evaluate", noisy, "--format", "json")
@@ -79,8 +79,8 @@ def test_best_npz_holds_the_best_evaluation_and_evaluate_scores_it(noisy):
 
     text = cli("evaluate", noisy).stdout.strip()
     assert text == (
-        f"{noisy / 'best.npz'}, step {best['step']}: accuracy {best['score']:.4f} "
-        "on 120 dev examples"
+        f"{noisy / 'best.safetensors'}, step {best['step']}: accuracy "
+        f"{best['score']:.4f} on 120 dev examples"
     )
 
 
@@ -89,14 +89,14 @@ def test_the_last_line_of_a_run_names_the_best_step(tmp_path):
     best = max(scores(tmp_path / "run"), key=lambda r: r["score"])
     assert (
         f"(best {best['score']:.4f} at step {best['step']}); weights in "
-        f"{tmp_path / 'run' / 'final.npz'}, the best in "
-        f"{tmp_path / 'run' / 'best.npz'}"
+        f"{tmp_path / 'run' / 'final.safetensors'}, the best in "
+        f"{tmp_path / 'run' / 'best.safetensors'}"
     ) in done.stdout
 
 
 def test_load_run_gives_the_model_with_the_weights(noisy):
-    run = load_run(noisy)  # best.npz by default
-    best = final_arrays(noisy, "best.npz")
+    run = load_run(noisy)  # best.safetensors by default
+    best = final_arrays(noisy, "best.safetensors")
     for (layer, name), weights in run.model.params.items():
         assert np.array_equal(weights, best[f"w:{layer}/{name}"])
     predicted = run.model.predict(run.data.X_dev).argmax(axis=1)
@@ -112,7 +112,7 @@ def test_averaged_weights_are_what_evaluations_use(tmp_path):
              "--data.n_samples", "300",
              "--optimizer.learn_rate.warmup_steps", "10"]  # fmt: skip
     assert cli("train", QUICKSTART, "-o", run, *small).exit_code == 0  # averages on
-    saved = final_arrays(run, "best.npz")
+    saved = final_arrays(run, "best.safetensors")
     averaged, raw = load_run(run), load_run(run, averages=False)
     assert averaged.averaged and not raw.averaged
     for key in averaged.model.params:
@@ -130,59 +130,62 @@ def test_averaged_weights_are_what_evaluations_use(tmp_path):
     )
 
 
-@pytest.mark.parametrize("damage", ["best.npz from after the checkpoint", "lost"])
+@pytest.mark.parametrize(
+    "damage", ["best.safetensors from after the checkpoint", "lost"]
+)
 def test_a_resumed_run_ends_with_the_uninterrupted_best_npz(tmp_path, noisy, damage):
-    """A kill after best.npz was written for step 360 but before the
+    """A kill after best.safetensors was written for step 360 but before the
     checkpoint of step 400: the run resumes at step 300, whose checkpoint
     holds the best weights up to then, and ends as the uninterrupted one."""
     run = tmp_path / "run"
     shutil.copytree(noisy, run)
     shutil.rmtree(run / "checkpoints" / "step-00000400")
-    (run / "final.npz").unlink()
+    (run / "final.safetensors").unlink()
     if damage == "lost":
-        (run / "best.npz").unlink()
+        (run / "best.safetensors").unlink()
     done = cli("train", "--resume", "-o", run)
     assert done.exit_code == 0, done.output
     assert "from step 300" in done.stdout
-    assert_same_file(run / "best.npz", noisy / "best.npz")
-    assert_same_file(run / "final.npz", noisy / "final.npz")
+    assert_same_file(run / "best.safetensors", noisy / "best.safetensors")
+    assert_same_file(run / "final.safetensors", noisy / "final.safetensors")
 
 
 @pytest.mark.parametrize("damage", ["deleted", "from a later step", "torn"])
 def test_resume_puts_back_the_best_npz_of_its_checkpoint(tmp_path, noisy, damage):
-    """A run that has ended trains nothing on --resume, but best.npz is set
+    """A run that has ended trains nothing on --resume, but best.safetensors is set
     back to what its last checkpoint holds, whatever a kill or a user did."""
     run = tmp_path / "run"
     shutil.copytree(noisy, run)
-    best = run / "best.npz"
+    best = run / "best.safetensors"
     if damage == "deleted":
         best.unlink()
     elif damage == "from a later step":
-        shutil.copy(run / "final.npz", best)
+        shutil.copy(run / "final.safetensors", best)
     else:
         best.write_bytes(best.read_bytes()[:100])
     done = cli("train", "--resume", "-o", run)
     assert done.exit_code == 0, done.output
     assert "already ended at step 400" in done.stdout
-    assert_same_file(best, noisy / "best.npz")
+    assert_same_file(best, noisy / "best.safetensors")
 
 
 def test_evaluate_says_what_to_do_when_there_is_nothing_to_score(tmp_path, noisy):
     run = tmp_path / "run"
     shutil.copytree(noisy, run)
-    (run / "final.npz").unlink()  # killed before the end
+    (run / "final.safetensors").unlink()  # killed before the end
     done = cli("evaluate", run, "--weights", "final")
     assert done.exit_code == 1
     assert done.stderr.strip() == (
-        f"✘ '{run}' has no final.npz: the run has not finished; continue it with "
-        f"optsvc train --resume -o {run}, or use its best weights (--weights best)"
+        f"✘ '{run}' has no final.safetensors: the run has not finished; continue "
+        f"it with optsvc train --resume -o {run}, or use its best weights "
+        "(--weights best)"
     )
-    (run / "best.npz").unlink()
+    (run / "best.safetensors").unlink()
     done = cli("evaluate", run)
     assert done.exit_code == 1 and "holds no weights yet" in done.stderr
-    shutil.copy(noisy / "final.npz", run / "final.npz")
+    shutil.copy(noisy / "final.safetensors", run / "final.safetensors")
     done = cli("evaluate", run)
-    assert done.exit_code == 1 and "has no best.npz" in done.stderr
+    assert done.exit_code == 1 and "has no best.safetensors" in done.stderr
     assert "--weights final" in done.stderr
 
     done = cli("evaluate", tmp_path / "nothing")
@@ -199,29 +202,31 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path, noisy):
     )
     done = cli("evaluate", run)
     assert done.exit_code == 1
-    assert "best.npz in" in done.stderr and "does not fit the model" in done.stderr
+    assert (
+        "best.safetensors in" in done.stderr and "does not fit the model" in done.stderr
+    )
     assert "Traceback" not in done.output
-    (run / "best.npz").write_bytes(b"not an archive")
+    (run / "best.safetensors").write_bytes(b"not an archive")
     config.write_text(
         config.read_text().replace("hidden_width = 8", "hidden_width = 16")
     )
     done = cli("evaluate", run)
-    assert done.exit_code == 1 and "is damaged (not a readable npz" in done.stderr
+    assert done.exit_code == 1 and "is damaged (not readable safetensors" in done.stderr
     assert f"optsvc train --resume -o {run} writes it again" in done.stderr
 
 
 def test_a_resume_that_starts_again_drops_the_old_best_npz(tmp_path, noisy):
-    """No checkpoint to resume from: the run starts at step 0, and best.npz
+    """No checkpoint to resume from: the run starts at step 0, and best.safetensors
     of the attempt before (maybe of another config) is not passed off as
     this run's."""
     run = tmp_path / "run"
     shutil.copytree(noisy, run)
     shutil.rmtree(run / "checkpoints")
-    (run / "final.npz").unlink()
+    (run / "final.safetensors").unlink()
     blown = cli("train", "--resume", "-o", run,
                 "--optimizer.learn_rate.initial_rate", "1e38")  # fmt: skip
     assert blown.exit_code == 1 and "not saved" in blown.stderr
-    assert not (run / "best.npz").exists()
+    assert not (run / "best.safetensors").exists()
     done = cli("evaluate", run)
     assert done.exit_code == 1 and "holds no weights yet" in done.stderr
 
@@ -232,10 +237,10 @@ def test_a_run_that_fails_after_an_evaluation_keeps_its_best_npz(tmp_path):
                 "--training.eval_frequency", "1", "--optimizer.learn_rate",
                 '{"@schedules": "constant.v1", "rate": 1e15}')  # fmt: skip
     assert blown.exit_code == 1 and "refused and not saved" in blown.stderr
-    assert (run / "best.npz").is_file()
+    assert (run / "best.safetensors").is_file()
     listed = json.loads(cli("runs", tmp_path, "--format", "json").stdout)
     assert [(r["status"], "refused" in r["note"]) for r in listed] == [("failed", True)]
-    again = cli("train", QUICKSTART, "-o", run, *NOISY)  # would lose best.npz
+    again = cli("train", QUICKSTART, "-o", run, *NOISY)  # would lose best.safetensors
     assert again.exit_code == 1 and "already holds a run" in again.stderr
     assert cli("evaluate", run).exit_code == 0
 

@@ -32,7 +32,7 @@ def test_after_a_nan_stop_the_folder_takes_a_new_run(tmp_path):
     assert again.exit_code == 0, again.output
     assert "replacing the run in" in again.stderr
     assert "which failed and saved nothing" in again.stderr
-    assert (run / "final.npz").is_file()
+    assert (run / "final.safetensors").is_file()
 
 
 def test_train_warns_like_validate_about_a_learning_rate_that_dies_early(tmp_path):

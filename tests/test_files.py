@@ -9,13 +9,11 @@ CLI in a subprocess, with a timeout, so that a hang fails the test."""
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import shutil
 import subprocess
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,7 @@ import pytest
 from confection import Config
 from runs_helpers import OPTSVC, QUICKSTART, quiet, run_cli
 from soak import _nan_weights as nan_in_first_weight
-from soak import _replace_arrays, rewrite_manifest
+from soak import _replace_arrays, final_arrays, rewrite_manifest
 
 from optsvc import Adam
 from optsvc.backends import get_ops
@@ -160,7 +158,7 @@ def test_a_special_or_grown_checkpoint_file_falls_back_without_reading(
 ):
     save(tmp_path, 1)
     bad = save(tmp_path, 2)
-    target = bad / "arrays.npz"
+    target = bad / "arrays.safetensors"
     target.unlink()
     if special == "fifo":
         os.mkfifo(target)
@@ -172,25 +170,25 @@ def test_a_special_or_grown_checkpoint_file_falls_back_without_reading(
     warnings: list[str] = []
     checkpoint = load_latest_checkpoint(tmp_path, warn=warnings.append)
     assert checkpoint.step == 1
-    assert len(warnings) == 1 and "arrays.npz" in warnings[0]
+    assert len(warnings) == 1 and "arrays.safetensors" in warnings[0]
 
 
-def test_a_compressed_array_that_would_inflate_is_refused(tmp_path):
+def lying_safetensors(declared: int) -> bytes:
+    """Safetensors bytes whose header declares a float32 array of `declared`
+    elements, followed by 16 bytes of data."""
+    header = {
+        "w": {"dtype": "F32", "shape": [declared], "data_offsets": [0, 4 * declared]}
+    }
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + bytes(16)
+
+
+def test_an_array_larger_than_its_file_is_refused_before_reading(tmp_path):
     save(tmp_path, 1)
     bad = save(tmp_path, 2)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        with zf.open("w.npy", "w", force_zip64=True) as f:
-            np.lib.format.write_array_header_1_0(
-                f, {"descr": "<f4", "fortran_order": False, "shape": (2**28,)}
-            )
-            chunk = bytes(2**22)
-            for _ in range(2**30 // len(chunk)):  # 1 GiB of zeros, ~1 MB stored
-                f.write(chunk)
-    (bad / "arrays.npz").write_bytes(buf.getvalue())
+    (bad / "arrays.safetensors").write_bytes(lying_safetensors(2**28))  # 1 GiB
     rewrite_manifest(bad)
-    assert (bad / "arrays.npz").stat().st_size < 5 * 2**20
-    with pytest.raises(StateError, match="compressed"):
+    with pytest.raises(StateError, match="arrays.safetensors is not readable"):
         load_checkpoint(bad)
     assert load_latest_checkpoint(tmp_path, warn=lambda _: None).step == 1
 
@@ -203,18 +201,21 @@ def test_many_kept_checkpoints_are_not_all_reread_at_each_save(tmp_path, monkeyp
     )
     for step in range(1, 41):
         save_checkpoint(tmp_path, step, arrays={}, optimizer=b"", state={}, keep=1000)
-    # Each checkpoint is verified once, when the next save first sees it;
-    # re-reading all at every save would be 40 * 39 / 2 = 780 reads.
-    assert len(reads) == 39
-    # A checkpoint changed since is read again, and a damaged one is not kept.
+    # Fewer checkpoints than kept: nothing to delete, so nothing is read.
+    assert reads == []
+    # A prune reads each checkpoint once; a damaged one is not kept.
     victim = tmp_path / "step-00000003" / "state.json"
     victim.write_text("{}")
-    reads.clear()
     save_checkpoint(tmp_path, 41, arrays={}, optimizer=b"", state={}, keep=39)
-    assert reads == [tmp_path / "step-00000040", victim.parent]
+    assert reads == [tmp_path / f"step-{s:08d}" for s in range(40, 1, -1)]
     # the damaged one does not count as kept: 39 good ones are
     assert (tmp_path / "step-00000002").exists()
     assert not (tmp_path / "step-00000001").exists()
+    # the next prune reads only what is new or changed since
+    reads.clear()
+    (tmp_path / "step-00000020" / "manifest.json").touch()
+    save_checkpoint(tmp_path, 42, arrays={}, optimizer=b"", state={}, keep=39)
+    assert reads == [tmp_path / "step-00000041", tmp_path / "step-00000020"]
 
 
 # --- the run folder: checkpoints/ not a folder, -o '', the lock -----------------------
@@ -240,7 +241,10 @@ def test_a_checkpoints_path_that_is_no_folder_is_refused_before_training(
     assert result.returncode == 1, result.stdout + result.stderr
     one_error_line(result, "--overwrite")
     assert "step 0" not in result.stdout  # it did not start training
-    assert not (out / "final.npz").exists() and not (out / "metrics.jsonl").exists()
+    assert (
+        not (out / "final.safetensors").exists()
+        and not (out / "metrics.jsonl").exists()
+    )
 
 
 @pytest.mark.slow
@@ -310,20 +314,20 @@ def _nan_weights(folder: Path) -> str:
 
 def _other_kind(folder: Path) -> str:
     saved = decode_optimizer(
-        (folder / "optimizer.bin").read_bytes(), like=LIKE, ops=get_ops("numpy")
+        (folder / "optimizer.safetensors").read_bytes(), like=LIKE, ops=get_ops("numpy")
     )
     saved = dataclasses.replace(saved, use_radam=True)
-    (folder / "optimizer.bin").write_bytes(encode_optimizer(saved))
+    (folder / "optimizer.safetensors").write_bytes(encode_optimizer(saved))
     return "RAdam"
 
 
 def _infinite_moments(folder: Path) -> str:
     saved = decode_optimizer(
-        (folder / "optimizer.bin").read_bytes(), like=LIKE, ops=get_ops("numpy")
+        (folder / "optimizer.safetensors").read_bytes(), like=LIKE, ops=get_ops("numpy")
     )
     for slot in saved.state.slots.values():
         slot.m[...] = np.inf
-    (folder / "optimizer.bin").write_bytes(encode_optimizer(saved))
+    (folder / "optimizer.safetensors").write_bytes(encode_optimizer(saved))
     return "not finite"
 
 
@@ -331,7 +335,7 @@ def _learn_rate(folder: Path) -> str:
     from optsvc.schedules.base import Schedule
 
     saved = decode_optimizer(
-        (folder / "optimizer.bin").read_bytes(), like=LIKE, ops=get_ops("numpy")
+        (folder / "optimizer.safetensors").read_bytes(), like=LIKE, ops=get_ops("numpy")
     )
     schedules = dict(saved.schedules)
     old = schedules["learn_rate"]
@@ -339,19 +343,24 @@ def _learn_rate(folder: Path) -> str:
         old.name, old.function, attrs={**old.attrs, "initial_rate": -1.0}
     )
     saved = dataclasses.replace(saved, schedules=schedules)
-    (folder / "optimizer.bin").write_bytes(encode_optimizer(saved))
+    (folder / "optimizer.safetensors").write_bytes(encode_optimizer(saved))
     return "learn_rate"
 
 
-def _inflating_optimizer(folder: Path) -> str:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        with zf.open("m0.npy", "w", force_zip64=True) as f:
-            chunk = bytes(2**22)
-            for _ in range(2**28 // len(chunk)):  # 256 MiB of zeros, ~256 kB
-                f.write(chunk)
-    (folder / "optimizer.bin").write_bytes(buf.getvalue())
-    return "compressed"
+def _oversized_optimizer(folder: Path) -> str:
+    (folder / "optimizer.safetensors").write_bytes(lying_safetensors(2**28))
+    return "not a readable optsvc state archive"
+
+
+def _no_slots(folder: Path) -> str:
+    """The optimizer state of a fresh optimizer: a resume would restart the
+    moments and the averages from zero."""
+    saved = decode_optimizer(
+        (folder / "optimizer.safetensors").read_bytes(), like=LIKE, ops=get_ops("numpy")
+    )
+    saved.state.slots.clear()
+    (folder / "optimizer.safetensors").write_bytes(encode_optimizer(saved))
+    return "holds no state for parameter"
 
 
 def _state(field: str, value):
@@ -368,7 +377,8 @@ LIES = {
     "nan-weights-at-max-steps": _nan_weights,
     "radam-state-in-adam-run": _other_kind,
     "infinite-moments": _infinite_moments,
-    "inflating-optimizer-state": _inflating_optimizer,
+    "oversized-optimizer-state": _oversized_optimizer,
+    "no-optimizer-slots": _no_slots,
     "negative-learn-rate": _learn_rate,
     "negative-epoch": _state("epoch", -5),
     "huge-cursor": _state("cursor", 10**40),
@@ -385,18 +395,17 @@ def test_a_lying_checkpoint_is_skipped_with_a_warning(run, finished, lie):
     needle = LIES[lie](bad)
     rewrite_manifest(bad)
     load_checkpoint(bad)  # the checksums pass
-    (out / "final.npz").unlink()
+    (out / "final.safetensors").unlink()
     result = run_cli("train", cfg, "-o", out, "--resume")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     warnings = [ln for ln in output.splitlines() if "skipping a bad checkpoint" in ln]
     assert len(warnings) == 1 and needle in warnings[0], output
     assert "resumed: from step 40" in output
-    with np.load(out / "final.npz", allow_pickle=False) as got:
-        with np.load(finished[1] / "final.npz", allow_pickle=False) as want:
-            for name in want.files:
-                assert np.isfinite(got[name]).all()
-                assert got[name].tobytes() == want[name].tobytes(), name
+    got, want = final_arrays(out), final_arrays(finished[1])
+    for name in want:
+        assert np.isfinite(got[name]).all()
+        assert got[name].tobytes() == want[name].tobytes(), name
 
 
 @pytest.mark.slow
@@ -408,7 +417,7 @@ def test_a_lying_checkpoint_is_skipped_on_a_resume_from_the_runs_own_config(run)
     bad = newest(out)
     needle = _infinite_moments(bad)
     rewrite_manifest(bad)
-    (out / "final.npz").unlink()
+    (out / "final.safetensors").unlink()
     result = run_cli("train", "-o", out, "--resume")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output

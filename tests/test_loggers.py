@@ -107,7 +107,7 @@ def test_every_scalar_at_every_step_in_tensorboard_and_mlflow(tmp_path):
     assert mlrun.data.params["optimizer.optimizers"] == "Adam.v1"
     assert mlrun.data.params["training.max_steps"] == "100"
     artifacts = {a.path for a in client.list_artifacts(mlrun.info.run_id)}
-    assert artifacts == {"config.cfg", "best.npz", "final.npz"}
+    assert artifacts == {"config.cfg", "best.safetensors", "final.safetensors"}
 
 
 def test_a_tensorboard_log_dir_can_be_given(tmp_path):
@@ -147,7 +147,7 @@ def test_a_killed_and_resumed_run_logs_every_step_once(tmp_path):
     proc.wait()
     proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL
-    assert not (run / "final.npz").exists()
+    assert not (run / "final.safetensors").exists()
     _, before = mlflow_run(run)
     result = subprocess.run(
         [*command, "--resume"], capture_output=True, text=True, env=env
@@ -225,7 +225,7 @@ def test_a_real_mlflow_tracking_server(tmp_path, mlflow_server):
     assert found.info.status == "FINISHED"
     assert_same(history(client, found.info.run_id, "loss"), expected(run, "loss"))
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
-    assert artifacts == {"config.cfg", "best.npz", "final.npz"}
+    assert artifacts == {"config.cfg", "best.safetensors", "final.safetensors"}
 
 
 # --- validation and missing extras ------------------------------------------------

@@ -65,10 +65,10 @@ def assert_held(fig: soak.Figures) -> None:
 @pytest.mark.slow
 @LINUX
 def test_crash_campaign(jobs, work):
-    """6 SIGKILLs (mid-checkpoint, after a random delay, while best.npz or
-    final.npz is written), a second lock refused while a run writes, every
+    """6 SIGKILLs (mid-checkpoint, after a random delay, while best.safetensors or
+    final.safetensors is written), a second lock refused while a run writes, every
     checkpoint left verifying, every resumed run bit-identical to the
-    uninterrupted one (final.npz, best.npz and the metrics)."""
+    uninterrupted one (final.safetensors, best.safetensors and the metrics)."""
     fig = soak.Figures()
     modes = ["checkpoint", "delay", "final", "checkpoint", "best", "checkpoint"]
     soak.crash_campaign(
@@ -185,7 +185,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(jobs, tmp_path, monkey
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000040"]
     load_checkpoint(run / "checkpoints" / "step-00000040")  # valid
     assert not [n for n in os.listdir(run / "checkpoints") if n.startswith(".")]
-    assert not (run / "final.npz").exists()
+    assert not (run / "final.safetensors").exists()
 
     # the same from the command line: one clear message, not a traceback
     enospc_on(monkeypatch, ".tmp-step-00000080", nth=2)
@@ -204,12 +204,12 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(jobs, tmp_path, monkey
 
 
 @LINUX
-@pytest.mark.parametrize("where", ["final.npz", "metrics.jsonl"])
+@pytest.mark.parametrize("where", ["final.safetensors", "metrics.jsonl"])
 def test_other_failed_writes_are_one_clear_message(jobs, tmp_path, monkeypatch, where):
     job = jobs["sgd-blobs"]
     run = tmp_path / "run"
-    if where == "final.npz":
-        enospc_on(monkeypatch, ".final.npz.tmp-")
+    if where == "final.safetensors":
+        enospc_on(monkeypatch, ".final.safetensors.tmp-")
     else:
 
         def full(self, row):
@@ -280,7 +280,7 @@ def test_a_nonfinite_step_is_refused_and_never_saved(jobs, tmp_path, monkeypatch
     # the checkpoint before the refusal holds only finite numbers; nothing after
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000040"]
     assert all_finite(run / "checkpoints" / "step-00000040")
-    assert not (run / "final.npz").exists()
+    assert not (run / "final.safetensors").exists()
     # the run stays resumable: without the fault it ends as if never stopped
     monkeypatch.undo()
     result = runner.invoke(app, ["train", str(job.config), "-o", str(run), "--resume"])
@@ -334,7 +334,7 @@ def test_a_real_blow_up_is_refused_with_the_step(jobs, tmp_path):
     saved = list_checkpoints(run / "checkpoints")
     assert saved[-1].name == "step-00000060"
     assert all(all_finite(p) for p in saved)
-    assert not (run / "final.npz").exists()
+    assert not (run / "final.safetensors").exists()
 
 
 def test_a_real_blow_up_with_skip_ends_with_finite_weights(jobs, tmp_path):
@@ -357,7 +357,7 @@ def test_a_real_blow_up_with_skip_ends_with_finite_weights(jobs, tmp_path):
 @pytest.mark.parametrize(
     "plant, expected",
     [
-        ("pickle-arrays", "object array, which only pickle could load; refused"),
+        ("pickle-arrays", "arrays.safetensors is not readable"),
         ("pickle-optimizer", "optimizer state is refused"),
         ("shape", "are float32 of shape (48, 1), but the model's are float32 of"),
         ("dtype", "are float64 of shape (48, 4), but the model's are float32 of"),
@@ -383,7 +383,7 @@ def test_resume_refuses_pickles_and_arrays_that_do_not_fit(
     elif plant == "pickle-optimizer":
         buf = io.BytesIO()
         np.savez(buf, allow_pickle=True, m0=evil)
-        (folder / "optimizer.bin").write_bytes(buf.getvalue())
+        (folder / "optimizer.safetensors").write_bytes(buf.getvalue())
         soak.rewrite_manifest(folder)
     elif plant == "shape":
         soak._replace_arrays(folder, lambda a: a.update({"w:0/W": a["w:0/W"][:, :1]}))

@@ -18,9 +18,10 @@ from optsvc_cli.main import app
 from runs_helpers import QUICKSTART, make_run, metrics
 from typer.testing import CliRunner
 
-from optsvc.analysis import find_runs, list_runs, lock_held
+from optsvc.analysis import find_runs, list_runs
 from optsvc.errors import OptsvcError
-from optsvc.training.lock import RunLock
+from optsvc.training.lock import RunLock, lock_held
+from optsvc.training.run_folder import RunFolder
 
 runner = CliRunner()
 EXPLODE = {"optimizer.learn_rate.warmup_steps": 1,
@@ -34,11 +35,11 @@ def root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("runs")
     make_run(root / "finished")
     make_run(root / "interrupted")
-    (root / "interrupted" / "final.npz").unlink()  # as if killed at the end
+    (root / "interrupted" / "final.safetensors").unlink()  # as if killed at the end
     with pytest.raises(OptsvcError, match="NaN or inf"):
         make_run(root / "failed", **EXPLODE)
     make_run(root / "running")
-    (root / "running" / "final.npz").unlink()
+    (root / "running" / "final.safetensors").unlink()
     for name, rate in (("0-lr0.01", 0.01), ("1-lr0.003", 0.003)):
         make_run(
             root / "sweep" / "trials" / name,
@@ -273,7 +274,7 @@ def test_wall_time_from_file_times_without_steps_per_sec(root, tmp_path):
         del row["steps_per_sec"]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     for name, when in (("config.cfg", 1000), ("metrics.jsonl", 1100),
-                       ("checkpoints", 1120), ("final.npz", 1130)):  # fmt: skip
+                       ("checkpoints", 1120), ("final.safetensors", 1130)):  # fmt: skip
         os.utime(run / name, (when, when))
     row = listed(tmp_path)["old"]
     assert (row["wall_time_s"], row["wall_time_from"]) == (130.0, "files")
@@ -281,13 +282,10 @@ def test_wall_time_from_file_times_without_steps_per_sec(root, tmp_path):
     assert "2m 10s (files)" in result.output
 
 
-def test_torn_lines_and_unknown_fields_are_tolerated(root, tmp_path):
+def test_torn_lines_and_new_metrics_are_tolerated(root, tmp_path):
     run = copy_run(root, "interrupted", tmp_path / "torn")
     with (run / "metrics.jsonl").open("a") as f:
-        f.write('{"step": 50, "loss": 0.1, "new_field": [1, 2]}\n{"step": 6')
-    state_file = sorted((run / "checkpoints").glob("step-*"))[-1] / "state.json"
-    state = json.loads(state_file.read_text())
-    state_file.write_text(json.dumps({**state, "something_new": {"a": 1}}))
+        f.write('{"step": 50, "loss": 0.1, "new_metric": 2.5}\n{"step": 6')
     row = listed(tmp_path)["torn"]
     assert row["status"] == "interrupted"
     assert row["steps"] == 50 and row["final_loss"] == 0.1
@@ -295,17 +293,16 @@ def test_torn_lines_and_unknown_fields_are_tolerated(root, tmp_path):
 
 def test_a_recorded_failure_or_early_stop_is_shown(root, tmp_path):
     failed = copy_run(root, "interrupted", tmp_path / "failed")
-    with (failed / "metrics.jsonl").open("a") as f:
-        f.write(json.dumps({"status": "failed", "error": "out of memory"}) + "\n")
-    stopped = copy_run(root, "finished", tmp_path / "stopped")
-    state_file = sorted((stopped / "checkpoints").glob("step-*"))[-1] / "state.json"
-    state = json.loads(state_file.read_text())
-    state_file.write_text(json.dumps({**state, "stopped_early": True}))
+    RunFolder(failed).record_failure("out of memory")
+    # A learning rate of 0: the second evaluation does not improve on the
+    # first, and with patience 1 the run stops there.
+    make_run(tmp_path / "stopped", {"learn_rate": 0.0}, **{"training.patience": 1})
     rows = listed(tmp_path)
     assert (rows["failed"]["status"], rows["failed"]["note"]) == (
         "failed",
         "out of memory",
     )
+    assert rows["stopped"]["steps"] == 20
     assert (rows["stopped"]["status"], rows["stopped"]["note"]) == (
         "finished",
         "stopped early",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from soak import final_arrays
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.cfg"
 JOB = ["--training.max_steps", "600", "--training.eval_frequency", "50",
@@ -52,11 +53,12 @@ def uninterrupted(tmp_path_factory) -> dict[str, np.ndarray]:
 
 
 def saved_weights(run: Path) -> dict[str, np.ndarray]:
-    """The arrays of final.npz and best.npz, as "final.npz/NAME"."""
+    """The arrays of final.safetensors and best.safetensors, as
+    "final.safetensors/NAME"."""
     arrays = {}
-    for file in ("final.npz", "best.npz"):
-        with np.load(run / file, allow_pickle=False) as data:
-            arrays.update({f"{file}/{k}": data[k] for k in data.files})
+    for file in ("final.safetensors", "best.safetensors"):
+        data = final_arrays(run, file)
+        arrays.update({f"{file}/{k}": data[k] for k in data})
     return arrays
 
 
@@ -85,7 +87,7 @@ def test_the_first_signal_saves_the_step_and_says_how_to_continue(
     step = int(line.split(" at step ")[1].split(";")[0])
     assert 250 <= step < 600
     assert (run / "checkpoints" / f"step-{step:08d}").is_dir()
-    assert not (run / "final.npz").exists()
+    assert not (run / "final.safetensors").exists()
     resume_equals(run, uninterrupted)
 
 
@@ -98,5 +100,5 @@ def test_a_second_signal_stops_at_once_and_the_last_checkpoint_stands(
     assert code == 130
     assert "Continue with" not in out  # it did not wait to save the step
     assert "Traceback" not in err
-    assert not (run / "final.npz").exists()
+    assert not (run / "final.safetensors").exists()
     resume_equals(run, uninterrupted)

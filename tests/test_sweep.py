@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from optsvc_cli.main import app
 from runs_helpers import free_port
+from soak import final_arrays
 from typer.testing import CliRunner
 
 from optsvc.config import ConfigError
@@ -43,7 +44,13 @@ GRID = ["--grid", "optimizer.beta1=0.8,0.9",
         "--grid", "optimizer.learn_rate.initial_rate=0.003,0.01"]  # fmt: skip
 NAMES = ["0-beta1=0.8-initial_rate=0.003", "1-beta1=0.8-initial_rate=0.01",
          "2-beta1=0.9-initial_rate=0.003", "3-beta1=0.9-initial_rate=0.01"]  # fmt: skip
-RUN_FILES = ("config.cfg", "metrics.jsonl", "checkpoints", "best.npz", "final.npz")
+RUN_FILES = (
+    "config.cfg",
+    "metrics.jsonl",
+    "checkpoints",
+    "best.safetensors",
+    "final.safetensors",
+)
 
 needs_ray = pytest.mark.skipif(
     not ray_available(), reason="Ray Tune is not installed (pip install 'optsvc[ray]')"
@@ -327,9 +334,9 @@ def test_retries_resume_a_failed_trial_and_report_one_that_always_fails(
     log = (out / ok["folder"] / "train.log").read_text()
     assert "resumed: from step 20" in log
     # Resumed bit for bit: the same weights as the uninterrupted trial.
-    same = np.load(ray_grid[0] / "trials" / NAMES[2] / "final.npz")
-    resumed = np.load(out / ok["folder"] / "final.npz")
-    assert all(np.array_equal(same[k], resumed[k]) for k in same.files)
+    same = final_arrays(ray_grid[0] / "trials" / NAMES[2])
+    resumed = final_arrays(out / ok["folder"])
+    assert all(np.array_equal(same[k], resumed[k]) for k in same)
     assert (bad["status"], bad["attempts"]) == ("failed", "2")
     assert "the learning rate" in bad["error"] and "too large" in bad["error"]
     assert "1 of 2 trials failed" in result.stderr and "--resume" in result.stderr
@@ -365,7 +372,10 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     assert driver.returncode == 130, stdout + stderr
     assert "interrupted" in stderr and "--resume" in stderr
     first = out / "trials" / NAMES[0]
-    done = {p: p.stat().st_mtime_ns for p in (first / "final.npz", first / "train.log")}
+    done = {
+        p: p.stat().st_mtime_ns
+        for p in (first / "final.safetensors", first / "train.log")
+    }
     statuses = [r["status"] for r in results(out)]
     assert statuses[0] == "finished" and "finished" not in statuses[1:]
 

@@ -7,11 +7,12 @@ real command in subprocesses and kill them with SIGKILL: from outside after a
 random delay or when the process says a checkpoint's temporary folder was
 made, and from inside
 at chosen filesystem calls (mid-checkpoint, just after a commit, while writing
-final.npz) through `KILL_DRIVER`, so that those points are hit every time.
+final.safetensors) through `KILL_DRIVER`, so that those points are hit every time.
 """
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import random
@@ -21,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,6 +44,7 @@ from optsvc.training.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
+from optsvc.training.lock import lock_held
 from optsvc.training.loop import config_diff, train
 from optsvc.training.run_folder import RunFolder, check_resumable
 from optsvc.training.state import TrainState
@@ -98,7 +101,7 @@ def computed(rows: list[dict]) -> list[dict]:
 
 
 def assert_same_run(run: Path, reference: Path, context: str = "") -> None:
-    """final.npz holds the same arrays, bit for bit, and metrics.jsonl the same
+    """final.safetensors holds the same arrays, bit for bit, and metrics.jsonl the same
     rows (timings aside)."""
     got, want = final_arrays(run), final_arrays(reference)
     assert sorted(got) == sorted(want), context
@@ -338,8 +341,8 @@ def test_resume_after_sigkill_at_many_points_is_bit_identical(job, reference, tm
     log.append("killed while writing step-00000040")
 
     # (b) so --resume starts from scratch, and dies in the middle of writing
-    # checkpoint 80: arrays.npz is in its temporary folder, optimizer.bin
-    # written but not fsynced.
+    # checkpoint 80: arrays.safetensors is in its temporary folder,
+    # optimizer.safetensors written but not fsynced.
     done = killed_at(driver, "fsync:.tmp-step-00000080:2", *train_args, "--resume")
     assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
     assert "no checkpoint yet; starting at step 0" in done.stdout
@@ -364,14 +367,14 @@ def test_resume_after_sigkill_at_many_points_is_bit_identical(job, reference, tm
         what = killed_from_outside(driver, [*train_args, "--resume"], delay=delay)
         log.append(f"{what} (newest checkpoint {step_folders(run)[-1]})")
 
-    # (g) dies while writing final.npz. (Should an earlier run have got that
-    # far, its final.npz goes: a finished run with its final.npz in place has
+    # (g) dies while writing final.safetensors. (Should an earlier run have got
+    # that far, its final.safetensors goes: a finished run with it in place has
     # nothing left to write, see test_resuming_a_finished_run_changes_nothing.)
-    (run / "final.npz").unlink(missing_ok=True)
-    done = killed_at(driver, "fsync:.final.npz.tmp-:1", *train_args, "--resume")
+    (run / "final.safetensors").unlink(missing_ok=True)
+    done = killed_at(driver, "fsync:.final.safetensors.tmp-:1", *train_args, "--resume")
     assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
     assert step_folders(run)[-1] == "step-00000400"
-    log.append("killed while writing final.npz")
+    log.append("killed while writing final.safetensors")
 
     # (h) resumed to the end: the same weights and rows as never stopping.
     done = run_cli(*train_args, "--resume")
@@ -435,7 +438,7 @@ def test_flags_that_contradict_are_refused_before_anything_is_written(
 # --- 2b. early stopping is part of the saved state ------------------------------------
 
 # Issue 15, item 1: with patience, a run killed at any moment (also after its
-# last checkpoint, while final.npz is written) and resumed stops where an
+# last checkpoint, while final.safetensors is written) and resumed stops where an
 # uninterrupted run stops, and a finished run stays finished.
 PATIENT = {
     "training.patience": 2,
@@ -480,7 +483,7 @@ def max_steps_reference(tmp_path_factory) -> Path:
 @POSIX
 @pytest.mark.parametrize(
     "where",
-    ["last periodic checkpoint", "after the last checkpoint", "final.npz"],
+    ["last periodic checkpoint", "after the last checkpoint", "final.safetensors"],
 )
 def test_an_early_stopped_run_killed_anywhere_resumes_bit_identical(
     patient_job, patient_reference, tmp_path, where
@@ -490,16 +493,16 @@ def test_an_early_stopped_run_killed_anywhere_resumes_bit_identical(
         # mid-write of the checkpoint before the stop: resumed from the one
         # before it, the run reaches the stop again
         "last periodic checkpoint": f"fsync:.tmp-step-{stop // 7 * 7:08d}:2",
-        # the stop's checkpoint committed, final.npz not yet written
+        # the stop's checkpoint committed, final.safetensors not yet written
         "after the last checkpoint": f"rename:.tmp-step-{stop:08d}:1",
-        "final.npz": "fsync:.final.npz.tmp-:1",
+        "final.safetensors": "fsync:.final.safetensors.tmp-:1",
     }[where]
     driver = tmp_path / "kill_driver.py"
     driver.write_text(KILL_DRIVER)
     run = tmp_path / "run"
     done = killed_at(driver, point, "train", patient_job, "-o", run)
     assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
-    assert not (run / "final.npz").exists()
+    assert not (run / "final.safetensors").exists()
 
     done = run_cli("train", patient_job, "-o", run, "--resume")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -507,7 +510,7 @@ def test_an_early_stopped_run_killed_anywhere_resumes_bit_identical(
     assert "final score" in done.stdout and f"at step {stop} " in done.stdout
     if where == "last periodic checkpoint":
         assert "no improvement in 2 evaluations" in done.stdout
-    else:  # nothing left to train: it says so and only writes final.npz
+    else:  # nothing left to train: it says so and only writes final.safetensors
         assert f"resumed: from step {stop}" in done.stdout
         assert (
             f"the run had already ended at step {stop}: it stopped early, "
@@ -527,12 +530,12 @@ def test_resuming_a_finished_run_changes_nothing(
     patient_job, patient_reference, max_steps_reference, tmp_path, ended
 ):
     """--resume on a run that has ended: exit 0 and one clear line; no
-    training, and final.npz, metrics.jsonl, config.cfg and the checkpoints
+    training, and final.safetensors, metrics.jsonl, config.cfg and the checkpoints
     are left exactly as they were (not even rewritten)."""
     source = patient_reference if ended == "early stop" else max_steps_reference
     job = patient_job if ended == "early stop" else source.parent / "job.cfg"
     run = Path(shutil.copytree(source, tmp_path / "run"))
-    kept = ["final.npz", "metrics.jsonl", "config.cfg"]
+    kept = ["final.safetensors", "metrics.jsonl", "config.cfg"]
     before = {name: file_identity(run / name) for name in kept}
     checkpoints = sorted(os.listdir(run / "checkpoints"))
 
@@ -557,8 +560,8 @@ def test_a_finished_run_with_a_torn_final_npz_gets_it_rewritten(
     patient_job, patient_reference, tmp_path
 ):
     run = Path(shutil.copytree(patient_reference, tmp_path / "run"))
-    data = (run / "final.npz").read_bytes()
-    (run / "final.npz").write_bytes(data[: len(data) // 2])
+    data = (run / "final.safetensors").read_bytes()
+    (run / "final.safetensors").write_bytes(data[: len(data) // 2])
     rows = (run / "metrics.jsonl").read_bytes()
     result = invoke("train", patient_job, "-o", run, "--resume")
     assert result.exit_code == 0, result.output
@@ -581,7 +584,7 @@ def test_a_checkpoint_from_before_the_stop_reason_was_saved_stays_stopped(
         run / "checkpoints", old.step, arrays=old.arrays,
         optimizer=old.optimizer, state=old.state, keep=None,
     )  # fmt: skip
-    (run / "final.npz").unlink()
+    (run / "final.safetensors").unlink()
     result = invoke("train", patient_job, "-o", run, "--resume")
     assert result.exit_code == 0, result.output
     assert f"already ended at step {old.step}: it stopped early" in result.stdout
@@ -607,15 +610,15 @@ def test_truncated_newest_checkpoint_is_skipped_with_a_warning(
 ):
     ckpt = finished / "checkpoints"
     assert step_folders(finished) == ["step-00000320", "step-00000360", "step-00000400"]
-    corrupt(ckpt / "step-00000400" / "arrays.npz", "truncate")
-    (finished / "final.npz").unlink()
+    corrupt(ckpt / "step-00000400" / "arrays.safetensors", "truncate")
+    (finished / "final.safetensors").unlink()
     done = run_cli("train", job, "-o", finished, "--resume")
     assert done.returncode == 0, done.stdout + done.stderr
     warnings = [
         line for line in (done.stdout + done.stderr).splitlines() if "skipping" in line
     ]
     assert len(warnings) == 1, done.stdout
-    assert "step-00000400" in warnings[0] and "arrays.npz" in warnings[0]
+    assert "step-00000400" in warnings[0] and "arrays.safetensors" in warnings[0]
     assert "resumed: from step 360" in done.stdout
     assert_same_run(finished, reference)
     # the bad checkpoint was replaced by a good one of the same step
@@ -627,7 +630,7 @@ def test_two_corrupt_checkpoints_fall_back_two(job, reference, finished):
     # a folder name that looks like rich markup is printed as it is
     run = finished.rename(finished.parent / "run[v1]")
     ckpt = run / "checkpoints"
-    corrupt(ckpt / "step-00000400" / "optimizer.bin", "flip")
+    corrupt(ckpt / "step-00000400" / "optimizer.safetensors", "flip")
     corrupt(ckpt / "step-00000360" / "state.json", "flip")
     console = quiet()
     result = train(load_config(job), run, resume=True, console=console)
@@ -639,7 +642,7 @@ def test_two_corrupt_checkpoints_fall_back_two(job, reference, finished):
     assert len(warnings) == 2, out
     assert str(ckpt / "step-00000400") in warnings[0], out
     assert str(ckpt / "step-00000360") in warnings[1], out
-    assert f"weights in {run / 'final.npz'}" in out
+    assert f"weights in {run / 'final.safetensors'}" in out
     assert_same_run(run, reference)
 
 
@@ -665,7 +668,7 @@ def test_a_checkpoint_whose_state_does_not_read_back_is_skipped(
         finished / "checkpoints", bad.step, arrays=bad.arrays,
         optimizer=bad.optimizer, state=bad.state, keep=None,
     )  # fmt: skip
-    (finished / "final.npz").unlink()
+    (finished / "final.safetensors").unlink()
     result = invoke("train", job, "-o", finished, "--resume")
     assert result.exit_code == 0, result.output
     [warning] = result.stderr.splitlines()
@@ -915,7 +918,8 @@ def test_plain_log_lines_metrics_and_run_folder(tmp_path):
 
     # the run folder
     assert sorted(os.listdir(run)) == [
-        ".lock", "best.npz", "checkpoints", "config.cfg", "final.npz", "metrics.jsonl",
+        ".lock", "best.safetensors", "checkpoints", "config.cfg",
+        "final.safetensors", "metrics.jsonl",
     ]  # fmt: skip
     assert step_folders(run) == ["step-00000120", "step-00000160", "step-00000200"]
     filled = Config().from_str((run / "config.cfg").read_text())
@@ -1101,7 +1105,9 @@ def test_a_lock_left_by_a_killed_run_is_recovered(job, tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    (run / ".final.npz.tmp-999999").write_bytes(b"torn")  # a killed writer's leftover
+    (run / ".final.safetensors.tmp-999999").write_bytes(
+        b"torn"
+    )  # a killed writer's leftover
     done = run_cli("train", str(job), "-o", str(run), "--resume")
     assert done.returncode == 0, done.stderr
     assert not list(run.glob(".*.tmp-*"))
@@ -1125,6 +1131,40 @@ def state_checkpoint(directory: Path, step: int, **changes) -> Path:
     )
 
 
+def begin(folder, *, resume, overwrite=False, warn=no_warnings):
+    """`folder.begin`, reading the checkpoint's TrainState alone."""
+    return folder.begin(
+        resume=resume, overwrite=overwrite, warn=warn, read=TrainState.from_checkpoint
+    )
+
+
+def test_a_lock_probe_does_not_make_a_starting_run_fail(tmp_path):
+    # `optsvc runs` tests the lock with a shared flock on RUN/.lock, held for
+    # an instant; a run starting at that instant waits for it.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text("")
+    fd = os.open(run / ".lock", os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    probe_ends = threading.Timer(0.2, os.close, [fd])
+    probe_ends.start()
+    try:
+        with RunFolder(run) as folder:
+            assert lock_held(folder.path) is True
+    finally:
+        probe_ends.join()
+    assert lock_held(run) is False
+
+
+def test_a_run_folder_of_optsvc_0_1_is_refused_naming_its_format(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "final.npz").write_bytes(b"PK")
+    with RunFolder(run) as folder:
+        with pytest.raises(RunError, match=r"format 1, .* again with --overwrite"):
+            begin(folder, resume=True)
+
+
 def test_one_process_at_a_time_holds_a_run_folder(tmp_path):
     first = RunFolder(tmp_path / "run").lock()
     try:
@@ -1144,25 +1184,19 @@ def test_one_process_at_a_time_holds_a_run_folder(tmp_path):
 def test_a_run_already_there_is_refused_resumed_or_cleared(tmp_path):
     run = tmp_path / "run"
     with RunFolder(run) as folder:
-        assert folder.begin(resume=False, overwrite=False, warn=no_warnings) == (
-            None,
-            None,
-        )
+        assert begin(folder, resume=False) is None
         (run / "metrics.jsonl").write_text('{"step": 5}\n')
         (run / "notes.txt").write_text("the user's own file")
         assert folder.holds_run()
         with pytest.raises(RunError, match="already holds a run; add --resume"):
-            folder.begin(resume=False, overwrite=False, warn=no_warnings)
+            begin(folder, resume=False)
         # --resume without a checkpoint: start at step 0, nothing removed yet
-        assert folder.begin(resume=True, overwrite=False, warn=no_warnings) == (
-            None,
-            None,
-        )
+        assert begin(folder, resume=True) is None
         assert (run / "metrics.jsonl").exists()
         state_checkpoint(run / "checkpoints", 3)
-        (run / "final.npz").write_bytes(b"old")
+        (run / "final.safetensors").write_bytes(b"old")
         # --overwrite: the run's files go, nothing else
-        folder.begin(resume=False, overwrite=True, warn=no_warnings)
+        begin(folder, resume=False, overwrite=True)
         assert sorted(os.listdir(run)) == [".lock", "notes.txt"]
 
 
@@ -1172,7 +1206,7 @@ def test_what_killed_writers_left_is_removed_when_the_lock_is_taken(tmp_path):
     (run / "checkpoints" / f".del-step-00000001-{dead}").mkdir()
     # a step folder set aside mid-replace may be the only copy: it stays
     (run / "checkpoints" / f".old-step-00000003-{dead}").mkdir()
-    (run / f".final.npz.tmp-{dead}").write_bytes(b"torn")
+    (run / f".final.safetensors.tmp-{dead}").write_bytes(b"torn")
     with RunFolder(run):
         assert sorted(os.listdir(run)) == [".lock", "checkpoints"]
         assert os.listdir(run / "checkpoints") == [f".old-step-00000003-{dead}"]
@@ -1184,10 +1218,8 @@ def test_resume_takes_the_newest_checkpoint_whose_state_reads_back(tmp_path):
     state_checkpoint(run / "checkpoints", 6, stopped="tired")
     warnings: list[str] = []
     with RunFolder(run) as folder:
-        checkpoint, state = folder.begin(
-            resume=True, overwrite=False, warn=warnings.append
-        )
-    assert checkpoint.step == state.step == 3
+        state = begin(folder, resume=True, warn=warnings.append)
+    assert state.step == 3
     [warning] = warnings
     assert "step-00000006: state.json has a bad 'stopped' ('tired')" in warning
     # none left: a refusal that names the newest problem and the fix
@@ -1196,7 +1228,7 @@ def test_resume_takes_the_newest_checkpoint_whose_state_reads_back(tmp_path):
         with pytest.raises(
             RunError, match="cannot resume, .*none of its 2 .*--overwrite"
         ):
-            folder.begin(resume=True, overwrite=False, warn=warnings.append)
+            begin(folder, resume=True, warn=warnings.append)
 
 
 def test_resume_checks_the_config_and_max_steps(tmp_path):

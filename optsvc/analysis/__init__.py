@@ -9,11 +9,9 @@ from optsvc.analysis.plot import (
     text_chart,
 )
 from optsvc.analysis.runs import (
-    STATUSES,
     RunSummary,
     find_runs,
     list_runs,
-    lock_held,
     read_metrics,
     summarize,
 )
@@ -21,11 +19,9 @@ from optsvc.analysis.runs import (
 __all__ = [
     "RunSeries",
     "RunSummary",
-    "STATUSES",
     "find_runs",
     "list_runs",
     "load_runs",
-    "lock_held",
     "make_figure",
     "read_metrics",
     "save_plot",

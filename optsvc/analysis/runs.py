@@ -1,28 +1,15 @@
 """Finished and ongoing runs, read from their folders.
 
-A run folder is what `optsvc train CONFIG -o DIR` writes: `config.cfg` (the
-filled config), `metrics.jsonl` (one JSON object per evaluation),
-`checkpoints/step-NNNNNNNN/` (each with `manifest.json` and `state.json`),
-`final.npz` at the end, and `.lock`, an advisory lock held by the live
-training process. The folder is the whole interface: nothing here imports the
-training loop, and missing or extra fields are tolerated, so runs written by
-older or newer versions of optsvc still list.
-
-Status, in this order:
-
-- running: the `.lock` is held by a live process (the kernel drops the lock
-  when the process dies, so a killed run never looks like a running one);
-- finished: `final.npz` exists;
-- failed: the run recorded a failure (a `status` of "failed" or an `error` in
-  metrics.jsonl or the latest checkpoint's state.json);
-- interrupted: a checkpoint exists, so `optsvc train --resume` continues it;
-- failed: nothing to resume from.
+A run folder is what `optsvc train CONFIG -o DIR` writes; what each of its
+files holds and what the run's status is are `optsvc.training.run_folder`'s
+to say (`RunFolder`): this module only gathers that into the summary
+`optsvc runs` lists, finds the runs under a folder and gives the trials of a
+sweep the config values that set them apart. Missing fields are tolerated,
+so a run killed at any moment still lists.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import math
 import os
@@ -31,16 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from optsvc.config import ConfigError, load_config
-from optsvc.errors import RunError, StateError
-from optsvc.fileio import TEXT_LIMIT, read_regular
-from optsvc.training.lock import lock_holder
-
-# Any of these makes a folder a run (`optsvc train` writes config.cfg first);
-# `.lock` alone only while it is held: a run that has not written it yet. A
-# metrics.jsonl alone is not enough: `show-schedule --scores` reads copies.
-RUN_MARKERS = ("config.cfg", "checkpoints", "final.npz")
-STATUSES = ("running", "finished", "interrupted", "failed")
-CHECKPOINT_PREFIX = "step-"
+from optsvc.errors import RunError
+from optsvc.training.run_folder import RunFolder
 
 
 @dataclass
@@ -81,12 +60,7 @@ class RunSummary:
 
 def is_run(folder: Path) -> bool:
     """Whether `folder` holds a run (or one being started)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return False
-    if any((folder / name).exists() for name in RUN_MARKERS):
-        return True
-    return lock_held(folder) is True
+    return RunFolder(folder).is_run()
 
 
 def find_runs(root: str | os.PathLike) -> list[Path]:
@@ -121,8 +95,9 @@ def expand_runs(paths: list[str | os.PathLike]) -> list[Path]:
         runs = [path] if is_run(path) else find_runs(path)
         if not runs:
             raise RunError(
-                f"'{path}' holds no run (no config.cfg, checkpoints or final.npz); "
-                "give a folder written by optsvc train, or one that holds such folders"
+                f"'{path}' holds no run (no config.cfg, checkpoints or final "
+                "weights); give a folder written by optsvc train, or one that holds "
+                "such folders"
             )
         out += [r for r in runs if r not in out]
     return out
@@ -131,71 +106,9 @@ def expand_runs(paths: list[str | os.PathLike]) -> list[Path]:
 # --- reading one run ------------------------------------------------------------
 
 
-def lock_held(folder: Path) -> bool | None:
-    """Whether a live process holds the run's lock: True, False, or None when
-    the lock file cannot be read. Never creates the file; a shared lock is
-    tried and released at once, so a training process is not kept waiting."""
-    try:
-        fd = os.open(Path(folder) / ".lock", os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as err:
-        return True if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else None
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
-def read_records(run: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every JSON object in metrics.jsonl, in order; lines torn by a kill are
-    skipped."""
-    try:
-        data = read_regular(Path(run) / "metrics.jsonl", TEXT_LIMIT, "metrics log")
-        text = data.decode("utf8")
-    except (StateError, UnicodeDecodeError):
-        return []
-    records = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
 def read_metrics(run: str | os.PathLike) -> list[dict[str, Any]]:
-    """The evaluation rows of metrics.jsonl: its objects that have a step."""
-    return [r for r in read_records(run) if _number(r.get("step")) is not None]
-
-
-def latest_state(run: str | os.PathLike) -> dict[str, Any] | None:
-    """The state.json of the newest checkpoint that has a manifest, or None."""
-    folder = Path(run) / "checkpoints"
-    try:
-        names = sorted(
-            (p.name for p in folder.iterdir() if p.name.startswith(CHECKPOINT_PREFIX)),
-            reverse=True,
-        )
-    except OSError:
-        return None
-    for name in names:
-        if not (folder / name / "manifest.json").is_file():
-            continue  # not a complete checkpoint
-        try:
-            state = json.loads((folder / name / "state.json").read_text("utf8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(state, dict):
-            return state
-    return None
+    """The evaluation rows of a run's metrics.jsonl."""
+    return RunFolder(run).read_metrics()[0]
 
 
 def read_config(run: str | os.PathLike) -> dict[str, Any] | None:
@@ -231,26 +144,26 @@ def scheduled_params(config: dict[str, Any] | None) -> dict[str, str]:
 
 def summarize(run: str | os.PathLike, name: str | None = None) -> RunSummary:
     """What `optsvc runs` shows of one run folder."""
-    run = Path(run)
+    folder = RunFolder(run)
     config = read_config(run)
-    records = read_records(run)
-    rows = [r for r in records if _number(r.get("step")) is not None]
-    state = latest_state(run)
-    summary = RunSummary(path=run, name=name or run.name)
+    rows, failure = folder.read_metrics()
+    state = folder.latest_state()
+    summary = RunSummary(path=folder.path, name=name or folder.path.name)
     summary.config = _describe_job(config)
     summary.optimizer = _describe_optimizer(config)
-    summary.status, summary.note = _status(run, records, state)
+    summary.status, summary.note = folder.status(failure, state)
     summary.max_steps = _max_steps(config, state)
-    summary.steps = _steps_done(rows, state)
-    scores = [s for s in (_number(r.get("score")) for r in rows) if s is not None]
+    steps = [r["step"] for r in rows] + ([state.step] if state else [])
+    summary.steps = max(steps) if steps else None
+    scores = [r["score"] for r in rows if _finite(r.get("score"))]
     if scores:
         summary.best_score, summary.last_score = max(scores), scores[-1]
     elif state:
-        summary.best_score = _number(state.get("best_score"))
-        summary.last_score = _number(state.get("score"))
-    losses = [x for x in (_number(r.get("loss")) for r in rows) if x is not None]
+        summary.best_score = state.best_score if _finite(state.best_score) else None
+        summary.last_score = state.score if _finite(state.score) else None
+    losses = [r["loss"] for r in rows if _finite(r.get("loss"))]
     summary.final_loss = losses[-1] if losses else None
-    summary.wall_time_s, summary.wall_time_from = _wall_time(run, rows)
+    summary.wall_time_s, summary.wall_time_from = _wall_time(folder, rows)
     return summary
 
 
@@ -323,10 +236,8 @@ def short_keys(keys: list[str]) -> dict[str, str]:
 # --- the pieces of a summary ----------------------------------------------------
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return value if math.isfinite(value) else None
+def _finite(value: Any) -> bool:
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def _describe_job(config: dict[str, Any] | None) -> str:
@@ -355,90 +266,39 @@ def _describe_optimizer(config: dict[str, Any] | None) -> str:
     return f"{name} / {shown}"
 
 
-def _failure(records: list[dict[str, Any]], state: dict[str, Any] | None) -> str | None:
-    """The failure a run recorded, as a message, or None."""
-    for record in [*reversed(records), state or {}]:
-        if record.get("status") == "failed" or record.get("error"):
-            return str(record.get("error") or record.get("reason") or "failed")
-    return None
-
-
-def _status(
-    run: Path, records: list[dict[str, Any]], state: dict[str, Any] | None
-) -> tuple[str, str]:
-    held = lock_held(run)
-    if held:
-        return "running", _holder(run)
-    note = "" if held is False else "the lock file cannot be read"
-    if (run / "final.npz").exists():
-        ended = _ended_early(state)
-        return "finished", "; ".join(n for n in (note, ended) if n)
-    failure = _failure(records, state)
-    if failure:
-        return "failed", failure
-    if state is not None:
-        return "interrupted", note
-    return "failed", note or "ended before its first checkpoint"
-
-
-def _holder(run: Path) -> str:
-    text = lock_holder(run)
-    pid = text.strip()
-    return f"pid {pid}" if text.isascii() and pid.isdigit() else ""
-
-
-def _ended_early(state: dict[str, Any] | None) -> str:
-    if not state:
-        return ""
-    reason = state.get("stop_reason") or state.get("end_reason")
-    if reason:
-        return str(reason)
-    return "stopped early" if state.get("stopped_early") is True else ""
-
-
-def _max_steps(
-    config: dict[str, Any] | None, state: dict[str, Any] | None
-) -> int | None:
+def _max_steps(config: dict[str, Any] | None, state) -> int | None:
     training = (config or {}).get("training")
-    if isinstance(training, dict) and isinstance(training.get("max_steps"), int):
-        return training["max_steps"]
-    value = (state or {}).get("max_steps")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _steps_done(rows: list[dict[str, Any]], state: dict[str, Any] | None) -> int | None:
-    steps = [int(r["step"]) for r in rows]
-    saved = (state or {}).get("step")
-    if isinstance(saved, int) and not isinstance(saved, bool):
-        steps.append(saved)
-    return max(steps) if steps else None
+    value = training.get("max_steps") if isinstance(training, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return state.max_steps if state else None
 
 
 def _wall_time(
-    run: Path, rows: list[dict[str, Any]]
+    folder: RunFolder, rows: list[dict[str, Any]]
 ) -> tuple[float | None, str | None]:
     total, previous = 0.0, 0
     for row in rows:
-        rate = _number(row.get("steps_per_sec"))
-        if rate is None or rate <= 0:
+        rate = row.get("steps_per_sec")
+        if not _finite(rate) or rate <= 0:
             break
-        total += max(int(row["step"]) - previous, 0) / rate
-        previous = int(row["step"])
+        total += max(row["step"] - previous, 0) / rate
+        previous = row["step"]
     else:
         if rows:
             return total, "metrics"
-    return _file_time(run)
+    return _file_time(folder)
 
 
-def _file_time(run: Path) -> tuple[float | None, str | None]:
+def _file_time(folder: RunFolder) -> tuple[float | None, str | None]:
     try:
-        start = (run / "config.cfg").stat().st_mtime
+        start = folder.config_file.stat().st_mtime
     except OSError:
         return None, None
     ends = []
-    for name in ("metrics.jsonl", "final.npz", "checkpoints"):
+    for path in (folder.metrics, folder.final, folder.checkpoints):
         try:
-            ends.append((run / name).stat().st_mtime)
+            ends.append(path.stat().st_mtime)
         except OSError:
             pass
     if not ends:  # nothing written after the config: no time to tell

@@ -61,8 +61,9 @@ class Logger:
     def finish(self) -> None:
         """The training loop has ended (progress bars stop)."""
 
-    def close(self, final: Path | None, *, failed: bool = False) -> None:
-        """The run is over: `final` holds its weights (None if it failed)."""
+    def close(self, files: list[Path] | None, *, failed: bool = False) -> None:
+        """The run is over: `files` are what it leaves (its config, best and
+        final weights), None if it failed."""
 
 
 class LoggerFactory:

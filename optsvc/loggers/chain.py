@@ -46,9 +46,9 @@ class Loggers(Logger):
         for logger in self.loggers:
             logger.finish()
 
-    def close(self, final: Path | None, *, failed: bool = False) -> None:
+    def close(self, files: list[Path] | None, *, failed: bool = False) -> None:
         for logger in self.loggers:
-            logger.close(final, failed=failed)
+            logger.close(files, failed=failed)
 
 
 _LOGGER = "a logger: a block with @loggers"

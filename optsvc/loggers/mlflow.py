@@ -20,16 +20,26 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from optsvc import registries
-from optsvc.errors import MissingExtraError, RunError, missing_extra
-from optsvc.fileio import write_atomic
+from optsvc.errors import MissingExtraError, RunError, StateError, missing_extra
+from optsvc.fileio import read_regular, write_atomic
 from optsvc.loggers.base import (
     Logger,
     LoggerFactory,
     RunInfo,
 )
+from optsvc.records import Record
 from optsvc.spec import Arg, checked
 
 RUN_FILE = "mlflow.json"
+
+
+class MlflowRun(Record):
+    """mlflow.json: the MLflow run a resumed optsvc run continues."""
+
+    tracking_uri: str
+    run_id: str
+
+
 MAX_PARAM = 500  # characters of a config value kept as a parameter
 _NOT_A_KEY = re.compile(r"[^\w\-. /]")
 
@@ -88,16 +98,14 @@ class MLflowLogger(Logger):
             ) from None
 
     def _previous_run(self) -> str | None:
+        """The MLflow run this optsvc run logged into before it was resumed,
+        if `mlflow.json` records one in the same store."""
         path = self.run.output_dir / RUN_FILE
-        if not path.is_file():
-            return None
         try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError):
+            saved = MlflowRun.parse(read_regular(path, 2**16, RUN_FILE), RUN_FILE)
+        except StateError:  # none yet, or not one this logger wrote
             return None
-        if not isinstance(saved, dict) or saved.get("tracking_uri") != self.uri:
-            return None
-        return saved.get("run_id")
+        return saved.run_id if saved.tracking_uri == self.uri else None
 
     def _continue(self, run_id: str) -> None:
         self.run_id = run_id
@@ -127,8 +135,8 @@ class MLflowLogger(Logger):
         params = [Param(k, v) for k, v in flatten(self.run.config).items()]
         for i in range(0, len(params), 100):  # MLflow takes 100 a batch
             self._client.log_batch(self.run_id, params=params[i : i + 100])
-        saved = {"tracking_uri": self.uri, "run_id": self.run_id}
-        write_atomic(self.run.output_dir / RUN_FILE, json.dumps(saved).encode())
+        saved = MlflowRun(tracking_uri=self.uri, run_id=self.run_id)
+        write_atomic(self.run.output_dir / RUN_FILE, saved.to_json())
 
     def log_eval(self, row: dict[str, Any]) -> None:
         from mlflow.entities import Metric
@@ -148,12 +156,11 @@ class MLflowLogger(Logger):
         self._client.log_batch(self.run_id, metrics=metrics)
         self._logged_up_to = step
 
-    def close(self, final: Path | None, *, failed: bool = False) -> None:
+    def close(self, files: list[Path] | None, *, failed: bool = False) -> None:
         if self._client is None or self.run_id is None:
             return
-        if final is not None and self.settings["log_artifacts"]:
-            folder = self.run.output_dir
-            for path in (folder / "config.cfg", folder / "best.npz", final):
+        if files is not None and self.settings["log_artifacts"]:
+            for path in files:
                 if path.is_file():
                     self._client.log_artifact(self.run_id, str(path))
         self._client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")

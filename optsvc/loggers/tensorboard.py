@@ -65,7 +65,7 @@ class TensorBoardLogger(Logger):
         self._writer.add_event(event)
         self._writer.flush()  # waits until the row is in the file
 
-    def close(self, final: Path | None, *, failed: bool = False) -> None:
+    def close(self, files: list[Path] | None, *, failed: bool = False) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None

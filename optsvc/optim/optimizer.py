@@ -13,7 +13,6 @@ updates one parameter; `optimizer.update_store` updates every parameter of a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -21,7 +20,7 @@ import numpy as np
 from optsvc import registries
 from optsvc.backends import Ops, UpdateKind, get_array_ops, get_ops
 from optsvc.errors import ConfigError
-from optsvc.fileio import write_atomic
+from optsvc.fileio import ARRAYS_LIMIT, read_regular, write_atomic
 from optsvc.optim import multi_tensor
 from optsvc.optim.hyperparams import (
     ADAM_DEFAULTS,
@@ -34,7 +33,6 @@ from optsvc.optim.hyperparams import (
     unsupported_betas,
 )
 from optsvc.optim.params import ParamStore
-from optsvc.optim.serialize import SavedOptimizer, decode_optimizer, encode_optimizer
 from optsvc.optim.state import (
     KeySlot,
     KeyT,
@@ -242,7 +240,9 @@ class Optimizer(ScheduledHyperparams):
     # --- saving ----------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        """All state as bytes (an .npz archive with a JSON member; no pickle)."""
+        """All state as bytes (safetensors with a JSON header; no pickle)."""
+        from optsvc.optim.serialize import SavedOptimizer, encode_optimizer
+
         saved = SavedOptimizer(
             schedules=self.schedules,
             step=self.step,
@@ -256,8 +256,15 @@ class Optimizer(ScheduledHyperparams):
     def from_bytes(self, data: bytes) -> Optimizer:
         """Restore state written by `to_bytes`; returns self. Nothing changes
         unless all of `data` reads back (StateError otherwise)."""
+        from optsvc.optim.serialize import decode_optimizer
+
         ops = self._state.ops or get_ops("numpy")
-        saved = decode_optimizer(data, like=self.schedules, ops=ops)
+        self.restore(decode_optimizer(data, like=self.schedules, ops=ops))
+        return self
+
+    def restore(self, saved) -> Optimizer:
+        """Take over a decoded `SavedOptimizer` (`optsvc.optim.serialize`),
+        checked when it was decoded; returns self."""
         self._restore_hyperparams(
             saved.schedules,
             step=saved.step,
@@ -274,7 +281,7 @@ class Optimizer(ScheduledHyperparams):
 
     def from_disk(self, path) -> Optimizer:
         """Restore state written by `to_disk`; returns self."""
-        return self.from_bytes(Path(path).read_bytes())
+        return self.from_bytes(read_regular(path, ARRAYS_LIMIT, "optimizer state"))
 
     def __repr__(self) -> str:
         kind = "RAdam" if self.use_radam else ("SGD" if self.b1 == 0 else "Adam")

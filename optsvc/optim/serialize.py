@@ -1,45 +1,75 @@
-"""Optimizer state as bytes: an .npz archive of arrays plus one JSON member.
+"""Optimizer state as bytes: safetensors arrays plus one JSON record.
 
-`Optimizer.to_bytes` hands a `SavedOptimizer` record to `encode_optimizer`;
+`Optimizer.to_bytes` hands a `SavedOptimizer` to `encode_optimizer`;
 `Optimizer.from_bytes` gets one back from `decode_optimizer` and takes it
-over. Loading never runs code: arrays are read with `allow_pickle=False`, the
-rest is JSON, schedules are rebuilt from their names, and a SHA-256 of the
-arrays recorded in the JSON is checked before anything is restored.
+over. The arrays (each key's moments `m{i}`, `v{i}` and average `ema{i}`)
+are safetensors; everything else is the `SavedState` record in the header,
+with a SHA-256 over both that is checked before anything is restored.
+Loading never runs code: safetensors holds numbers only, the record is JSON,
+and schedules are rebuilt from their names.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
-import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field, StrictBool, StrictInt, StrictStr
 
 import optsvc.schedules  # noqa: F401  (fills SCHEDULE_FNS)
 from optsvc.backends import Ops
 from optsvc.errors import ConfigError, StateError
-from optsvc.fileio import inflates
-from optsvc.optim.hyperparams import check_last_score, check_restored
+from optsvc.fileio import decode_arrays, encode_arrays
+from optsvc.optim.hyperparams import check_restored
 from optsvc.optim.state import OptimizerState, SlotRecord
 from optsvc.optim.step import RADAM_BUFFER_SLOTS
+from optsvc.records import Count, Number, Record
 from optsvc.schedules.base import SCHEDULE_FNS, Schedule
 from optsvc.schedules.thinc import PlateauState
-from optsvc.spec import MAX_INT, show
+from optsvc.spec import MAX_INT
 
 FORMAT = "optsvc.optimizer"
-VERSION = 1
-_META = "__meta__"
-# Saved schedules nest a few levels each (plateau around a warmup around a
-# constant is about 15); far deeper metadata is damage, refused before parsing
-# (Python's json and the decoders here recurse once per level).
-MAX_DEPTH = 100
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_BRACKET = re.compile(rb"[\[\]{}]")
+VERSION = 2
+WHAT = "optimizer state"
+
+
+class SavedKey(Record):
+    key: StrictInt | StrictStr | list[Any]
+    shape: list[Count]
+    nr: Count
+
+
+class SavedSchedule(Record):
+    name: StrictStr
+    attrs: dict[str, Any]
+
+
+class SavedState(Record):
+    """The header of saved optimizer state: everything but the arrays."""
+
+    format: Literal["optsvc.optimizer"] = Field(description="what the bytes hold")
+    version: Literal[2] = Field(description=f"this optsvc reads version {VERSION}")
+    use_radam: StrictBool
+    L2_is_weight_decay: StrictBool
+    use_averages: StrictBool
+    step: Count = Field(description="the step of the schedules")
+    last_score: tuple[Count, Number] | None = Field(
+        description="the last score, [step, score]"
+    )
+    radam_buffer: list[tuple[Count | None, Number | None, Number | None]] = Field(
+        min_length=RADAM_BUFFER_SLOTS,
+        max_length=RADAM_BUFFER_SLOTS,
+        description="RAdam's memo of its step sizes",
+    )
+    schedules: dict[str, SavedSchedule] = Field(
+        description="each hyperparameter's schedule"
+    )
+    keys: list[SavedKey] = Field(description="each key's shape and update count")
+    sha256: str = ""
 
 
 # --- keys ---------------------------------------------------------------------
@@ -57,7 +87,11 @@ def encode_key(key: Any) -> Any:
 
 
 def decode_key(data: Any) -> Any:
-    return tuple(decode_key(k) for k in data) if isinstance(data, list) else data
+    if isinstance(data, list):
+        return tuple(decode_key(k) for k in data)
+    if isinstance(data, (str, int)) and not isinstance(data, bool):
+        return data
+    raise StateError(f"{WHAT} is corrupt: a key holds {data!r:.60}")
 
 
 # --- schedules ------------------------------------------------------------------
@@ -132,11 +166,9 @@ def _decode(value: Any, hparam: str, like: Any) -> Any:
 # --- the optimizer -------------------------------------------------------------
 
 
-def _digest(arrays: dict[str, np.ndarray], meta: dict) -> str:
-    """SHA-256 over the arrays and the metadata (less its own checksum)."""
-    h = hashlib.sha256()
-    rest = {k: v for k, v in meta.items() if k != "sha256"}
-    h.update(json.dumps(rest, sort_keys=True).encode())
+def _digest(arrays: Mapping[str, np.ndarray], meta: SavedState) -> str:
+    """SHA-256 over the record (less its own checksum) and the arrays."""
+    h = hashlib.sha256(meta.model_dump_json(exclude={"sha256"}).encode())
     for name in sorted(arrays):
         a = arrays[name]
         h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
@@ -158,119 +190,39 @@ class SavedOptimizer:
 
 
 def encode_optimizer(saved: SavedOptimizer) -> bytes:
-    """`saved` as bytes: an .npz archive of the state's arrays plus the JSON
-    of everything else, with a SHA-256 over both."""
+    """`saved` as safetensors bytes: the state's arrays, and the record of
+    everything else in the header, with a SHA-256 over both."""
     records, arrays = saved.state.to_arrays()
-    keys = [
-        {"key": encode_key(key), "shape": list(shape), "nr": nr}
-        for key, shape, nr in records
-    ]
-    meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        "settings": {
-            "use_radam": saved.use_radam,
-            "L2_is_weight_decay": saved.L2_is_weight_decay,
-            "use_averages": saved.state.use_averages,
-        },
-        "step": saved.step,
-        "last_score": list(saved.last_score) if saved.last_score else None,
-        "radam_buffer": saved.state.radam_buffer,
-        "schedules": {n: schedule_to_json(s, n) for n, s in saved.schedules.items()},
-        "keys": keys,
-        "sha256": "",
-    }
-    meta["sha256"] = _digest(arrays, meta)
-    arrays[_META] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
+    meta = SavedState(
+        format=FORMAT,
+        version=VERSION,
+        use_radam=saved.use_radam,
+        L2_is_weight_decay=saved.L2_is_weight_decay,
+        use_averages=saved.state.use_averages,
+        step=saved.step,
+        last_score=saved.last_score,
+        radam_buffer=[tuple(slot) for slot in saved.state.radam_buffer],
+        schedules={n: schedule_to_json(s, n) for n, s in saved.schedules.items()},
+        keys=[
+            SavedKey(key=encode_key(key), shape=list(shape), nr=nr)
+            for key, shape, nr in records
+        ],
+    )
+    meta.sha256 = _digest(arrays, meta)
+    return encode_arrays(arrays, meta.model_dump_json())
 
 
-def read_archive(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
-    """The JSON and the arrays of a saved state, checked; StateError if not."""
-    try:
-        loaded = np.load(io.BytesIO(data), allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise ValueError("a single array, not an .npz archive")
-        with loaded as npz:  # only the zip's directory is read so far
-            for member in npz.zip.infolist():
-                if inflates(member, len(data)):
-                    raise StateError(
-                        f"member {member.filename!r} is compressed or declares "
-                        f"{member.file_size} bytes, more than the archive holds; "
-                        "refused"
-                    )
-            arrays = {name: npz[name] for name in npz.files}
-    except StateError:
-        raise
-    except Exception as err:  # a corrupt zip raises more than BadZipFile
-        raise StateError(f"not a readable optsvc state archive ({err})") from None
-    if _META not in arrays:
-        raise StateError("not an optsvc state archive: the metadata member is missing")
-    raw = arrays.pop(_META).tobytes()
-    if _depth(raw) > MAX_DEPTH:
-        raise StateError(
-            f"optimizer state is corrupt: its metadata nests deeper than {MAX_DEPTH} "
-            "levels"
-        )
-    try:
-        meta = json.loads(raw.decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise StateError(f"corrupt optsvc state metadata ({err})") from None
-    if not isinstance(meta, dict):
-        raise StateError("not optimizer state: the metadata is not a JSON object")
-    if meta.get("format") != FORMAT:
-        raise StateError(f"not optimizer state: format is {meta.get('format')!r}")
-    if meta.get("version") != VERSION:
-        raise StateError(
-            f"optimizer state version {meta.get('version')!r} is not supported "
-            f"(this optsvc reads version {VERSION})"
-        )
-    if meta.get("sha256") != _digest(arrays, meta):
-        raise StateError("optimizer state is corrupt: its checksum does not match")
+def read_archive(data: bytes) -> tuple[SavedState, dict[str, np.ndarray]]:
+    """The record and the arrays of saved state, checked; StateError if not."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise StateError(f"{WHAT} must be bytes, got a {type(data).__name__}")
+    arrays, text = decode_arrays(bytes(data), "not a readable optsvc state archive")
+    if text is None:
+        raise StateError("not an optsvc state archive: its metadata is missing")
+    meta = SavedState.parse(text, f"{WHAT} is corrupt: its metadata")
+    if meta.sha256 != _digest(arrays, meta):
+        raise StateError(f"{WHAT} is corrupt: its checksum does not match")
     return meta, arrays
-
-
-def _depth(raw: bytes) -> int:
-    """How deep the JSON text `raw` nests, strings skipped, without parsing it."""
-    depth = deepest = 0
-    for bracket in _BRACKET.findall(_STRING.sub(b"", raw)):
-        depth += 1 if bracket in b"[{" else -1
-        deepest = max(deepest, depth)
-    return deepest
-
-
-def _count(value: Any, what: str) -> int:
-    """A saved counter, checked: a whole number in [0, 2**63)."""
-    if type(value) is not int or not 0 <= value <= MAX_INT:
-        raise StateError(
-            f"optimizer state is corrupt: {what} must be a whole number in "
-            f"[0, 2**63), got {show(value)}"
-        )
-    return value
-
-
-def _flag(settings: Any, name: str) -> bool:
-    value = settings[name]
-    if not isinstance(value, bool):
-        raise StateError(
-            f"optimizer state is corrupt: setting '{name}' must be true or false, "
-            f"got {show(value)}"
-        )
-    return value
-
-
-def _shape(entry: dict, key: Any) -> tuple[int, ...]:
-    shape = entry["shape"]
-    if not isinstance(shape, list):
-        raise StateError(f"optimizer state is corrupt: key {key!r} has no shape")
-    dims = tuple(_count(d, f"the shape of key {key!r}") for d in shape)
-    size = 1
-    for d in dims:
-        size *= d
-    _count(size, f"the size of key {key!r}")
-    return dims
 
 
 def decode_optimizer(
@@ -285,77 +237,48 @@ def decode_optimizer(
     except StateError:
         raise
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as err:
-        raise StateError(
-            f"optimizer state is malformed ({type(err).__name__}: {err})"
-        ) from None
+        raise StateError(f"{WHAT} is malformed ({type(err).__name__}: {err})") from None
 
 
 def _saved_from(
-    meta: dict, arrays: dict[str, np.ndarray], like: Mapping[str, Schedule], ops: Ops
+    meta: SavedState,
+    arrays: dict[str, np.ndarray],
+    like: Mapping[str, Schedule],
+    ops: Ops,
 ) -> SavedOptimizer:
-    # In the order the format lists them, so that the first fault is reported.
-    saved = meta["schedules"]
-    if not isinstance(saved, dict) or set(saved) != set(like):
-        found = sorted(saved) if isinstance(saved, dict) else show(saved)
+    if set(meta.schedules) != set(like):
         raise StateError(
-            f"optimizer state is corrupt: it must hold the schedules of "
-            f"{sorted(like)}, it holds {found}"
+            f"{WHAT} is corrupt: it must hold the schedules of {sorted(like)}, it "
+            f"holds {sorted(meta.schedules)}"
         )
     schedules = {
-        name: schedule_from_json(js, name, like.get(name)) for name, js in saved.items()
+        name: schedule_from_json(s.model_dump(), name, like.get(name))
+        for name, s in meta.schedules.items()
     }
-    settings = meta["settings"]
-    use_radam = _flag(settings, "use_radam")
-    L2_is_weight_decay = _flag(settings, "L2_is_weight_decay")
-    use_averages = _flag(settings, "use_averages")
-    step = _count(meta["step"], "the step")
-    last_score = _last_score(meta["last_score"])
     try:
-        check_restored(schedules, step=step, use_radam=use_radam)
+        check_restored(schedules, step=meta.step, use_radam=meta.use_radam)
     except ConfigError as err:
-        raise StateError(f"optimizer state is corrupt: {err}") from None
+        raise StateError(f"{WHAT} is corrupt: {err}") from None
     records = []
-    for entry in meta["keys"]:
-        key = decode_key(entry["key"])
-        nr = _count(entry["nr"], f"the update count of key {key!r}")
-        records.append(SlotRecord(key, _shape(entry, key), nr))
+    for entry in meta.keys:
+        key = decode_key(entry.key)
+        if int(np.prod(entry.shape, dtype=object)) > MAX_INT:
+            raise StateError(f"{WHAT} is corrupt: the size of key {key!r} overflows")
+        records.append(SlotRecord(key, tuple(entry.shape), entry.nr))
     state = OptimizerState.from_arrays(
-        records, arrays, use_averages=use_averages, ops=ops
+        records,
+        arrays,
+        use_averages=meta.use_averages,
+        ops=ops,
+        radam_buffer=[list(slot) for slot in meta.radam_buffer],
     )
-    state.radam_buffer = _radam_buffer(meta["radam_buffer"])
     # Restored keys hold their own arrays; the next update_store with a
     # ParamStore lays their state out in flat buffers again.
     return SavedOptimizer(
         schedules=schedules,
-        step=step,
-        last_score=last_score,
-        use_radam=use_radam,
-        L2_is_weight_decay=L2_is_weight_decay,
+        step=meta.step,
+        last_score=meta.last_score,
+        use_radam=meta.use_radam,
+        L2_is_weight_decay=meta.L2_is_weight_decay,
         state=state,
     )
-
-
-def _last_score(score: Any) -> tuple[int, float] | None:
-    if score is None:
-        return None
-    if not isinstance(score, list):
-        raise StateError(f"optimizer state is corrupt: last_score is {show(score)}")
-    try:
-        return check_last_score(tuple(score), 0)
-    except ConfigError as err:
-        raise StateError(f"optimizer state is corrupt: {err}") from None
-
-
-def _radam_buffer(data: Any) -> list[list]:
-    """RAdam's memo: ten [step, N_sma, step_size] slots of numbers or Nones."""
-    buffer = [list(b) for b in data]
-    if len(buffer) != RADAM_BUFFER_SLOTS or any(
-        len(b) != 3
-        or not all(
-            x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
-            for x in b
-        )
-        for b in buffer
-    ):
-        raise StateError("optimizer state has a bad RAdam buffer")
-    return buffer

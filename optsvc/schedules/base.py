@@ -18,6 +18,12 @@ from optsvc.spec import MAX_INT, show
 
 OutT = TypeVar("OutT")
 
+# How deep schedules may nest (a plateau around a warmup around a constant is
+# 3): far beyond any real schedule, and within what saved optimizer state can
+# hold (`optsvc.records`: 200 levels of JSON, 3 a schedule). Checked when a
+# schedule is made, so nothing that trains writes state it cannot read.
+MAX_DEPTH = 32
+
 # Schedule functions by schedule name, so that saved schedules can be rebuilt
 # without pickling code. Filled by `schedule_fn`.
 SCHEDULE_FNS: dict[str, Callable[..., Any]] = {}
@@ -42,7 +48,7 @@ class Schedule(Generic[OutT]):
     0.125
     """
 
-    __slots__ = ("name", "_schedule", "_attrs")
+    __slots__ = ("name", "_schedule", "_attrs", "depth")
 
     def __init__(
         self,
@@ -54,6 +60,13 @@ class Schedule(Generic[OutT]):
         self.name = name
         self._schedule = schedule
         self._attrs = dict(attrs or {})
+        inner = [v.depth for v in self._attrs.values() if isinstance(v, Schedule)]
+        self.depth = 1 + max(inner, default=0)
+        if self.depth > MAX_DEPTH:
+            raise ConfigError(
+                f"schedule '{name}' nests {self.depth} schedules deep, more than "
+                f"the {MAX_DEPTH} optsvc can save; use fewer nested schedules"
+            )
 
     def __call__(self, step: int, **extra: Any) -> OutT:
         """The value at `step`, a whole number in [0, 2**63).

@@ -6,13 +6,13 @@ runs) and the results. Starting a sweep refuses a folder that holds one;
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from optsvc.about import __version__
-from optsvc.errors import RunError
-from optsvc.fileio import write_atomic
+from optsvc.errors import RunError, StateError
+from optsvc.fileio import TEXT_LIMIT, read_regular, write_atomic
+from optsvc.records import Count, Record
 from optsvc.sweep.plan import SweepPlan
 from optsvc.training.run_folder import RunFolder
 
@@ -20,14 +20,31 @@ SWEEP_FILE = "sweep.json"
 TRIALS = "trials"
 
 
-def _trial_records(plan: SweepPlan) -> list[dict[str, Any]]:
+class PlannedTrial(Record):
+    index: Count
+    name: str
+    values: dict[str, Any]
+    config_sha256: str
+
+
+class SweepRecord(Record):
+    """sweep.json: the trials as planned, so that --resume continues only
+    the sweep it started."""
+
+    optsvc: str
+    request: dict[str, Any]
+    paths: list[str]
+    trials: list[PlannedTrial]
+
+
+def _planned(plan: SweepPlan) -> list[PlannedTrial]:
     return [
-        {
-            "index": t.index,
-            "name": t.name,
-            "values": t.values,
-            "config_sha256": hashlib.sha256(t.config.encode()).hexdigest(),
-        }
+        PlannedTrial(
+            index=t.index,
+            name=t.name,
+            values=t.values,
+            config_sha256=hashlib.sha256(t.config.encode()).hexdigest(),
+        )
         for t in plan.trials
     ]
 
@@ -35,7 +52,7 @@ def _trial_records(plan: SweepPlan) -> list[dict[str, Any]]:
 def prepare_folder(out: Path, plan: SweepPlan, *, resume: bool) -> None:
     """Create the sweep folder and every trial's config.cfg, or check with
     `resume` that the folder holds this same sweep."""
-    records = json.loads(json.dumps(_trial_records(plan)))  # as read back
+    planned = _planned(plan)
     sweep_file = out / SWEEP_FILE
     if out.exists() and not out.is_dir():
         raise RunError(f"output path '{out}' is a file; give a folder with -o")
@@ -45,7 +62,7 @@ def prepare_folder(out: Path, plan: SweepPlan, *, resume: bool) -> None:
                 f"'{out}' holds no sweep to resume; run the command without "
                 "--resume to start one"
             )
-        _check_same(sweep_file, records, out)
+        _check_same(sweep_file, planned, out)
     elif sweep_file.exists() or (out / TRIALS).exists():
         raise RunError(
             f"'{out}' already holds a sweep; add --resume to continue it, or "
@@ -53,13 +70,10 @@ def prepare_folder(out: Path, plan: SweepPlan, *, resume: bool) -> None:
         )
     else:
         out.mkdir(parents=True, exist_ok=True)
-        document = {
-            "optsvc": __version__,
-            "request": plan.request,
-            "paths": plan.paths,
-            "trials": records,
-        }
-        write_atomic(sweep_file, (json.dumps(document, indent=1) + "\n").encode())
+        record = SweepRecord(
+            optsvc=__version__, request=plan.request, paths=plan.paths, trials=planned
+        )
+        write_atomic(sweep_file, record.to_json())
     for trial in plan.trials:
         run = RunFolder(out / TRIALS / trial.name)
         run.path.mkdir(parents=True, exist_ok=True)
@@ -67,24 +81,25 @@ def prepare_folder(out: Path, plan: SweepPlan, *, resume: bool) -> None:
             write_atomic(run.config_file, trial.config.encode())
 
 
-def _check_same(sweep_file: Path, records: list[dict], out: Path) -> None:
+def _check_same(sweep_file: Path, planned: list[PlannedTrial], out: Path) -> None:
     try:
-        saved = json.loads(sweep_file.read_text(encoding="utf8"))["trials"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        data = read_regular(sweep_file, TEXT_LIMIT, SWEEP_FILE)
+        saved = SweepRecord.parse(data, f"'{sweep_file}'").trials
+    except StateError as err:
         raise RunError(
             f"cannot read '{sweep_file}' ({err}); start the sweep again in "
             "another folder with -o"
         ) from None
-    if saved == records:
+    if saved == planned:
         return
-    if len(saved) != len(records):
-        why = f"it has {len(saved)} trials, this command plans {len(records)}"
+    if len(saved) != len(planned):
+        why = f"it has {len(saved)} trials, this command plans {len(planned)}"
     else:
-        old, new = next((a, b) for a, b in zip(saved, records) if a != b)
-        if old.get("name") != new["name"]:
-            why = f"trial {new['index']} was {old.get('name')}, now {new['name']}"
+        old, new = next((a, b) for a, b in zip(saved, planned) if a != b)
+        if old.name != new.name:
+            why = f"trial {new.index} was {old.name}, now {new.name}"
         else:
-            why = f"the config of trial {new['name']} is not the same"
+            why = f"the config of trial {new.name} is not the same"
     raise RunError(
         f"the sweep in '{out}' was started with another config or other --grid/"
         f"--sample values ({why}); run the same command with --resume, or start "

@@ -16,9 +16,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from optsvc.fileio import write_atomic
+from pydantic import ConfigDict
+
+from optsvc.errors import StateError
+from optsvc.fileio import TEXT_LIMIT, read_regular, write_atomic
+from optsvc.records import Count, Record
 from optsvc.sweep.folder import TRIALS
 from optsvc.sweep.plan import SweepPlan, Trial
 from optsvc.sweep.trial import read_rows
@@ -75,13 +79,11 @@ class Tracker:
     def folder(self, name: str) -> Path:
         return self.out / TRIALS / name
 
-    def restore(self, previous: dict[str, dict[str, Any]]) -> None:
+    def restore(self, previous: dict[str, ResultRow]) -> None:
         """Statuses and attempts from an earlier run's results.json."""
         for name, row in self.rows.items():
-            old = previous.get(name, {})
-            row.attempts = int(old.get("attempts") or 0)
-            row.error = str(old.get("error") or "")
-            status = old.get("status", PENDING)
+            old = previous.get(name) or ResultRow(trial=name, status=PENDING)
+            row.attempts, row.error, status = old.attempts, old.error, old.status
             if status == FINISHED and not RunFolder(self.folder(name)).final.exists():
                 status = INTERRUPTED  # its weights are gone: run it again
             row.status = status if status in DONE or status == FAILED else (
@@ -227,10 +229,33 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def read_results(out: Path) -> dict[str, dict[str, Any]]:
-    """The rows of an earlier run's results.json by trial name ({} if none)."""
+class ResultRow(Record):
+    """A trial's row of results.json: its name, status, attempts and error
+    (and, as written, its swept values and metrics)."""
+
+    model_config = ConfigDict(extra="allow")
+    trial: str
+    status: Literal[
+        "finished", "stopped", "failed", "running", "pending", "interrupted"
+    ]
+    attempts: Count = 0
+    error: str = ""
+
+
+class Results(Record):
+    """results.json: the sweep's metric, its best trial and every row."""
+
+    metric: str
+    mode: str
+    best: str | None
+    trials: list[ResultRow]
+
+
+def read_results(out: Path) -> dict[str, ResultRow]:
+    """The rows of an earlier run's results.json by trial name ({} if there
+    is none, or none optsvc wrote)."""
     try:
-        document = json.loads((out / RESULTS_JSON).read_text(encoding="utf8"))
-        return {row["trial"]: row for row in document["trials"]}
-    except (OSError, ValueError, KeyError, TypeError):
+        data = read_regular(out / RESULTS_JSON, TEXT_LIMIT, RESULTS_JSON)
+        return {row.trial: row for row in Results.parse(data, RESULTS_JSON).trials}
+    except StateError:
         return {}

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optsvc.analysis.runs import read_records
 from optsvc.training.run_folder import RunFolder
 
 LOG = "train.log"
@@ -123,9 +122,9 @@ def last_error(folder: str | Path) -> str:
 
 
 def read_rows(folder: str | Path) -> list[dict[str, Any]]:
-    """The evaluation rows of a trial's metrics.jsonl (its objects with an int
-    step); a line torn by a kill is skipped."""
-    return [r for r in read_records(folder) if isinstance(r.get("step"), int)]
+    """The evaluation rows of a trial's metrics.jsonl; a line torn by a kill
+    is skipped."""
+    return RunFolder(folder).read_metrics()[0]
 
 
 class RowReader:

@@ -1,8 +1,8 @@
 """The training service: the loop (`loop`), what a checkpoint records and so
 what resume restores (`state`), the run folder's rules and its lock
-(`run_folder`, `lock`), checkpoint folders (`checkpoints`,
-`checkpoint_format`), Ctrl-C and SIGTERM (`signals`), and a run's best and
-final weights put to use (`weights`: `load_run`)."""
+(`run_folder`, `lock`), checkpoint folders (`checkpoints`), Ctrl-C and
+SIGTERM (`signals`), and a run's best and final weights put to use
+(`weights`: `load_run`)."""
 
 
 def __getattr__(name: str):

@@ -2,15 +2,16 @@
 
 A checkpoint is a folder ``DIR/step-00001234/`` holding
 
-- ``arrays.npz``: named numeric arrays (model weights, ...), read without pickle;
-- ``optimizer.bin``: opaque bytes, the optimizer's ``to_bytes()``;
-- ``state.json``: the caller's plain data (step, RNG state, data position,
-  config hash, backend, ...);
-- ``manifest.json``, written last: format, version, step, the size and SHA-256
-  of each other file, and a checksum of the manifest itself.
+- ``arrays.safetensors``: named arrays (model weights, ...), numbers only;
+- ``optimizer.safetensors``: opaque bytes, the optimizer's ``to_bytes()``;
+- ``state.json``: the caller's plain JSON data (step, RNG state, data
+  position, config hash, backend, ...);
+- ``manifest.json``, written last: the `Manifest` record (format, version,
+  step, the size and SHA-256 of each other file) and a checksum of itself.
 
-How each file is encoded, checked and verified is `optsvc.training.checkpoint_format`;
-this module writes and reads the folders.
+`load_checkpoint` reads a folder once: the manifest first, then each file
+within the size the manifest gives (a FIFO, a device or a grown file is never
+read), each checked against its SHA-256 before it is decoded.
 
 Crash safety (a ``kill -9`` or a power cut at any moment):
 
@@ -21,9 +22,9 @@ Crash safety (a ``kill -9`` or a power cut at any moment):
 - An existing ``step-N`` (a resumed run reaching the same step) is replaced by
   (1) renaming it to ``.old-step-N-<pid>``, (2) renaming the new folder to
   ``step-N``, (3) deleting the old one. Between (1) and (2) there is no
-  ``step-N``, but a complete ``.old-`` folder: `load_latest_checkpoint` looks
-  at ``.old-`` folders too (after any ``step-N`` of the same step), and the next
-  save renames it back to ``step-N`` if that is still missing.
+  ``step-N``, but a complete ``.old-`` folder: `newest_first` lists ``.old-``
+  folders too (after any ``step-N`` of the same step), and the next save
+  renames it back to ``step-N`` if that is still missing.
 - Pruning renames ``step-N`` to ``.del-step-N-<pid>`` before deleting it, so a
   half-deleted folder never carries a checkpoint's name.
 - Each save removes the hidden folders of writers that died (their pid is no
@@ -42,38 +43,47 @@ import json
 import logging
 import operator
 import os
+import re
 import shutil
 import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field
 
 from optsvc.about import __version__
-from optsvc.training.checkpoint_format import (
-    ARRAYS,
-    FILES,
-    FORMAT,
-    HIDDEN_NAME,
-    MANIFEST,
-    OPTIMIZER,
-    STATE,
-    STEP_NAME,
-    VERSION,
-    StateError,
-    arrays_from_bytes,
-    arrays_to_bytes,
-    check_bytes,
-    check_step,
-    manifest_to_bytes,
-    read_file,
-    read_manifest,
-    state_from_bytes,
-    state_to_bytes,
-    step_name,
-)
+from optsvc.errors import StateError
+from optsvc.fileio import decode_arrays, encode_arrays, read_regular
+from optsvc.records import Count, Record
+
+FORMAT = "optsvc.checkpoint"
+VERSION = 2
+ARRAYS, OPTIMIZER, STATE = "arrays.safetensors", "optimizer.safetensors", "state.json"
+MANIFEST = "manifest.json"
+FILES = (ARRAYS, OPTIMIZER, STATE)
+
+STEP_NAME = re.compile(r"step-(\d+)")
+HIDDEN_NAME = re.compile(r"\.(tmp|old|del)-step-(\d+)-(\d+)")
+MANIFEST_LIMIT = 2**20  # a manifest lists three files: a few hundred bytes
 
 logger = logging.getLogger("optsvc")
+
+
+class FileEntry(Record):
+    size: Count
+    sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$")]
+
+
+class Manifest(Record):
+    """manifest.json, less its own checksum (`manifest_sha256`)."""
+
+    format: str
+    version: int
+    step: Count
+    created_by: str
+    files: dict[str, FileEntry]
 
 
 @dataclasses.dataclass(eq=False)
@@ -87,34 +97,73 @@ class Checkpoint:
     state: dict
 
 
-def config_hash(config: str | bytes | Mapping) -> str:
-    """SHA-256 (hex) of a config's text, or of a dict's canonical JSON form.
+def step_name(step: int) -> str:
+    """The folder name of a step's checkpoint.
 
-    >>> config_hash({"b": 1, "a": [1, 2]}) == config_hash({"a": [1, 2], "b": 1})
-    True
-    >>> config_hash("")[:16]
-    'e3b0c44298fc1c14'
+    >>> step_name(1234)
+    'step-00001234'
     """
-    if isinstance(config, str):
-        data = config.encode("utf-8")
-    elif isinstance(config, (bytes, bytearray)):
-        data = bytes(config)
-    elif isinstance(config, Mapping):
-        try:
-            text = json.dumps(
-                dict(config), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-            )
-        except (TypeError, ValueError) as err:
-            raise StateError(
-                f"config_hash: the config is not JSON data ({err})"
-            ) from None
-        data = text.encode("utf-8")
-    else:
-        raise TypeError(
-            "config_hash takes the config's text or a dict, got "
-            + type(config).__name__
+    return f"step-{step:08d}"
+
+
+def _fail(path: Path, problem: str) -> StateError:
+    return StateError(f"{path}: {problem}")
+
+
+# --- encoding what is saved, checked first --------------------------------------------
+
+
+def _check_inputs(step: Any, keep: Any, optimizer: Any, state: Any) -> int:
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+        raise StateError(f"step must be an int, got {step!r}")
+    if step < 0:
+        raise StateError(f"step must be >= 0, got {step}")
+    if keep is not None and (isinstance(keep, bool) or operator.index(keep) < 1):
+        raise ValueError(f"keep must be a positive int or None, got {keep!r}")
+    if not isinstance(optimizer, (bytes, bytearray, memoryview)):
+        raise StateError(
+            "optimizer must be bytes, such as Optimizer.to_bytes(), got a "
+            f"{type(optimizer).__name__}"
         )
-    return hashlib.sha256(data).hexdigest()
+    if not isinstance(state, dict):
+        raise StateError(f"state must be a dict, got {type(state).__name__}")
+    _check_plain(state, "state")
+    return int(step)
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Refuse what JSON would not give back as it was (tuples, numpy scalars,
+    non-string keys), naming where it is."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise StateError(
+                    f"{where}: key {key!r} is not a string; JSON keys must be strings"
+                )
+            _check_plain(item, f"{where}.{key}")
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+        return
+    raise StateError(
+        f"{where}: a {type(value).__name__} is not plain JSON data (use dicts with "
+        "string keys, lists, str, int, float, bool or None)"
+    )
+
+
+def manifest_to_bytes(manifest: dict) -> bytes:
+    """The manifest as written: sorted, indented JSON with its own checksum."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    full = dict(body, manifest_sha256=_manifest_digest(body))
+    return json.dumps(full, indent=1, sort_keys=True).encode()
+
+
+def _manifest_digest(body: dict) -> str:
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # --- writing ------------------------------------------------------------------
@@ -136,25 +185,23 @@ def save_checkpoint(
     one is never deleted; `keep=None` keeps all), and the temporary folders of
     writers that crashed are removed.
     """
-    step = check_step(step)
-    if keep is not None and (isinstance(keep, bool) or operator.index(keep) < 1):
-        raise ValueError(f"keep must be a positive int or None, got {keep!r}")
+    step = _check_inputs(step, keep, optimizer, state)
     files = {
-        ARRAYS: arrays_to_bytes(arrays),
-        OPTIMIZER: check_bytes(optimizer),
-        STATE: state_to_bytes(state),
+        ARRAYS: encode_arrays(arrays),
+        OPTIMIZER: bytes(optimizer),
+        STATE: (json.dumps(state, indent=1) + "\n").encode(),
     }
-    manifest = {
-        "format": FORMAT,
-        "version": VERSION,
-        "step": step,
-        "created_by": f"optsvc {__version__}",
-        "files": {
-            name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    manifest = Manifest(
+        format=FORMAT,
+        version=VERSION,
+        step=step,
+        created_by=f"optsvc {__version__}",
+        files={
+            name: FileEntry(size=len(data), sha256=hashlib.sha256(data).hexdigest())
             for name, data in files.items()
         },
-    }
-    files[MANIFEST] = manifest_to_bytes(manifest)
+    )
+    files[MANIFEST] = manifest_to_bytes(manifest.model_dump())
 
     directory = Path(directory)
     _ensure_folder(directory)
@@ -231,10 +278,13 @@ _verified: dict[Path, tuple] = {}
 
 def _prune(directory: Path, keep: int, new: Path, pid: int) -> None:
     """Delete all but the newest `keep` checkpoints that verify (and `new`)."""
-    kept = 0
     listed = list_checkpoints(directory)
-    for gone in [p for p in _verified if p.parent == directory and p not in listed]:
+    present = set(listed)
+    for gone in [p for p in _verified if p.parent == directory and p not in present]:
         del _verified[gone]
+    if len(listed) <= keep:  # nothing to delete, so nothing to count
+        return
+    kept = 0
     for path in reversed(listed):
         if path == new:
             kept += 1
@@ -376,37 +426,124 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     SHA-256s; StateError says what is wrong if anything is."""
     path = Path(path)
     manifest = read_manifest(path)
-    data = {name: read_file(path, name, manifest["files"][name]) for name in FILES}
-    return Checkpoint(
-        path=path,
-        step=manifest["step"],
-        arrays=arrays_from_bytes(path, data[ARRAYS]),
-        optimizer=data[OPTIMIZER],
-        state=state_from_bytes(path, data[STATE]),
-    )
+    data = {name: read_file(path, name, manifest.files[name]) for name in FILES}
+    arrays, _ = decode_arrays(data[ARRAYS], f"{path}: {ARRAYS} is not readable")
+    try:
+        state = json.loads(data[STATE].decode("utf-8"))
+    except (ValueError, RecursionError) as err:
+        raise _fail(path, f"{STATE} is not valid JSON ({err})") from None
+    if not isinstance(state, dict):
+        raise _fail(path, f"{STATE} does not hold a JSON object")
+    return Checkpoint(path, manifest.step, arrays, data[OPTIMIZER], state)
+
+
+def read_manifest(path: Path) -> Manifest:
+    """The manifest of the checkpoint in folder `path`, verified."""
+    if not path.is_dir():
+        if os.path.lexists(path):
+            raise _fail(path, "not a folder (a checkpoint is a folder)")
+        raise _fail(path, "no such checkpoint folder")
+    if not os.path.lexists(path / MANIFEST):
+        raise _fail(
+            path, f"{MANIFEST} is missing (an empty or unfinished checkpoint folder)"
+        )
+    try:
+        raw = json.loads(read_regular(path / MANIFEST, MANIFEST_LIMIT, MANIFEST))
+    except StateError as err:
+        raise _fail(path, f"cannot read {MANIFEST}: {err}") from None
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is one too
+        raise _fail(path, f"{MANIFEST} is not valid JSON ({err})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        found = raw.get("format") if isinstance(raw, dict) else raw
+        raise _fail(path, f"{MANIFEST} is not a checkpoint manifest ({found!r:.60})")
+    if raw.get("version") != VERSION or isinstance(raw.get("version"), bool):
+        raise _fail(
+            path,
+            f"{MANIFEST} has format version {raw.get('version')!r}; this optsvc "
+            f"reads version {VERSION}",
+        )
+    body = {k: v for k, v in raw.items() if k != "manifest_sha256"}
+    if raw.get("manifest_sha256") != _manifest_digest(body):
+        raise _fail(path, f"{MANIFEST} is corrupt: its own checksum does not match")
+    manifest = Manifest.parse(body, f"{path}: {MANIFEST} is malformed:")
+    if set(manifest.files) != set(FILES):
+        raise _fail(path, f"{MANIFEST} is malformed: 'files' should list {FILES}")
+    folder_step = _folder_step(path.name)
+    if folder_step is not None and folder_step != manifest.step:
+        raise _fail(
+            path,
+            f"{MANIFEST} is for step {manifest.step}, but the folder is named for "
+            f"step {folder_step}",
+        )
+    return manifest
+
+
+def _folder_step(name: str) -> int | None:
+    match = STEP_NAME.fullmatch(name)
+    if match:
+        return int(match[1])
+    match = HIDDEN_NAME.fullmatch(name)
+    return int(match[2]) if match else None
+
+
+def read_file(path: Path, name: str, entry: FileEntry) -> bytes:
+    """File `name` of the checkpoint in `path`, checked against its manifest
+    `entry` (size and SHA-256)."""
+    # The size is checked before anything is read, and no more than the
+    # manifest's size is ever read: a FIFO, a device or a grown file in a
+    # checkpoint never hangs the resume or fills the memory.
+    try:
+        info = os.stat(path / name)
+    except FileNotFoundError:
+        raise _fail(path, f"{name} is missing") from None
+    except OSError as err:
+        raise _fail(path, f"cannot read {name} ({err})") from None
+    if stat.S_ISREG(info.st_mode) and info.st_size != entry.size:
+        cut = " (truncated)" if info.st_size < entry.size else ""
+        raise _fail(
+            path,
+            f"{name} is {info.st_size} bytes, but {MANIFEST} says {entry.size}{cut}",
+        )
+    try:
+        data = read_regular(path / name, entry.size, name)
+    except StateError as err:
+        raise _fail(path, f"cannot read {name}: {err}") from None
+    if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise _fail(path, f"{name} does not match its SHA-256 in {MANIFEST} (corrupt)")
+    return data
+
+
+def newest_first(directory: str | os.PathLike) -> list[Path]:
+    """Step folders and, for a crash mid-replace, ``.old-`` folders; newest
+    step first, a step folder before an ``.old-`` folder of the same step."""
+    directory = Path(directory)
+    found = [(int(p.name[5:]), 1, p) for p in list_checkpoints(directory)]
+    if not directory.is_dir():
+        return []
+    for name in os.listdir(directory):
+        match = HIDDEN_NAME.fullmatch(name)
+        if match and match[1] == "old":
+            found.append((int(match[2]), 0, directory / name))
+    return [path for *_, path in sorted(found, key=lambda f: f[:2], reverse=True)]
 
 
 def load_latest_checkpoint(
     directory: str | os.PathLike,
     *,
     warn: Callable[[str], None] | None = None,
-    check: Callable[[Checkpoint], object] | None = None,
-) -> Checkpoint | None:
+    read: Callable[[Checkpoint], Any] | None = None,
+) -> Any:
     """The newest checkpoint in `directory` that verifies, or None if there is
-    none. Each bad newer one is skipped with a message to `warn` (default: the
-    "optsvc" logger's warning); StateError if none verifies. `check`, if
-    given, looks at what a checkpoint holds: a StateError from it makes
-    that checkpoint a bad one too."""
+    none; with `read`, what `read` makes of the newest one it does not refuse
+    (with a StateError, like a corrupt checkpoint). Each bad newer one is
+    skipped with a message to `warn` (default: the "optsvc" logger's warning);
+    StateError if none verifies."""
     warn = warn if warn is not None else logger.warning
-    directory = Path(directory)
-    candidates = _candidates(directory)
     errors = []
-    for path in candidates:
+    for path in newest_first(directory):
         try:
             checkpoint = load_checkpoint(path)
-            if check is not None:
-                check(checkpoint)
-            return checkpoint
+            return checkpoint if read is None else read(checkpoint)
         except StateError as err:
             errors.append(err)
             warn(f"skipping a bad checkpoint: {err}")
@@ -416,16 +553,3 @@ def load_latest_checkpoint(
             f"(the newest: {errors[0]})"
         )
     return None
-
-
-def _candidates(directory: Path) -> list[Path]:
-    """Step folders and, for a crash mid-replace, ``.old-`` folders; newest
-    step first, a step folder before an ``.old-`` folder of the same step."""
-    found = [(int(p.name[5:]), 1, p) for p in list_checkpoints(directory)]
-    if not directory.is_dir():
-        return []
-    for name in os.listdir(directory):
-        match = HIDDEN_NAME.fullmatch(name)
-        if match and match[1] == "old":
-            found.append((int(match[2]), 0, directory / name))
-    return [path for *_, path in sorted(found, key=lambda f: f[:2], reverse=True)]

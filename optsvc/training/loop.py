@@ -2,7 +2,7 @@
 
 `train`: setup (config, device) -> run folder -> data -> model -> optimizer
 and state (fresh, or where a checkpoint left them) -> the loop (batch,
-forward, backward, update, schedules, evaluate (best.npz when the score
+forward, backward, update, schedules, evaluate (best.safetensors when the score
 improves), checkpoint, log) -> the final weights. What a checkpoint records,
 and so what resume restores, is `optsvc.training.state`; the run folder's
 rules are `optsvc.training.run_folder`; all output goes through the loggers
@@ -27,13 +27,12 @@ from optsvc.backends import NumpyOps, ops_for_device
 from optsvc.config import (
     SPACY_SECTIONS,
     ConfigError,
-    ConfigIssue,
     SystemSection,
     TrainingSection,
     validate_config,
 )
 from optsvc.config.preview import ATTRS
-from optsvc.errors import OptsvcError
+from optsvc.errors import OptsvcError, RunError
 from optsvc.loggers import (
     Logger,
     LoggerFactory,
@@ -44,22 +43,17 @@ from optsvc.loggers import (
 )
 from optsvc.optim import Optimizer, ParamStore
 from optsvc.toys.models import evaluate, mean_squared_error, softmax_cross_entropy
-from optsvc.training.checkpoints import Checkpoint, save_checkpoint
-from optsvc.training.run_folder import (
-    RunError,
-    RunFolder,
-    check_resumable,
-    config_diff,
-    relevant_config,
-)
+from optsvc.training.checkpoints import save_checkpoint
+from optsvc.training.run_folder import RunFolder, check_resumable, config_diff
 from optsvc.training.signals import StopOnSignal, TrainingInterrupted
 from optsvc.training.state import (
     EARLY_STOP,
     MAX_STEPS,
-    StateError,
+    Resumable,
     TrainState,
-    check_fits,
-    restore_model,
+    open_checkpoint,
+    relevant_config,
+    restore,
     run_weights,
     weight_arrays,
 )
@@ -90,12 +84,12 @@ def train(
 ) -> TrainResult:
     """Run (or resume) the training job a config describes; write the filled
     config, metrics.jsonl, checkpoints, the best evaluation's weights
-    (best.npz) and the final weights (final.npz) to `output_dir`.
+    (best.safetensors) and the final weights (final.safetensors) to `output_dir`.
 
     Progress goes to `console`, warnings before the run starts to
     `err_console` (default: `console`, else stderr). `--resume` on a run that
     has ended (training.max_steps reached, or stopped early) trains nothing:
-    it says so, and writes final.npz only if that is missing or torn.
+    it says so, and writes final.safetensors only if that is missing or torn.
     """
     job = Job.build(config, gpu_id)  # everything checked before the folder
     folder = RunFolder(output_dir)
@@ -113,20 +107,22 @@ def train(
     with folder:
         data = DeviceData.load(job.data, job.ops)
         store = init_model(job, data)
-        checkpoint, saved = folder.begin(
+        resumable = folder.begin(
             resume=resume, overwrite=overwrite, warn=logger.warn,
-            check=partial(check_fits, store=store, optimizer=job.optimizer,
-                          n_train=data.n_train, config=job.relevant),
+            read=partial(open_checkpoint, store=store, optimizer=job.optimizer,
+                         n_train=data.n_train, config=job.relevant),
         )  # fmt: skip
-        if saved is not None:
-            check_resumable(saved, job.relevant, job.settings.max_steps, allow_extend)
-        state = resume_or_start(job, data, store, checkpoint, saved)
+        if resumable is not None:
+            check_resumable(
+                resumable.state, job.relevant, job.settings.max_steps, allow_extend
+            )
+        state = resume_or_start(job, data, store, resumable)
         keep_checkpoint_best(folder, state)
         ended = state.stopped is not None  # a finished run stays finished
         if not ended:
-            prepare_folder(folder, job, state, resumed=checkpoint is not None)
+            prepare_folder(folder, job, state, resumed=resumable is not None)
         loop = Loop(job, data, store, folder, logger)
-        info = header(job, data, folder, config_source, resume, checkpoint)
+        info = header(job, data, folder, config_source, resume, resumable)
         logger.start(info, state.step)
         try:
             if ended:
@@ -142,10 +138,10 @@ def train(
             raise
         logger.finish()
         score = write_final(loop, state, trained=not ended)
-        logger.close(folder.final)
+        logger.close([folder.config_file, folder.best, folder.final])
     return TrainResult(
         folder.path, state.step, score, state.best_score,
-        None if checkpoint is None else checkpoint.step,
+        None if resumable is None else resumable.checkpoint.step,
         state.stopped == EARLY_STOP, state.skipped_steps,
     )  # fmt: skip
 
@@ -247,27 +243,15 @@ def init_model(job: Job, data: DeviceData) -> ParamStore:
 
 
 def resume_or_start(
-    job: Job,
-    data: DeviceData,
-    store: ParamStore,
-    checkpoint: Checkpoint | None,
-    saved: TrainState | None,
+    job: Job, data: DeviceData, store: ParamStore, resumable: Resumable | None
 ) -> TrainState:
-    """A fresh state, or the checkpoint's (`saved`) with the weights and the
-    optimizer restored from it; the optimizer then moved to the device."""
-    if checkpoint is None or saved is None:
+    """A fresh state, or the checkpoint's with the weights and the optimizer
+    restored from it; the optimizer then moved to the device."""
+    if resumable is None:
         state = TrainState.start(data.n_train, job.system.seed)
     else:
-        state = saved
-        try:
-            restore_model(
-                checkpoint, store, job.optimizer, job.ops, n_train=data.n_train
-            )
-        except StateError as err:
-            raise RunError(
-                f"cannot resume from {checkpoint.path}: {err}; delete that folder to "
-                "resume from an earlier checkpoint, or start again with --overwrite"
-            ) from None
+        state = resumable.state
+        restore(resumable, store, job.optimizer, job.ops)
     if job.gpu_id >= 0:
         job.optimizer.to_gpu(job.gpu_id)
     # What the next checkpoints record as the run's config (with --extend, the
@@ -295,7 +279,7 @@ def header(
     folder: RunFolder,
     source: str,
     resume: bool,
-    checkpoint: Checkpoint | None,
+    resumable: Resumable | None,
 ) -> dict[str, str]:
     """What runs where, for the top of the log."""
     info = {
@@ -308,8 +292,9 @@ def header(
         "optimizer": job.optimizer_name,
         "output": str(folder.path),
     }
-    if checkpoint is not None:
-        info["resumed"] = f"from step {checkpoint.step} ({checkpoint.path.name})"
+    if resumable is not None:
+        path = resumable.checkpoint.path
+        info["resumed"] = f"from step {resumable.checkpoint.step} ({path.name})"
     elif resume:
         info["resumed"] = "no checkpoint yet; starting at step 0"
     return info
@@ -505,8 +490,8 @@ def dev_score(loop: Loop) -> float:
 
 
 def keep_checkpoint_best(folder: RunFolder, state: TrainState) -> None:
-    """best.npz as the run has it at `state`'s step: the checkpoint's best
-    weights (a kill may have left best.npz from an evaluation after the
+    """best.safetensors as the run has it at `state`'s step: the checkpoint's best
+    weights (a kill may have left best.safetensors from an evaluation after the
     checkpoint, or torn), none before the first evaluation (a start from step
     0). A checkpoint of an optsvc that did not keep best weights leaves the
     file as it is."""
@@ -518,7 +503,7 @@ def keep_checkpoint_best(folder: RunFolder, state: TrainState) -> None:
 
 
 def keep_best(loop: Loop, state: TrainState) -> None:
-    """best.npz: the weights (and averages) that made this, the best score so
+    """best.safetensors: the weights (and averages) that made this, the best score so
     far; the checkpoints carry them too, so that a resumed run keeps them."""
     state.best = run_weights(
         loop.store, loop.ops, loop.optimizer.averages, step=state.step,
@@ -575,7 +560,7 @@ def _logger(report) -> LoggerFactory:
 
 
 def write_final(loop: Loop, state: TrainState, *, trained: bool) -> float:
-    """final.npz (the weights, their averages, the step and the score) and
+    """final.safetensors (the weights, their averages, the step and the score) and
     the last line; a run that was over before it started rewrites it only if
     it is missing or torn. Returns the final score."""
     folder = loop.folder
@@ -646,4 +631,4 @@ def _nonfinite_state(optimizer, store: ParamStore, xp) -> str | None:
     return None
 
 
-__all__ = ["train", "TrainResult", "RunError", "config_diff", "ConfigIssue"]
+__all__ = ["train", "TrainResult", "config_diff"]

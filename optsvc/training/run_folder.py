@@ -1,14 +1,17 @@
-"""A run folder and its rules, apart from the loop that fills it.
+"""The folder of one run: every fact about it, in one place.
 
 The folder holds the filled config (``config.cfg``), ``metrics.jsonl``,
-``checkpoints/``, ``best.npz`` (the best evaluation's weights) and
-``final.npz``, and ``.lock`` while a process trains in it. `RunFolder`
-decides, before any training: one process at a time (the lock), whether a
-folder that already holds a run is refused, continued (``--resume``) or
-replaced (``--overwrite``), which checkpoint a resume continues from, and
-tidies what a killed writer left. `check_resumable` says whether a checkpoint
-may be continued with the current config, with a diff of what changed when
-not.
+``checkpoints/``, ``best.safetensors`` (the best evaluation's weights) and
+``final.safetensors``, and ``.lock`` while a process trains in it. `RunFolder`
+names those files, reads them back (metrics rows as `MetricsRow` records, the
+newest checkpoint's state, the weights files) and says what the run is:
+running, finished, interrupted or failed (`status`). Before any training it
+decides: one process at a time (the lock), whether a folder that already
+holds a run is refused, continued (``--resume``) or replaced
+(``--overwrite``), which checkpoint a resume continues from, and tidies what
+a killed writer left. `analysis`, `sweep` and the CLI ask it; none of them
+knows a file name. `check_resumable` says whether a checkpoint may be
+continued with the current config, with a diff of what changed when not.
 """
 
 from __future__ import annotations
@@ -18,31 +21,63 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import ConfigDict
 
 from optsvc.config import SystemSection, TrainingSection, config_to_str
-from optsvc.errors import OptsvcError, RunError, StateError
-from optsvc.fileio import TEXT_LIMIT, read_regular, write_atomic
-from optsvc.training.checkpoint_format import arrays_from_bytes, arrays_to_bytes
-from optsvc.training.checkpoints import (
-    Checkpoint,
-    check_checkpoint_folder,
-    load_latest_checkpoint,
+from optsvc.errors import RunError, StateError
+from optsvc.fileio import (
+    ARRAYS_LIMIT,
+    TEXT_LIMIT,
+    decode_arrays,
+    encode_arrays,
+    read_regular,
+    write_atomic,
 )
-from optsvc.training.lock import RunLock
+from optsvc.records import Count, Record
+from optsvc.training import checkpoints
+from optsvc.training.checkpoints import check_checkpoint_folder, load_latest_checkpoint
+from optsvc.training.lock import RunLock, lock_held, lock_holder
 from optsvc.training.state import (
-    NOT_RELEVANT,
-    TrainState,
+    EARLY_STOP,
+    Resumable,
+    StateRecord,
     comparable,
-    relevant_config,
     same_config,
 )
 
-# best.npz and final.npz are read whole; only a regular file is read at all.
-WEIGHTS_LIMIT = 2**38
-RUN_FILES = ("config.cfg", "metrics.jsonl", "checkpoints", "best.npz", "final.npz")
+CONFIG, METRICS, CHECKPOINTS = "config.cfg", "metrics.jsonl", "checkpoints"
+BEST, FINAL = "best.safetensors", "final.safetensors"
+RUN_FILES = (CONFIG, METRICS, CHECKPOINTS, BEST, FINAL)
+# What an optsvc before 0.2 wrote (checkpoint format 1: arrays in .npz).
+LEGACY = ("final.npz", "best.npz")
+STATUSES = ("running", "finished", "interrupted", "failed")
+
+
+class MetricsRow(Record):
+    """One evaluation's line of metrics.jsonl: the step, epoch, loss, dev
+    score, steps/s, the skipped steps so far, and each logged
+    hyperparameter by name (learn_rate, ...); a value that was not finite is
+    null."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, float | None]
+    step: Count
+    epoch: Count | None = None
+    loss: float | None = None
+    score: float | None = None
+    steps_per_sec: float | None = None
+    skipped: Count | None = None
+
+
+class FailureRecord(Record):
+    """The line metrics.jsonl ends with when the run failed before it saved
+    anything to resume from."""
+
+    status: Literal["failed"]
+    error: str
 
 
 class RunFolder:
@@ -58,11 +93,11 @@ class RunFolder:
         if not os.fspath(path):  # Path("") would be the current folder
             raise RunError("the output folder is empty; give a folder with -o")
         self.path = Path(path)
-        self.config_file = self.path / "config.cfg"
-        self.metrics = self.path / "metrics.jsonl"
-        self.checkpoints = self.path / "checkpoints"
-        self.final = self.path / "final.npz"
-        self.best = self.path / "best.npz"
+        self.config_file = self.path / CONFIG
+        self.metrics = self.path / METRICS
+        self.checkpoints = self.path / CHECKPOINTS
+        self.final = self.path / FINAL
+        self.best = self.path / BEST
         self._lock: RunLock | None = None
 
     # --- one process at a time --------------------------------------------------------
@@ -77,8 +112,6 @@ class RunFolder:
         try:  # the first write into the folder: say which one it is
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock = RunLock(self.path)
-        except RunError as err:
-            raise RunError(str(err)) from None
         except OSError as err:  # read-only, no permission, no space
             raise RunError(
                 f"cannot write in '{self.path}' ({err.strerror or err}); give a "
@@ -110,11 +143,18 @@ class RunFolder:
                 if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path, ignore_errors=True)
 
-    # --- refuse, resume or overwrite ------------------------------------------------
+    # --- what is here -----------------------------------------------------------------
 
     def holds_run(self) -> bool:
         """Whether anything of a run is here (even a partial one)."""
         return any(os.path.lexists(self.path / name) for name in RUN_FILES)
+
+    def is_run(self) -> bool:
+        """Whether this is a run folder optsvc wrote (or one being started)."""
+        if not self.path.is_dir():
+            return False
+        markers = (self.config_file, self.checkpoints, self.final)
+        return any(p.exists() for p in markers) or lock_held(self.path) is True
 
     def saved_work(self) -> bool:
         """Whether a run here saved anything worth keeping (a checkpoint, its
@@ -128,20 +168,73 @@ class RunFolder:
             return True
         return self.checkpoints.is_dir() and any(self.checkpoints.iterdir())
 
-    def record_failure(self, error: str) -> None:
-        """Note in metrics.jsonl that the run failed before anything it could
-        resume from (`optsvc runs` shows it; a new run may then replace one
-        that saved nothing)."""
-        with self.metrics.open("a", encoding="utf8") as f:
-            f.write(json.dumps({"status": "failed", "error": error}) + "\n")
+    def read_metrics(self) -> tuple[list[dict[str, Any]], FailureRecord | None]:
+        """The evaluation rows of metrics.jsonl in order (each a checked
+        `MetricsRow`, as a dict of the values it holds), and the failure it
+        records last, if any; a line that a kill tore, or that is not
+        optsvc's, is left out."""
+        rows, failure = [], None
+        for _, row in self._rows():
+            if isinstance(row, FailureRecord):
+                failure = row
+            else:
+                rows.append(row.model_dump(exclude_unset=True))
+                failure = None
+        return rows, failure
 
-    def recorded_failure(self) -> bool:
-        """Whether the run here recorded that it failed (its last line)."""
+    def _rows(self):
+        """(line, record) for each line of metrics.jsonl that is a record."""
         try:
             lines = read_regular(self.metrics, TEXT_LIMIT, "metrics log").splitlines()
-            return json.loads(lines[-1].decode("utf8")).get("status") == "failed"
-        except (OSError, OptsvcError, ValueError, IndexError, AttributeError):
-            return False
+        except StateError:  # missing, not a regular file, too large
+            return
+        for line in lines:
+            for kind in (MetricsRow, FailureRecord):
+                try:
+                    yield line, kind.parse(line, METRICS)
+                    break
+                except StateError:
+                    continue
+
+    def latest_state(self) -> StateRecord | None:
+        """The state of the newest checkpoint whose manifest and state.json
+        verify (not its arrays: a quick look), or None."""
+        try:
+            candidates = checkpoints.newest_first(self.checkpoints)
+        except (StateError, OSError):
+            return None
+        for path in candidates:
+            try:
+                manifest = checkpoints.read_manifest(path)
+                entry = manifest.files[checkpoints.STATE]
+                data = checkpoints.read_file(path, checkpoints.STATE, entry)
+                return StateRecord.parse(data, f"{path}: state.json")
+            except StateError:
+                continue
+        return None
+
+    def status(
+        self, failure: FailureRecord | None, state: StateRecord | None
+    ) -> tuple[str, str]:
+        """What the run is (one of STATUSES) and a note: running while a live
+        process holds the lock, finished once final weights exist (the note
+        says if it stopped early), failed when it recorded a failure,
+        interrupted while a checkpoint can continue it, else failed."""
+        held = lock_held(self.path)
+        if held:
+            holder = lock_holder(self.path)
+            return "running", f"pid {holder}" if holder else ""
+        note = "" if held is False else "the lock file cannot be read"
+        if self.final.exists():
+            early = "stopped early" if state and state.stopped == EARLY_STOP else ""
+            return "finished", "; ".join(n for n in (note, early) if n)
+        if failure is not None:
+            return "failed", failure.error
+        if state is not None:
+            return "interrupted", note
+        return "failed", note or "ended before its first checkpoint"
+
+    # --- refuse, resume or overwrite ------------------------------------------------
 
     def check_flags(self, *, resume: bool, overwrite: bool, extend: bool) -> None:
         """RunError for flags that cannot mean what was asked, before the folder
@@ -171,14 +264,20 @@ class RunFolder:
         resume: bool,
         overwrite: bool,
         warn: Callable[[str], None],
-        check: Callable[[Checkpoint], TrainState] = TrainState.from_checkpoint,
-    ) -> tuple[Checkpoint | None, TrainState | None]:
-        """Apply --resume / --overwrite to this (locked) folder: the newest
-        good checkpoint and its state to continue from, or (None, None) to
-        start at step 0. A run already here is refused without either flag,
-        and removed with --overwrite alone."""
+        read: Callable[[checkpoints.Checkpoint], Resumable],
+    ) -> Resumable | None:
+        """Apply --resume / --overwrite to this (locked) folder: what `read`
+        makes of the newest checkpoint it accepts, to continue from, or None
+        to start at step 0. A run already here is refused without either
+        flag, and removed with --overwrite alone."""
+        if resume and any((self.path / name).exists() for name in LEGACY):
+            raise RunError(
+                f"'{self.path}' was written by optsvc 0.1 (checkpoint format 1, "
+                "arrays in .npz), which this optsvc does not read; continue it with "
+                "optsvc 0.1, or start again with --overwrite"
+            )
         if self.holds_run() and not (resume or overwrite):
-            if self.saved_work() or not self.recorded_failure():
+            if self.saved_work() or self.read_metrics()[1] is None:
                 raise RunError(
                     f"'{self.path}' already holds a run; add --resume to continue it "
                     "or --overwrite to start again"
@@ -188,36 +287,16 @@ class RunFolder:
             self.clear()
         if resume or not overwrite:  # decided before training, not at its first save
             check_checkpoint_folder(self.checkpoints)
-        if resume:
-            return self.latest_checkpoint(warn, check)
         if overwrite:
             self.clear()
-        return None, None
-
-    def latest_checkpoint(
-        self,
-        warn: Callable[[str], None],
-        check: Callable[[Checkpoint], TrainState] = TrainState.from_checkpoint,
-    ) -> tuple[Checkpoint | None, TrainState | None]:
-        """The newest checkpoint that verifies and whose state reads back, and
-        that state; (None, None) when there is none. Each bad newer one is
-        skipped with a warning."""
-        if not self.checkpoints.is_dir():
-            return None, None
-        states: dict[Path, TrainState] = {}  # what `check` made of each one read
-
-        def keep(checkpoint: Checkpoint) -> None:
-            states[checkpoint.path] = check(checkpoint)
-
+        if not resume or not self.checkpoints.is_dir():
+            return None
         try:
-            checkpoint = load_latest_checkpoint(self.checkpoints, warn=warn, check=keep)
+            return load_latest_checkpoint(self.checkpoints, warn=warn, read=read)
         except StateError as err:
             raise RunError(
                 f"cannot resume, {err}; start again with --overwrite"
             ) from None
-        if checkpoint is None:
-            return None, None
-        return checkpoint, states[checkpoint.path]
 
     def clear(self) -> None:
         """Remove the run in this folder (for --overwrite)."""
@@ -245,38 +324,76 @@ class RunFolder:
         lines that a kill tore or the disk damaged."""
         if not self.metrics.exists():
             return
-        keep = []
-        for raw in read_regular(self.metrics, TEXT_LIMIT, "metrics log").splitlines():
-            try:
-                if json.loads(raw.decode("utf8"))["step"] <= step:
-                    keep.append(raw + b"\n")
-            except (ValueError, KeyError, TypeError, RecursionError):
-                continue  # UnicodeDecodeError is a ValueError too
-        write_atomic(self.metrics, b"".join(keep))
+        kept = [
+            line + b"\n"
+            for line, row in self._rows()
+            if isinstance(row, MetricsRow) and row.step <= step
+        ]
+        write_atomic(self.metrics, b"".join(kept))
+
+    def record_failure(self, error: str) -> None:
+        """Note in metrics.jsonl that the run failed before anything it could
+        resume from (`optsvc runs` shows it; a new run may then replace one
+        that saved nothing)."""
+        with self.metrics.open("ab") as f:
+            f.write(
+                FailureRecord(status="failed", error=error).model_dump_json().encode()
+            )
+            f.write(b"\n")
 
     def write_weights(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
-        """final.npz or best.npz, in a checkpoint's arrays.npz format,
-        atomically: a kill leaves the old file or the new one, never a torn
-        one."""
-        write_atomic(path, arrays_to_bytes(arrays))
+        """final.safetensors or best.safetensors, atomically: a kill leaves
+        the old file or the new one, never a torn one."""
+        write_atomic(path, encode_arrays(arrays))
 
     def holds(self, path: Path, arrays: dict[str, np.ndarray]) -> bool:
-        """Whether `path` (final.npz or best.npz) holds exactly `arrays`, so
+        """Whether `path` (final or best weights) holds exactly `arrays`, so
         needs no rewriting; False when it is missing or unreadable."""
         try:
-            saved = read_weights(path)
+            saved = _read_arrays(path)
         except StateError:
             return False
         return sorted(saved) == sorted(arrays) and all(
             _same(saved[name], arrays[name]) for name in arrays
         )
 
+    def read_weights(self, which: str) -> dict[str, np.ndarray]:
+        """The arrays of the run's "best" or "final" weights; RunError, with
+        what to do, when there are none, StateError when they are damaged."""
+        path = self.best if which == "best" else self.final
+        if not os.path.lexists(path):
+            raise RunError(self._no_weights(which))
+        try:
+            return _read_arrays(path)
+        except StateError:  # not a regular file, torn, damaged
+            raise StateError(
+                f"'{path}' is damaged (not readable safetensors); optsvc train "
+                f"--resume -o {self.path} writes it again from the run's last "
+                "checkpoint"
+            ) from None
 
-def read_weights(path: Path) -> dict[str, np.ndarray]:
-    """Every array of final.npz or best.npz, read as a checkpoint's arrays
-    are: a regular file, each array's header checked before its data, no
-    pickle. StateError or StateError when it cannot be."""
-    return arrays_from_bytes(path, read_regular(path, WEIGHTS_LIMIT, "weights file"))
+    def _no_weights(self, which: str) -> str:
+        run = self.path
+        if not self.best.exists() and not self.final.exists():
+            return (
+                f"'{run}' holds no weights yet: the run has not reached its first "
+                f"evaluation; continue it with optsvc train --resume -o {run}"
+            )
+        if which == "final":
+            return (
+                f"'{run}' has no {FINAL}: the run has not finished; continue it "
+                f"with optsvc train --resume -o {run}, or use its best weights "
+                "(--weights best)"
+            )
+        return (
+            f"'{run}' has no {BEST}: the run has not been evaluated yet; use its "
+            "final weights (--weights final)"
+        )
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    data = read_regular(path, ARRAYS_LIMIT, "weights file")
+    return decode_arrays(data, f"'{path}' is not readable")[0]
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -303,12 +420,10 @@ def config_diff(old: Any, new: Any, path: str = "") -> list[str]:
     return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
 
 
-def check_resumable(
-    state: TrainState, relevant: dict, max_steps: int, allow_extend: bool
-) -> None:
-    """RunError unless a run at `state` may continue with this config: the
-    training-relevant values unchanged (else a diff), and max_steps not below
-    the step, nor changed without --extend."""
+def check_resumable(state, relevant: dict, max_steps: int, allow_extend: bool) -> None:
+    """RunError unless a run at `state` (a TrainState) may continue with this
+    config: the training-relevant values unchanged (else a diff), and
+    max_steps not below the step, nor changed without --extend."""
     if state.config is not None and not same_config(state.config, relevant):
         lines = config_diff(comparable(state.config), comparable(relevant))
         raise RunError(
@@ -348,12 +463,10 @@ def filled_config(
 
 __all__ = [
     "RunFolder",
-    "RunError",
     "RUN_FILES",
-    "read_weights",
-    "NOT_RELEVANT",
+    "STATUSES",
+    "MetricsRow",
     "check_resumable",
     "config_diff",
     "filled_config",
-    "relevant_config",
 ]

@@ -2,25 +2,25 @@
 
 A training checkpoint (see `optsvc.training.checkpoints` for the folder) holds
 
-- the model's weights: one array `w:KEY` each in ``arrays.npz``
-  (`weight_arrays`, restored by `restore_model`);
-- the optimizer's state: ``optimizer.bin``, `Optimizer.to_bytes()` (moments,
-  averages, update counts, the schedule step, the last score and the state of
-  every schedule, such as plateau's patience), restored by `restore_model`;
+- the model's weights: one array `w:KEY` each in ``arrays.safetensors``
+  (`weight_arrays`);
+- the optimizer's state: ``optimizer.safetensors``, `Optimizer.to_bytes()`
+  (moments, averages, update counts, the schedule step, the last score and
+  the state of every schedule, such as plateau's patience);
 - `TrainState`: everything else that decides what happens next. The data
   position (epoch, cursor and this epoch's order of the examples, the array
   ``data_order``), the random generator that draws the next order, the loss
   summed since the last evaluation, the skipped-step count, the evaluations
   (last score, best score, evaluations since the best: early stopping), the
-  best evaluation's weights (what ``best.npz`` holds, the arrays
-  ``best:NAME``) and whether and why the run ended.
-  `TrainState.to_checkpoint` writes it, `TrainState.from_checkpoint` reads
-  it back and checks every value.
+  best evaluation's weights (what ``best.safetensors`` holds, the arrays
+  ``best:NAME``) and whether and why the run ended. Its ``state.json`` is
+  the `StateRecord`.
 
-Before anything is restored, `check_fits` checks what a checkpoint holds
-against the run (its model, its optimizer as the config builds it, the data):
-a checkpoint that passes its checksums but does not fit is skipped like a
-corrupt one, for the previous good one.
+`open_checkpoint` reads a checkpoint once: it checks that everything in it
+fits the run (its model, its optimizer as the config builds it, the data) and
+hands back the decoded `Resumable`; a checkpoint that passes its checksums
+but does not fit is refused like a corrupt one, for the previous good one.
+`restore` then only assigns.
 
 Nothing else is restored: a resumed run that ends, with the same config, as
 an uninterrupted one did, bit for bit on the CPU, is the test of this list.
@@ -28,10 +28,11 @@ an uninterrupted one did, bit for bit on the CPU, is the test of this list.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -40,26 +41,48 @@ from optsvc.backends import get_ops
 from optsvc.config import SystemSection, TrainingSection
 from optsvc.errors import StateError
 from optsvc.optim import Optimizer, ParamStore
-from optsvc.optim.serialize import decode_optimizer, schedule_to_json
-from optsvc.training.checkpoints import Checkpoint, config_hash
+from optsvc.optim.serialize import SavedOptimizer, decode_optimizer, schedule_to_json
+from optsvc.records import Count, Number, Record
+from optsvc.training.checkpoints import OPTIMIZER, Checkpoint
 
 EARLY_STOP, MAX_STEPS = "early_stop", "max_steps"
-STOP_REASONS = (EARLY_STOP, MAX_STEPS)
-DATA_ORDER = "data_order"  # the array in arrays.npz
-BEST = "best:"  # the prefix of the best evaluation's arrays in arrays.npz
-# Counters are saved as JSON ints; beyond int64 they could not be real.
-_MAX_COUNT = 2**63 - 1
-
-# The counters of state.json that every checkpoint has had, and the numbers.
-_COUNTERS = ("step", "epoch", "cursor", "loss_count", "evals_since_best",
-             "skipped_steps")  # fmt: skip
-_SCORES = ("score", "best_score")
-
+DATA_ORDER = "data_order"  # the array in arrays.safetensors
+BEST = "best:"  # the prefix of the best evaluation's arrays in arrays.safetensors
 
 # Settings that change how a run is recorded, not what it computes.
 NOT_RELEVANT = {("training", "checkpoint_frequency"), ("training", "keep_checkpoints"),
                 ("training", "max_steps"), ("training", "logger"),
                 ("system", "gpu_id")}  # fmt: skip
+
+
+def config_hash(config: str | bytes | Mapping) -> str:
+    """SHA-256 (hex) of a config's text, or of a dict's canonical JSON form.
+
+    >>> config_hash({"b": 1, "a": [1, 2]}) == config_hash({"a": [1, 2], "b": 1})
+    True
+    >>> config_hash("")[:16]
+    'e3b0c44298fc1c14'
+    """
+    if isinstance(config, str):
+        data = config.encode("utf-8")
+    elif isinstance(config, (bytes, bytearray)):
+        data = bytes(config)
+    elif isinstance(config, Mapping):
+        try:
+            text = json.dumps(
+                dict(config), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            )
+        except (TypeError, ValueError) as err:
+            raise StateError(
+                f"config_hash: the config is not JSON data ({err})"
+            ) from None
+        data = text.encode("utf-8")
+    else:
+        raise TypeError(
+            "config_hash takes the config's text or a dict, got "
+            + type(config).__name__
+        )
+    return hashlib.sha256(data).hexdigest()
 
 
 def relevant_config(config: dict) -> dict:
@@ -91,12 +114,33 @@ def same_config(saved: dict, relevant: dict) -> bool:
 
 
 def key_name(key: tuple) -> str:
-    """A parameter key as it is named in checkpoints and final.npz.
+    """A parameter key as it is named in checkpoints and weights files.
 
     >>> key_name((0, "W"))
     '0/W'
     """
     return "/".join(str(k) for k in key)
+
+
+class StateRecord(Record):
+    """state.json: the JSON part of a `TrainState`."""
+
+    step: Count
+    epoch: Count
+    cursor: Count
+    rng: dict[str, Any]
+    loss_sum: Number
+    loss_count: Count
+    score: Number | None
+    best_score: Number | None
+    evals_since_best: Count
+    skipped_steps: Count
+    stopped: Literal["early_stop", "max_steps"] | None = None
+    config: dict[str, Any] | None = None
+    max_steps: Count | None = None
+    config_hash: str | None = None
+    backend: str = "numpy"
+    optsvc: str = ""
 
 
 @dataclass(eq=False)
@@ -120,8 +164,8 @@ class TrainState:
     score: float | None = None  # of the last evaluation
     best_score: float | None = None
     evals_since_best: int = 0
-    stopped: str | None = None  # None while running, else one of STOP_REASONS
-    # The best evaluation's weights, as best.npz holds them (`run_weights`).
+    stopped: str | None = None  # None while running, else EARLY_STOP or MAX_STEPS
+    # The best evaluation's weights, as best.safetensors holds them.
     best: dict[str, np.ndarray] | None = None
     # What the run was started with: resume refuses another config with a diff.
     config: dict | None = None  # the training-relevant config
@@ -153,92 +197,44 @@ class TrainState:
     # --- into a checkpoint and back --------------------------------------------------
 
     def to_checkpoint(self) -> tuple[dict, dict[str, np.ndarray]]:
-        """The record as `state.json` data and arrays for ``arrays.npz``."""
-        state = {
-            "step": self.step, "epoch": self.epoch, "cursor": self.cursor,
-            "rng": self.rng.bit_generator.state, "loss_sum": self.loss_sum,
-            "loss_count": self.loss_count, "best_score": self.best_score,
-            "evals_since_best": self.evals_since_best, "score": self.score,
-            "skipped_steps": self.skipped_steps, "stopped": self.stopped,
-            "config": self.config, "max_steps": self.max_steps,
-            "config_hash": None if self.config is None else config_hash(self.config),
-            "backend": self.backend, "optsvc": __version__,
-        }  # fmt: skip
+        """The record as `state.json` data and arrays for ``arrays.safetensors``."""
+        record = StateRecord(
+            step=self.step, epoch=self.epoch, cursor=self.cursor,
+            rng=self.rng.bit_generator.state, loss_sum=self.loss_sum,
+            loss_count=self.loss_count, score=self.score,
+            best_score=self.best_score, evals_since_best=self.evals_since_best,
+            skipped_steps=self.skipped_steps, stopped=self.stopped,
+            config=self.config, max_steps=self.max_steps,
+            config_hash=None if self.config is None else config_hash(self.config),
+            backend=self.backend, optsvc=__version__,
+        )  # fmt: skip
         best = {f"{BEST}{name}": array for name, array in (self.best or {}).items()}
-        return state, {DATA_ORDER: np.asarray(self.order), **best}
+        return record.model_dump(), {DATA_ORDER: np.asarray(self.order), **best}
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint) -> TrainState:
         """The record a checkpoint holds, every value checked; StateError
         (a checkpoint to skip, like a corrupt one) naming what is wrong."""
-        raw, where = checkpoint.state, checkpoint.path
+        where = f"{checkpoint.path}: state.json"
+        record = StateRecord.parse(checkpoint.state, where)
 
         def bad(problem: str) -> StateError:
-            return StateError(f"{where}: state.json {problem}")
+            return StateError(f"{where} {problem}")
 
-        for name in (*_COUNTERS, "loss_sum", *_SCORES, "rng"):
-            if name not in raw:
-                raise bad(f"has no '{name}'")
-        counts = {name: _count(raw[name], name, bad) for name in _COUNTERS}
-        if counts["step"] != checkpoint.step:
+        if record.step != checkpoint.step:
             raise bad(
-                f"is for step {counts['step']}, the checkpoint for {checkpoint.step}"
+                f"is for step {record.step}, the checkpoint for {checkpoint.step}"
             )
         order = _order(checkpoint.arrays.get(DATA_ORDER), bad)
-        if counts["cursor"] > order.size:
-            raise bad(f"has a data position {counts['cursor']} past the data")
-        best_score = _score(raw["best_score"], "best_score", bad)
+        if record.cursor > order.size:
+            raise bad(f"has a data position {record.cursor} past the data")
+        values = record.model_dump(exclude={"config_hash", "optsvc", "rng"})
         return cls(
             order=order,
-            rng=_generator(raw["rng"], bad),
-            loss_sum=_number(raw["loss_sum"], "loss_sum", bad),
-            score=_score(raw["score"], "score", bad),
-            best_score=best_score,
-            best=_best(checkpoint.arrays, best_score, counts["step"], bad),
-            stopped=_stop_reason(raw.get("stopped"), bad),
-            config=_config(raw.get("config"), bad),
-            max_steps=_max_steps(raw.get("max_steps"), bad),
-            backend=str(raw.get("backend", "numpy")),
-            **counts,
+            rng=_generator(record.rng, bad),
+            best=_best(checkpoint.arrays, record.best_score, record.step, bad),
+            **values,
         )
-
-
-def _count(value: Any, name: str, bad) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise bad(f"has a bad '{name}' ({value!r:.60})")
-    if not 0 <= value <= _MAX_COUNT:
-        raise bad(f"has '{name}' = {value:.3g} out of range")
-    return value
-
-
-def _number(value: Any, name: str, bad) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise bad(f"has a bad '{name}' ({value!r:.60})")
-    if isinstance(value, int) and abs(value) > _MAX_COUNT:
-        raise bad(f"has '{name}' = {value:.3g} out of range")
-    if math.isnan(value):
-        raise bad(f"has '{name}' = NaN")
-    return value
-
-
-def _score(value: Any, name: str, bad) -> float | None:
-    return None if value is None else _number(value, name, bad)
-
-
-def _stop_reason(value: Any, bad) -> str | None:
-    if value is not None and value not in STOP_REASONS:
-        raise bad(f"has a bad 'stopped' ({value!r:.60})")
-    return value
-
-
-def _config(value: Any, bad) -> dict | None:
-    if value is not None and not isinstance(value, dict):
-        raise bad(f"has a bad 'config' ({value!r:.60})")
-    return value
-
-
-def _max_steps(value: Any, bad) -> int | None:
-    return None if value is None else _count(value, "max_steps", bad)
 
 
 def _order(order: Any, bad) -> np.ndarray:
@@ -255,8 +251,8 @@ def _order(order: Any, bad) -> np.ndarray:
 
 def _best(arrays: dict, best_score: float | None, step: int, bad):
     """The best evaluation's weights a checkpoint holds (None in checkpoints
-    written before the first evaluation, or by earlier optsvc versions), checked
-    against its best score and step."""
+    written before the first evaluation), checked against its best score and
+    step."""
     best = {n[len(BEST) :]: a for n, a in arrays.items() if n.startswith(BEST)}
     if not best:
         return None
@@ -285,17 +281,18 @@ def _generator(value: Any, bad) -> np.random.Generator:
 
 
 def weight_arrays(store: ParamStore, ops) -> dict[str, np.ndarray]:
-    """The weights as checkpoints and final.npz name them (`w:KEY`), on the host."""
+    """The weights as checkpoints and weights files name them (`w:KEY`), on
+    the host."""
     return {f"w:{key_name(k)}": ops.to_numpy(store.weights(k)) for k in store}
 
 
 def run_weights(
     store: ParamStore, ops, averages, *, step: int, score: float
 ) -> dict[str, np.ndarray]:
-    """What final.npz and best.npz hold: the weights (`w:KEY`), their averages
-    when the optimizer keeps them (`avg:KEY`, what the dev score is computed
-    with), the step and the dev score: copies on the host, which later
-    updates leave as they are."""
+    """What final.safetensors and best.safetensors hold: the weights
+    (`w:KEY`), their averages when the optimizer keeps them (`avg:KEY`, what
+    the dev score is computed with), the step and the dev score: copies on
+    the host, which later updates leave as they are."""
     arrays = {name: np.array(a) for name, a in weight_arrays(store, ops).items()}
     for key in store:
         if averages and key in averages:
@@ -305,77 +302,42 @@ def run_weights(
     return arrays
 
 
-def restore_model(
-    checkpoint: Checkpoint,
-    store: ParamStore,
-    optimizer: Optimizer,
-    ops,
-    *,
-    n_train: int,
-) -> None:
-    """Load the checkpoint's weights into `store` and its state into
-    `optimizer`, after checking that they fit the model and the data of
-    `n_train` examples; StateError, naming what does not fit, leaves the
-    weights untouched."""
-    arrays, names = checkpoint.arrays, {f"w:{key_name(k)}": k for k in store}
-    _check_model(checkpoint, store, n_train)
-    try:
-        optimizer.from_bytes(checkpoint.optimizer)
-    except ValueError as err:  # StateError
-        raise StateError(f"its optimizer state is refused: {err}") from None
-    for key in store:
-        average = (optimizer.averages or {}).get(key)
-        moment = optimizer.mom1.get(key)
-        if (average is not None and average.shape != store.shape(key)) or (
-            moment is not None and moment.size != store.size_of(key)
-        ):
-            raise StateError(
-                f"its optimizer state for parameter {key} does not fit the model"
-            )
-    for name, key in names.items():
-        store.weights(key)[...] = ops.asarray(arrays[name])
+@dataclass(eq=False)
+class Resumable:
+    """A checkpoint read once and found to fit the run: its TrainState and
+    its decoded optimizer state, which `restore` assigns. `optimizer` is None
+    for a checkpoint of another config, which the resume refuses with a diff
+    (`run_folder.check_resumable`) and so never restores."""
+
+    checkpoint: Checkpoint
+    state: TrainState
+    optimizer: SavedOptimizer | None
 
 
-def check_fits(
+def open_checkpoint(
     checkpoint: Checkpoint,
     store: ParamStore,
     optimizer: Optimizer,
     *,
     n_train: int,
     config: dict | None = None,
-) -> TrainState:
-    """The checkpoint's TrainState, after checking that what it holds fits
-    the run: weights (keys, shapes, dtypes, all finite), the data order, and
-    the optimizer state (its kind, schedules and options as the run's
-    `optimizer` has them, its keys and shapes as the model's, finite moments,
-    counters in range). A checkpoint that passes its checksums but fails a
-    check lies, and is treated like a corrupt one: StateError naming what
-    is wrong, so that `load_latest_checkpoint` falls back to an older one.
-
-    A checkpoint of another config (not `same_config` as `config`, the
-    run's training-relevant config) is not checked against the model: the
-    resume refuses it with the difference instead (`check_resumable`).
-    """
-    saved = TrainState.from_checkpoint(checkpoint)
-    if config is not None and saved.config is not None:
-        if not same_config(saved.config, config):
-            return saved
+) -> Resumable:
+    """Everything the checkpoint holds, checked once against the run: the
+    weights (keys, shapes, dtypes, all finite), the data order, and the
+    optimizer state (its kind, schedules and options as the run's `optimizer`
+    has them; a slot for every parameter, of its shape, with as many updates
+    as the run made; the schedule step; finite moments and averages). A
+    checkpoint that passes its checksums but fails a check lies, and is
+    refused like a corrupt one: StateError naming what is wrong."""
+    state = TrainState.from_checkpoint(checkpoint)
+    if config is not None and state.config is not None:
+        if not same_config(state.config, config):
+            return Resumable(checkpoint, state, None)
 
     def bad(problem: str) -> StateError:
         return StateError(f"{checkpoint.path}: {problem}")
 
-    try:
-        _check_model(checkpoint, store, n_train)
-    except StateError as err:
-        raise bad(str(err)) from None
-    for name, array in checkpoint.arrays.items():
-        if array.dtype.kind in "fc" and not np.isfinite(array).all():
-            raise bad(f"arrays.npz: '{name}' holds NaN or infinite values")
-    _check_optimizer(checkpoint, store, optimizer, bad)
-    return saved
-
-
-def _check_optimizer(checkpoint, store: ParamStore, optimizer: Optimizer, bad):
+    _check_model(checkpoint.arrays, store, n_train, bad)
     try:
         saved = decode_optimizer(
             checkpoint.optimizer, like=optimizer.schedules, ops=get_ops("numpy")
@@ -384,45 +346,62 @@ def _check_optimizer(checkpoint, store: ParamStore, optimizer: Optimizer, bad):
         raise bad(
             f"its optimizer state is refused ({type(err).__name__}: {err})"
         ) from None
+    _check_optimizer(saved, optimizer, bad)
+    _check_slots(saved, store, state, bad)
+    return Resumable(checkpoint, state, saved)
+
+
+def restore(resumable: Resumable, store: ParamStore, optimizer: Optimizer, ops):
+    """Load what `open_checkpoint` checked: the weights into `store`, the
+    optimizer's state into `optimizer`."""
+    optimizer.restore(resumable.optimizer)
+    arrays = resumable.checkpoint.arrays
+    for key in store:
+        store.weights(key)[...] = ops.asarray(arrays[f"w:{key_name(key)}"])
+
+
+def _check_optimizer(saved: SavedOptimizer, optimizer: Optimizer, bad) -> None:
     kinds = {True: "RAdam", False: "Adam or SGD"}
     if saved.use_radam != optimizer.use_radam:
         raise bad(
-            f"optimizer.bin holds {kinds[saved.use_radam]} state, but the run's "
+            f"{OPTIMIZER} holds {kinds[saved.use_radam]} state, but the run's "
             f"optimizer is {kinds[optimizer.use_radam]}"
         )
     if saved.L2_is_weight_decay != optimizer.L2_is_weight_decay:
-        raise bad("optimizer.bin has another L2_is_weight_decay than the run's")
+        raise bad(f"{OPTIMIZER} has another L2_is_weight_decay than the run's")
     if saved.state.use_averages != (optimizer.averages is not None):
-        raise bad("optimizer.bin disagrees with the run's use_averages")
+        raise bad(f"{OPTIMIZER} disagrees with the run's use_averages")
     for name, schedule in optimizer.schedules.items():
-        mine = _schedule_form(schedule, name)
-        if name not in saved.schedules or mine != _schedule_form(
+        if _schedule_form(schedule, name) != _schedule_form(
             saved.schedules[name], name
         ):
-            raise bad(f"optimizer.bin has another '{name}' than the run's config")
-    if not 0 <= saved.step <= _MAX_COUNT:
-        raise bad(f"optimizer.bin has a step count {saved.step} out of range")
-    _check_slots(saved.state, store, checkpoint.step, bad)
+            raise bad(f"{OPTIMIZER} has another '{name}' than the run's config")
 
 
-def _check_slots(state, store: ParamStore, step: int, bad) -> None:
-    keys, model = set(state.slots), set(store)
-    if keys and keys != model:
-        raise bad(
-            "optimizer.bin holds state for other parameters than the model's "
-            f"({len(keys - model)} unknown, {len(model - keys)} missing)"
-        )
-    for key, slot in state.slots.items():
+def _check_slots(saved: SavedOptimizer, store: ParamStore, state: TrainState, bad):
+    """A slot for every parameter with elements, each of the parameter's
+    shape and updated once a step that was not skipped; the schedules at the
+    run's step."""
+    updates = state.step - state.skipped_steps
+    slots, model = saved.state.slots, {k for k in store if store.size_of(k) > 0}
+    if saved.step != state.step:
+        raise bad(f"{OPTIMIZER} is at step {saved.step}, the run at {state.step}")
+    unknown = set(slots) - model
+    if unknown:
+        raise bad(f"{OPTIMIZER} holds state for parameters the model does not have")
+    for key in model:
+        slot = slots.get(key)
+        if slot is None and updates == 0:
+            continue
+        if slot is None:
+            raise bad(f"{OPTIMIZER} holds no state for parameter {key}")
         if tuple(slot.shape) != tuple(store.shape(key)):
-            raise bad(f"optimizer.bin: the state of {key} has another shape")
-        if not 0 <= slot.nr <= max(step, 0):
-            raise bad(f"optimizer.bin: the update count of {key} is {slot.nr}")
-        for what in ("m", "v", "ema"):
-            array = getattr(slot, what)
-            if array is not None and not np.isfinite(np.asarray(array)).all():
-                raise bad(f"optimizer.bin: the {what} of {key} is not finite")
-        if slot.v is not None and (np.asarray(slot.v) < 0).any():
-            raise bad(f"optimizer.bin: the second moment of {key} is negative")
+            raise bad(f"{OPTIMIZER}: the state of {key} has another shape")
+        if slot.nr != updates:
+            raise bad(
+                f"{OPTIMIZER}: {key} was updated {slot.nr} times, but the run made "
+                f"{updates} updates"
+            )
 
 
 def _schedule_form(schedule, name: str):
@@ -442,53 +421,35 @@ def _schedule_form(schedule, name: str):
     return strip(form)
 
 
-def _check_model(checkpoint: Checkpoint, store: ParamStore, n_train: int) -> None:
-    arrays, names = checkpoint.arrays, {f"w:{key_name(k)}": k for k in store}
+def _check_model(arrays: dict, store: ParamStore, n_train: int, bad) -> None:
+    names = {f"w:{key_name(k)}": k for k in store}
+    dtype = store.flat_weights.dtype
     for name, key in names.items():
-        _check_weights(arrays.get(name), key, store)
+        saved = arrays.get(name)
+        if saved is None:
+            raise bad(f"it holds no weights for parameter {key}")
+        if saved.shape != store.shape(key) or saved.dtype != dtype:
+            raise bad(
+                f"its weights for parameter {key} are {saved.dtype} of shape "
+                f"{saved.shape}, but the model's are {dtype} of shape "
+                f"{store.shape(key)}"
+            )
     extra = sorted(n for n in arrays if n.startswith("w:") and n not in names)
     if extra:
-        raise StateError(
-            f"it holds weights the model does not have ({', '.join(extra[:3])})"
-        )
+        raise bad(f"it holds weights the model does not have ({', '.join(extra[:3])})")
     best = {n for n in arrays if n.startswith(f"{BEST}w:")}
     if best and best != {f"{BEST}{name}" for name in names}:
-        raise StateError("its best weights are not the model's parameters")
+        raise bad("its best weights are not the model's parameters")
     for name, key in names.items():
         for kind in ("w", "avg"):
             saved = arrays.get(f"{BEST}{kind}:{name[2:]}")
             if saved is not None and saved.shape != store.shape(key):
-                raise StateError(f"its best weights for {key} have another shape")
+                raise bad(f"its best weights for {key} have another shape")
     order = arrays.get(DATA_ORDER)
     if order is None or order.size != n_train:
-        raise StateError(
+        raise bad(
             f"its data_order is not an ordering of the {n_train} training examples"
         )
-
-
-def _check_weights(saved: np.ndarray | None, key: tuple, store: ParamStore) -> None:
-    if saved is None:
-        raise StateError(f"it holds no weights for parameter {key}")
-    dtype = store.flat_weights.dtype
-    if saved.shape != store.shape(key) or saved.dtype != dtype:
-        raise StateError(
-            f"its weights for parameter {key} are {saved.dtype} of shape "
-            f"{saved.shape}, but the model's are {dtype} of shape {store.shape(key)}"
-        )
-
-
-__all__ = [
-    "TrainState",
-    "StateError",
-    "EARLY_STOP",
-    "MAX_STEPS",
-    "weight_arrays",
-    "run_weights",
-    "restore_model",
-    "check_fits",
-    "key_name",
-    "NOT_RELEVANT",
-    "relevant_config",
-    "comparable",
-    "same_config",
-]
+    for name, array in arrays.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise bad(f"{name} holds NaN or infinite values")

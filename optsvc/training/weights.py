@@ -3,10 +3,10 @@
 A run folder keeps two sets of weights, written atomically by the loop
 (`optsvc.training.state.run_weights` says what each holds):
 
-- ``best.npz``: the weights of the best evaluation so far (rewritten each time
-  the dev score improves, and carried by every checkpoint, so that a resumed
-  run keeps it), as spaCy keeps ``model-best``;
-- ``final.npz``: the weights at the last step.
+- ``best.safetensors``: the weights of the best evaluation so far (rewritten
+  each time the dev score improves, and carried by every checkpoint, so that
+  a resumed run keeps it), as spaCy keeps ``model-best``;
+- ``final.safetensors``: the weights at the last step.
 
 `load_run` rebuilds the run's model from its own ``config.cfg`` and loads one
 of them; `LoadedRun.evaluate` scores it on the run's dev set, which is what
@@ -15,7 +15,7 @@ Python::
 
     from optsvc.training import load_run
 
-    run = load_run("runs/quickstart")          # best.npz; "final" for final.npz
+    run = load_run("runs/quickstart")          # best weights; "final" for final
     labels = run.model.predict(X).argmax(axis=1)
     print(run.metric, run.evaluate())          # accuracy on the run's dev set
 """
@@ -33,16 +33,17 @@ from optsvc.backends import ops_for_device
 from optsvc.config import load_config, validate_config
 from optsvc.errors import ConfigError, RunError, StateError
 from optsvc.toys.models import Model, evaluate
-from optsvc.training import run_folder
+from optsvc.training.run_folder import BEST, FINAL, RunFolder
 from optsvc.training.state import key_name
 
 WEIGHTS = ("best", "final")
+_FILES = {"best": BEST, "final": FINAL}
 METRICS = {"classification": "accuracy", "regression": "R²"}
 
 
 @dataclass
 class LoadedRun:
-    """A run's model with the weights of best.npz or final.npz.
+    """A run's model with its best or final weights.
 
     `model` computes on `ops` (the CPU unless a GPU was asked for); `data` is
     the run's data set, generated again from its config (it is seeded, so it
@@ -61,7 +62,8 @@ class LoadedRun:
 
     @property
     def file(self) -> Path:
-        return self.path / f"{self.weights}.npz"
+        folder = RunFolder(self.path)
+        return folder.best if self.weights == "best" else folder.final
 
     @property
     def metric(self) -> str:
@@ -85,7 +87,7 @@ def load_run(
     gpu_id: int = -1,
 ) -> LoadedRun:
     """The model of the run in folder `run`, built from its config.cfg, with
-    the weights of best.npz (`weights="best"`) or final.npz ("final").
+    the weights of best.safetensors (`weights="best"`) or final.safetensors ("final").
 
     averages: when the optimizer kept averages (use_averages), compute with
     them, as the run's evaluations did (and spaCy's model-best is saved);
@@ -96,7 +98,7 @@ def load_run(
         raise ConfigError(f"weights must be 'best' or 'final', not {weights!r}")
     path = Path(run)
     data, model, ops = _build(path, gpu_id)
-    arrays = read_weights(path / f"{weights}.npz", path)
+    arrays = RunFolder(path).read_weights(weights)
     has_averages = all(f"avg:{key_name(k)}" in arrays for k in model.params)
     averaged = averages and has_averages
     kind = "avg" if averaged else "w"
@@ -125,7 +127,7 @@ def _build(path: Path, gpu_id: int) -> tuple[Any, Model, Any]:
         raise RunError(
             f"'{path}' is not a run folder; give the folder optsvc train wrote (its -o)"
         )
-    own = path / "config.cfg"
+    own = RunFolder(path).config_file
     if not own.is_file():
         if (path / "trials").is_dir():
             raise RunError(
@@ -144,39 +146,6 @@ def _build(path: Path, gpu_id: int) -> tuple[Any, Model, Any]:
     return data, model, ops
 
 
-def read_weights(file: Path, run: Path | None = None) -> dict[str, np.ndarray]:
-    """Every array of a run's best.npz or final.npz, read without pickle;
-    RunError or StateError, with what to do, when it is missing or unreadable."""
-    run = file.parent if run is None else run
-    if not os.path.lexists(file):
-        raise RunError(_missing(file, run))
-    try:
-        return run_folder.read_weights(file)
-    except StateError:  # not a regular file, torn, damaged
-        raise StateError(
-            f"'{file}' is damaged (not a readable npz archive); optsvc train "
-            f"--resume -o {run} writes it again from the run's last checkpoint"
-        ) from None
-
-
-def _missing(file: Path, run: Path) -> str:
-    if not (run / "best.npz").exists() and not (run / "final.npz").exists():
-        return (
-            f"'{run}' holds no weights yet: the run has not reached its first "
-            f"evaluation; continue it with optsvc train --resume -o {run}"
-        )
-    if file.name == "final.npz":
-        return (
-            f"'{run}' has no final.npz: the run has not finished; continue it with "
-            f"optsvc train --resume -o {run}, or use its best weights (--weights best)"
-        )
-    return (
-        f"'{run}' has no best.npz: the run has not been evaluated yet (or was "
-        "trained by an optsvc that did not keep it); use its final weights "
-        "(--weights final)"
-    )
-
-
 def _array(
     arrays: dict, name: str, shape: tuple, run: Path, weights: str
 ) -> np.ndarray:
@@ -184,12 +153,12 @@ def _array(
     if array is None or tuple(array.shape) != tuple(shape):
         found = "none" if array is None else f"shape {tuple(array.shape)}"
         raise StateError(
-            f"{weights}.npz in '{run}' does not fit the model its config.cfg "
+            f"{_FILES[weights]} in '{run}' does not fit the model its config.cfg "
             f"builds: parameter {name[name.index(':') + 1 :]} should have shape "
             f"{tuple(shape)}, it has {found}"
         )
     if array.dtype.kind != "f":
-        raise StateError(f"{weights}.npz in '{run}': '{name}' is not a float array")
+        raise StateError(f"{_FILES[weights]} in '{run}': '{name}' is not a float array")
     return array.astype(np.float32, copy=False)
 
 
@@ -199,4 +168,4 @@ def _scalar(array: np.ndarray | None, kind: type) -> Any:
     return kind(array)
 
 
-__all__ = ["load_run", "LoadedRun", "read_weights", "WEIGHTS"]
+__all__ = ["load_run", "LoadedRun", "WEIGHTS"]
