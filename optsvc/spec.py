@@ -210,6 +210,8 @@ def _kind(hint: Any) -> tuple[str, tuple, type | None]:
     """(kind, choices, class) of a type without Annotated or None."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     simple = {bool: "bool", int: "int", float: "number", str: "str"}
+    if hint is Any:  # a class of its own since Python 3.11
+        return "any", (), None
     if hint in simple:
         return simple[hint], (), None
     if origin is Literal:
@@ -349,7 +351,7 @@ def _check_call(func: Callable, args: tuple, kwargs: dict) -> None:
         return  # the call itself raises the usual TypeError
     bound.apply_defaults()
     values = bound.arguments
-    name = func.__name__
+    name = func.__qualname__.removesuffix(".__init__")  # a class: its name
     for param in params_of(func):
         problem = param.problem(values[param.name])
         if problem:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Union
@@ -28,7 +28,7 @@ import numpy as np
 from optsvc.errors import ConfigError
 from optsvc.schedules.base import Schedule
 from optsvc.schedules.thinc import to_schedule
-from optsvc.spec import MAX_INT, Arg, show
+from optsvc.spec import MAX_INT, Arg, Param, show
 
 ScheduleT = Union[float, list, Any, Schedule]  # noqa: UP007 (a runtime alias)
 
@@ -60,6 +60,9 @@ HPARAM_ARGS: Mapping[str, Arg] = MappingProxyType(
         "eps": Arg("added to the denominator for numerical stability", gt=0),
         "grad_clip": Arg("clip each gradient to this L2 norm (0: off)", ge=0),
     }
+)
+HPARAM_PARAMS: Mapping[str, Param] = MappingProxyType(
+    {name: Param(name, "hyper", arg) for name, arg in HPARAM_ARGS.items()}
 )
 # The update divides by 1 - beta**n and by sqrt(v) + eps: these stay in range
 # at every step, not only when set (a beta of 1.0 would divide by zero).
@@ -112,20 +115,22 @@ def check_lr_scale(lr_scale: Any) -> float:
     return value
 
 
-def hparam_schedule(name: str, value: Any) -> Schedule:
-    """`value` as a Schedule; a number, and every item of a list, is
-    range-checked now (before it is turned into a schedule)."""
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_range(name, item, f" (list item {i})")
-    elif isinstance(value, numbers.Number):
-        _check_range(name, value, "")
-    try:
-        return to_schedule(name, value)
-    except ConfigError:
-        raise
-    except ValueError as err:  # not a hyperparameter at all: the user's input
-        raise ConfigError(str(err)) from None
+def hparam_schedule(name: str, value: Any, *, checked: bool = False) -> Schedule:
+    """`value` as a Schedule; a number, and every item of a list, must lie
+    in the hyperparameter's range, which `checked` says a signature that
+    declares it (`optsvc.spec`) has checked already. A Schedule's or a
+    generator's values are checked as they are read, step by step."""
+    if not checked:
+        problem = HPARAM_PARAMS[name].problem(value)
+        if problem:
+            raise ConfigError(f"'{name}' {problem}, got {show(value)}")
+    return to_schedule(name, value, checked=True)
+
+
+def _plain(value: Any) -> bool:
+    """Whether a hyperparameter was given as a number or a list of them
+    (checked when given), not as a Schedule or a generator."""
+    return isinstance(value, (numbers.Real, list, tuple))
 
 
 @dataclass(slots=True)
@@ -204,12 +209,16 @@ def unsupported_betas(scalars: StepScalars, key: Any = None) -> ValueError:
 
 
 def hparam_values(
-    schedules: Mapping[str, Schedule], step: int, score: Any, *, full_check: bool
+    schedules: Mapping[str, Schedule],
+    step: int,
+    score: Any,
+    *,
+    full: Collection[str] = (),
 ) -> tuple[float, ...]:
-    """Each hyperparameter's value at `step` (in HPARAMS order), checked: all
-    against their ranges with `full_check` (when a schedule is set), else the
-    betas and eps against theirs and the others for finiteness only (Thinc's
-    own schedules may leave the range, e.g. slanted_triangular past
+    """Each hyperparameter's value at `step` (in HPARAMS order), checked: the
+    ones named in `full` against their ranges (a schedule just set), the
+    betas and eps always against theirs, the others for finiteness only
+    (Thinc's own schedules may leave the range, e.g. slanted_triangular past
     num_steps). A ConfigError naming the hyperparameter if not."""
     values = []
     for name in HPARAMS:
@@ -219,7 +228,7 @@ def hparam_values(
                 f"'{name}' schedule gave {show(value)} at step {step}; "
                 "expected a number"
             )
-        only_finite = not (full_check or name in _ALWAYS_IN_RANGE)
+        only_finite = not (name in full or name in _ALWAYS_IN_RANGE)
         where = f" (at step {step})"
         values.append(_check_range(name, value, where, finite_only=only_finite))
     return tuple(values)
@@ -237,9 +246,9 @@ def check_restored(
     evaluated on copies and without a score, so their state (plateau's) stays
     as restored and a score is judged by the update that reads it."""
     copies = copy.deepcopy(dict(schedules))
-    hparam_values(copies, 0, None, full_check=True)
+    hparam_values(copies, 0, None, full=HPARAMS)
     copies = copy.deepcopy(dict(schedules))
-    values = hparam_values(copies, step, None, full_check=False)
+    values = hparam_values(copies, step, None)
     scalars = step_scalars(values, use_radam=use_radam, L2_is_weight_decay=True)
     if not scalars.betas_supported:
         raise unsupported_betas(scalars)
@@ -266,8 +275,10 @@ class ScheduledHyperparams:
     def _init_hyperparams(
         self, values: dict[str, Any], *, use_radam: bool, L2_is_weight_decay: bool
     ) -> None:
+        """Set the hyperparameters, whose numbers and lists the signature
+        checked; a Schedule's or a generator's first value is checked here."""
         self._schedules = {
-            name: hparam_schedule(name, values[name]) for name in HPARAMS
+            name: hparam_schedule(name, values[name], checked=True) for name in HPARAMS
         }
         self._cached = None
         self._cached_step = -1
@@ -276,13 +287,14 @@ class ScheduledHyperparams:
         self._last_score = None
         self._use_radam = bool(use_radam)
         self._L2_is_weight_decay = bool(L2_is_weight_decay)
-        scalars = self._scalars(full_check=True)  # check the first values now
+        first = [name for name in HPARAMS if not _plain(values[name])]
+        scalars = self._scalars(full=first)  # the first values of the schedules
         if not scalars.betas_supported:
             raise unsupported_betas(scalars)
 
     # --- hyperparameters -------------------------------------------------------
 
-    def _scalars(self, *, full_check: bool = False) -> StepScalars:
+    def _scalars(self, *, full: Collection[str] = ()) -> StepScalars:
         """This step's StepScalars, evaluated once per step. Values are
         range-checked when a schedule is set; later steps only need to be
         finite (Thinc's own schedules may leave the range, e.g.
@@ -294,14 +306,16 @@ class ScheduledHyperparams:
         ):
             return self._cached
         step, score = self._step, self._last_score
-        scalars = self._evaluate(step, score, full_check=full_check)
+        scalars = self._evaluate(step, score, full=full)
         self._cached = scalars
         self._cached_step, self._cached_score = step, score
         return scalars
 
-    def _evaluate(self, step: int, score: Any, *, full_check: bool) -> StepScalars:
+    def _evaluate(
+        self, step: int, score: Any, *, full: Collection[str] = ()
+    ) -> StepScalars:
         return step_scalars(
-            hparam_values(self._schedules, step, score, full_check=full_check),
+            hparam_values(self._schedules, step, score, full=full),
             use_radam=self._use_radam,
             L2_is_weight_decay=self._L2_is_weight_decay,
         )
@@ -316,14 +330,14 @@ class ScheduledHyperparams:
         >>> Adam(warmup_linear(0.1, 10, 100)).hyperparams_at(5).learn_rate
         0.05
         """
-        return self._evaluate(step, self._last_score, full_check=False)
+        return self._evaluate(step, self._last_score)
 
     def _set_hparam(self, name: str, value: Any) -> None:
         old = self._schedules[name]
         self._schedules[name] = hparam_schedule(name, value)
         self._cached = None
         try:
-            self._scalars(full_check=True)
+            self._scalars(full=() if _plain(value) else (name,))
         except ValueError:
             self._schedules[name] = old
             self._cached = None

@@ -41,9 +41,25 @@ from optsvc.optim.state import (
     shape_conflict,
 )
 from optsvc.optim.step import averaging_rate, step_size
-from optsvc.spec import Arg, checked
+from optsvc.spec import Arg, checked, unchecked
 
 _SGD = UpdateKind.SGD  # a module global: read on every update
+
+# Each argument's type, range and meaning, declared once for Optimizer, SGD,
+# Adam and RAdam and so for their config schemas (see optsvc.spec); the
+# hyperparameters' `Arg`s are those the setters check against (HPARAM_ARGS).
+LearnRate = Annotated[ScheduleT, HPARAM_ARGS["learn_rate"]]
+L2Penalty = Annotated[ScheduleT, HPARAM_ARGS["L2"]]
+Beta1 = Annotated[ScheduleT, HPARAM_ARGS["beta1"]]
+Beta2 = Annotated[ScheduleT, HPARAM_ARGS["beta2"]]
+Eps = Annotated[ScheduleT, HPARAM_ARGS["eps"]]
+GradClip = Annotated[ScheduleT, HPARAM_ARGS["grad_clip"]]
+WeightDecay = Annotated[
+    ScheduleT, Arg("decoupled weight decay (RAdam's name for L2)", ge=0)
+]
+L2IsWeightDecay = Annotated[bool, Arg("apply L2 as decoupled weight decay (AdamW)")]
+UseAverages = Annotated[bool, Arg("keep moving averages of the parameters")]
+UseRAdam = Annotated[bool, Arg("RAdam's rectification of Adam's update")]
 
 
 class Optimizer(ScheduledHyperparams):
@@ -62,18 +78,19 @@ class Optimizer(ScheduledHyperparams):
     False
     """
 
+    @checked()
     def __init__(
         self,
-        learn_rate: ScheduleT,
+        learn_rate: LearnRate,
         *,
-        L2: ScheduleT = ADAM_DEFAULTS["L2"],
-        beta1: ScheduleT = ADAM_DEFAULTS["beta1"],
-        beta2: ScheduleT = ADAM_DEFAULTS["beta2"],
-        eps: ScheduleT = ADAM_DEFAULTS["eps"],
-        grad_clip: ScheduleT = ADAM_DEFAULTS["grad_clip"],
-        use_averages: bool = True,
-        use_radam: bool = False,
-        L2_is_weight_decay: bool = True,
+        L2: L2Penalty = ADAM_DEFAULTS["L2"],
+        beta1: Beta1 = ADAM_DEFAULTS["beta1"],
+        beta2: Beta2 = ADAM_DEFAULTS["beta2"],
+        eps: Eps = ADAM_DEFAULTS["eps"],
+        grad_clip: GradClip = ADAM_DEFAULTS["grad_clip"],
+        use_averages: UseAverages = True,
+        use_radam: UseRAdam = False,
+        L2_is_weight_decay: L2IsWeightDecay = ADAM_DEFAULTS["L2_is_weight_decay"],
         ops: Ops | None = None,
     ) -> None:
         if ops is not None and not isinstance(ops, Ops):
@@ -355,20 +372,12 @@ def _check_arrays(key, weights, gradient, ops: Ops, slot: KeySlot | None) -> Non
         raise shape_conflict(key, slot.shape, weights.shape)
 
 
-# Each argument's type, range and meaning, declared once for SGD, Adam and
-# RAdam and so for their config schemas (see optsvc.spec); the hyperparameters'
-# `Arg`s are those the setters check against (HPARAM_ARGS).
-LearnRate = Annotated[ScheduleT, HPARAM_ARGS["learn_rate"]]
-L2Penalty = Annotated[ScheduleT, HPARAM_ARGS["L2"]]
-Beta1 = Annotated[ScheduleT, HPARAM_ARGS["beta1"]]
-Beta2 = Annotated[ScheduleT, HPARAM_ARGS["beta2"]]
-Eps = Annotated[ScheduleT, HPARAM_ARGS["eps"]]
-GradClip = Annotated[ScheduleT, HPARAM_ARGS["grad_clip"]]
-WeightDecay = Annotated[
-    ScheduleT, Arg("decoupled weight decay (RAdam's name for L2)", ge=0)
-]
-L2IsWeightDecay = Annotated[bool, Arg("apply L2 as decoupled weight decay (AdamW)")]
-UseAverages = Annotated[bool, Arg("keep moving averages of the parameters")]
+def _optimizer(learn_rate: Any, **arguments: Any) -> Optimizer:
+    """An Optimizer of arguments that a registered function's signature
+    (the same declarations as Optimizer's) has checked already."""
+    optimizer = Optimizer.__new__(Optimizer)
+    unchecked(Optimizer.__init__)(optimizer, learn_rate, **arguments)
+    return optimizer
 
 
 @registries.optimizers.register("SGD.v1")
@@ -387,7 +396,7 @@ def SGD(
     >>> SGD(0.1).b1
     0.0
     """
-    return Optimizer(
+    return _optimizer(
         learn_rate,
         L2=L2,
         grad_clip=grad_clip,
@@ -418,7 +427,7 @@ def Adam(
     >>> Adam().learn_rate
     0.001
     """
-    return Optimizer(
+    return _optimizer(
         learn_rate,
         L2=L2,
         beta1=beta1,
@@ -460,7 +469,7 @@ def RAdam(
         )
     if weight_decay is not None:
         L2, L2_is_weight_decay = weight_decay, True
-    return Optimizer(
+    return _optimizer(
         learn_rate,
         L2=ADAM_DEFAULTS["L2"] if L2 is None else L2,
         beta1=beta1,

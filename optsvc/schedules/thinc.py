@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from optsvc import registries
 from optsvc.errors import ConfigError
 from optsvc.schedules.base import Schedule, schedule_fn
-from optsvc.spec import Arg, Rule, checked
+from optsvc.spec import Arg, Param, Rule, checked, show
 
 # Arguments that several schedules take (here and in `optsvc.schedules.extra`),
 # each declared once.
@@ -340,52 +340,16 @@ def _plateau(
 
 # --- Plain Python values as schedules ----------------------------------------
 
-
-def _check_number(fn: str, name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(f"{fn}: '{name}' must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ConfigError(f"{fn}: '{name}' must be finite, got {value!r}")
-
-
-def from_list(values: list[float], *, name: str = "value") -> Schedule[float]:
-    """One value a step; the last one repeats."""
-    if not values:
-        raise ConfigError(f"'{name}' is an empty list; give at least one value")
-    for value in values:
-        _check_number(name, "list item", value)
-    return Schedule("list", _list, attrs={"values": list(values)})
+# What any hyperparameter takes as a plain value: finite numbers (a number, or
+# a non-empty list of them); the ranges are each hyperparameter's own.
+_PLAIN = Param("value", "hyper", Arg())
+_NUMBER = Param("value", "number", Arg())
 
 
 @schedule_fn("list")
 def _list(schedule: Schedule, step: int, **kwargs: Any) -> float:
     values = schedule.attrs["values"]
     return values[step] if step < len(values) else values[-1]
-
-
-def from_generator(generator: Iterator[float], *, name: str = "value") -> Schedule:
-    """The generator's n-th value at step n; its last value once it runs out.
-
-    Steps must not decrease. A generator cannot be saved with the optimizer:
-    use a list or a Schedule for a job that checkpoints.
-    """
-    try:
-        first = next(generator)
-    except StopIteration:
-        raise ConfigError(
-            f"'{name}' is an exhausted generator; it yielded no value"
-        ) from None
-    _check_number(name, "generator value", first)
-    return Schedule(
-        "generator",
-        _generator,
-        attrs={
-            "name": name,
-            "last_step": 0,
-            "last_value": first,
-            "generator": generator,
-        },
-    )
 
 
 @schedule_fn("generator")
@@ -406,22 +370,44 @@ def _generator(schedule: Schedule, step: int, **kwargs: Any) -> float:
     return value
 
 
-def to_schedule(name: str, value: Any) -> Schedule:
-    """Turn a hyperparameter given as a number, list, generator or Schedule
-    into a Schedule; anything else is a ValueError naming `name`."""
+def to_schedule(name: str, value: Any, *, checked: bool = False) -> Schedule:
+    """A hyperparameter given as a number, a list (one value a step, the last
+    repeats), a generator or a Schedule, as a Schedule. The numbers must be
+    finite: `checked` says that the caller has checked them already (against
+    the hyperparameter's range); anything else is a ConfigError naming `name`.
+    """
     if isinstance(value, Schedule):
         return value
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        _check_number(name, "value", value)
-        return constant(float(value))
-    if isinstance(value, (list, tuple)):
-        return from_list(list(value), name=name)
     if isinstance(value, (GeneratorType, Iterator)):
-        return from_generator(value, name=name)
-    raise ConfigError(
-        f"'{name}' must be a number, a list of numbers, a generator or a Schedule; "
-        f"got {type(value).__name__} {value!r}"
-    )
+        return _from_generator(name, value)
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, list, tuple)):
+        raise ConfigError(
+            f"'{name}' must be a number, a list of numbers, a generator or a "
+            f"Schedule, got {show(value)}"
+        )
+    problem = None if checked else _PLAIN.problem(value)
+    if problem:
+        raise ConfigError(f"'{name}' {problem}, got {show(value)}")
+    if isinstance(value, (list, tuple)):
+        return Schedule("list", _list, attrs={"values": list(value)})
+    return Schedule("constant", _constant, attrs={"rate": float(value)})
+
+
+def _from_generator(name: str, generator: Iterator[float]) -> Schedule:
+    """The generator's n-th value at step n; its last value once it runs out.
+    Steps must not decrease, and it cannot be saved with the optimizer (use
+    a list or a Schedule for a job that checkpoints)."""
+    try:
+        first = next(generator)
+    except StopIteration:
+        raise ConfigError(
+            f"'{name}' is an exhausted generator; it yielded no value"
+        ) from None
+    problem = _NUMBER.problem(first)
+    if problem:
+        raise ConfigError(f"'{name}' generator value {problem}, got {show(first)}")
+    attrs = {"name": name, "last_step": 0, "last_value": first}
+    return Schedule("generator", _generator, attrs={**attrs, "generator": generator})
 
 
 __all__ = [
