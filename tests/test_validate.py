@@ -20,6 +20,7 @@ import optsvc
 import optsvc.toys
 from optsvc.bench import optimizer_from_config
 from optsvc.config import build_block, load_optimizer
+from optsvc.config.blocks import check_arguments
 from optsvc.config.parse import (
     ConfigError,
     ConfigIssue,
@@ -27,7 +28,7 @@ from optsvc.config.parse import (
     parse_overrides,
 )
 from optsvc.config.registry import registry
-from optsvc.config.schema import SECTIONS, function_schema
+from optsvc.config.schema import SECTIONS
 from optsvc.config.validation import validate_config
 from optsvc.spec import params_of, rules_of
 
@@ -638,9 +639,13 @@ def test_every_argument_declares_its_meaning():
         for param in params_of(func):
             assert param.arg.desc, (name, param.name)
             assert param.kind != "any", (name, param.name)
-        schema = function_schema(func)
-        for param in params_of(func):
-            assert schema.model_fields[param.name].description == param.arg.desc
+        # What a config is told is that declaration: a block that gives
+        # none of its arguments gets each required one's meaning.
+        issues = []
+        check_arguments(func, {}, "x", name, issues)
+        missing = {i.path: i.hint for i in issues if "missing" in i.message}
+        required = [p for p in params_of(func) if p.required]
+        assert missing == {f"x.{p.name}": p.arg.desc for p in required}
 
 
 # --- one build path ------------------------------------------------------------------

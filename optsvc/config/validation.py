@@ -1,12 +1,12 @@
 """Checking a whole config before anything is built, then building it once.
 
 `validate_config` finds the sections, checks each registered-function block
-against the schema its function declares (`optsvc.config.blocks`) and each
-training section against its own, collects every problem with its dotted
-path, and only then builds the optimizer, once, to catch what only the
-functions themselves know. `optsvc validate`, `optsvc train`, `optsvc bench`
-and `load_optimizer` (the Python API) all go through it, so all four report
-the same errors for the same config.
+against what its function's signature declares (`optsvc.config.blocks`) and
+[system] and [training] against their pydantic models, collects every
+problem with its dotted path, and only then builds the optimizer, once, to
+catch what only the functions themselves know. `optsvc validate`, `optsvc
+train`, `optsvc bench` and `load_optimizer` (the Python API) all go through
+it, so all four report the same errors for the same config.
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from optsvc.config.blocks import (
     SECTION_REGISTRY,
     check_block,
-    check_model,
     construct,
     find_function,
 )
@@ -275,8 +274,36 @@ def _check_settings(name: str, value: Any, report: Report) -> BaseModel | None:
             )
         else:
             args[key] = sub
-    model, _ = check_model(SECTIONS[name], args, name, f"[{name}]", issues)
-    return model
+    model = SECTIONS[name]
+    try:
+        return model.model_validate(args)
+    except ValidationError as err:
+        issues.extend(_section_issue(model, error, name) for error in err.errors())
+        return None
+
+
+# pydantic's words for a bound, and the sign a message shows instead.
+_COMPARISONS = (
+    ("greater than or equal to", ">="),
+    ("less than or equal to", "<="),
+    ("greater than", ">"),
+    ("less than", "<"),
+)
+
+
+def _section_issue(model: type[BaseModel], error: dict, name: str) -> ConfigIssue:
+    """One of pydantic's errors for section `name`, worded as optsvc words a
+    function block's."""
+    key = str(error["loc"][0]) if error["loc"] else ""
+    where = f"{name}.{key}" if key else name
+    if error["type"] == "extra_forbidden":
+        fields = list(model.model_fields)
+        hint = did_you_mean(key, fields) or f"arguments: {', '.join(fields)}"
+        return ConfigIssue(where, f"unknown argument for [{name}]", hint=hint)
+    message = error["msg"].replace("Input should be", "must be")
+    for words, sign in _COMPARISONS:
+        message = message.replace(words, sign)
+    return ConfigIssue(where, message, value=error.get("input"), has_value=True)
 
 
 def _build_optimizer(
