@@ -4,6 +4,7 @@ never make it crash."""
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import re
@@ -468,6 +469,24 @@ def test_warning_for_a_rate_that_dies_early(tmp_path):
     result, output = invoke(["validate", config])
     assert result.exit_code == 0
     assert "warning:" not in output
+
+
+def test_validate_reads_each_schedule_once_a_sampled_step(monkeypatch):
+    # The range check and the dead-rate warning share one reading of the
+    # schedule (3000 steps: every step), plus the optimizer's own at step 0.
+    calls = collections.Counter()
+    call = optsvc.Schedule.__call__
+
+    def counted(self, step, **extra):
+        calls[self.name] += 1
+        return call(self, step, **extra)
+
+    monkeypatch.setattr(optsvc.Schedule, "__call__", counted)
+    config = config_from_str((ROOT / "configs/quickstart.cfg").read_text())
+    report = validate_config(config, for_training=True)
+    assert report.ok and not report.warnings
+    assert config["training"]["max_steps"] == 3000
+    assert calls["warmup_cosine"] == 3000 + 1
 
 
 # --- library level -----------------------------------------------------------------

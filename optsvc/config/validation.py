@@ -34,12 +34,7 @@ from optsvc.config.parse import (
     load_config,
     with_overrides,
 )
-from optsvc.config.preview import (
-    dead_schedule_warnings,
-    hyper_ranges,
-    odd_values,
-    range_errors,
-)
+from optsvc.config.preview import hyper_ranges, odd_values, schedule_issues
 from optsvc.config.resources import size_errors
 from optsvc.config.schema import SECTIONS, SystemSection, TrainingSection
 from optsvc.optim import Optimizer
@@ -322,17 +317,10 @@ def _build_optimizer(
     every = getattr(training, "eval_frequency", section.get("eval_frequency"))
     if not isinstance(max_steps, int) or max_steps <= 0:
         max_steps = None  # none, or spaCy's 0 (no limit): no run to read over
-    try:
-        ranges = hyper_ranges(report.blocks[path][0])
-        report.errors.extend(
-            range_errors(report.optimizer, path, ranges, max_steps, every)
-        )
-        if max_steps:
-            report.warnings.extend(
-                dead_schedule_warnings(report.optimizer, path, max_steps)
-            )
-    except ConfigError as err:
-        report.errors.extend(err.issues)
+    ranges = hyper_ranges(report.blocks[path][0])
+    errors, warnings = schedule_issues(report.optimizer, path, ranges, max_steps, every)
+    report.errors.extend(errors)
+    report.warnings.extend(warnings)
 
 
 __all__ = ["Report", "validate_config", "load_optimizer"]
