@@ -424,9 +424,10 @@ def to_schedule(name: str, value: Any) -> Schedule:
     )
 
 
+# The schedule functions this module defines, each registered as NAME.v1:
+# `optsvc.schedules` and `optsvc` re-export them from this list. PlateauState
+# and to_schedule are imported by name.
 __all__ = [
-    "Schedule",
-    "PlateauState",
     "constant",
     "constant_then",
     "decaying",
@@ -435,5 +436,4 @@ __all__ = [
     "slanted_triangular",
     "cyclic_triangular",
     "plateau",
-    "to_schedule",
 ]
