@@ -12,7 +12,6 @@ of a block that passed, without checking the arguments a second time;
 
 from __future__ import annotations
 
-import difflib
 import numbers
 from collections.abc import Callable
 from typing import Any
@@ -106,7 +105,7 @@ def _arguments(block: dict, path: str, issues: list, found: dict):
     for key, value in block.items():
         if key.startswith("@"):
             continue
-        if isinstance(value, dict) and any(k.startswith("@") for k in value):
+        if _is_block(value):
             # A nested block is a schedule, unless it names another registry
             # that nests (a chain of @loggers).
             inner = "loggers" if "@loggers" in value else "schedules"
@@ -176,8 +175,8 @@ def _reference_problem(reg_name, name, expected, names) -> dict | None:
                 "hint": f"this block needs a function from @{expected}",
             }
         # Its own cutoff, not parse's 0.8: a shared one would change the hints.
-        close = difflib.get_close_matches(reg_name, OWN_REGISTRIES, n=1, cutoff=0.75)
-        hint = f"did you mean '{close[0]}'?" if close else f"use @{expected}"
+        hint = did_you_mean(reg_name, OWN_REGISTRIES, cutoff=0.75)
+        hint = hint or f"use @{expected}"
         return {"message": f"unknown registry @{reg_name}", "hint": hint}
     if reg_name != expected:
         message = f"expects a function from @{expected}, not @{reg_name}"

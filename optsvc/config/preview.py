@@ -14,13 +14,13 @@ from optsvc.config.blocks import find_function
 from optsvc.config.parse import ConfigError, ConfigIssue
 from optsvc.config.schema import TrainingSection
 from optsvc.fileio import TEXT_LIMIT, StateError, read_regular
-from optsvc.optim import Optimizer
+from optsvc.optim import HPARAMS, Optimizer
 from optsvc.schedules.base import Schedule
 from optsvc.spec import Arg, params_of
 
-# Attribute names of a hyperparameter on the optimizer, by argument name.
-ATTRS = {"learn_rate": "learn_rate", "L2": "L2", "beta1": "b1", "beta2": "b2",
-         "eps": "eps", "grad_clip": "grad_clip"}  # fmt: skip
+# Attribute names of a hyperparameter on the optimizer, by argument name
+# (Thinc's: the betas are b1 and b2).
+ATTRS = {name: {"beta1": "b1", "beta2": "b2"}.get(name, name) for name in HPARAMS}
 DEFAULT_HORIZON = 1000
 DEFAULT_EVAL_FREQUENCY = TrainingSection.model_fields["eval_frequency"].default
 

@@ -25,6 +25,7 @@ from optsvc.config.blocks import (
     find_function,
 )
 from optsvc.config.parse import (
+    OPTSVC_SECTIONS,
     ConfigError,
     ConfigIssue,
     ConfigSections,
@@ -234,14 +235,9 @@ def _check_sections(
         elif name in SECTIONS:
             settings[name] = _check_settings(name, value, report)
         else:
-            hint = did_you_mean(name, [*SECTIONS, *SECTION_REGISTRY, "optimizer"])
-            report.errors.append(
-                ConfigIssue(
-                    name,
-                    "unknown section",
-                    hint=hint or "sections: system, data, model, training, optimizer",
-                )
-            )
+            hint = did_you_mean(name, OPTSVC_SECTIONS)
+            hint = hint or f"sections: {', '.join(OPTSVC_SECTIONS)}"
+            report.errors.append(ConfigIssue(name, "unknown section", hint=hint))
     for name in ("data", "model", "training") if for_training else ():
         if name not in config:
             report.errors.append(
