@@ -14,7 +14,7 @@ from rich.text import Text
 from optsvc.config import ConfigError, Report
 from optsvc.config.blocks import find_function
 from optsvc.config.preview import describe
-from optsvc.config.schema import config_params
+from optsvc.spec import params_of
 
 
 def closed_pipe() -> None:
@@ -98,7 +98,7 @@ def summary(report: Report, source: str) -> None:
 def _arguments_of(optimizer_name: str) -> set[str] | None:
     """The arguments a registered optimizer takes (None: not known)."""
     found = find_function("optimizers", optimizer_name)
-    return None if found is None else {p.name for p in config_params(found[1])}
+    return None if found is None else {p.name for p in params_of(found[1])}
 
 
 def registry_listing(registry, names: list[str]) -> None:
@@ -111,7 +111,7 @@ def registry_listing(registry, names: list[str]) -> None:
         table.add_column("what it does")
         for name, func in sorted(reg.get_all().items()):
             args = []
-            for p in config_params(func):
+            for p in params_of(func):
                 shown = p.name
                 if p.default is not inspect.Parameter.empty:
                     shown += f"={p.default!r}"

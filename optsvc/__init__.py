@@ -6,6 +6,7 @@
 0.0
 """
 
+from . import schedules
 from .about import __version__
 from .backends import (
     CupyOps,
@@ -26,23 +27,9 @@ from .errors import (
     StateError,
 )
 from .optim import SGD, Adam, Optimizer, ParamStore, RAdam
-from .schedules import (
-    Schedule,
-    compounding,
-    constant,
-    constant_then,
-    cyclic_triangular,
-    decaying,
-    exponential_decay,
-    linear_warmup,
-    one_cycle,
-    piecewise_constant,
-    plateau,
-    slanted_triangular,
-    step_decay,
-    warmup_cosine,
-    warmup_linear,
-)
+from .schedules import Schedule
+from .schedules.extra import *  # noqa: F403  (the schedule functions)
+from .schedules.thinc import *  # noqa: F403
 
 
 def __getattr__(name: str):
@@ -63,21 +50,8 @@ __all__ = [
     "Adam",
     "RAdam",
     "Schedule",
-    "constant",
-    "constant_then",
-    "decaying",
-    "compounding",
-    "warmup_linear",
-    "slanted_triangular",
-    "cyclic_triangular",
-    "plateau",
-    "warmup_cosine",
-    "exponential_decay",
-    "step_decay",
-    "piecewise_constant",
-    "linear_warmup",
-    "one_cycle",
-    "registry",
+    *schedules.SCHEDULES,
+    "registry",  # noqa: F405  (loaded on first use, by __getattr__)
     "Ops",
     "NumpyOps",
     "CupyOps",

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 import optsvc
 from optsvc.config import ConfigError, ConfigIssue
 from optsvc.config.registry import registry
-from optsvc.config.schema import config_params
 from optsvc.errors import OptsvcError
+from optsvc.spec import params_of
 
 runner = CliRunner()
 
@@ -140,7 +140,7 @@ def test_registry_schedules_lists_every_schedule(wide):
     for name, func in registry.schedules.get_all().items():
         row = next((line for line in lines if f" {name} " in line), None)
         assert row is not None, name
-        for param in config_params(func):
+        for param in params_of(func):
             assert param.name in row, (name, param.name)
             if param.default is not inspect.Parameter.empty:
                 assert f"{param.name}={param.default!r}" in row

@@ -111,7 +111,7 @@ def test_third_party_schedule_through_an_entry_point(tmp_path, monkeypatch):
 
 
 def test_every_registered_function_checks_its_python_calls():
-    # The same declarations (optsvc.spec) that the config schemas read.
+    # The same declarations (optsvc.spec) that the config check reads.
     for name in ("optimizers", "schedules", "datasets", "models", "loggers"):
         for func_name, func in getattr(registry, name).get_all().items():
             assert unchecked(func) is not func, func_name

@@ -4,8 +4,10 @@ optsvc (per key and through a ParamStore), and optsvc without Thinc.
 The spaCy command line is exercised in tests/test_spacy_train.py.
 """
 
+import inspect
 import subprocess
 import sys
+import typing
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 
 import optsvc
 from optsvc import registries
+from optsvc.spec import params_of
 
 thinc_api = pytest.importorskip(
     "thinc.api", reason="Thinc comes with the 'thinc', 'spacy' and 'compare' extras"
@@ -46,6 +49,91 @@ def test_every_optsvc_schedule_is_in_thincs_registry():
         assert made.__wrapped__ is registries.schedules.get(name)
     group = {ep.name for ep in entry_points(group="thinc_schedules")}
     assert {f"optsvc.{n}" for n in names} <= group
+
+
+def own_functions(registry_name):
+    """optsvc's own functions in one of its registries (no third party's)."""
+    functions = getattr(registries, registry_name).get_all()
+    return {n: f for n, f in functions.items() if f.__module__.startswith("optsvc.")}
+
+
+ADAPTED = [(r, n) for r in ("optimizers", "schedules") for n in own_functions(r)]
+
+
+def test_entry_points_name_every_registered_function():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11's")
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    groups = pyproject["project"]["entry-points"]
+    for registry_name in ("optimizers", "schedules"):
+        functions = own_functions(registry_name)
+        points = groups[f"thinc_{registry_name}"]
+        assert sorted(points) == sorted(f"optsvc.{name}" for name in functions)
+        for point, target in points.items():
+            module, _, attr = target.partition(":")
+            assert module == integration.__name__ and attr in integration.__all__
+            func = functions[point.removeprefix("optsvc.")]
+            assert getattr(integration, attr).__wrapped__ is func
+
+
+@pytest.mark.parametrize("registry_name, name", ADAPTED)
+def test_each_adapter_takes_the_arguments_of_optsvcs_function(registry_name, name):
+    func = own_functions(registry_name)[name]
+    adapter = getattr(integration, func.__name__)
+
+    def arguments(f):
+        params = inspect.signature(f).parameters.values()
+        return [(p.name, p.kind, p.default) for p in params if p.name != "ops"]
+
+    assert arguments(adapter) == arguments(func)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_optimizer_adapters_annotate_as_thinc_does(name):
+    # Each hyperparameter is Thinc's FloatOrSeq (or None, where optsvc's
+    # default is None), so confection checks a config as for Thinc's own;
+    # other arguments keep optsvc's type.
+    from thinc.optimizers import FloatOrSeq
+
+    func = registries.optimizers.get(name)
+    hints = typing.get_type_hints(getattr(integration, func.__name__))
+    thincs = typing.get_type_hints(thinc_api.registry.optimizers.get(name))
+    assert hints.pop("return") is integration.ThincOptimizer
+    for param in params_of(func):
+        hint = hints.pop(param.name)
+        if param.kind == "hyper":
+            assert hint == (FloatOrSeq | None if param.optional else FloatOrSeq)
+        else:
+            assert hint == typing.get_type_hints(func)[param.name]
+        if param.name in thincs:  # RAdam's L2 may be None, unlike Thinc's
+            assert hint in (thincs[param.name], thincs[param.name] | None)
+    assert hints == {}
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize(
+    "arg, value",
+    [("learn_rate", "true"), ("learn_rate", "null"), ("L2", '{"a": 1}'),
+     ("beta1", '"x"'), ("use_averages", '"yes"'), ("L2_is_weight_decay", "3"),
+     ("grad_clip", "[0.1, 0.2]"), ("nope", "1")],
+)  # fmt: skip
+def test_confection_checks_an_adapter_block_as_thincs_own(name, arg, value):
+    from confection import ConfigValidationError
+
+    def refused(registered):
+        text = f'[optimizer]\n@optimizers = "{registered}"\n{arg} = {value}\n'
+        if name == "SGD.v1" and arg != "learn_rate":
+            text += "learn_rate = 0.1\n"
+        try:
+            resolve(text)
+        except ConfigValidationError as err:
+            return [line for line in str(err).splitlines() if "->" in line]
+        except (ValueError, TypeError):  # the function's own check, past confection's
+            return None
+        return None
+
+    if name == "SGD.v1" and arg == "beta1":
+        arg = "nope"  # SGD has no beta1 in either
+    assert refused(f"optsvc.{name}") == refused(name)
 
 
 def test_entry_points_found_in_a_fresh_process_without_importing_optsvc():

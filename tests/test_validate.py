@@ -4,6 +4,7 @@ never make it crash."""
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import re
@@ -20,6 +21,7 @@ import optsvc
 import optsvc.toys
 from optsvc.bench import optimizer_from_config
 from optsvc.config import build_block, load_optimizer
+from optsvc.config.blocks import check_arguments
 from optsvc.config.parse import (
     ConfigError,
     ConfigIssue,
@@ -27,7 +29,7 @@ from optsvc.config.parse import (
     parse_overrides,
 )
 from optsvc.config.registry import registry
-from optsvc.config.schema import SECTIONS, function_schema
+from optsvc.config.schema import SECTIONS
 from optsvc.config.validation import validate_config
 from optsvc.spec import params_of, rules_of
 
@@ -469,6 +471,24 @@ def test_warning_for_a_rate_that_dies_early(tmp_path):
     assert "warning:" not in output
 
 
+def test_validate_reads_each_schedule_once_a_sampled_step(monkeypatch):
+    # The range check and the dead-rate warning share one reading of the
+    # schedule (3000 steps: every step), plus the optimizer's own at step 0.
+    calls = collections.Counter()
+    call = optsvc.Schedule.__call__
+
+    def counted(self, step, **extra):
+        calls[self.name] += 1
+        return call(self, step, **extra)
+
+    monkeypatch.setattr(optsvc.Schedule, "__call__", counted)
+    config = config_from_str((ROOT / "configs/quickstart.cfg").read_text())
+    report = validate_config(config, for_training=True)
+    assert report.ok and not report.warnings
+    assert config["training"]["max_steps"] == 3000
+    assert calls["warmup_cosine"] == 3000 + 1
+
+
 # --- library level -----------------------------------------------------------------
 
 
@@ -638,9 +658,13 @@ def test_every_argument_declares_its_meaning():
         for param in params_of(func):
             assert param.arg.desc, (name, param.name)
             assert param.kind != "any", (name, param.name)
-        schema = function_schema(func)
-        for param in params_of(func):
-            assert schema.model_fields[param.name].description == param.arg.desc
+        # What a config is told is that declaration: a block that gives
+        # none of its arguments gets each required one's meaning.
+        issues = []
+        check_arguments(func, {}, "x", name, issues)
+        missing = {i.path: i.hint for i in issues if "missing" in i.message}
+        required = [p for p in params_of(func) if p.required]
+        assert missing == {f"x.{p.name}": p.arg.desc for p in required}
 
 
 # --- one build path ------------------------------------------------------------------

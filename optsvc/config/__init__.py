@@ -1,8 +1,8 @@
-"""Config files: reading them (`parse`), the pydantic schemas derived from
-each registered function's signature (`schema`), checking and building one
-registered-function block (`blocks`), checking and building a whole config
-(`validation`), confection's view of the registries (`registry`) and the
-values of schedules over the steps (`preview`).
+"""Config files: reading them (`parse`), the pydantic models of [system] and
+[training] (`schema`), checking one registered-function block against its
+function's signature and building it (`blocks`), checking and building a
+whole config (`validation`), confection's view of the registries
+(`registry`) and the values of schedules over the steps (`preview`).
 
 The names below are the config layer's interface to the layers above it
 (training, bench, the CLI) and to Python users: `load_optimizer` builds an

@@ -1,23 +1,26 @@
 """One registered-function block of a config (`[optimizer]`, `[data]`, ...):
-checking it against the schema its function declares, and building it.
+checking it against what its function's signature declares, and building it.
 
 `check_block` collects every problem of a block and of the blocks nested in
-it, each with its dotted path; `construct` calls the functions of a block that
-passed, without checking the arguments a second time; `build_block` does both.
+it, each with its dotted path: an unknown argument (with a did-you-mean), a
+missing one (with its description), each value against its `optsvc.spec.Param`
+(worded for a config file, where a nested block stands for a Python object),
+then the function's `Rule`s across arguments. `construct` calls the functions
+of a block that passed, without checking the arguments a second time;
+`build_block` does both.
 """
 
 from __future__ import annotations
 
-import difflib
+import numbers
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
 from optsvc.config.parse import OWN_REGISTRIES, ConfigError, ConfigIssue, did_you_mean
 from optsvc.config.registry import registry
-from optsvc.config.schema import Nested, function_schema
-from optsvc.spec import params_of, rules_of, unchecked
+from optsvc.loggers.base import LoggerFactory
+from optsvc.schedules.base import Schedule
+from optsvc.spec import Param, params_of, rules_of, unchecked
 
 # Which registry each optsvc section's block names, and an example.
 SECTION_REGISTRY = {"data": ("datasets", "blobs.v1"), "model": ("models", "mlp.v1")}
@@ -31,6 +34,23 @@ FOREIGN_REGISTRIES = frozenset(
 # Thinc's registries hold optsvc's functions as "optsvc.<name>" (through entry
 # points), and spaCy configs use that spelling: it names the same function.
 THINC_PREFIX = "optsvc."
+# The registry whose functions build each class a nested block may stand for.
+BLOCK_REGISTRY: dict[type, str] = {Schedule: "schedules", LoggerFactory: "loggers"}
+SCHEDULE_BLOCK = 'a [schedule] block (a section with @schedules = "...")'
+BLOCK_WORDS = {
+    "schedules": SCHEDULE_BLOCK,
+    "loggers": 'a [logger] block (a section with @loggers = "...")',
+}
+
+
+class Nested:
+    """A nested registered-function block that was checked on its own."""
+
+    def __init__(self, registry: str, name: str) -> None:
+        self.registry, self.name = registry, name
+
+    def __repr__(self) -> str:
+        return f"<{self.registry}: {self.name}>"
 
 
 def known(registry_name: str) -> list[str]:
@@ -58,7 +78,7 @@ def check_block(
 ) -> Nested | None:
     """Check one registered-function block and its nested blocks; add every
     problem to `issues` and each block that passed to `found` (path -> (name,
-    block)). Returns a marker for the parent's schema check."""
+    block)). Returns a marker for the check of the parent's arguments."""
     if not isinstance(block, dict):
         issues.append(
             ConfigIssue(path, f"must be a section naming a function from @{expected}")
@@ -71,10 +91,8 @@ def check_block(
     if reference is None:
         return None
     reg_name, name, func = reference
-    schema = function_schema(func)
     args.update(_sections_given_as_values(func, block, sections, path, issues))
-    _, failed = check_model(schema, args, path, name, issues)
-    _check_rules(func, schema, args, failed, path, issues)
+    check_arguments(func, args, path, name, issues)
     found[path] = (name, block)
     return Nested(reg_name, name)
 
@@ -87,7 +105,7 @@ def _arguments(block: dict, path: str, issues: list, found: dict):
     for key, value in block.items():
         if key.startswith("@"):
             continue
-        if isinstance(value, dict) and any(k.startswith("@") for k in value):
+        if _is_block(value):
             # A nested block is a schedule, unless it names another registry
             # that nests (a chain of @loggers).
             inner = "loggers" if "@loggers" in value else "schedules"
@@ -104,13 +122,13 @@ def _arguments(block: dict, path: str, issues: list, found: dict):
 def _sections_given_as_values(func, block, sections, path, issues) -> dict:
     """Subsections without a function: the value of an argument that takes a
     mapping (MLflow's tags), an error where another value is expected, else
-    left for the schema to report as unknown arguments."""
+    left for `check_arguments` to report as unknown arguments."""
     unknown = {}
     kinds = {p.name: p.kind for p in params_of(func)}
     for key in sections:
-        if kinds.get(key) == "mapping":
+        if kinds.get(key, "mapping") == "mapping":
             unknown[key] = block[key]
-        elif key in kinds:
+        else:
             issues.append(
                 ConfigIssue(
                     f"{path}.{key}",
@@ -118,8 +136,6 @@ def _sections_given_as_values(func, block, sections, path, issues) -> dict:
                     hint="add @schedules = ... to make it a schedule",
                 )
             )
-        else:
-            unknown[key] = block[key]
     return unknown
 
 
@@ -159,8 +175,8 @@ def _reference_problem(reg_name, name, expected, names) -> dict | None:
                 "hint": f"this block needs a function from @{expected}",
             }
         # Its own cutoff, not parse's 0.8: a shared one would change the hints.
-        close = difflib.get_close_matches(reg_name, OWN_REGISTRIES, n=1, cutoff=0.75)
-        hint = f"did you mean '{close[0]}'?" if close else f"use @{expected}"
+        hint = did_you_mean(reg_name, OWN_REGISTRIES, cutoff=0.75)
+        hint = hint or f"use @{expected}"
         return {"message": f"unknown registry @{reg_name}", "hint": hint}
     if reg_name != expected:
         message = f"expects a function from @{expected}, not @{reg_name}"
@@ -176,55 +192,67 @@ def _reference_problem(reg_name, name, expected, names) -> dict | None:
     return None
 
 
-_COMPARISONS = (
-    ("greater than or equal to", ">="),
-    ("less than or equal to", "<="),
-    ("greater than", ">"),
-    ("less than", "<"),
-)
+def check_arguments(func: Callable, args: dict, path: str, what: str, issues: list):
+    """Check a block's arguments against `func`'s declared parameters, then
+    its rules across arguments; add each problem to `issues`. `what` names
+    the function in messages ("warmup_linear.v1")."""
+    params = params_of(func)
+    names = [p.name for p in params]
+    failed = set()
+    for param in params:
+        where, value = _at(path, param.name), args.get(param.name, _MISSING)
+        if value is _MISSING and param.required:
+            message = f"missing required argument of {what}"
+            issue = ConfigIssue(where, message, hint=param.arg.desc)
+        elif value is not _MISSING and (problem := _config_problem(param, value)):
+            issue = ConfigIssue(where, problem, value=value, has_value=True)
+        else:
+            continue
+        failed.add(param.name)
+        issues.append(issue)
+    for key in (k for k in args if k not in names):
+        failed.add(key)
+        hint = did_you_mean(key, names) or f"arguments: {', '.join(names)}"
+        issues.append(
+            ConfigIssue(_at(path, key), f"unknown argument for {what}", hint=hint)
+        )
+    _check_rules(func, args, failed, path, issues)
 
 
-def check_model(
-    schema: type[BaseModel], args: dict, path: str, what: str, issues: list
-) -> tuple[BaseModel | None, set[str]]:
-    """Validate `args` against `schema`: the model, or None and the names of
-    the arguments that failed (each problem added to `issues`)."""
-    try:
-        return schema.model_validate(args), set()
-    except ValidationError as err:
-        failed = set()
-        for error in err.errors():
-            key = str(error["loc"][0]) if error["loc"] else ""
-            failed.add(key)
-            issues.append(_issue(schema, error, path, key, what))
-        return None, failed
+_MISSING = object()
 
 
-def _issue(schema, error: dict, path: str, key: str, what: str) -> ConfigIssue:
-    where = f"{path}.{key}" if key else path
-    fields = list(schema.model_fields)
-    if error["type"] == "extra_forbidden":
-        hint = did_you_mean(key, fields) or f"arguments: {', '.join(fields)}"
-        return ConfigIssue(where, f"unknown argument for {what}", hint=hint)
-    if error["type"] == "missing":
-        desc = schema.model_fields[key].description or ""
-        return ConfigIssue(where, f"missing required argument of {what}", hint=desc)
-    message = error["msg"].removeprefix("Value error, ")
-    message = message.replace("Input should be", "must be")
-    for words, sign in _COMPARISONS:
-        message = message.replace(words, sign)
-    return ConfigIssue(where, message, value=error.get("input"), has_value=True)
+def _at(path: str, key: str) -> str:
+    return f"{path}.{key}" if key else path
 
 
-def _check_rules(func, schema, args: dict, failed: set, path: str, issues) -> None:
+def _config_problem(param: Param, x: Any) -> str | None:
+    """`param.problem(x)`, worded for a config file, where a nested block
+    (here a `Nested` marker) stands for a schedule or a logger."""
+    block = "schedules" if param.kind == "hyper" else BLOCK_REGISTRY.get(param.cls)
+    if isinstance(x, Nested) and param.kind in ("hyper", "instance"):
+        return None if block in (None, x.registry) else f"must be {BLOCK_WORDS[block]}"
+    if x is None and param.optional:
+        return None
+    if param.kind == "hyper" and not isinstance(x, (numbers.Number, list)):
+        return f"must be a number, a list of numbers or {SCHEDULE_BLOCK}"
+    if param.kind == "instance" and block:
+        return f"must be {BLOCK_WORDS[block]}"
+    return param.problem(x)
+
+
+def with_defaults(func: Callable, args: dict) -> dict[str, Any]:
+    """A block's arguments (its @-key left out) with `func`'s defaults
+    filled in."""
+    values = {p.name: p.default for p in params_of(func) if not p.required}
+    values.update({k: v for k, v in args.items() if not str(k).startswith("@")})
+    return values
+
+
+def _check_rules(func, args: dict, failed: set, path: str, issues) -> None:
     """The function's rules across arguments, over the values that passed
     their own checks (defaults filled in)."""
-    values = {
-        name: info.default
-        for name, info in schema.model_fields.items()
-        if not info.is_required()
-    }
-    values.update(args)
+    values = with_defaults(func, args)
     for rule in rules_of(func):
         names = rule.names
         if failed & set(names) or any(isinstance(values.get(n), Nested) for n in names):
@@ -284,4 +312,12 @@ def _registry_named(block: Any, path: str) -> str:
     return next((r for r in refs if r in OWN_REGISTRIES), "optimizers")
 
 
-__all__ = ["build_block", "check_block", "construct", "find_function", "known"]
+__all__ = [
+    "build_block",
+    "check_arguments",
+    "check_block",
+    "construct",
+    "find_function",
+    "known",
+    "with_defaults",
+]

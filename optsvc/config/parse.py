@@ -26,9 +26,9 @@ SPACY_SECTIONS = {"nlp", "components", "corpora", "paths", "pretraining", "initi
 OPTSVC_SECTIONS = ("system", "data", "model", "training", "optimizer")
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
+def did_you_mean(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
     """'did you mean X?' for the closest of `choices`, or ''."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
     return f"did you mean '{close[0]}'?" if close else ""
 
 
@@ -340,7 +340,7 @@ def _has_section(config: dict, dotted: str) -> bool:
 
 # The registries whose blocks optsvc checks; any other (Thinc's @layers,
 # spaCy's @readers, ...) marks a Thinc or spaCy config.
-OWN_REGISTRIES = ("optimizers", "schedules", "datasets", "models", "loggers")
+OWN_REGISTRIES = tuple(registries.__all__)
 # Where Thinc and spaCy keep the optimizer a run trains with, by preference.
 PREFERRED_BLOCKS = ("training.optimizer", "optimizer")
 
@@ -393,7 +393,7 @@ def _find_blocks(node: dict, prefix: str, found: dict[str, list[str]]) -> None:
 
 def _is_own_typo(registry: str) -> bool:
     """`@schedulez`: a misspelt registry of optsvc's, not a foreign one."""
-    close = difflib.get_close_matches(registry, OWN_REGISTRIES, n=1, cutoff=0.8)
+    close = did_you_mean(registry, OWN_REGISTRIES, cutoff=0.8)
     return registry in OWN_REGISTRIES or bool(close)
 
 

@@ -14,13 +14,13 @@ from optsvc.config.blocks import find_function
 from optsvc.config.parse import ConfigError, ConfigIssue
 from optsvc.config.schema import TrainingSection
 from optsvc.fileio import TEXT_LIMIT, StateError, read_regular
-from optsvc.optim import Optimizer
+from optsvc.optim import HPARAMS, Optimizer
 from optsvc.schedules.base import Schedule
 from optsvc.spec import Arg, params_of
 
-# Attribute names of a hyperparameter on the optimizer, by argument name.
-ATTRS = {"learn_rate": "learn_rate", "L2": "L2", "beta1": "b1", "beta2": "b2",
-         "eps": "eps", "grad_clip": "grad_clip"}  # fmt: skip
+# Attribute names of a hyperparameter on the optimizer, by argument name
+# (Thinc's: the betas are b1 and b2).
+ATTRS = {name: {"beta1": "b1", "beta2": "b2"}.get(name, name) for name in HPARAMS}
 DEFAULT_HORIZON = 1000
 DEFAULT_EVAL_FREQUENCY = TrainingSection.model_fields["eval_frequency"].default
 
@@ -61,17 +61,30 @@ def default_steps(
     return steps, None
 
 
-def schedule_range(
-    schedule: Schedule, name: str, arg: Arg, steps: int, every: int | None
-) -> str | None:
-    """What is wrong with the values `schedule` takes over `steps` for a
-    hyperparameter whose range is `arg`: a value outside the range (read at
-    most 2000 evenly spaced steps and the last), or a plateau whose scale
-    can carry it out over the evaluations of the run; else None."""
+def _readings(
+    schedule: Schedule, name: str, steps: int
+) -> list[tuple[int, float | None, str | None]]:
+    """(step, value, reason) at most 2000 evenly spaced steps of `steps` and
+    the last, each step read once (see `_evaluate`), up to the first step at
+    which the schedule fails."""
     stride = max(1, steps // 2000)
+    readings = []
+    for step in dict.fromkeys([*range(0, steps, stride), steps - 1]):
+        value, reason = _evaluate(schedule, name, step)
+        readings.append((step, value, reason))
+        if value is None:
+            break
+    return readings
+
+
+def _range_problem(
+    readings: list, schedule: Schedule, name: str, arg: Arg, every: int | None
+) -> str | None:
+    """What is wrong with a hyperparameter's `_readings` for its range `arg`:
+    a value outside it, or a plateau whose scale can carry it out over the
+    evaluations of the run; else None."""
     highest = -math.inf
-    for step in [*range(0, steps, stride), steps - 1]:
-        value, _ = _evaluate(schedule, name, step)
+    for step, value, _ in readings:
         if value is None:
             return None  # a failing schedule is reported on its own
         if not arg.in_range(value):
@@ -80,6 +93,7 @@ def schedule_range(
                 f"be {arg.expected()}"
             )
         highest = max(highest, value)
+    steps = readings[-1][0] + 1  # none failed: the last is the run's last step
     growth = _plateau_growth(schedule, steps, every or DEFAULT_EVAL_FREQUENCY)
     if growth is None:
         return None
@@ -123,25 +137,56 @@ def hyper_ranges(optimizer_name: str) -> dict[str, Arg]:
     return {p.name: p.arg for p in params_of(found[1]) if p.kind == "hyper"}
 
 
-def range_errors(
+def schedule_issues(
     optimizer: Optimizer,
     opt_path: str,
     ranges: dict[str, Arg],
     max_steps: int | None,
     every: int | None = None,
-) -> list[ConfigIssue]:
-    """One issue per scheduled hyperparameter whose values over the run
-    (training.max_steps, else the schedule's own length, else 1000 steps)
-    leave the range its optimizer declares."""
-    issues = []
+) -> tuple[list[ConfigIssue], list[ConfigIssue]]:
+    """(errors, warnings) from each scheduled hyperparameter's values over the
+    run (training.max_steps, else the schedule's own length, else 1000
+    steps), read once a sampled step for every check: a value outside the
+    range its optimizer declares; with `max_steps`, a schedule that fails
+    before it, else a learn_rate that is 0 long before it (a warning). The
+    schedules are read, not the optimizer, whose step is left alone."""
+    errors, failures, warnings = [], [], []
     for name, schedule in optimizer.schedules.items():
-        if schedule.name == "constant" or name not in ranges:
-            continue
+        if schedule.name == "constant" or not (max_steps or name in ranges):
+            continue  # a constant never leaves its range nor dies part-way
         steps = max_steps or horizon(schedule) or DEFAULT_HORIZON
-        problem = schedule_range(schedule, name, ranges[name], steps, every)
-        if problem:
-            issues.append(ConfigIssue(f"{opt_path}.{name}", problem))
-    return issues
+        readings = _readings(schedule, name, steps)
+        arg = ranges.get(name)
+        if arg and (problem := _range_problem(readings, schedule, name, arg, every)):
+            errors.append(ConfigIssue(f"{opt_path}.{name}", problem))
+        failed = [(step, why) for step, _, why in readings if why]
+        if max_steps and failed:
+            failures.append(failed[0])
+        elif max_steps and name == "learn_rate":
+            warnings += _dead_warning(readings, f"{opt_path}.{name}", max_steps)
+    if failures:
+        step, why = min(failures, key=lambda failure: failure[0])
+        message = f"a schedule fails at step {step}, before training.max_steps"
+        message += f" ({max_steps}): {why}"
+        return [*errors, ConfigIssue(opt_path, message)], []
+    return errors, warnings
+
+
+def _dead_warning(readings: list, path: str, max_steps: int) -> list[ConfigIssue]:
+    """A warning when learn_rate's readings (none failing) are 0 from some
+    step on, long before `max_steps`."""
+    stride = max(1, max_steps // 2000)
+    last_live = max((step for step, value, _ in readings if value > 0), default=-1)
+    dead_from = last_live + stride
+    if last_live < 0 or 10 * dead_from >= 9 * max_steps:
+        return []
+    return [
+        ConfigIssue(
+            path,
+            f"reaches 0 at about step {dead_from}, long before training.max_steps "
+            f"({max_steps}); the steps after that will not change the weights",
+        )
+    ]
 
 
 def odd_values(blocks: dict[str, tuple[str, dict]]) -> list[ConfigIssue]:
@@ -242,43 +287,6 @@ def schedule_values(
                 raise _step_failure(f"the schedule of '{p}'", step, err) from None
         optimizer.step_schedules()
     return values
-
-
-def dead_schedule_warnings(
-    optimizer: Optimizer, opt_path: str, max_steps: int
-) -> list[ConfigIssue]:
-    """A warning when learn_rate is 0 from some step on, long before
-    `max_steps`; a ConfigError when a schedule fails before `max_steps`.
-    Reads the schedules (at most 2000 evenly spaced steps), not the optimizer,
-    whose step it leaves alone."""
-    stride = max(1, max_steps // 2000)
-    schedules = {n: s for n, s in optimizer.schedules.items() if s.name != "constant"}
-    # A constant learn_rate never dies part-way: only a scheduled one is read.
-    last_live = -1
-    for step in range(0, max_steps, stride) if schedules else ():
-        for name, schedule in schedules.items():
-            value, reason = _evaluate(schedule, name, step)
-            if reason:
-                raise ConfigError(
-                    ConfigIssue(
-                        opt_path,
-                        f"a schedule fails at step {step}, before "
-                        f"training.max_steps ({max_steps}): {reason}",
-                    )
-                )
-            if name == "learn_rate" and value > 0:
-                last_live = step
-    dead_from = last_live + stride
-    if last_live >= 0 and 10 * dead_from < 9 * max_steps:
-        return [
-            ConfigIssue(
-                f"{opt_path}.learn_rate",
-                f"reaches 0 at about step {dead_from}, long before "
-                f"training.max_steps ({max_steps}); the steps after that will not "
-                "change the weights",
-            )
-        ]
-    return []
 
 
 def _evaluate(

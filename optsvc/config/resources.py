@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from optsvc.config.blocks import with_defaults
 from optsvc.config.parse import ConfigIssue
-from optsvc.spec import params_of
 
 # float32 arrays per parameter: weights, gradient, two Adam moments,
 # averages, the best weights kept.
@@ -27,14 +27,6 @@ def memory_limit() -> int:
         return 2**40
 
 
-def _arguments(found: tuple[str, dict] | None, func) -> dict[str, Any]:
-    """A block's arguments with its function's defaults filled in."""
-    values = {p.name: p.default for p in params_of(func) if not p.required}
-    if found:
-        values.update({k: v for k, v in found[1].items() if not k.startswith("@")})
-    return values
-
-
 def _widths(model: dict[str, Any]) -> list[int]:
     width, depth = model.get("hidden_width"), model.get("depth")
     if isinstance(width, int) and isinstance(depth, int):
@@ -45,8 +37,8 @@ def _widths(model: dict[str, Any]) -> list[int]:
 def needs(blocks: dict, functions: dict, batch_size: int) -> dict[str, int]:
     """Bytes the data, the model and one batch's activations need, by the
     config path that sets their size."""
-    data = _arguments(blocks.get("data"), functions["data"])
-    model = _arguments(blocks.get("model"), functions["model"])
+    data = with_defaults(functions["data"], blocks.get("data", ("", {}))[1])
+    model = with_defaults(functions["model"], blocks.get("model", ("", {}))[1])
     n_in = data.get("n_features", 2)
     n_out = data.get("n_classes", data.get("n_outputs", 1))
     n_samples = data.get("n_samples", 0)

@@ -1,12 +1,12 @@
 """Checking a whole config before anything is built, then building it once.
 
 `validate_config` finds the sections, checks each registered-function block
-against the schema its function declares (`optsvc.config.blocks`) and each
-training section against its own, collects every problem with its dotted
-path, and only then builds the optimizer, once, to catch what only the
-functions themselves know. `optsvc validate`, `optsvc train`, `optsvc bench`
-and `load_optimizer` (the Python API) all go through it, so all four report
-the same errors for the same config.
+against what its function's signature declares (`optsvc.config.blocks`) and
+[system] and [training] against their pydantic models, collects every
+problem with its dotted path, and only then builds the optimizer, once, to
+catch what only the functions themselves know. `optsvc validate`, `optsvc
+train`, `optsvc bench` and `load_optimizer` (the Python API) all go through
+it, so all four report the same errors for the same config.
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from optsvc.config.blocks import (
     SECTION_REGISTRY,
     check_block,
-    check_model,
     construct,
     find_function,
 )
 from optsvc.config.parse import (
+    OPTSVC_SECTIONS,
     ConfigError,
     ConfigIssue,
     ConfigSections,
@@ -35,12 +35,7 @@ from optsvc.config.parse import (
     load_config,
     with_overrides,
 )
-from optsvc.config.preview import (
-    dead_schedule_warnings,
-    hyper_ranges,
-    odd_values,
-    range_errors,
-)
+from optsvc.config.preview import hyper_ranges, odd_values, schedule_issues
 from optsvc.config.resources import size_errors
 from optsvc.config.schema import SECTIONS, SystemSection, TrainingSection
 from optsvc.optim import Optimizer
@@ -240,14 +235,9 @@ def _check_sections(
         elif name in SECTIONS:
             settings[name] = _check_settings(name, value, report)
         else:
-            hint = did_you_mean(name, [*SECTIONS, *SECTION_REGISTRY, "optimizer"])
-            report.errors.append(
-                ConfigIssue(
-                    name,
-                    "unknown section",
-                    hint=hint or "sections: system, data, model, training, optimizer",
-                )
-            )
+            hint = did_you_mean(name, OPTSVC_SECTIONS)
+            hint = hint or f"sections: {', '.join(OPTSVC_SECTIONS)}"
+            report.errors.append(ConfigIssue(name, "unknown section", hint=hint))
     for name in ("data", "model", "training") if for_training else ():
         if name not in config:
             report.errors.append(
@@ -275,8 +265,36 @@ def _check_settings(name: str, value: Any, report: Report) -> BaseModel | None:
             )
         else:
             args[key] = sub
-    model, _ = check_model(SECTIONS[name], args, name, f"[{name}]", issues)
-    return model
+    model = SECTIONS[name]
+    try:
+        return model.model_validate(args)
+    except ValidationError as err:
+        issues.extend(_section_issue(model, error, name) for error in err.errors())
+        return None
+
+
+# pydantic's words for a bound, and the sign a message shows instead.
+_COMPARISONS = (
+    ("greater than or equal to", ">="),
+    ("less than or equal to", "<="),
+    ("greater than", ">"),
+    ("less than", "<"),
+)
+
+
+def _section_issue(model: type[BaseModel], error: dict, name: str) -> ConfigIssue:
+    """One of pydantic's errors for section `name`, worded as optsvc words a
+    function block's."""
+    key = str(error["loc"][0]) if error["loc"] else ""
+    where = f"{name}.{key}" if key else name
+    if error["type"] == "extra_forbidden":
+        fields = list(model.model_fields)
+        hint = did_you_mean(key, fields) or f"arguments: {', '.join(fields)}"
+        return ConfigIssue(where, f"unknown argument for [{name}]", hint=hint)
+    message = error["msg"].replace("Input should be", "must be")
+    for words, sign in _COMPARISONS:
+        message = message.replace(words, sign)
+    return ConfigIssue(where, message, value=error.get("input"), has_value=True)
 
 
 def _build_optimizer(
@@ -295,17 +313,10 @@ def _build_optimizer(
     every = getattr(training, "eval_frequency", section.get("eval_frequency"))
     if not isinstance(max_steps, int) or max_steps <= 0:
         max_steps = None  # none, or spaCy's 0 (no limit): no run to read over
-    try:
-        ranges = hyper_ranges(report.blocks[path][0])
-        report.errors.extend(
-            range_errors(report.optimizer, path, ranges, max_steps, every)
-        )
-        if max_steps:
-            report.warnings.extend(
-                dead_schedule_warnings(report.optimizer, path, max_steps)
-            )
-    except ConfigError as err:
-        report.errors.extend(err.issues)
+    ranges = hyper_ranges(report.blocks[path][0])
+    errors, warnings = schedule_issues(report.optimizer, path, ranges, max_steps, every)
+    report.errors.extend(errors)
+    report.warnings.extend(warnings)
 
 
 __all__ = ["Report", "validate_config", "load_optimizer"]

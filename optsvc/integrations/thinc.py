@@ -25,23 +25,26 @@ model in one pass.
 from __future__ import annotations
 
 import functools
+import inspect
+import typing
 from collections.abc import Callable, Iterator
 from typing import Any
 
+# FloatOrSeq: Thinc's own annotation for a hyperparameter, so that a config
+# is checked exactly as for Thinc's `Adam.v1` (its `Generator` accepts any
+# iterator).
 try:
     from thinc.api import Model
     from thinc.api import Optimizer as _ThincOptimizer
-    from thinc.types import Generator
+    from thinc.optimizers import FloatOrSeq
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
         "optsvc.integrations.thinc needs Thinc 8.3: pip install 'optsvc[thinc]'"
     ) from exc
 
 import optsvc
-
-# Thinc's own annotation for a hyperparameter, so that a config is checked
-# exactly as for Thinc's `Adam.v1` (its `Generator` accepts any iterator).
-FloatOrSeq = float | list[float] | Generator
+from optsvc import registries
+from optsvc.spec import NOT_CONFIGURABLE, params_of
 
 # --- schedules ---------------------------------------------------------------------
 
@@ -118,23 +121,6 @@ def _for_thinc(
 
     return build
 
-
-# One line a schedule: the entry points in pyproject.toml name these, and
-# tests/test_thinc_integration.py checks that every optsvc schedule is here.
-constant = _for_thinc(optsvc.constant)
-constant_then = _for_thinc(optsvc.constant_then)
-decaying = _for_thinc(optsvc.decaying)
-compounding = _for_thinc(optsvc.compounding)
-warmup_linear = _for_thinc(optsvc.warmup_linear)
-slanted_triangular = _for_thinc(optsvc.slanted_triangular)
-cyclic_triangular = _for_thinc(optsvc.cyclic_triangular)
-plateau = _for_thinc(optsvc.plateau)
-warmup_cosine = _for_thinc(optsvc.warmup_cosine)
-exponential_decay = _for_thinc(optsvc.exponential_decay)
-step_decay = _for_thinc(optsvc.step_decay)
-piecewise_constant = _for_thinc(optsvc.piecewise_constant)
-linear_warmup = _for_thinc(optsvc.linear_warmup)
-one_cycle = _for_thinc(optsvc.one_cycle)
 
 # --- the optimizer -------------------------------------------------------------------
 
@@ -247,81 +233,45 @@ class ThincOptimizer(_ThincOptimizer):
         return f"<ThincOptimizer of {self._optimizer!r}>"
 
 
-def SGD(
-    learn_rate: FloatOrSeq,
-    *,
-    L2: FloatOrSeq = 0.0,
-    grad_clip: FloatOrSeq = 1.0,
-    L2_is_weight_decay: bool = True,
-    use_averages: bool = True,
-) -> ThincOptimizer:
-    """`optsvc.SGD` for Thinc and spaCy (registered there as `optsvc.SGD.v1`)."""
-    return ThincOptimizer(
-        optsvc.SGD(
-            _unwrap(learn_rate),
-            L2=_unwrap(L2),
-            grad_clip=_unwrap(grad_clip),
-            L2_is_weight_decay=L2_is_weight_decay,
-            use_averages=use_averages,
+def _optimizer_for_thinc(
+    registered: str, make: Callable[..., optsvc.Optimizer]
+) -> Callable[..., ThincOptimizer]:
+    """Thinc's registry entry for the optsvc optimizer built by `make`: its
+    arguments, kinds and defaults (less `ops`), each hyperparameter annotated
+    with Thinc's `FloatOrSeq` (confection validates a config against this
+    signature), and its optimizer wrapped in a `ThincOptimizer`."""
+    hints = typing.get_type_hints(make)  # optsvc's types, without their Arg
+    hyper = {p.name: p.optional for p in params_of(make) if p.kind == "hyper"}
+    params = [
+        p.replace(
+            annotation=(FloatOrSeq | None if hyper[p.name] else FloatOrSeq)
+            if p.name in hyper
+            else hints[p.name]
         )
+        for p in inspect.signature(make).parameters.values()
+        if p.name not in NOT_CONFIGURABLE
+    ]
+    signature = inspect.Signature(params, return_annotation=ThincOptimizer)
+
+    def build(*args: Any, **kwargs: Any) -> ThincOptimizer:
+        try:
+            bound = signature.bind(*args, **kwargs)  # no `ops`, as in Thinc
+        except TypeError as err:
+            raise TypeError(f"{make.__name__}() {err}") from None
+        args = tuple(_unwrap(a) for a in bound.args)
+        kwargs = {k: _unwrap(v) for k, v in bound.kwargs.items()}
+        return ThincOptimizer(make(*args, **kwargs))
+
+    build.__name__ = build.__qualname__ = make.__name__
+    build.__doc__ = (
+        f"`optsvc.{make.__name__}` for Thinc and spaCy (registered there as "
+        f"`optsvc.{registered}`), with the same arguments and defaults."
     )
-
-
-def Adam(
-    learn_rate: FloatOrSeq = 0.001,
-    *,
-    L2: FloatOrSeq = 0.0,
-    beta1: FloatOrSeq = 0.9,
-    beta2: FloatOrSeq = 0.999,
-    eps: FloatOrSeq = 1e-08,
-    grad_clip: FloatOrSeq = 1.0,
-    L2_is_weight_decay: bool = True,
-    use_averages: bool = True,
-) -> ThincOptimizer:
-    """`optsvc.Adam` for Thinc and spaCy (registered there as `optsvc.Adam.v1`);
-    the arguments and defaults are those of Thinc's `Adam.v1`."""
-    return ThincOptimizer(
-        optsvc.Adam(
-            _unwrap(learn_rate),
-            L2=_unwrap(L2),
-            beta1=_unwrap(beta1),
-            beta2=_unwrap(beta2),
-            eps=_unwrap(eps),
-            grad_clip=_unwrap(grad_clip),
-            L2_is_weight_decay=L2_is_weight_decay,
-            use_averages=use_averages,
-        )
-    )
-
-
-def RAdam(
-    learn_rate: FloatOrSeq = 0.001,
-    *,
-    beta1: FloatOrSeq = 0.9,
-    beta2: FloatOrSeq = 0.999,
-    eps: FloatOrSeq = 1e-08,
-    weight_decay: FloatOrSeq | None = None,
-    L2: FloatOrSeq | None = None,
-    L2_is_weight_decay: bool = True,
-    grad_clip: FloatOrSeq = 1.0,
-    use_averages: bool = True,
-) -> ThincOptimizer:
-    """`optsvc.RAdam` for Thinc and spaCy (registered there as
-    `optsvc.RAdam.v1`); takes Thinc's `L2` / `L2_is_weight_decay` or optsvc's
-    `weight_decay`, not both."""
-    return ThincOptimizer(
-        optsvc.RAdam(
-            _unwrap(learn_rate),
-            beta1=_unwrap(beta1),
-            beta2=_unwrap(beta2),
-            eps=_unwrap(eps),
-            weight_decay=_unwrap(weight_decay),
-            L2=_unwrap(L2),
-            L2_is_weight_decay=L2_is_weight_decay,
-            grad_clip=_unwrap(grad_clip),
-            use_averages=use_averages,
-        )
-    )
+    build.__signature__ = signature
+    build.__annotations__ = {p.name: p.annotation for p in params}
+    build.__annotations__["return"] = ThincOptimizer
+    build.__wrapped__ = make
+    return build
 
 
 # --- a Thinc model's parameters in a ParamStore --------------------------------------
@@ -364,25 +314,26 @@ def bind_param_store(model: Model, ops: optsvc.Ops | None = None) -> optsvc.Para
     return store
 
 
-__all__ = [
-    "ThincOptimizer",
-    "ThincSchedule",
-    "SGD",
-    "Adam",
-    "RAdam",
-    "bind_param_store",
-    "constant",
-    "constant_then",
-    "decaying",
-    "compounding",
-    "warmup_linear",
-    "slanted_triangular",
-    "cyclic_triangular",
-    "plateau",
-    "warmup_cosine",
-    "exponential_decay",
-    "step_decay",
-    "piecewise_constant",
-    "linear_warmup",
-    "one_cycle",
-]
+# --- Thinc's registry entries -----------------------------------------------------
+
+
+def _own(registry: Any) -> list[tuple[str, Callable]]:
+    """(registered name, function) of optsvc's own functions in `registry`."""
+    return [
+        (registered, func)
+        for registered, func in registry.get_all().items()
+        if func.__module__.startswith("optsvc.")
+    ]
+
+
+# One adapter for each optimizer and schedule that optsvc registers (not those
+# that third parties add through entry points), under its Python name: the
+# `thinc_optimizers` and `thinc_schedules` entry points in pyproject.toml name
+# them (`optsvc.integrations.thinc:Adam`), and a test holds the two together.
+ADAPTERS: dict[str, Callable[..., Any]] = {
+    **{f.__name__: _optimizer_for_thinc(n, f) for n, f in _own(registries.optimizers)},
+    **{f.__name__: _for_thinc(f) for _, f in _own(registries.schedules)},
+}
+globals().update(ADAPTERS)
+
+__all__ = ["ThincOptimizer", "ThincSchedule", "bind_param_store", *ADAPTERS]

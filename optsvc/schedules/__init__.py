@@ -1,44 +1,13 @@
 """Schedules: Thinc 9.1.1's (`thinc`) and the ones Thinc lacks (`extra`), all
 `Schedule` objects (`base`) registered as `NAME.v1`."""
 
+from optsvc.schedules import extra, thinc
 from optsvc.schedules.base import Schedule
-from optsvc.schedules.extra import (
-    exponential_decay,
-    linear_warmup,
-    one_cycle,
-    piecewise_constant,
-    step_decay,
-    warmup_cosine,
-)
-from optsvc.schedules.thinc import (
-    PlateauState,
-    compounding,
-    constant,
-    constant_then,
-    cyclic_triangular,
-    decaying,
-    plateau,
-    slanted_triangular,
-    to_schedule,
-    warmup_linear,
-)
+from optsvc.schedules.extra import *  # noqa: F403  (its schedule functions)
+from optsvc.schedules.thinc import *  # noqa: F403  (its schedule functions)
+from optsvc.schedules.thinc import PlateauState, to_schedule
 
-__all__ = [
-    "Schedule",
-    "PlateauState",
-    "to_schedule",
-    "constant",
-    "constant_then",
-    "decaying",
-    "compounding",
-    "warmup_linear",
-    "slanted_triangular",
-    "cyclic_triangular",
-    "plateau",
-    "warmup_cosine",
-    "exponential_decay",
-    "step_decay",
-    "piecewise_constant",
-    "linear_warmup",
-    "one_cycle",
-]
+# Every schedule function, as the module that defines it lists it.
+SCHEDULES = (*thinc.__all__, *extra.__all__)
+
+__all__ = ["Schedule", "PlateauState", "to_schedule", *SCHEDULES]

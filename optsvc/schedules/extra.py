@@ -258,6 +258,8 @@ def _one_cycle(schedule: Schedule, step: int, **kwargs: Any) -> float:
     return _cos_anneal(peak, end, p)
 
 
+# The schedule functions this module defines, each registered as NAME.v1:
+# `optsvc.schedules` and `optsvc` re-export them from this list.
 __all__ = [
     "warmup_cosine",
     "exponential_decay",

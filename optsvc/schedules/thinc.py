@@ -410,9 +410,10 @@ def _from_generator(name: str, generator: Iterator[float]) -> Schedule:
     return Schedule("generator", _generator, attrs={**attrs, "generator": generator})
 
 
+# The schedule functions this module defines, each registered as NAME.v1:
+# `optsvc.schedules` and `optsvc` re-export them from this list. PlateauState
+# and to_schedule are imported by name.
 __all__ = [
-    "Schedule",
-    "PlateauState",
     "constant",
     "constant_then",
     "decaying",
@@ -421,5 +422,4 @@ __all__ = [
     "slanted_triangular",
     "cyclic_triangular",
     "plateau",
-    "to_schedule",
 ]
