@@ -11,8 +11,8 @@ giving its meaning and range::
         ...
 
 That one declaration drives both checks: `@checked` tests each call from
-Python against it, and `optsvc.config.schema` derives from it the pydantic
-schema that `optsvc validate` applies to a config block. So a value is
+Python against it, and `optsvc.config.blocks` checks a config block against
+it (`check_arguments`) for `optsvc validate`. So a value is
 accepted from Python exactly when it is accepted in a config; a `Rule` that
 must stay looser from Python (for Thinc's sake) says so where it is declared
 (`Rule.config_only`). What the types accept:

@@ -46,7 +46,7 @@ from optsvc.spec import Arg, checked, unchecked
 _SGD = UpdateKind.SGD  # a module global: read on every update
 
 # Each argument's type, range and meaning, declared once for Optimizer, SGD,
-# Adam and RAdam and so for their config schemas (see optsvc.spec); the
+# Adam and RAdam and so for the config check (see optsvc.spec); the
 # hyperparameters' `Arg`s are those the setters check against (HPARAM_ARGS).
 LearnRate = Annotated[ScheduleT, HPARAM_ARGS["learn_rate"]]
 L2Penalty = Annotated[ScheduleT, HPARAM_ARGS["L2"]]
