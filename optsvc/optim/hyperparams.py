@@ -254,6 +254,19 @@ def check_restored(
         raise unsupported_betas(scalars)
 
 
+def _hyperparameter(name: str) -> property:
+    """A hyperparameter as a property: its value at the current step;
+    assigning a number, list, generator or Schedule replaces its schedule."""
+
+    def get(self: ScheduledHyperparams) -> float:
+        return getattr(self._scalars(), name)
+
+    def set_(self: ScheduledHyperparams, value: ScheduleT) -> None:
+        self._set_hparam(name, value)
+
+    return property(get, set_, doc=f"'{name}' at the current step.")
+
+
 class ScheduledHyperparams:
     """The hyperparameters of `Optimizer`, its settings, its schedule step
     and its last score.
@@ -364,53 +377,12 @@ class ScheduledHyperparams:
         """Each hyperparameter's Schedule, by argument name (read-only)."""
         return MappingProxyType(self._schedules)
 
-    @property
-    def learn_rate(self) -> float:
-        return self._scalars().learn_rate
-
-    @learn_rate.setter
-    def learn_rate(self, value: ScheduleT) -> None:
-        self._set_hparam("learn_rate", value)
-
-    @property
-    def L2(self) -> float:
-        return self._scalars().L2
-
-    @L2.setter
-    def L2(self, value: ScheduleT) -> None:
-        self._set_hparam("L2", value)
-
-    @property
-    def b1(self) -> float:
-        return self._scalars().beta1
-
-    @b1.setter
-    def b1(self, value: ScheduleT) -> None:
-        self._set_hparam("beta1", value)
-
-    @property
-    def b2(self) -> float:
-        return self._scalars().beta2
-
-    @b2.setter
-    def b2(self, value: ScheduleT) -> None:
-        self._set_hparam("beta2", value)
-
-    @property
-    def eps(self) -> float:
-        return self._scalars().eps
-
-    @eps.setter
-    def eps(self, value: ScheduleT) -> None:
-        self._set_hparam("eps", value)
-
-    @property
-    def grad_clip(self) -> float:
-        return self._scalars().grad_clip
-
-    @grad_clip.setter
-    def grad_clip(self, value: ScheduleT) -> None:
-        self._set_hparam("grad_clip", value)
+    learn_rate = _hyperparameter("learn_rate")
+    L2 = _hyperparameter("L2")
+    b1 = _hyperparameter("beta1")
+    b2 = _hyperparameter("beta2")
+    eps = _hyperparameter("eps")
+    grad_clip = _hyperparameter("grad_clip")
 
     # --- settings ------------------------------------------------------------------
 

@@ -43,16 +43,7 @@ def warmup_cosine(
     >>> [round(s(i), 3) for i in (0, 1, 2, 4, 6, 9)]
     [0.0, 0.5, 1.0, 0.55, 0.1, 0.1]
     """
-    return Schedule(
-        "warmup_cosine",
-        _warmup_cosine,
-        attrs={
-            "initial_rate": initial_rate,
-            "warmup_steps": warmup_steps,
-            "total_steps": total_steps,
-            "final_rate": final_rate,
-        },
-    )
+    return Schedule("warmup_cosine", _warmup_cosine, attrs=locals())
 
 
 @schedule_fn("warmup_cosine")
@@ -84,17 +75,8 @@ def exponential_decay(
     >>> exponential_decay(1.0, 0.5, 10, staircase=True)(19)
     0.5
     """
-    return Schedule(
-        "exponential_decay",
-        _exponential_decay,
-        attrs={
-            "initial_rate": initial_rate,
-            "decay_rate": decay_rate,
-            "decay_steps": decay_steps,
-            "staircase": bool(staircase),
-            "final_rate": final_rate,
-        },
-    )
+    attrs = {**locals(), "staircase": bool(staircase)}
+    return Schedule("exponential_decay", _exponential_decay, attrs=attrs)
 
 
 @schedule_fn("exponential_decay")
@@ -118,11 +100,7 @@ def step_decay(
     >>> step_decay(1.0, 10, 0.5)(25)
     0.25
     """
-    return Schedule(
-        "step_decay",
-        _step_decay,
-        attrs={"initial_rate": initial_rate, "step_size": step_size, "gamma": gamma},
-    )
+    return Schedule("step_decay", _step_decay, attrs=locals())
 
 
 @schedule_fn("step_decay")
@@ -190,11 +168,7 @@ def linear_warmup(
     >>> [s(0), s(2), s(4), s(100)]
     [0.0, 0.5, 1.0, 1.0]
     """
-    return Schedule(
-        "linear_warmup",
-        _linear_warmup,
-        attrs={"warmup_steps": warmup_steps, "schedule": schedule},
-    )
+    return Schedule("linear_warmup", _linear_warmup, attrs=locals())
 
 
 @schedule_fn("linear_warmup")
@@ -227,17 +201,7 @@ def one_cycle(
     max_rate / (div_factor * final_div_factor) at total_steps - 1, and stays
     there. Each phase: end + (start - end) * (1 + cos(pi * p)) / 2.
     """
-    return Schedule(
-        "one_cycle",
-        _one_cycle,
-        attrs={
-            "max_rate": max_rate,
-            "total_steps": total_steps,
-            "pct_start": pct_start,
-            "div_factor": div_factor,
-            "final_div_factor": final_div_factor,
-        },
-    )
+    return Schedule("one_cycle", _one_cycle, attrs=locals())
 
 
 def _cos_anneal(start: float, end: float, p: float) -> float:

@@ -1,6 +1,9 @@
 """Thinc 9.1.1's schedules, with its names, signatures and formulas, and the
 conversion of plain values (numbers, lists, generators) into schedules.
 
+A schedule's attributes are its function's arguments (`attrs=locals()`, read
+before anything else is bound), plus any state it keeps.
+
 The schedules Thinc lacks live in `optsvc.schedules.extra`.
 """
 
@@ -40,7 +43,7 @@ def constant(rate: Annotated[float, Arg("the value")]) -> Schedule[float]:
     >>> constant(0.1)(500)
     0.1
     """
-    return Schedule("constant", _constant, attrs={"rate": rate})
+    return Schedule("constant", _constant, attrs=locals())
 
 
 @schedule_fn("constant")
@@ -64,11 +67,7 @@ def constant_then(
     >>> [s(0), s(1), s(2)]
     [1.0, 1.0, 0.5]
     """
-    return Schedule(
-        "constant_then",
-        _constant_then,
-        attrs={"rate": rate, "steps": steps, "schedule": schedule},
-    )
+    return Schedule("constant_then", _constant_then, attrs=locals())
 
 
 @schedule_fn("constant_then")
@@ -91,9 +90,7 @@ def decaying(
     >>> decaying(0.001, 1e-4)(1)
     0.000999900009999
     """
-    return Schedule(
-        "decaying", _decaying, attrs={"base_rate": base_rate, "decay": decay, "t": t}
-    )
+    return Schedule("decaying", _decaying, attrs=locals())
 
 
 @schedule_fn("decaying")
@@ -117,11 +114,7 @@ def compounding(
     >>> [s(0), s(1), s(2), s(9)]
     [1.0, 1.5, 2.25, 10.0]
     """
-    return Schedule(
-        "compounding",
-        _compounding,
-        attrs={"start": start, "stop": stop, "compound": compound, "t": t},
-    )
+    return Schedule("compounding", _compounding, attrs=locals())
 
 
 @schedule_fn("compounding")
@@ -163,15 +156,7 @@ def warmup_linear(
     >>> [s(0), s(1), s(2), s(3), s(4)]
     [0.0, 0.5, 1.0, 0.5, 0.0]
     """
-    return Schedule(
-        "warmup_linear",
-        _warmup_linear,
-        attrs={
-            "initial_rate": initial_rate,
-            "warmup_steps": warmup_steps,
-            "total_steps": total_steps,
-        },
-    )
+    return Schedule("warmup_linear", _warmup_linear, attrs=locals())
 
 
 @schedule_fn("warmup_linear")
@@ -212,18 +197,9 @@ def slanted_triangular(
     p = x / cut while x < cut, else 1 - (x - cut) / (cut * (1 / cut_frac - 1));
     rate = max_rate * (1 + p * (ratio - 1)) / ratio.
     """
-    cut = int(num_steps * cut_frac)
-    return Schedule(
-        "slanted_triangular",
-        _slanted_triangular,
-        attrs={
-            "max_rate": max_rate,
-            "cut": cut,
-            "cut_frac": cut_frac,
-            "ratio": ratio,
-            "t": t,
-        },
-    )
+    attrs = {"max_rate": max_rate, "cut": int(num_steps * cut_frac)}
+    attrs.update(cut_frac=cut_frac, ratio=ratio, t=t)
+    return Schedule("slanted_triangular", _slanted_triangular, attrs=attrs)
 
 
 @schedule_fn("slanted_triangular")
@@ -251,11 +227,7 @@ def cyclic_triangular(
     x = |it / period - 2 * cycle + 1|,
     rate = min_lr + (max_lr - min_lr) * max(0, 1 - x).
     """
-    return Schedule(
-        "cyclic_triangular",
-        _cyclic_triangular,
-        attrs={"min_lr": min_lr, "max_lr": max_lr, "period": period},
-    )
+    return Schedule("cyclic_triangular", _cyclic_triangular, attrs=locals())
 
 
 @schedule_fn("cyclic_triangular")
@@ -292,16 +264,7 @@ def plateau(
     Scores arrive as `last_score=(step_of_score, score)`; the optimizer passes
     its `last_score`. A score seen again (same step) is not counted twice.
     """
-    return Schedule(
-        "plateau",
-        _plateau,
-        attrs={
-            "max_patience": max_patience,
-            "scale": scale,
-            "schedule": schedule,
-            "state": PlateauState(),
-        },
-    )
+    return Schedule("plateau", _plateau, attrs={**locals(), "state": PlateauState()})
 
 
 @schedule_fn("plateau")
