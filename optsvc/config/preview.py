@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 from collections.abc import Iterable
@@ -13,7 +12,9 @@ from typing import Any
 from optsvc.config.blocks import find_function
 from optsvc.config.parse import ConfigError, ConfigIssue
 from optsvc.config.schema import TrainingSection
-from optsvc.fileio import TEXT_LIMIT, StateError, read_regular
+from optsvc.errors import StateError
+from optsvc.fileio import TEXT_LIMIT, read_regular
+from optsvc.loggers.metrics import MetricsRow, read_lines
 from optsvc.optim import HPARAMS, Optimizer
 from optsvc.schedules.base import Schedule
 from optsvc.spec import Arg, params_of
@@ -239,29 +240,19 @@ def _step_failure(what: str, step: int, err: Exception) -> ConfigError:
 
 
 def read_scores(path: str | Path) -> dict[int, float]:
-    """Scores by step from a run's metrics.jsonl (lines with step and score)."""
-    scores: dict[int, float] = {}
+    """Scores by step from a run's metrics.jsonl (its rows with a score)."""
     try:
-        data = read_regular(path, TEXT_LIMIT, "scores file")
-        lines = data.decode("utf8").splitlines()
+        read_regular(path, TEXT_LIMIT, "scores file")  # the refusals say which file
     except StateError as err:
         raise ConfigError(str(err)) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read scores from '{path}': {err}") from None
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if isinstance(row, dict) and "status" in row and "step" not in row:
-                continue  # a run's record that it failed, not a score
-            step, score = row["step"], row["score"]
-        except (ValueError, KeyError, TypeError, RecursionError):
+    scores = {}
+    for i, (line, row) in enumerate(read_lines(Path(path)), 1):
+        if row is None and line.strip():
             raise ConfigError(
                 f"{path}, line {i}: expected a JSON object with 'step' and 'score'"
-            ) from None
-        if isinstance(step, int) and isinstance(score, (int, float)):
-            scores[step] = float(score)
+            )
+        if isinstance(row, MetricsRow) and row.score is not None:
+            scores[row.step] = row.score
     return scores
 
 

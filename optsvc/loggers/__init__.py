@@ -6,7 +6,8 @@ libraries are optional extras, imported when such a logger starts."""
 
 from optsvc.loggers.base import Logger, LoggerFactory, RunInfo
 from optsvc.loggers.chain import Loggers, chain_logger
-from optsvc.loggers.console import ConsoleLogger, MetricsFile, console_logger
+from optsvc.loggers.console import ConsoleLogger, console_logger
+from optsvc.loggers.metrics import MetricsFile
 from optsvc.loggers.mlflow import mlflow_logger
 from optsvc.loggers.tensorboard import tensorboard_logger
 

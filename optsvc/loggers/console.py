@@ -3,14 +3,11 @@
 On a terminal a header, a progress bar with ETA and a table row per
 evaluation (rich); plain lines when the output is a pipe or a file. (The
 run's `metrics.jsonl` is written whatever the logger: it is part of the run
-folder, see `MetricsFile`.)
+folder, see `optsvc.loggers.metrics`.)
 """
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
 from typing import Annotated, Any
 
 from rich.progress import (
@@ -128,20 +125,6 @@ class ConsoleLogger(Logger):
             self._progress = None
 
 
-class MetricsFile(Logger):
-    """The run's own record, `metrics.jsonl`: one JSON object per
-    evaluation, written whatever logger the config names (resume, `optsvc
-    runs` and `optsvc plot` read it)."""
-
-    def __init__(self, run: RunInfo, path: Path) -> None:
-        super().__init__(run)
-        self.path = Path(path)
-
-    def log_eval(self, row: dict[str, Any]) -> None:
-        with self.path.open("a", encoding="utf8") as f:
-            f.write(json.dumps(_jsonable(row)) + "\n")
-
-
 @registries.loggers.register("optsvc.ConsoleLogger.v1")
 @checked()
 def console_logger(
@@ -159,10 +142,3 @@ def console_logger(
         "optsvc.ConsoleLogger.v1",
         lambda run: ConsoleLogger(run, progress_bar=progress_bar),
     )
-
-
-def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-        for k, v in row.items()
-    }

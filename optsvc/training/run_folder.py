@@ -21,22 +21,21 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import ConfigDict
 
 from optsvc.config import SystemSection, TrainingSection, config_to_str
 from optsvc.errors import RunError, StateError
 from optsvc.fileio import (
     ARRAYS_LIMIT,
-    TEXT_LIMIT,
     decode_arrays,
     encode_arrays,
     read_regular,
     write_atomic,
 )
-from optsvc.records import Count, Record
+from optsvc.loggers import metrics
+from optsvc.loggers.metrics import FailureRecord
 from optsvc.training import checkpoints
 from optsvc.training.checkpoints import check_checkpoint_folder, load_latest_checkpoint
 from optsvc.training.lock import RunLock, lock_held, lock_holder
@@ -48,36 +47,12 @@ from optsvc.training.state import (
     same_config,
 )
 
-CONFIG, METRICS, CHECKPOINTS = "config.cfg", "metrics.jsonl", "checkpoints"
+CONFIG, METRICS, CHECKPOINTS = "config.cfg", metrics.FILE, "checkpoints"
 BEST, FINAL = "best.safetensors", "final.safetensors"
 RUN_FILES = (CONFIG, METRICS, CHECKPOINTS, BEST, FINAL)
 # What an optsvc before 0.2 wrote (checkpoint format 1: arrays in .npz).
 LEGACY = ("final.npz", "best.npz")
 STATUSES = ("running", "finished", "interrupted", "failed")
-
-
-class MetricsRow(Record):
-    """One evaluation's line of metrics.jsonl: the step, epoch, loss, dev
-    score, steps/s, the skipped steps so far, and each logged
-    hyperparameter by name (learn_rate, ...); a value that was not finite is
-    null."""
-
-    model_config = ConfigDict(extra="allow")
-    __pydantic_extra__: dict[str, float | None]
-    step: Count
-    epoch: Count | None = None
-    loss: float | None = None
-    score: float | None = None
-    steps_per_sec: float | None = None
-    skipped: Count | None = None
-
-
-class FailureRecord(Record):
-    """The line metrics.jsonl ends with when the run failed before it saved
-    anything to resume from."""
-
-    status: Literal["failed"]
-    error: str
 
 
 class RunFolder:
@@ -169,32 +144,9 @@ class RunFolder:
         return self.checkpoints.is_dir() and any(self.checkpoints.iterdir())
 
     def read_metrics(self) -> tuple[list[dict[str, Any]], FailureRecord | None]:
-        """The evaluation rows of metrics.jsonl in order (each a checked
-        `MetricsRow`, as a dict of the values it holds), and the failure it
-        records last, if any; a line that a kill tore, or that is not
-        optsvc's, is left out."""
-        rows, failure = [], None
-        for _, row in self._rows():
-            if isinstance(row, FailureRecord):
-                failure = row
-            else:
-                rows.append(row.model_dump(exclude_unset=True))
-                failure = None
-        return rows, failure
-
-    def _rows(self):
-        """(line, record) for each line of metrics.jsonl that is a record."""
-        try:
-            lines = read_regular(self.metrics, TEXT_LIMIT, "metrics log").splitlines()
-        except StateError:  # missing, not a regular file, too large
-            return
-        for line in lines:
-            for kind in (MetricsRow, FailureRecord):
-                try:
-                    yield line, kind.parse(line, METRICS)
-                    break
-                except StateError:
-                    continue
+        """The evaluation rows of metrics.jsonl, and the failure it records
+        (`optsvc.loggers.metrics.read_metrics`)."""
+        return metrics.read_metrics(self.metrics)
 
     def latest_state(self) -> StateRecord | None:
         """The state of the newest checkpoint whose manifest and state.json
@@ -326,8 +278,8 @@ class RunFolder:
             return
         kept = [
             line + b"\n"
-            for line, row in self._rows()
-            if isinstance(row, MetricsRow) and row.step <= step
+            for line, row in metrics.read_lines(self.metrics)
+            if isinstance(row, metrics.MetricsRow) and row.step <= step
         ]
         write_atomic(self.metrics, b"".join(kept))
 
@@ -335,11 +287,7 @@ class RunFolder:
         """Note in metrics.jsonl that the run failed before anything it could
         resume from (`optsvc runs` shows it; a new run may then replace one
         that saved nothing)."""
-        with self.metrics.open("ab") as f:
-            f.write(
-                FailureRecord(status="failed", error=error).model_dump_json().encode()
-            )
-            f.write(b"\n")
+        metrics.append(self.metrics, FailureRecord(status="failed", error=error))
 
     def write_weights(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
         """final.safetensors or best.safetensors, atomically: a kill leaves
@@ -465,7 +413,6 @@ __all__ = [
     "RunFolder",
     "RUN_FILES",
     "STATUSES",
-    "MetricsRow",
     "check_resumable",
     "config_diff",
     "filled_config",
