@@ -372,11 +372,11 @@ def _check_arrays(key, weights, gradient, ops: Ops, slot: KeySlot | None) -> Non
         raise shape_conflict(key, slot.shape, weights.shape)
 
 
-def _optimizer(learn_rate: Any, **arguments: Any) -> Optimizer:
-    """An Optimizer of arguments that a registered function's signature
-    (the same declarations as Optimizer's) has checked already."""
+def _optimizer(**arguments: Any) -> Optimizer:
+    """An Optimizer of the arguments of a registered function (its
+    `locals()`), which its signature, declared as Optimizer's, has checked."""
     optimizer = Optimizer.__new__(Optimizer)
-    unchecked(Optimizer.__init__)(optimizer, learn_rate, **arguments)
+    unchecked(Optimizer.__init__)(optimizer, **arguments)
     return optimizer
 
 
@@ -396,16 +396,7 @@ def SGD(
     >>> SGD(0.1).b1
     0.0
     """
-    return _optimizer(
-        learn_rate,
-        L2=L2,
-        grad_clip=grad_clip,
-        L2_is_weight_decay=L2_is_weight_decay,
-        beta1=0.0,
-        beta2=0.0,
-        use_averages=use_averages,
-        ops=ops,
-    )
+    return _optimizer(**locals(), beta1=0.0, beta2=0.0)
 
 
 @registries.optimizers.register("Adam.v1")
@@ -427,17 +418,7 @@ def Adam(
     >>> Adam().learn_rate
     0.001
     """
-    return _optimizer(
-        learn_rate,
-        L2=L2,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        grad_clip=grad_clip,
-        L2_is_weight_decay=L2_is_weight_decay,
-        use_averages=use_averages,
-        ops=ops,
-    )
+    return _optimizer(**locals())
 
 
 @registries.optimizers.register("RAdam.v1")
@@ -467,20 +448,13 @@ def RAdam(
             "RAdam: give 'weight_decay' or 'L2', not both ('weight_decay' is "
             "L2 applied as weight decay)"
         )
+    arguments = {**locals(), "use_radam": True}
     if weight_decay is not None:
-        L2, L2_is_weight_decay = weight_decay, True
-    return _optimizer(
-        learn_rate,
-        L2=ADAM_DEFAULTS["L2"] if L2 is None else L2,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        grad_clip=grad_clip,
-        L2_is_weight_decay=L2_is_weight_decay,
-        use_averages=use_averages,
-        use_radam=True,
-        ops=ops,
-    )
+        arguments.update(L2=weight_decay, L2_is_weight_decay=True)
+    elif L2 is None:
+        arguments["L2"] = ADAM_DEFAULTS["L2"]
+    del arguments["weight_decay"]
+    return _optimizer(**arguments)
 
 
 __all__ = [
