@@ -64,7 +64,7 @@ ARRAYS, OPTIMIZER, STATE = "arrays.safetensors", "optimizer.safetensors", "state
 MANIFEST = "manifest.json"
 FILES = (ARRAYS, OPTIMIZER, STATE)
 
-STEP_NAME = re.compile(r"step-(\d+)")
+STEP_NAME = re.compile(r"step-(\d{8}|[1-9]\d{8,})")  # as step_name writes it
 HIDDEN_NAME = re.compile(r"\.(tmp|old|del)-step-(\d+)-(\d+)")
 MANIFEST_LIMIT = 2**20  # a manifest lists three files: a few hundred bytes
 
@@ -254,7 +254,7 @@ def _settle(final: Path, tmp: Path, aside: Path) -> None:
 def _remove_leftovers(directory: Path, own_pid: int) -> None:
     """Remove the hidden folders of writers that died; an ``.old-`` folder whose
     step folder is missing (a crash mid-replace) is renamed back instead."""
-    for name in sorted(os.listdir(directory)):
+    for name in sorted(n for n in os.listdir(directory) if n.startswith(".")):
         match = HIDDEN_NAME.fullmatch(name)
         if not match:
             continue
@@ -269,48 +269,36 @@ def _remove_leftovers(directory: Path, own_pid: int) -> None:
             _remove_tree(path)
 
 
-# Checkpoint folders this process has verified, by path, with the identity
-# (inode, mtime, size) of each of their files then: a save re-reads only what
-# is new or was changed since, so `keep = 1000` costs a few stats per kept
-# checkpoint, not a read of each.
-_verified: dict[Path, tuple] = {}
+# The checkpoint folders this process has verified, by folder: each is read
+# once, when a prune first needs to count it, and a prune works on names, so
+# a save costs about the same whether 3 or 1,000 checkpoints are kept. (One
+# damaged after that is found by the resume that reads it, which falls back
+# past it.)
+_verified: dict[Path, set[str]] = {}
 
 
 def _prune(directory: Path, keep: int, new: Path, pid: int) -> None:
     """Delete all but the newest `keep` checkpoints that verify (and `new`)."""
-    listed = list_checkpoints(directory)
-    present = set(listed)
-    for gone in [p for p in _verified if p.parent == directory and p not in present]:
-        del _verified[gone]
-    if len(listed) <= keep:  # nothing to delete, so nothing to count
+    names = _step_names(directory)
+    verified = _verified.setdefault(directory, set())
+    verified.intersection_update(names)
+    if len(names) <= keep:  # nothing to delete, so nothing to count
         return
     kept = 0
-    for path in reversed(listed):
-        if path == new:
+    for name in reversed(names):
+        if name == new.name:
             kept += 1
         elif kept >= keep:
-            doomed = directory / f".del-{path.name}-{pid}"
+            doomed = directory / f".del-{name}-{pid}"
             if os.path.lexists(doomed):
                 _remove_tree(doomed)
-            _rename(path, doomed)
+            _rename(directory / name, doomed)
             _fsync_dir(directory)
             _remove_tree(doomed)
-        elif _verifies_cached(path):
+            verified.discard(name)
+        elif name in verified or _verifies(directory / name):
+            verified.add(name)
             kept += 1
-
-
-def _verifies_cached(path: Path) -> bool:
-    try:
-        stats = [os.stat(path / name) for name in (MANIFEST, *FILES)]
-    except OSError:
-        return False
-    identity = tuple((s.st_ino, s.st_mtime_ns, s.st_size) for s in stats)
-    if _verified.get(path) == identity:
-        return True
-    if not _verifies(path):
-        return False
-    _verified[path] = identity
-    return True
 
 
 def _is_running(pid: int) -> bool:
@@ -413,12 +401,13 @@ def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
         return []
     if not directory.is_dir():
         raise StateError(f"{directory}: not a folder, cannot hold checkpoints")
-    found = []
-    for name in os.listdir(directory):
-        match = STEP_NAME.fullmatch(name)
-        if match and name == step_name(int(match[1])):
-            found.append((int(match[1]), directory / name))
-    return [path for _, path in sorted(found)]
+    return [directory / name for name in _step_names(directory)]
+
+
+def _step_names(directory: Path) -> list[str]:
+    """The names of the step folders in `directory`, by step."""
+    found = map(STEP_NAME.fullmatch, os.listdir(directory))
+    return [name for _, name in sorted((int(m[1]), m[0]) for m in found if m)]
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
