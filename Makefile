@@ -10,7 +10,7 @@ CONFIG ?= configs/quickstart.cfg
 SRC := optsvc cli tests configs/spacy $(wildcard bench)
 
 
-.PHONY: test test-fast lint format train spacy-train spacy-side-by-side plot-example soak venv thinc9-reference clean
+.PHONY: test test-fast peer-tests peer-tests-thinc9 lint format train spacy-train spacy-side-by-side plot-example soak venv thinc9-reference clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+	$(BIN)/python tests/peer/run.py
+
+# Thinc's and spaCy's own shipped tests, as shipped and with optsvc in place of
+# Thinc's optimizers and schedules; fails if a test passes only as shipped.
+# About 4 minutes on 2 CPU cores.
+peer-tests: $(STAMP)
+	$(BIN)/python tests/peer/run.py
 
 # The inner loop: everything but the tests marked slow (subprocesses, SIGKILL,
 # fuzz and soak). `make test` (and CI) runs them all.
@@ -68,9 +75,20 @@ soak: $(STAMP)
 
 # Thinc 9.1.1 pins confection < 1.0, so its reference trajectories come from
 # a separate virtualenv (see tests/reference/README.md).
-thinc9-reference:
-	test -x /tmp/thinc9-venv/bin/python || ($(PYTHON) -m venv /tmp/thinc9-venv && /tmp/thinc9-venv/bin/pip install --quiet thinc==9.1.1)
-	/tmp/thinc9-venv/bin/python tests/reference/make_thinc9_reference.py
+THINC9 := /tmp/thinc9-venv/bin/python
+$(THINC9):
+	$(PYTHON) -m venv /tmp/thinc9-venv
+	/tmp/thinc9-venv/bin/pip install --quiet thinc==9.1.1 pytest safetensors
+
+thinc9-reference: $(THINC9)
+	$(THINC9) tests/reference/make_thinc9_reference.py
+
+# Thinc 9.1.1's own optimizer and schedule tests against optsvc's API, in that
+# virtualenv (optsvc's core needs neither confection nor its config layer):
+# the counts, as shipped and swapped.
+peer-tests-thinc9: $(THINC9)
+	/tmp/thinc9-venv/bin/pip install --quiet --no-deps -e .
+	$(THINC9) tests/peer/run.py --report thinc9
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info

@@ -110,7 +110,9 @@ def _number(arg: Arg, x: Any, what: str = "") -> str | None:
 
 
 def _integer(arg: Arg, x: Any, what: str = "") -> str | None:
-    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+    # A float that is a whole number counts, as in Thinc (20.0 steps).
+    whole = isinstance(x, float) and x.is_integer()
+    if isinstance(x, bool) or not (isinstance(x, numbers.Integral) or whole):
         return f"{what}must be a whole number"
     if abs(x) > MAX_INT:
         return f"{what}must be a whole number below 2**63"
@@ -315,7 +317,7 @@ def checked(*rules: Rule) -> Callable[[Callable], Callable]:
     def decorate(func: Callable) -> Callable:
         @functools.wraps(func)
         def call(*args: Any, **kwargs: Any) -> Any:
-            _check_call(call, args, kwargs)
+            args, kwargs = _check_call(call, args, kwargs)
             return func(*args, **kwargs)
 
         _CHECKED[call] = _Checked(func, rules, inspect.signature(func))
@@ -343,12 +345,24 @@ def show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _check_call(func: Callable, args: tuple, kwargs: dict) -> None:
+def whole_numbers(func: Callable, arguments: dict[str, Any]) -> dict[str, Any]:
+    """`arguments` for `func`, each whole-number argument given as a float
+    (20.0) turned into an int."""
+    ints = {p.name for p in params_of(func) if p.kind == "int"}
+    return {
+        k: int(v) if k in ints and isinstance(v, float) else v
+        for k, v in arguments.items()
+    }
+
+
+def _check_call(func: Callable, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The call's arguments, checked (ConfigError) and as the function takes
+    them (`whole_numbers`)."""
     checked_ = _CHECKED[func]
     try:
         bound = checked_.signature.bind(*args, **kwargs)
     except TypeError:
-        return  # the call itself raises the usual TypeError
+        return args, kwargs  # the call itself raises the usual TypeError
     bound.apply_defaults()
     values = bound.arguments
     name = func.__qualname__.removesuffix(".__init__")  # a class: its name
@@ -365,6 +379,8 @@ def _check_call(func: Callable, args: tuple, kwargs: dict) -> None:
             )
         if problem:
             raise ConfigError(f"{name}: {problem}")
+    bound.arguments.update(whole_numbers(func, values))
+    return bound.args, bound.kwargs
 
 
 __all__ = [
@@ -375,6 +391,7 @@ __all__ = [
     "params_of",
     "rules_of",
     "unchecked",
+    "whole_numbers",
     "MAX_INT",
     "NOT_CONFIGURABLE",
 ]

@@ -453,3 +453,73 @@ def test_the_test_suite_passes_without_thinc_or_spacy():
     assert " passed" in out.stdout
     # Thinc was really out of reach: the tests that need it said so.
     assert "Thinc comes with the 'thinc', 'spacy' and 'compare' extras" in out.stdout
+
+
+# --- what Thinc's and spaCy's own tests ask of a drop-in (tests/peer) -------------
+
+
+def test_step_counts_may_be_whole_floats_as_in_thinc():
+    # thinc/tests/test_schedules.py: slanted_triangular(1.0, 20.0, ratio=10)
+    assert optsvc.slanted_triangular(1.0, 20.0, ratio=10).attrs == (
+        optsvc.slanted_triangular(1.0, 20, ratio=10).attrs
+    )
+    rates = integration.slanted_triangular(1.0, 20.0, ratio=10)
+    first = [next(rates) for _ in range(4)]
+    assert first[0] < first[1] and first[2] < first[1]
+    with pytest.raises(optsvc.ConfigError, match="'num_steps' must be a whole"):
+        optsvc.slanted_triangular(1.0, 20.5)
+
+
+def test_constant_then_takes_the_values_that_follow_as_thinc_8_does():
+    # thinc/tests/test_schedules.py: constant_then(1.0, 2, [100, 200])
+    rates = integration.constant_then(1.0, 2, [100, 200])
+    assert [next(rates) for _ in range(5)] == [1.0, 1.0, 100, 200, 200]
+    generated = optsvc.constant_then(0.5, 1, (x for x in [3.0, 4.0]))
+    assert [generated(step) for step in range(3)] == [0.5, 3.0, 4.0]
+    # a Schedule that follows sees the global step, as in Thinc 9
+    assert optsvc.constant_then(1.0, 2, optsvc.warmup_linear(1.0, 4, 8))(2) == 0.5
+
+
+def test_averages_can_be_switched_off_and_on_as_on_thincs_optimizer():
+    # thinc/tests/layers/test_linear.py: sgd.averages = None
+    sgd = integration.SGD(1.0, L2=0.0, grad_clip=0.0)
+    sgd.averages = None
+    W = np.ones(3, "f")
+    sgd((0, "W"), W, np.full(3, 0.5, "f"))
+    assert sgd.averages is None and W.tolist() == [0.5, 0.5, 0.5]
+    sgd.averages = {}  # from now on, from zero
+    sgd((0, "W"), W, np.full(3, 0.25, "f"))  # W = 0.25; the second update
+    rate = 1 - min((1 + 2) / (10 + 2), 0.9999)
+    assert sgd.averages[(0, "W")].tolist() == pytest.approx([rate * 0.25] * 3)
+    with pytest.raises(TypeError, match="None"):
+        sgd.averages = {(0, "W"): W}
+
+
+def test_thincs_optimizer_arguments_make_an_optsvc_optimizer():
+    opt = integration.ThincOptimizer(learn_rate=0.123, use_radam=True, L2=0.1)
+    assert isinstance(opt, thinc_api.Optimizer)
+    assert (opt.learn_rate, opt.use_radam, opt.L2) == (0.123, True, 0.1)
+
+
+def test_optimizers_and_schedules_pickle_and_copy_through_their_own_state():
+    # spaCy pickles a trained nlp, and deep-copies its optimizer
+    import copy
+    import pickle
+
+    opt = integration.Adam(integration.warmup_linear(0.01, 2, 10))
+    W = np.ones((2, 3), "f")
+    opt((0, "W"), W, np.full((2, 3), 0.5, "f"))
+    opt.step_schedules()
+    twins = [pickle.loads(pickle.dumps(opt)), copy.deepcopy(opt)]
+    results = []
+    for each in [opt, *twins]:
+        assert isinstance(each, integration.ThincOptimizer)
+        W2 = W.copy()
+        each((0, "W"), W2, np.full((2, 3), 0.25, "f"))
+        results.append(W2)
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[0], results[2])
+    assert twins[1].mom1[(0, "W")] is not opt.mom1[(0, "W")]
+    schedule = integration.warmup_linear(0.01, 2, 10)
+    next(schedule)
+    assert next(pickle.loads(pickle.dumps(schedule))) == next(schedule)

@@ -20,7 +20,7 @@ from optsvc.config.parse import OWN_REGISTRIES, ConfigError, ConfigIssue, did_yo
 from optsvc.config.registry import registry
 from optsvc.loggers.base import LoggerFactory
 from optsvc.schedules.base import Schedule
-from optsvc.spec import Param, params_of, rules_of, unchecked
+from optsvc.spec import Param, params_of, rules_of, unchecked, whole_numbers
 
 # Which registry each optsvc section's block names, and an example.
 SECTION_REGISTRY = {"data": ("datasets", "blobs.v1"), "model": ("models", "mlp.v1")}
@@ -280,7 +280,7 @@ def construct(block: dict, path: str) -> Any:
         if not key.startswith("@")
     }
     try:
-        return unchecked(func)(**kwargs)
+        return unchecked(func)(**whole_numbers(func, kwargs))
     except (ValueError, TypeError, ArithmeticError) as err:
         raise ConfigError(ConfigIssue(path, str(err))) from None
 

@@ -152,13 +152,24 @@ class ThincOptimizer(_ThincOptimizer):
     (0.001, 1)
     """
 
-    def __init__(self, optimizer: optsvc.Optimizer) -> None:
+    def __init__(self, optimizer: Any = None, **hyperparameters: Any) -> None:
+        """Wrap an `optsvc.Optimizer`, or make one from the arguments of
+        Thinc's `Optimizer(learn_rate, *, L2, beta1, ...)`."""
         # Thinc's __init__ is not called: it would build Thinc's own state,
         # which this class never uses.
-        if not isinstance(optimizer, optsvc.Optimizer):
+        if isinstance(optimizer, _ThincOptimizer):
             raise TypeError(
-                "ThincOptimizer wraps an optsvc.Optimizer, got "
+                "ThincOptimizer wraps an optsvc.Optimizer, got Thinc's "
                 f"{type(optimizer).__name__}"
+            )
+        if not isinstance(optimizer, optsvc.Optimizer):
+            if optimizer is not None:
+                hyperparameters["learn_rate"] = optimizer
+            arguments = {k: _unwrap(v) for k, v in hyperparameters.items()}
+            optimizer = optsvc.Optimizer(**arguments)
+        elif hyperparameters:
+            raise TypeError(
+                "give an optsvc.Optimizer or the arguments of one, not both"
             )
         self._optimizer = optimizer
 
@@ -180,7 +191,9 @@ class ThincOptimizer(_ThincOptimizer):
     last_score = _delegated(
         "last_score", "`(step, score)` of the last evaluation.", settable=True
     )
-    averages = _delegated("averages", "Key -> averaged weights, or None.")
+    averages = _delegated(
+        "averages", "Key -> averaged weights, or None (settable).", settable=True
+    )
     mom1 = _delegated("mom1", "Key -> first moment.")
     mom2 = _delegated("mom2", "Key -> second moment.")
     nr_update = _delegated("nr_update", "Key -> number of updates.")
@@ -228,6 +241,11 @@ class ThincOptimizer(_ThincOptimizer):
         """Restore state written by `to_disk`."""
         self._optimizer.from_disk(path)
         return self
+
+    def __reduce__(self):
+        # Not Thinc's slots (these properties answer for them): the optsvc
+        # optimizer, which pickles through its own state.
+        return (ThincOptimizer, (self._optimizer,))
 
     def __repr__(self) -> str:
         return f"<ThincOptimizer of {self._optimizer!r}>"

@@ -21,16 +21,14 @@ import numbers
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from optsvc.errors import ConfigError
 from optsvc.schedules.base import Schedule
-from optsvc.schedules.thinc import to_schedule
+from optsvc.schedules.thinc import ScheduleT, to_schedule
 from optsvc.spec import MAX_INT, Arg, Param, show
-
-ScheduleT = Union[float, list, Any, Schedule]  # noqa: UP007 (a runtime alias)
 
 # Hyperparameters by argument name, in the order the optimizer evaluates them.
 HPARAMS = ("learn_rate", "L2", "beta1", "beta2", "eps", "grad_clip")

@@ -135,8 +135,24 @@ class Optimizer(ScheduledHyperparams):
     @property
     def averages(self) -> Mapping[KeyT, Any] | None:
         """Each key's parameter average, shaped like the parameter (a
-        read-only view of the state), or None without `use_averages`."""
+        read-only view of the state), or None without `use_averages`. As on
+        Thinc's optimizer, assigning None stops averaging and `{}` starts it
+        afresh."""
         return self._state.averages
+
+    @averages.setter
+    def averages(self, value: Mapping | None) -> None:
+        if value is not None and (not isinstance(value, Mapping) or value):
+            raise TypeError(
+                "assign None (no averages) or {} (averages from now on) to "
+                f"optimizer.averages, not {type(value).__name__}"
+            )
+        self._state.keep_averages(value is not None)
+
+    def __reduce__(self):
+        # Pickling and copy.deepcopy go through the optimizer's own state
+        # (to_bytes); its schedules travel as objects, with their functions.
+        return (_unpickle, (dict(self._schedules), self.to_bytes()))
 
     @property
     def nr_update(self) -> Mapping[KeyT, int]:
@@ -370,6 +386,12 @@ def _check_arrays(key, weights, gradient, ops: Ops, slot: KeySlot | None) -> Non
         )
     if slot is not None and slot.shape != weights.shape:
         raise shape_conflict(key, slot.shape, weights.shape)
+
+
+def _unpickle(schedules: dict, data: bytes) -> Optimizer:
+    optimizer = _optimizer(learn_rate=0.0)
+    optimizer._schedules = schedules  # what from_bytes finds functions in
+    return optimizer.from_bytes(data)
 
 
 def _optimizer(**arguments: Any) -> Optimizer:

@@ -314,6 +314,19 @@ class OptimizerState:
                 m[...], v[...] = slot.m, slot.v
             slot.m, slot.v = m, v
 
+    def keep_averages(self, keep: bool) -> None:
+        """Start keeping parameter averages (from zero, as for a new key) or
+        stop and drop them."""
+        for slot in self.slots.values():  # flat groups are laid out anew
+            slot.detach()
+            slot.ema = None
+        self._groups = {}
+        self.use_averages = keep
+        self.averages = AveragesView(self.slots) if keep else None
+        if keep and self.ops is not None:
+            for slot in self.slots.values():
+                slot.ema = self.ops.alloc((slot.size,))
+
     # --- devices and host arrays --------------------------------------------------
 
     def move(self, target: Ops) -> None:

@@ -14,12 +14,16 @@ import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import GeneratorType
-from typing import Annotated, Any
+from typing import Annotated, Any, Union
 
 from optsvc import registries
 from optsvc.errors import ConfigError
 from optsvc.schedules.base import Schedule, schedule_fn
 from optsvc.spec import Arg, Param, Rule, checked, show
+
+# A hyperparameter, or a schedule's inner schedule, as given from Python: a
+# number, a list, a generator or a Schedule (`to_schedule`).
+ScheduleT = Union[float, list, Any, Schedule]  # noqa: UP007 (a runtime alias)
 
 # Arguments that several schedules take (here and in `optsvc.schedules.extra`),
 # each declared once.
@@ -56,25 +60,36 @@ def _constant(schedule: Schedule, step: int, **kwargs: Any) -> float:
 def constant_then(
     rate: Annotated[float, Arg("the value for the first steps")],
     steps: Annotated[int, Arg("steps at that value", ge=0)],
-    schedule: NextSchedule,
+    schedule: Annotated[
+        ScheduleT, Arg("the schedule that follows (or a list or generator of values)")
+    ],
 ) -> Schedule[float]:
     """`rate` for the first `steps` steps, then `schedule(step)`.
 
-    As in Thinc 9, the inner schedule sees the global step, not
-    `step - steps`.
+    As in Thinc 9, a schedule that follows sees the global step, not
+    `step - steps`; a list or a generator of values (Thinc 8) starts after
+    the first `steps`.
 
     >>> s = constant_then(1.0, 2, constant(0.5))
-    >>> [s(0), s(1), s(2)]
-    [1.0, 1.0, 0.5]
+    >>> [s(0), s(1), s(2)], constant_then(1.0, 2, [5, 6])(3)
+    ([1.0, 1.0, 0.5], 6)
     """
+    if isinstance(schedule, numbers.Number):
+        raise ConfigError(
+            "constant_then: 'schedule' must be a schedule, or a list or generator "
+            f"of values, got {show(schedule)}"
+        )
+    offset = 0 if isinstance(schedule, Schedule) else steps
+    schedule = to_schedule("schedule", schedule)
     return Schedule("constant_then", _constant_then, attrs=locals())
 
 
 @schedule_fn("constant_then")
 def _constant_then(schedule: Schedule, step: int, **kwargs: Any) -> float:
-    if step < schedule.attrs["steps"]:
-        return schedule.attrs["rate"]
-    return schedule.attrs["schedule"](step, **kwargs)
+    a = schedule.attrs
+    if step < a["steps"]:
+        return a["rate"]
+    return a["schedule"](step - a["offset"], **kwargs)
 
 
 @registries.schedules.register("decaying.v1")
@@ -287,9 +302,9 @@ def _plateau(
             state.best_score = score
             state.patience = 0
         elif score_step < state.last_score_step:
-            raise ConfigError(
-                f"plateau: scores must arrive in step order; got a score for step "
-                f"{score_step} after one for step {state.last_score_step}"
+            raise ConfigError(  # Thinc 9's words first: its tests match them
+                f"plateau: Expected score with step >= {state.last_score_step}, was: "
+                f"{score_step} (scores must arrive in step order)"
             )
         elif score_step > state.last_score_step:
             state.patience += 1
