@@ -380,43 +380,30 @@ class OptimizerState:
         or (a second moment) a negative value."""
         state = cls(use_averages=use_averages, ops=ops, radam_buffer=radam_buffer)
         for i, (key, shape, nr) in enumerate(records):
-            size = int(np.prod(shape))
-            slot = state.slots[key] = KeySlot(shape, size)
+            slot = state.slots[key] = KeySlot(shape, int(np.prod(shape)))
             slot.nr = nr
             if f"m{i}" in arrays or f"v{i}" in arrays:
-                for name in (f"m{i}", f"v{i}"):
-                    array = arrays.get(name)
-                    if array is not None and not np.isfinite(array).all():
-                        raise StateError(
-                            f"optimizer state for key {key!r}: {name} is not finite"
-                        )
-                    if (
-                        array is None
-                        or array.shape != (size,)
-                        or array.dtype != np.float32
-                    ):
-                        raise StateError(
-                            f"optimizer state for key {key!r} has a bad {name}"
-                        )
-                if (arrays[f"v{i}"] < 0).any():
+                slot.m = _restored(arrays, f"m{i}", (slot.size,), key, ops)
+                slot.v = _restored(arrays, f"v{i}", (slot.size,), key, ops)
+                if (slot.v < 0).any():
                     raise StateError(
                         f"optimizer state for key {key!r} has a negative second moment"
                     )
-                slot.m = ops.asarray(arrays[f"m{i}"])
-                slot.v = ops.asarray(arrays[f"v{i}"])
             if use_averages:
-                ema = arrays.get(f"ema{i}")
-                if (
-                    ema is None
-                    or ema.shape != shape
-                    or ema.dtype != np.float32
-                    or not np.isfinite(ema).all()
-                ):
-                    raise StateError(
-                        f"optimizer state for key {key!r} has bad averages"
-                    )
-                slot.ema = ops.asarray(ema).reshape(-1)
+                ema = _restored(arrays, f"ema{i}", shape, key, ops, "averages")
+                slot.ema = ema.reshape(-1)
         return state
 
     def __repr__(self) -> str:
         return f"<OptimizerState {len(self.slots)} keys, on {self.ops!r}>"
+
+
+def _restored(arrays, name: str, shape: tuple, key, ops: Ops, what: str = ""):
+    """Array `name` of saved state on `ops`, if it is float32 of `shape` and
+    finite; StateError naming `key` and `what` (default: the name) if not."""
+    array, what = arrays.get(name), what or name
+    if array is None or array.shape != shape or array.dtype != np.float32:
+        raise StateError(f"optimizer state for key {key!r} has a bad {what}")
+    if not np.isfinite(array).all():
+        raise StateError(f"optimizer state for key {key!r}: {what} is not finite")
+    return ops.asarray(array)
