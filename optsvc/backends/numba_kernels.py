@@ -93,7 +93,8 @@ _f32 = np.float32
 def _sumsq(g, w, l2, flags):  # pragma: no cover - compiled
     """Sum of (g + l2 * w)**2 in float64, lane by lane (element i to lane
     i % LANES, then the lanes in order): `elements.grad_sq`, written out in
-    two loops so that each vectorises."""
+    one loop per L2 flag (through `grad_sq`, with the flag tested inside the
+    loop, the norm pass of 16M elements took 1-2% longer)."""
     acc = np.zeros(LANES, np.float64)
     n = g.shape[0]
     full = (n // LANES) * LANES
