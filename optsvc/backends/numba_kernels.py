@@ -159,9 +159,11 @@ _SGD, _ADAM, _MOMENTUM = elements.SGD, elements.ADAM, elements.MOMENTUM
 _sgd, _adam, _momentum = _kind_loop(_SGD), _kind_loop(_ADAM), _kind_loop(_MOMENTUM)
 
 
-@_jit
+@numba.njit(cache=True, fastmath=False, nogil=True, error_model="numpy", _nrt=False)
 def _apply(w, g, m, v, ema, kind, lr, rate, scale, step):  # pragma: no cover
-    """The loop of `kind` (an update kind's registration on the CPU)."""
+    """The loop of `kind` (an update kind's registration on the CPU). No
+    reference counting here either: it cost each call some 50 ns on the five
+    arrays passed on, a few percent of a small tensor's update."""
     if kind == _SGD:
         _sgd(w, g, m, v, ema, lr, rate, scale, step)
     elif kind == _ADAM:
