@@ -1,5 +1,7 @@
 """Plain-numpy reference for one optimizer update, written line by line in
-Thinc 9.1.1's order. The backends' fused kernels are tested against it.
+Thinc 9.1.1's order. The backends' fused kernels are tested against it, and
+so are `optsvc.backends.elements`' functions, which the compiled kernels are
+built from, run here as plain Python (`element_update`).
 
 kind: an `UpdateKind`: SGD (w -= lr * g), ADAM (w -= lr * m / (sqrt(v) +
 eps)), MOMENTUM (RAdam before its variance is rectified: w -= lr * m).
@@ -10,7 +12,8 @@ in), `decay` the weight-decay multiplier applied after the update and
 
 import numpy as np
 
-from optsvc.backends import UpdateKind
+from optsvc.backends import UpdateKind, elements
+from optsvc.backends.ops import CLIP_FLAG
 
 # the update kinds by the names the kernel tests give them
 KINDS = {
@@ -48,6 +51,26 @@ def reference_update(
         w -= f32(decay) * w
     if ema is not None:
         ema -= f32(ema_rate) * (ema - w)
+
+
+def element_update(
+    w, g, m, v, ema, *, kind, lr, b1, b2, eps, l2, clip, decay, ema_rate
+):
+    """`reference_update`'s arguments and effect, through the element
+    functions as plain Python, element by element: the clipping norm summed
+    in float64 in index order, then `elements.update_element` on each."""
+    step = elements.step_scalars(b1, b2, eps, l2, clip, decay, ema is not None)
+    scale = np.float32(1.0)
+    if step.flags & CLIP_FLAG:
+        total = 0.0
+        for i in range(w.shape[0]):
+            total += elements.grad_sq(i, g, w, step.l2, step.flags)
+        scale = elements.clip_scale(total, step.clip)
+    lr32, rate32 = np.float32(lr), np.float32(ema_rate)
+    for i in range(w.shape[0]):
+        elements.update_element(
+            i, w, g, m, v, ema, int(kind), lr32, rate32, scale, step
+        )
 
 
 def random_state(n, kind, averages, seed=0):

@@ -27,7 +27,7 @@ numba = pytest.importorskip(
 
 from kernel_reference import KINDS, NAMES, reference_update  # noqa: E402
 
-from optsvc.backends import UpdateKind, cuda_common  # noqa: E402
+from optsvc.backends import UpdateKind  # noqa: E402
 from optsvc.backends import cuda_kernels as ck  # noqa: E402
 
 SIM = bool(numba.config.ENABLE_CUDASIM)
@@ -145,29 +145,29 @@ def _clipped_call(rng, n=40):
 
 
 def _default_stream_scratch():
-    return ck._scratch[(cuda_common._device_id(ck._loaded), 0)]
+    return ck._scratch[(ck._device(ck._loaded)[0], 0)]
 
 
 def test_scratch_buffer_is_reused():
     rng = np.random.default_rng(7)
     _clipped_call(rng)
     sc = _default_stream_scratch()
-    n_scratch, n_devices = len(ck._scratch), len(cuda_common._devices)
+    n_scratch, n_devices = len(ck._scratch), len(ck._devices)
     for _ in range(4):
         _clipped_call(rng)
     assert _default_stream_scratch() is sc
-    assert (len(ck._scratch), len(cuda_common._devices)) == (n_scratch, n_devices)
-    assert sc.buf.shape == (2,)
+    assert (len(ck._scratch), len(ck._devices)) == (n_scratch, n_devices)
+    assert sc.sumsq.shape == (2,)
     assert not sc.dirty
     # The slot the next clipped call accumulates into is already zero.
-    assert sc.buf.copy_to_host()[sc.slot] == 0.0
+    assert sc.sumsq.copy_to_host()[sc.slot] == 0.0
 
 
 def test_dirty_scratch_is_rezeroed():
     rng = np.random.default_rng(8)
     _clipped_call(rng)
     sc = _default_stream_scratch()
-    sc.buf.copy_to_device(np.array([5.0, 7.0]))  # as after a failed launch
+    sc.sumsq.copy_to_device(np.array([5.0, 7.0]))  # as after a failed launch
     sc.dirty = True
     _clipped_call(rng)  # compares with the reference: the garbage is not used
     assert not sc.dirty

@@ -21,6 +21,7 @@ numba = pytest.importorskip(
     exc_type=ImportError,
 )
 
+from optsvc.backends import cuda_kernels as ck  # noqa: E402
 from optsvc.backends import cuda_multi as cm  # noqa: E402
 
 SIM = bool(numba.config.ENABLE_CUDASIM)
@@ -168,30 +169,30 @@ def test_consecutive_clipped_calls_reuse_the_scratch():
             state, offsets, sizes, params, exact=clip == 0.0 and SIM, layout=layout,
             l2=0.0, clip=clip, decay=0.0, **HYPER,
         )  # fmt: skip
-    assert not layout.dirty
-    sumsq = layout.sumsq.copy_to_host()
-    n = layout.n_tensors
-    assert (sumsq[layout.slot * n : (layout.slot + 1) * n] == 0).all()
+    assert not layout.scratch.dirty
+    sumsq = layout.scratch.sumsq.copy_to_host()
+    n, slot = layout.n_tensors, layout.scratch.slot
+    assert (sumsq[slot * n : (slot + 1) * n] == 0).all()
 
 
 def test_dirty_scratch_is_rezeroed():
     offsets, sizes, total = layout_arrays()
     layout = cm.make_layout(offsets, sizes)
-    layout.sumsq.copy_to_device(np.full(2 * len(sizes), 7.0))  # garbage
-    layout.dirty = True
+    layout.scratch.sumsq.copy_to_device(np.full(2 * len(sizes), 7.0))  # garbage
+    layout.scratch.dirty = True
     state = make_state(total, True, False, seed=8)
     params = tensor_params([UpdateKind.ADAM] * 6, seed=4)
     run_both(
         state, offsets, sizes, params, exact=False, layout=layout,
         l2=0.0, clip=0.5, decay=0.0, **HYPER,
     )  # fmt: skip
-    assert not layout.dirty
+    assert not layout.scratch.dirty
 
 
 def test_chunk_table():
     offsets, sizes, _ = layout_arrays()
     layout = cm.make_layout(offsets, sizes)
-    chunk = cm._loaded["chunk"]
+    chunk = ck._loaded["chunk"]
     tensor = np.asarray(layout.chunk_tensor.copy_to_host())
     start = np.asarray(layout.chunk_start.copy_to_host())
     stop = np.asarray(layout.chunk_stop.copy_to_host())

@@ -1,4 +1,6 @@
-"""The numpy kernel against the plain reference, line by line."""
+"""The numpy kernel, and the element functions that numba compiles into the
+CPU and CUDA kernels (run here as plain Python), against the plain
+reference, line by line."""
 
 import itertools
 import tracemalloc
@@ -8,6 +10,7 @@ import pytest
 from kernel_reference import (
     KINDS,
     copy_state,
+    element_update,
     random_state,
     reference_update,
 )
@@ -44,6 +47,33 @@ def test_kernel_matches_reference(n, kind, l2, clip, decay, averages):
             # The norm is summed in another order (BLAS float32 vs float64).
             np.testing.assert_allclose(ours[name], ref[name], rtol=2e-6, atol=1e-7)
     assert not ours["g"].any()
+
+
+@pytest.mark.parametrize("kind,l2,clip,decay,averages", CASES)
+def test_kernel_and_element_functions_match_reference(kind, l2, clip, decay, averages):
+    """Bit for bit, unless the clip fires (then each sums the norm in its own
+    order: BLAS float32, float64 in index order, numpy's float64 dot)."""
+    for n in [1, 7, 300]:
+        ref = random_state(n, KINDS[kind], averages, seed=n)
+        ours = {"numpy": copy_state(ref), "elements": copy_state(ref)}
+        hyper = dict(HYPER, kind=KINDS[kind], l2=l2, clip=clip, decay=decay)
+        for step in range(2):  # state carried across steps
+            gradient = np.float32(0.3 + step) * ref["w"] + 1
+            for state in (ref, *ours.values()):
+                state["g"][:] = gradient
+            fused_update(**ours["numpy"], **hyper)
+            element_update(**ours["elements"], **hyper)
+            reference_update(**ref, **hyper)
+        for who, state in ours.items():
+            for name, array in state.items():
+                if array is None:
+                    continue
+                if clip == 0.5:  # fires
+                    np.testing.assert_allclose(
+                        array, ref[name], rtol=2e-6, atol=1e-7, err_msg=(who, name)
+                    )
+                else:
+                    np.testing.assert_array_equal(array, ref[name], err_msg=(who, name))
 
 
 def test_kernel_is_bit_exact_without_clipping():

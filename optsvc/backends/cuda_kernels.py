@@ -1,4 +1,5 @@
-"""The fused optimizer update of one tensor on a CUDA device (``numba.cuda``).
+"""The optimizer update on a CUDA device (``numba.cuda``): every kernel, and
+the update of one tensor.
 
 One call of :func:`fused_update` is at most two launches on the caller's stream,
 with no host synchronisation:
@@ -10,75 +11,102 @@ with no host synchronisation:
    than written back to ``g`` (same float32 expression, same result; saves a
    4-byte write per element).
 2. ``_update_kernel``: one grid-stride pass. It reads the squared norm from
-   device memory, computes the clip scale on the device, then per element adds
-   the L2 term, clips, applies the SGD / Adam / momentum rule (``kind`` is a
-   uniform kernel argument), writes ``g = 0``, applies weight decay and updates
-   the average. It also zeroes the *other* scratch slot, which the next clipped
-   call on the same stream accumulates into (stream order makes that safe), so
-   no separate zeroing launch is needed per call.
+   device memory, computes the clip scale on the device, then updates each
+   element (``elements.update_element``: the L2 term, the clip, the SGD /
+   Adam / momentum rule of ``kind``, a uniform kernel argument, ``g = 0``,
+   weight decay, the average). It also zeroes the *other* scratch slot, which
+   the next clipped call on the same stream accumulates into (stream order
+   makes that safe), so no separate zeroing launch is needed per call.
 
-Many tensors in flat buffers are updated by :mod:`.cuda_multi` instead, with
-the same element update; what both share (the element update, the lazy numba
-import, why numba.cuda, memory traffic, arithmetic) is in :mod:`.cuda_common`.
-numba is imported on the first call, so ``optsvc`` imports without it; this
-module never imports cupy.
+Many tensors in flat buffers go through ``_multi_norm_kernel`` and
+``_multi_update_kernel`` (:mod:`.cuda_multi` holds their layouts and
+launches them): the same two launches for all tensors, with the same element
+update and block reduction, so the numbers are the same tensor by tensor.
+
+Why numba.cuda: one kernel source serves both places it has to run. On a GPU the
+kernels are launched directly on cupy arrays (numba reads their
+``__cuda_array_interface__``; nothing is copied), and in CI, which has no GPU,
+numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) runs the very same kernel
+bodies on the CPU with numpy arrays, so the code that is tested is the code that
+runs on the device.
+
+Memory traffic per float32 element: update pass 16 B for SGD (read w, g; write
+w, g), 32 B for Adam/momentum (+ read/write m, v), +8 B with averages (ema);
+the norm pass adds 4 B (read g), 8 B with L2 (read w too). E.g. Adam with
+clipping and averages: 44 B/element, a single pass plus one read of g.
+
+Arithmetic follows ``tests/kernel_reference.py`` (Thinc 9.1.1's order) in
+float32; host scalars are computed in float64 and rounded to float32 (``1 - b1``
+included), as Thinc does. On a real GPU, NVVM contracts ``a * b + c`` into FMAs,
+so results can differ from the numpy reference by about one float32 ulp; under
+the simulator they are bit-identical except for the norm's summation order.
+
+numba is imported lazily (:func:`_load`, once per process, on first use), so
+``optsvc`` imports without it; this module never imports cupy.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
 import threading
 from typing import Any
 
 import numpy as np
 
-from . import cuda_common
-from .cuda_common import (
-    _CLIP,
-    _GPU_THREADS,
-    _L2,
-    KIND_VALUES,
-    _checked_size,
-    _checked_state,
-    _device_id,
-    _device_state,
-    _on_device,
-    external_stream,
-    shared_scalars,
-    update_flags,
-)
+from . import elements
+from .ops import CLIP_FLAG as _CLIP
 from .ops import UpdateKind
 
 __all__ = ["external_stream", "fused_update"]
 
-# Set by _load() from cuda_common: the kernel bodies below read them as this
-# module's globals (numba compiles them in; the simulator swaps ``cuda``).
+# The update kinds as plain ints, for the argument checks before a launch.
+KIND_VALUES = tuple(int(kind) for kind in UpdateKind)
+
+# Launch configuration. On a GPU: 256 threads per block and at most
+# _BLOCKS_PER_SM * SMs blocks (8 x 256 = 2048 threads, a full SM on sm_80/sm_90),
+# i.e. one resident wave that grid-strides over the tensor. Under the simulator
+# every CUDA thread is a Python thread, so blocks are small and few (still more
+# than one block, so the atomics and the grid-stride loop are exercised).
+_GPU_THREADS = 256
+_BLOCKS_PER_SM = 8
+_SIM_THREADS = 16
+_SIM_MAX_BLOCKS = 2
+
+# Elements per chunk of the multi-tensor kernels: one block's share of work
+# at a time (32 elements per thread at 256 threads). Small tensors are one
+# chunk each; under the simulator chunks are tiny so tests cross them.
+_GPU_CHUNK = 8192
+_SIM_CHUNK = 64
+
+# Set by _load(): the numba.cuda module (kernel bodies look it up as a module
+# global, which is also what the simulator swaps out), numba's float64, the
+# device functions (`elements`' and `_block_sum`) and the block size the
+# shared-memory reduction is compiled for.
 cuda: Any = None
-_f32: Any = None
 _f64: Any = None
 _element: Any = None
+_grad_sq: Any = None
+_clip_scale: Any = None
+_sum: Any = None
 _BLOCK = _GPU_THREADS
 
 _lock = threading.Lock()
-_loaded: dict[str, Any] = {}  # cuda_common's, plus "norm", "update"
-_scratch: dict[tuple[int, int], _Scratch] = {}  # (device id, stream) -> scratch
+_loaded: dict[str, Any] = {}  # "sim", "threads", "chunk" and the kernels
+_devices: dict[int, _Device] = {}  # device id -> per-device state
+_scratch: dict[tuple[int, int], Scratch] = {}  # (device id, stream) -> scratch
 
 
 # --------------------------------------------------------------------------
-# Kernel bodies. Plain functions; _load() compiles them with cuda.jit.
-# Only float32 values are mixed with float32 (no Python float literals), so
+# Device code. Plain functions; _load() compiles them with cuda.jit. Only
+# float32 values are mixed with float32 (no Python float literals), so
 # nothing is silently promoted to float64.
 
 
-def _norm_kernel(g, w, l2, flags, out, slot):  # pragma: no cover - a kernel
+def _block_sum(acc):  # pragma: no cover - a device function
+    """The sum of every thread's `acc` over the block (a tree in shared
+    memory), returned to every thread."""
     buf = cuda.shared.array(_BLOCK, _f64)
     tid = cuda.threadIdx.x
-    acc = _f64(0.0)
-    for i in range(cuda.grid(1), g.shape[0], cuda.gridsize(1)):
-        gi = g[i]
-        if flags & _L2:
-            gi = gi + l2 * w[i]
-        acc += _f64(gi) * _f64(gi)
     buf[tid] = acc
     cuda.syncthreads()
     s = _BLOCK // 2
@@ -87,107 +115,205 @@ def _norm_kernel(g, w, l2, flags, out, slot):  # pragma: no cover - a kernel
             buf[tid] += buf[tid + s]
         cuda.syncthreads()
         s //= 2
-    if tid == 0:
-        cuda.atomic.add(out, slot, buf[0])
+    total = buf[0]
+    cuda.syncthreads()  # read by all before the next call writes buf
+    return total
 
 
-def _update_kernel(  # pragma: no cover - runs as a kernel
-    w,
-    g,
-    m,
-    v,
-    ema,
-    kind,
-    lr,
-    b1,
-    one_minus_b1,
-    b2,
-    one_minus_b2,
-    eps,
-    l2,
-    clip,
-    decay,
-    ema_rate,
-    flags,
-    sumsq,
-    slot,
+def _norm_kernel(g, w, step, sumsq, slot):  # pragma: no cover - a kernel
+    acc = _f64(0.0)
+    for i in range(cuda.grid(1), g.shape[0], cuda.gridsize(1)):
+        acc += _grad_sq(i, g, w, step.l2, step.flags)
+    total = _sum(acc)
+    if cuda.threadIdx.x == 0:
+        cuda.atomic.add(sumsq, slot, total)
+
+
+def _update_kernel(  # pragma: no cover - a kernel
+    w, g, m, v, ema, kind, lr, rate, step, sumsq, slot
 ):
-    scale = _f32(1.0)  # x * 1 is exact, so "no clipping" needs no branch below
+    scale = np.float32(1.0)
     start = cuda.grid(1)
-    if flags & _CLIP:
-        norm = _f32(math.sqrt(sumsq[slot]))
-        if norm >= clip:
-            scale = clip / norm
+    if step.flags & _CLIP:
+        scale = _clip_scale(sumsq[slot], step.clip)
         if start == 0:
             sumsq[1 - slot] = 0.0  # ready for the next clipped call on this stream
     for i in range(start, w.shape[0], cuda.gridsize(1)):
-        _element(
-            i, w, g, m, v, ema, kind, lr, b1, one_minus_b1, b2, one_minus_b2,
-            eps, l2, scale, decay, ema_rate, flags,
-        )  # fmt: skip
+        _element(i, w, g, m, v, ema, kind, lr, rate, scale, step)
 
 
-_NORM_SIG = "void(float32[::1], float32[::1], float32, int32, float64[::1], int32)"
-_UPDATE_SIG = (
-    "void(float32[::1], float32[::1], float32[::1], float32[::1], float32[::1],"
-    " int32, float32, float32, float32, float32, float32, float32, float32,"
-    " float32, float32, float32, int32, float64[::1], int32)"
-)
+# The multi-tensor kernels walk a chunk table: chunk c covers elements
+# [chunk_start[c], chunk_stop[c]) of tensor chunk_tensor[c] in the flat
+# buffers, and each block takes whole chunks (grid-stride over chunks), so a
+# block knows its tensor's learning rate, averaging rate, kind and clip scale
+# without searching. sumsq holds two rows of one float64 per tensor (slot
+# 0 / 1, flattened): the norm kernel accumulates into row `slot`, the update
+# kernel reads it and zeroes the other row for the next clipped call.
+
+
+def _multi_norm_kernel(  # pragma: no cover - a kernel
+    g, w, step, chunk_tensor, chunk_start, chunk_stop, sumsq, slot
+):
+    n_tensors = sumsq.shape[0] // 2
+    for c in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
+        acc = _f64(0.0)
+        for i in range(chunk_start[c] + cuda.threadIdx.x, chunk_stop[c],
+                       cuda.blockDim.x):  # fmt: skip
+            acc += _grad_sq(i, g, w, step.l2, step.flags)
+        total = _sum(acc)
+        if cuda.threadIdx.x == 0:
+            cuda.atomic.add(sumsq, slot * n_tensors + chunk_tensor[c], total)
+
+
+def _multi_update_kernel(  # pragma: no cover - a kernel
+    w, g, m, v, ema, chunk_tensor, chunk_start, chunk_stop, params, step, sumsq,
+    slot,
+):  # fmt: skip
+    n_tensors = params.shape[1]
+    if step.flags & _CLIP:
+        other = (1 - slot) * n_tensors
+        for t in range(cuda.grid(1), n_tensors, cuda.gridsize(1)):
+            sumsq[other + t] = 0.0  # ready for the next clipped call
+    for c in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
+        t = chunk_tensor[c]
+        scale = np.float32(1.0)
+        if step.flags & _CLIP:
+            scale = _clip_scale(sumsq[slot * n_tensors + t], step.clip)
+        lr = params[0, t]
+        rate = params[1, t]
+        kind = np.int32(params[2, t])
+        for i in range(chunk_start[c] + cuda.threadIdx.x, chunk_stop[c],
+                       cuda.blockDim.x):  # fmt: skip
+            _element(i, w, g, m, v, ema, kind, lr, rate, scale, step)
+
+
+def _zero_kernel(buf):  # pragma: no cover - runs as a kernel
+    i = cuda.grid(1)
+    if i < buf.shape[0]:
+        buf[i] = 0.0
+
+
+def _signatures(nb) -> dict[str, tuple[Any, Any]]:
+    """Every kernel and its signature, from numba's types (`nb`): the step's
+    scalars typed as `elements.Step` holds them."""
+    a32, a64, i32, f32 = nb.float32[::1], nb.float64[::1], nb.int32, nb.float32
+    step = nb.typeof(elements.step_scalars(0.9, 0.999, 1e-8, 0.0, 0.0, 0.0, False))
+    arrays = (a32,) * 5  # w, g, m, v, ema
+    tables = (nb.int32[::1], nb.int64[::1], nb.int64[::1])
+    return {
+        "zero": (_zero_kernel, nb.void(a64)),
+        "norm": (_norm_kernel, nb.void(a32, a32, step, a64, i32)),
+        "update": (_update_kernel, nb.void(*arrays, i32, f32, f32, step, a64, i32)),
+        "multi_norm": (_multi_norm_kernel, nb.void(a32, a32, step, *tables, a64, i32)),
+        "multi_update": (
+            _multi_update_kernel,
+            nb.void(*arrays, *tables, nb.float32[:, ::1], step, a64, i32),
+        ),
+    }
 
 
 # --------------------------------------------------------------------------
-# Compiled kernels and per-stream scratch.
+# Lazy numba import, per-device state and the two-slot scratch.
 
 
-class _Scratch:
-    """Two float64 slots for the squared norm of one (device, stream).
+class _Device:
+    """Per-device constants: block cap and dummy arrays for absent m/v/ema."""
 
-    ``slot`` is the slot the next clipped call accumulates into; it is zero on
+    __slots__ = ("max_blocks", "dummy32", "dummy64")
+
+    def __init__(self, max_blocks: int, dummy32: Any, dummy64: Any) -> None:
+        self.max_blocks = max_blocks
+        self.dummy32 = dummy32
+        self.dummy64 = dummy64
+
+
+class Scratch:
+    """Two rows of `n` float64 slots for squared norms (`sumsq`, flattened):
+    one (device, stream)'s, n = 1, or one multi-tensor layout's, a slot per
+    tensor.
+
+    ``slot`` is the row the next clipped call accumulates into; it is zero on
     the device by the time that call's norm kernel runs (zeroed by the previous
     update kernel, or by ``_zero_kernel`` when new or after a failed launch).
+    Hold ``lock`` around launches that use it.
     """
 
-    __slots__ = ("buf", "slot", "dirty", "lock")
+    __slots__ = ("sumsq", "slot", "dirty", "lock")
 
-    def __init__(self, buf: Any) -> None:
-        self.buf = buf
+    def __init__(self, n: int) -> None:
+        self.sumsq = cuda.device_array(max(2 * n, 1), dtype=np.float64)
         self.slot = 0
         self.dirty = True  # device_array() is uninitialised memory
         self.lock = threading.Lock()
 
 
 def _load() -> dict[str, Any]:
-    """Import numba.cuda (:func:`cuda_common._load`) and compile this module's
-    kernels, once per process."""
+    """Import numba.cuda and compile the device code, once per process."""
     if _loaded:
         return _loaded
-    shared = cuda_common._load()
     with _lock:
         if _loaded:
             return _loaded
-        global cuda, _f32, _f64, _element, _BLOCK
-        cuda, _f32, _f64 = cuda_common.cuda, cuda_common._f32, cuda_common._f64
-        _element, _BLOCK = cuda_common._element, cuda_common._BLOCK
+        global cuda, _f64, _element, _grad_sq, _clip_scale, _sum, _BLOCK
+        try:
+            import numba
+            from numba import cuda as numba_cuda
+        except ImportError as exc:  # pragma: no cover - depends on environment
+            raise ImportError(
+                "optsvc's CUDA kernels need numba; install optsvc[cuda12] or "
+                "optsvc[cuda13]"
+            ) from exc
+        sim = bool(numba.config.ENABLE_CUDASIM)
+        cuda, _f64 = numba_cuda, numba.float64
+        _BLOCK = _SIM_THREADS if sim else _GPU_THREADS
+        device = numba_cuda.jit(device=True)
+        # Under the simulator the element functions run as they are: they use
+        # no `cuda`, which is all its device-function wrapper swaps, per call.
+        el = elements if sim else elements.compiled(device)
+        _element, _grad_sq, _clip_scale = el.update_element, el.grad_sq, el.clip_scale
+        _sum = device(_block_sum)
         # Explicit signatures: compiled here, once, and launches skip numba's
-        # per-call argument typing (arguments are checked in fused_update).
-        loaded = {
-            **shared,
-            "norm": cuda.jit(_NORM_SIG)(_norm_kernel),
-            "update": cuda.jit(_UPDATE_SIG)(_update_kernel),
+        # per-call argument typing (arguments are checked before each launch).
+        kernels = {
+            name: numba_cuda.jit(sig)(fn)
+            for name, (fn, sig) in _signatures(numba).items()
         }
-        _loaded.update(loaded)  # one step: other threads see all keys or none
+        chunk = _SIM_CHUNK if sim else _GPU_CHUNK
+        # one step: other threads see all keys or none
+        _loaded.update(sim=sim, threads=_BLOCK, chunk=chunk, **kernels)
     return _loaded
 
 
-def _scratch_for(dev_id: int, stream_key: int) -> _Scratch:
+def _device(k: dict[str, Any]) -> tuple[int, _Device]:
+    """The current device's id and state."""
+    dev_id = 0 if k["sim"] else cuda.get_current_device().id
+    state = _devices.get(dev_id)
+    if state is None:
+        with _lock:
+            state = _devices.get(dev_id)
+            if state is None:
+                if k["sim"]:
+                    max_blocks = _SIM_MAX_BLOCKS
+                else:
+                    sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
+                    max_blocks = sms * _BLOCKS_PER_SM
+                state = _Device(
+                    max_blocks,
+                    cuda.device_array(1, dtype=np.float32),
+                    cuda.device_array(2, dtype=np.float64),
+                )
+                _devices[dev_id] = state
+    return dev_id, state
+
+
+def _scratch_for(dev_id: int, stream_key: int) -> Scratch:
     key = (dev_id, stream_key)
     sc = _scratch.get(key)
     if sc is None:
         with _lock:
             sc = _scratch.get(key)
             if sc is None:
-                sc = _Scratch(cuda.device_array(2, dtype=np.float64))
-                _scratch[key] = sc
+                sc = _scratch[key] = Scratch(1)
     return sc
 
 
@@ -198,12 +324,88 @@ def _stream_key(k: dict[str, Any], stream: Any) -> int:
     return int(stream)
 
 
-def _checked_arrays(w: Any, g: Any, m: Any, v: Any, ema: Any, sgd: bool) -> int:
-    """The size of a fused update's arrays, checked (ValueError, TypeError)."""
+def launch(k, dev, sc, config, update, update_args, norm, norm_args) -> None:
+    """An update's launches on `config` (grid, block, stream): `update`
+    alone when `sc` is None (no clipping), else `norm`, then `update`, on the
+    two rows of `sc` (the caller holds its lock). Both kernels take the
+    squared norms and the row after their own arguments."""
+    if sc is None:
+        update[config](*update_args, dev.dummy64, np.int32(0))
+        return
+    try:
+        if sc.dirty:
+            size, threads = sc.sumsq.shape[0], k["threads"]
+            k["zero"][(size + threads - 1) // threads, threads, config[2]](sc.sumsq)
+            sc.slot, sc.dirty = 0, False
+        slot = np.int32(sc.slot)
+        norm[config](*norm_args, sc.sumsq, slot)
+        update[config](*update_args, sc.sumsq, slot)
+    except BaseException:
+        sc.dirty = True  # a launch failed: re-zero both rows next time
+        raise
+    sc.slot = 1 - sc.slot
+
+
+# --------------------------------------------------------------------------
+# Argument checks and device views.
+
+
+def _checked_size(x: Any, name: str, n: int | None) -> int:
+    if x.dtype != np.float32:
+        raise TypeError(f"{name} must be float32, got {x.dtype}")
+    shape = x.shape
+    if len(shape) != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(shape)}")
+    if shape[0] > 1 and x.strides[0] != 4:
+        raise ValueError(f"{name} must be contiguous")
+    if n is not None and shape[0] != n:
+        raise ValueError(f"{name} has size {shape[0]}, expected {n}")
+    return shape[0]
+
+
+def checked_arrays(w: Any, g: Any, m: Any, v: Any, ema: Any, moments: bool) -> int:
+    """The size of an update's arrays, each checked (ValueError, TypeError):
+    w and g, m and v when the update keeps moments (Adam, momentum), ema
+    when given."""
     n = _checked_size(w, "w", None)
     _checked_size(g, "g", n)
-    _checked_state(m, v, ema, n, moments=not sgd)
+    if moments:
+        if m is None or v is None:
+            raise ValueError("m and v are required for Adam and momentum updates")
+        _checked_size(m, "m", n)
+        _checked_size(v, "v", n)
+    if ema is not None:
+        _checked_size(ema, "ema", n)
     return n
+
+
+def on_device(k: dict[str, Any], dev: _Device, *arrays: Any) -> list[Any]:
+    """Device views of `arrays` (the dummy for None), made without a
+    host-side stream sync.
+
+    Passing a cupy array straight to a kernel makes numba synchronise the
+    stream named in its ``__cuda_array_interface__`` (a host sync per array per
+    launch). We launch on the caller's stream, so ordering is already right and
+    the view is made with ``sync=False``.
+    """
+    views = []
+    for x in arrays:
+        if x is None:
+            x = dev.dummy32
+        elif not (k["sim"] or getattr(x, "__cuda_memory__", False)):
+            if not hasattr(x, "__cuda_array_interface__"):
+                raise TypeError(f"expected a device array, got {type(x).__name__}")
+            x = cuda.as_cuda_array(x, sync=False)
+        views.append(x)
+    return views
+
+
+def external_stream(ptr: int) -> Any:
+    """Wrap a stream created elsewhere (e.g. cupy's current stream pointer)."""
+    k = _load()
+    if k["sim"]:
+        return cuda.stream()  # the simulator is synchronous; any stream will do
+    return cuda.external_stream(ptr)
 
 
 # --------------------------------------------------------------------------
@@ -239,48 +441,23 @@ def fused_update(
     if kind not in KIND_VALUES:
         raise ValueError(f"unknown update kind {kind!r}")
     sgd = kind == UpdateKind.SGD
-    n = _checked_arrays(w, g, m, v, ema, sgd)
+    n = checked_arrays(w, g, m, v, ema, moments=not sgd)
     if n == 0:
         return
 
     k = _load()
-    dev_id = _device_id(k)
-    dev = _device_state(k, dev_id)
+    dev_id, dev = _device(k)
     threads = k["threads"]
-    blocks = min((n + threads - 1) // threads, dev.max_blocks)
-
-    w = _on_device(k, w)
-    g = _on_device(k, g)
+    config = (min((n + threads - 1) // threads, dev.max_blocks), threads, stream)
     if sgd:
-        m = v = dev.dummy32
-    else:
-        m = _on_device(k, m)
-        v = _on_device(k, v)
-    ema = dev.dummy32 if ema is None else _on_device(k, ema)
-    kind = np.int32(kind)
-    flags = update_flags(l2, clip, decay, ema is not dev.dummy32)
-    shared = shared_scalars(b1, b2, eps, l2, clip, decay)
-    l2_32 = shared[5]
-    scalars = (np.float32(lr), *shared, np.float32(ema_rate))
-    update = k["update"]
-    if not flags & _CLIP:
-        update[blocks, threads, stream](
-            w, g, m, v, ema, kind, *scalars, flags, dev.dummy64, 0
-        )
-        return
-
-    sc = _scratch_for(dev_id, _stream_key(k, stream))
-    with sc.lock:
-        try:
-            if sc.dirty:
-                k["zero"][1, 2, stream](sc.buf)
-                sc.slot, sc.dirty = 0, False
-            slot = np.int32(sc.slot)
-            k["norm"][blocks, threads, stream](g, w, l2_32, flags, sc.buf, slot)
-            update[blocks, threads, stream](
-                w, g, m, v, ema, kind, *scalars, flags, sc.buf, slot
-            )
-        except BaseException:
-            sc.dirty = True  # a launch failed: re-zero both slots next time
-            raise
-        sc.slot = 1 - sc.slot
+        m = v = None
+    arrays = on_device(k, dev, w, g, m, v, ema)
+    step = elements.step_scalars(b1, b2, eps, l2, clip, decay, ema is not None)
+    kernel_args = (np.int32(kind), np.float32(lr), np.float32(ema_rate), step)
+    clipped = step.flags & _CLIP
+    sc = _scratch_for(dev_id, _stream_key(k, stream)) if clipped else None
+    with sc.lock if clipped else contextlib.nullcontext():
+        launch(
+            k, dev, sc, config, k["update"], (*arrays, *kernel_args), k["norm"],
+            (arrays[1], arrays[0], step),
+        )  # fmt: skip

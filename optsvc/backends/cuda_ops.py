@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from . import cuda_common, cuda_kernels, cuda_multi
+from . import cuda_kernels, cuda_multi
 from .ops import FlatLayout, Ops, TensorParams
 
 
@@ -38,7 +38,7 @@ class CudaKernelOps(Ops):
 
     def fused_update(self, w, g, m, v, ema, **hyper) -> None:
         with self.device:
-            stream = cuda_common.external_stream(self.stream_ptr())
+            stream = cuda_kernels.external_stream(self.stream_ptr())
             cuda_kernels.fused_update(w, g, m, v, ema, stream=stream, **hyper)
 
     def make_layout(self, offsets, sizes) -> FlatLayout:
@@ -50,7 +50,7 @@ class CudaKernelOps(Ops):
         self, w, g, m, v, ema, *, layout: FlatLayout, params: TensorParams, **hyper
     ) -> None:
         with self.device:
-            stream = cuda_common.external_stream(self.stream_ptr())
+            stream = cuda_kernels.external_stream(self.stream_ptr())
             cuda_multi.multi_update(
                 w,
                 g,

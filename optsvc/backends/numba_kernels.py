@@ -6,7 +6,9 @@ per float32 parameter for Adam, 40 with averages, 16 / 24 for SGD, plus one
 more read of the gradient (and of the weights with L2 in the gradient) for
 the clipping norm. `multi_update` runs the same per-tensor code over many
 tensors laid out in flat buffers, driven by per-tensor tables (offset, size,
-learning rate, averaging rate, kind), in one call.
+learning rate, averaging rate, kind), in one call. The update of each element
+is `elements.update_element`, which the CUDA kernels compile too, inlined here
+into one loop per update kind (`_kind_loop`).
 
 Numerics. Every operation rounds to float32 in the reference's order:
 ``fastmath`` stays off, so LLVM neither reassociates nor contracts ``a * b + c``
@@ -32,27 +34,22 @@ one always available, aborts on concurrent launches.
 
 This module imports numba at import time; `optsvc.backends.numpy_ops` imports
 it lazily, on the first update, and falls back to the numpy kernel without
-numba. Functions are compiled on first call and cached on disk (``cache=True``).
+numba. Functions are compiled on first call and cached on disk (``cache=True``);
+numba keys that cache on this file, not on `elements`: after editing
+`elements` alone, touch this file (or clear ``__pycache__``) to recompile.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 
 import numba
 import numpy as np
 
+from . import elements
 from .ops import CLIP_FLAG as _CLIP
-from .ops import DECAY_FLAG as _DECAY
-from .ops import EMA_FLAG as _EMA
 from .ops import L2_FLAG as _L2
-from .ops import UpdateKind
-
-# The kinds as plain ints: numba compiles them in as constants (an IntEnum
-# member as an argument would cost a slow dispatch on every call).
-_SGD, _ADAM = int(UpdateKind.SGD), int(UpdateKind.ADAM)
 
 # Interleaved float64 partial sums of the clipping norm: element i of a tensor
 # goes to lane i % LANES. Fixed, so every entry point sums in the same order.
@@ -78,6 +75,14 @@ PARALLEL_MIN = 262144
 
 _jit = numba.njit(cache=True, fastmath=False, nogil=True, error_model="numpy")
 
+# The element update and its helpers (`elements`), inlined into the loops
+# below in numba's IR, so LLVM vectorises each loop as if they were written
+# out in it.
+_el = elements.compiled(
+    numba.njit(inline="always", fastmath=False, error_model="numpy")
+)
+_element, _clip_scale, _step = _el.update_element, _el.clip_scale, _el.step_scalars
+
 # Stand-in for absent moments / averages (numba needs an array of the type).
 EMPTY = np.zeros(0, dtype=np.float32)
 
@@ -85,25 +90,11 @@ _f32 = np.float32
 
 
 @_jit
-def _flags(l2, clip, decay, has_ema):  # pragma: no cover - compiled
-    # The reference's Python tests, on the float64 host values: a value that
-    # rounds to 0 in float32 still takes the reference's branch.
-    flags = 0
-    if l2 != 0.0:
-        flags |= _L2
-    if clip > 0.0:
-        flags |= _CLIP
-    if decay != 0.0:
-        flags |= _DECAY
-    if has_ema:
-        flags |= _EMA
-    return flags
-
-
-@_jit
 def _sumsq(g, w, l2, flags):  # pragma: no cover - compiled
     """Sum of (g + l2 * w)**2 in float64, lane by lane (element i to lane
-    i % LANES, then the lanes in order)."""
+    i % LANES, then the lanes in order): `elements.grad_sq`, written out in
+    one loop per L2 flag (through `grad_sq`, with the flag tested inside the
+    loop, the norm pass of 16M elements took 1-2% longer)."""
     acc = np.zeros(LANES, np.float64)
     n = g.shape[0]
     full = (n // LANES) * LANES
@@ -143,62 +134,52 @@ def _norm_sq(g, w, l2, flags):  # pragma: no cover - compiled
     return total
 
 
-@_jit
-def _clip_scale(total, clip):  # pragma: no cover - compiled
-    """The gradient's factor for a squared norm `total` (callers test the
-    clip flag): 1 below the clip, so "no clipping" needs no branch later."""
-    scale = np.float32(1.0)  # x * 1 is exact
-    norm = np.float32(math.sqrt(total))
-    if norm >= clip:
-        scale = clip / norm
-    return scale
+def _kind_loop(kind):
+    """The elementwise update of one tensor, or of one chunk of it, by the
+    rule of `kind` (the clipping already folded into `scale`).
+
+    One loop per kind, each compiled on its own with its kind a constant:
+    LLVM keeps only that kind's rule in it, splits it by the flags and
+    vectorises each copy, however `elements.rule` branches (one loop testing
+    the kind of every element stayed scalar once those tests compiled to a
+    switch, and so did the last of three loops in one function). No
+    reference counting, as the loop allocates nothing: numba's inlining
+    counts references to the arrays it passes, and those counts, pruned only
+    after LLVM's loop passes, keep the loop scalar too."""
+
+    @numba.njit(fastmath=False, nogil=True, error_model="numpy", _nrt=False)
+    def loop(w, g, m, v, ema, lr, rate, scale, step):  # pragma: no cover
+        for i in range(w.shape[0]):
+            _element(i, w, g, m, v, ema, kind, lr, rate, scale, step)
+
+    return loop
+
+
+_SGD, _ADAM, _MOMENTUM = elements.SGD, elements.ADAM, elements.MOMENTUM
+_sgd, _adam, _momentum = _kind_loop(_SGD), _kind_loop(_ADAM), _kind_loop(_MOMENTUM)
+
+
+@numba.njit(cache=True, fastmath=False, nogil=True, error_model="numpy", _nrt=False)
+def _apply(w, g, m, v, ema, kind, lr, rate, scale, step):  # pragma: no cover
+    """The loop of `kind` (an update kind's registration on the CPU). No
+    reference counting here either: it cost each call some 50 ns on the five
+    arrays passed on, a few percent of a small tensor's update."""
+    if kind == _SGD:
+        _sgd(w, g, m, v, ema, lr, rate, scale, step)
+    elif kind == _ADAM:
+        _adam(w, g, m, v, ema, lr, rate, scale, step)
+    else:
+        _momentum(w, g, m, v, ema, lr, rate, scale, step)
 
 
 @_jit
-def _apply(  # pragma: no cover - compiled
-    w, g, m, v, ema, kind, lr, b1, omb1, b2, omb2, eps, l2, scale, decay, rate, flags
-):
-    """The elementwise update of one tensor, or of one chunk of it (all
-    scalars float32, the clipping already folded into `scale`)."""
-    for i in range(w.shape[0]):
-        wi = w[i]
-        gi = g[i]
-        if flags & _L2:
-            gi = gi + l2 * wi
-        gi = gi * scale
-        if kind == _SGD:
-            wi = wi - lr * gi
-        else:
-            mi = m[i] * b1 + omb1 * gi
-            vi = v[i] * b2 + omb2 * (gi * gi)
-            m[i] = mi
-            v[i] = vi
-            if kind == _ADAM:
-                wi = wi - lr * (mi / (np.sqrt(vi) + eps))
-            else:  # momentum only (RAdam before rectification)
-                wi = wi - lr * mi
-        g[i] = np.float32(0.0)
-        if flags & _DECAY:
-            wi = wi - decay * wi
-        w[i] = wi
-        if flags & _EMA:
-            e = ema[i]
-            ema[i] = e - rate * (e - wi)
-
-
-@_jit
-def _update(  # pragma: no cover - compiled
-    w, g, m, v, ema, kind, lr, b1, omb1, b2, omb2, eps, l2, clip, decay, rate, flags
-):
-    """One tensor's update (whole arrays; all scalars float32): the clipping
-    norm if asked, then one pass over the elements."""
-    scale = np.float32(1.0)
-    if flags & _CLIP:
-        scale = _clip_scale(_norm_sq(g, w, l2, flags), clip)
-    _apply(
-        w, g, m, v, ema, kind, lr, b1, omb1, b2, omb2, eps, l2, scale, decay, rate,
-        flags,
-    )  # fmt: skip
+def _update(w, g, m, v, ema, kind, lr, rate, step):  # pragma: no cover - compiled
+    """One tensor's update (whole arrays; the tensor's float32 lr and rate):
+    the clipping norm if asked, then one pass over the elements."""
+    scale = _f32(1.0)
+    if step.flags & _CLIP:
+        scale = _clip_scale(_norm_sq(g, w, step.l2, step.flags), step.clip)
+    _apply(w, g, m, v, ema, kind, lr, rate, scale, step)
 
 
 @_jit
@@ -208,12 +189,8 @@ def fused_positional(  # pragma: no cover - compiled
     """`fused_update` as the compiled function itself, for callers that count
     microseconds: positional arguments, `EMPTY` for absent arrays, `kind` a
     plain int (an IntEnum member costs numba a slow dispatch)."""
-    f32 = np.float32
-    _update(
-        w, g, m, v, ema, kind, f32(lr), f32(b1), f32(1.0 - b1), f32(b2),
-        f32(1.0 - b2), f32(eps), f32(l2), f32(clip), f32(decay), f32(ema_rate),
-        _flags(l2, clip, decay, has_ema),
-    )  # fmt: skip
+    step = _step(b1, b2, eps, l2, clip, decay, has_ema)
+    _update(w, g, m, v, ema, kind, _f32(lr), _f32(ema_rate), step)
 
 
 @_jit
@@ -221,10 +198,7 @@ def _multi(  # pragma: no cover - compiled
     w, g, m, v, ema, offsets, sizes, lrs, rates, kinds, b1, b2, eps, l2, clip,
     decay, has_ema,
 ):  # fmt: skip
-    f32 = np.float32
-    flags = _flags(l2, clip, decay, has_ema)
-    b1_32, omb1, b2_32, omb2 = f32(b1), f32(1.0 - b1), f32(b2), f32(1.0 - b2)
-    eps_32, l2_32, clip_32, decay_32 = f32(eps), f32(l2), f32(clip), f32(decay)
+    step = _step(b1, b2, eps, l2, clip, decay, has_ema)
     for t in range(offsets.shape[0]):
         a = offsets[t]
         b = a + sizes[t]
@@ -232,17 +206,18 @@ def _multi(  # pragma: no cover - compiled
         # in fused_positional), and both entry points run the very same code.
         _update(
             w[a:b], g[a:b], m[a:b], v[a:b], ema[a:b], np.int64(kinds[t]), lrs[t],
-            b1_32, omb1, b2_32, omb2, eps_32, l2_32, clip_32, decay_32, rates[t],
-            flags,
+            rates[t], step,
         )  # fmt: skip
 
 
 # The parallel kernels: the same per-chunk code (`_sumsq`, `_apply`) over
 # fixed chunks, spread over numba's thread pool. The thread count is set by
 # the Python entry points (numba's setting is per calling thread; set inside
-# a kernel it would keep the kernel out of the disk cache). The partial sums of the norm
-# go to a fixed array, one slot a chunk, and are added in chunk order after
-# the parallel loop: the same sums as `_norm_sq`, whatever the thread count.
+# a kernel it would keep the kernel out of the disk cache). The partial sums
+# of the norm go to a fixed array, one slot a chunk, and are added in chunk
+# order after the parallel loop: the same sums as `_norm_sq`, whatever the
+# thread count. Each chunk builds its own `Step`: numba's parallel loops take
+# arrays and scalars from outside, not tuples.
 _pjit = numba.njit(
     cache=True, fastmath=False, nogil=True, error_model="numpy", parallel=True
 )
@@ -252,14 +227,11 @@ _pjit = numba.njit(
 def _fused_parallel(  # pragma: no cover - compiled
     w, g, m, v, ema, kind, lr, b1, b2, eps, l2, clip, decay, ema_rate, has_ema
 ):  # fmt: skip
-    f32 = np.float32
-    flags = _flags(l2, clip, decay, has_ema)
-    lr32, b1_32, omb1, b2_32 = f32(lr), f32(b1), f32(1.0 - b1), f32(b2)
-    omb2, eps32, l2_32, decay32 = f32(1.0 - b2), f32(eps), f32(l2), f32(decay)
-    rate32 = f32(ema_rate)
+    step = _step(b1, b2, eps, l2, clip, decay, has_ema)
+    l2_32, flags, lr32, rate32 = step.l2, step.flags, _f32(lr), _f32(ema_rate)
     n = w.shape[0]
     chunks = (n + CHUNK - 1) // CHUNK
-    scale = f32(1.0)
+    scale = _f32(1.0)
     if flags & _CLIP:
         partial = np.empty(chunks, np.float64)
         for c in numba.prange(chunks):
@@ -269,13 +241,13 @@ def _fused_parallel(  # pragma: no cover - compiled
         total = 0.0
         for c in range(chunks):
             total += partial[c]
-        scale = _clip_scale(total, f32(clip))
+        scale = _clip_scale(total, step.clip)
     for c in numba.prange(chunks):
         a = c * CHUNK
         b = min(a + CHUNK, n)
         _apply(
-            w[a:b], g[a:b], m[a:b], v[a:b], ema[a:b], kind, lr32, b1_32, omb1,
-            b2_32, omb2, eps32, l2_32, scale, decay32, rate32, flags,
+            w[a:b], g[a:b], m[a:b], v[a:b], ema[a:b], kind, lr32, rate32, scale,
+            _step(b1, b2, eps, l2, clip, decay, has_ema),
         )  # fmt: skip
 
 
@@ -284,10 +256,8 @@ def _multi_parallel(  # pragma: no cover - compiled
     w, g, m, v, ema, items, spans, n_split, lrs, rates, kinds, b1, b2, eps, l2,
     clip, decay, has_ema,
 ):  # fmt: skip
-    f32 = np.float32
-    flags = _flags(l2, clip, decay, has_ema)
-    b1_32, omb1, b2_32, omb2 = f32(b1), f32(1.0 - b1), f32(b2), f32(1.0 - b2)
-    eps32, l2_32, clip32, decay32 = f32(eps), f32(l2), f32(clip), f32(decay)
+    step = _step(b1, b2, eps, l2, clip, decay, has_ema)
+    l2_32, flags, clip32 = step.l2, step.flags, step.clip
     n_items = items.shape[1]
     n_tensors = spans.shape[1]
     scales = np.ones(n_tensors, np.float32)
@@ -316,7 +286,7 @@ def _multi_parallel(  # pragma: no cover - compiled
             scale = _clip_scale(0.0 + _sumsq(g[a:b], w[a:b], l2_32, flags), clip32)
         _apply(
             w[a:b], g[a:b], m[a:b], v[a:b], ema[a:b], np.int64(kinds[t]), lrs[t],
-            b1_32, omb1, b2_32, omb2, eps32, l2_32, scale, decay32, rates[t], flags,
+            rates[t], scale, _step(b1, b2, eps, l2, clip, decay, has_ema),
         )  # fmt: skip
 
 
