@@ -25,7 +25,7 @@ import typer
 from rich.text import Text
 
 import optsvc
-from optsvc.config import ConfigError, load_config, parse_overrides, validate_config
+from optsvc.config import ConfigError, load_config, validate_config
 from optsvc.config.preview import (
     ATTRS,
     as_rows,
@@ -42,11 +42,14 @@ from optsvc.training.signals import TrainingInterrupted
 from . import render
 from .bench import bench
 from .evaluate import evaluate
+from .overrides import overrides
 from .plot import plot
 from .runs import runs
 from .sweep import sweep
 
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
+# Click's usage errors (exit 2), whichever Click Typer runs on.
+UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 # show-schedule computes every step in Python (about 15 s a million steps).
 MAX_SHOW_STEPS = 1_000_000
 
@@ -90,7 +93,7 @@ def user_errors(command):
         except OptsvcError as error:  # every other user error: its message says it
             render.err.print(Text(f"✘ {error}"))
             raise typer.Exit(1) from None
-        except (typer.Exit, typer.Abort, typer.BadParameter):  # usage: exit 2
+        except (typer.Exit, typer.Abort, UsageError):  # usage: exit 2
             raise
         except TrainingInterrupted as stopped:  # saved, and said how to go on
             raise typer.Exit(stopped.exit_code) from None
@@ -185,7 +188,7 @@ def validate_cmd(ctx: typer.Context, config: ConfigArg, block: BlockOpt = None) 
 
     Example: optsvc validate configs/adam.cfg --optimizer.learn_rate 0.01
     """
-    cfg = load_config(config, parse_overrides(ctx.args))
+    cfg = load_config(config, overrides(ctx))
     report = validate_config(cfg, block=block)
     if not report.ok:
         raise ConfigError(report.errors)
@@ -240,7 +243,7 @@ def show_schedule_cmd(
 
     Example: optsvc show-schedule configs/adam.cfg --steps 2000 --format csv
     """
-    cfg = load_config(config, parse_overrides(ctx.args))
+    cfg = load_config(config, overrides(ctx))
     report = validate_config(cfg, block=block)
     if not report.ok:
         raise ConfigError(report.errors)
@@ -369,11 +372,12 @@ def train_cmd(
     """
     from optsvc.training.loop import train
 
+    render.keep_working = True  # a closed pipe (| head) does not stop a run
     args = list(ctx.args)
     if config is not None and not config.exists():
         config, args = _value_taken_as_config(config, args)
     config = config or _own_config(ctx, resume, Path(output) if output else None)
-    cfg = load_config(config, parse_overrides(args))
+    cfg = load_config(config, overrides(ctx, args))
     out = Path("runs") / config.stem if output is None else output
     train(
         cfg,

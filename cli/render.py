@@ -21,18 +21,30 @@ def closed_pipe() -> None:
     """Stop quietly with exit 0 once stdout's reader has gone (`| head`):
     a closed pipe is not an error. What remains to print, and the flush at
     exit, go nowhere."""
+    _devnull_stdout()
+    raise SystemExit(0)
+
+
+def _devnull_stdout() -> None:
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):  # stdout is not a file (a test's capture)
         pass
-    raise SystemExit(0)
+
+
+# Set by a command whose work must outlive its reader (`optsvc train | head`):
+# once stdout is closed, its output goes nowhere and the work goes on.
+keep_working = False
 
 
 class _Console(Console):
     def on_broken_pipe(self) -> None:  # rich's own exits 1
         self.quiet = True
-        closed_pipe()
+        if keep_working:
+            _devnull_stdout()
+        else:
+            closed_pipe()
 
 
 out = _Console(highlight=False, soft_wrap=True)

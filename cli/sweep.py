@@ -15,7 +15,6 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from optsvc.config import parse_overrides
 from optsvc.sweep import (
     BEST_CFG,
     RAY_EXTRA,
@@ -29,6 +28,7 @@ from optsvc.sweep import (
 )
 
 from . import render
+from .overrides import overrides
 
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 STYLES = {"finished": "green", "failed": "red", "stopped": "yellow", "running": "cyan"}
@@ -198,7 +198,7 @@ def sweep(
         grid=grid or [],
         sample=sample or [],
         samples=samples,
-        overrides=parse_overrides(ctx.args),
+        overrides=overrides(ctx),
     )
     chosen = choose_engine(engine.value, address)
     for warning in plan.warnings:

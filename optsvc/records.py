@@ -39,6 +39,8 @@ def _not_nan(x: float) -> float:
 Count = Annotated[StrictInt, Field(ge=0, le=MAX_INT)]
 # A number that may be infinite (a score of -inf is the worst) but not NaN.
 Number = Annotated[float, AfterValidator(_not_nan)]
+# A finite number (what a metric that was not finite is written as: null).
+Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
 RecordT = TypeVar("RecordT", bound="Record")
@@ -91,4 +93,4 @@ def problem(err: ValidationError, record: type[BaseModel] | None = None) -> str:
     return f"has a bad '{where}' ({value!r:.60}){about}"
 
 
-__all__ = ["Record", "Count", "Number", "problem"]
+__all__ = ["Record", "Count", "Number", "Finite", "problem"]

@@ -44,16 +44,10 @@ class RunSeries:
     scheduled: list[str] = field(default_factory=list)
 
     def series(self, metric: str) -> tuple[list[int], list[float]]:
-        """Steps and values of `metric`, leaving out rows without a finite one."""
-        steps, values = [], []
-        for row in self.rows:
-            value = row.get(metric)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            if math.isfinite(value):
-                steps.append(int(row["step"]))
-                values.append(float(value))
-        return steps, values
+        """Steps and values of `metric`, leaving out rows without one (the
+        rows' values are finite, `optsvc.loggers.metrics`)."""
+        pairs = [(r["step"], r[metric]) for r in self.rows if r.get(metric) is not None]
+        return [s for s, _ in pairs], [float(v) for _, v in pairs]
 
 
 def load_runs(paths: Sequence[str | os.PathLike]) -> list[RunSeries]:

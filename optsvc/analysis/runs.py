@@ -155,13 +155,13 @@ def summarize(run: str | os.PathLike, name: str | None = None) -> RunSummary:
     summary.max_steps = _max_steps(config, state)
     steps = [r["step"] for r in rows] + ([state.step] if state else [])
     summary.steps = max(steps) if steps else None
-    scores = [r["score"] for r in rows if _finite(r.get("score"))]
+    scores = [r["score"] for r in rows if r.get("score") is not None]
     if scores:
         summary.best_score, summary.last_score = max(scores), scores[-1]
     elif state:
         summary.best_score = state.best_score if _finite(state.best_score) else None
         summary.last_score = state.score if _finite(state.score) else None
-    losses = [r["loss"] for r in rows if _finite(r.get("loss"))]
+    losses = [r["loss"] for r in rows if r.get("loss") is not None]
     summary.final_loss = losses[-1] if losses else None
     summary.wall_time_s, summary.wall_time_from = _wall_time(folder, rows)
     return summary
@@ -280,7 +280,7 @@ def _wall_time(
     total, previous = 0.0, 0
     for row in rows:
         rate = row.get("steps_per_sec")
-        if not _finite(rate) or rate <= 0:
+        if rate is None or rate <= 0:
             break
         total += max(row["step"] - previous, 0) / rate
         previous = row["step"]

@@ -20,7 +20,7 @@ from pydantic import ConfigDict
 from optsvc.errors import StateError
 from optsvc.fileio import TEXT_LIMIT, read_regular
 from optsvc.loggers.base import Logger, RunInfo
-from optsvc.records import Count, Record
+from optsvc.records import Count, Finite, Record
 
 FILE = "metrics.jsonl"
 
@@ -31,12 +31,12 @@ class MetricsRow(Record):
     value that was not finite is null."""
 
     model_config = ConfigDict(extra="allow")
-    __pydantic_extra__: dict[str, float | None]
+    __pydantic_extra__: dict[str, Finite | None]
     step: Count
     epoch: Count | None = None
-    loss: float | None = None
-    score: float | None = None
-    steps_per_sec: float | None = None
+    loss: Finite | None = None
+    score: Finite | None = None
+    steps_per_sec: Finite | None = None
     skipped: Count | None = None
 
 
