@@ -266,7 +266,7 @@ def resume_or_start(
 
 def prepare_folder(folder: RunFolder, job: Job, state: TrainState, *, resumed: bool):
     """The filled config, and metrics.jsonl without rows the run will redo."""
-    folder.write_config(job.config, job.system, job.settings)
+    folder.write_config(job.config)
     if resumed:
         folder.truncate_metrics(state.step)
     else:
@@ -421,28 +421,22 @@ def update(loop: Loop, state: TrainState, loss: float) -> None:
         loop.logger.warn(f"step {step}: skipped, {bad}")
         return
     try:
-        _apply(loop.optimizer, store)
+        loop.optimizer.update_store(store)
     except ValueError as err:  # settings it cannot work with
         raise RunError(
             f"step {step}: the optimizer cannot update the parameters: {err}"
         ) from None
     state.loss_sum, state.loss_count = state.loss_sum + loss, state.loss_count + 1
+    # Checked after every update, so that the weights are known to be finite
+    # everywhere else (a checkpoint need not check them again).
     if not bool(xp.isfinite(store.flat_weights).all()):
+        key = _first_nonfinite({k: store.weights(k) for k in store}, xp)
         raise RunError(
-            f"step {step}: the update made {_nonfinite_weights(store, xp)} although "
-            "the loss and gradients were finite (is the learning rate, "
-            f"{loop.optimizer.learn_rate:g}, too large?); the run was stopped and "
-            "the step not saved"
+            f"step {step}: the update made the weights of parameter {key} hold NaN "
+            "or inf although the loss and gradients were finite (is the learning "
+            f"rate, {loop.optimizer.learn_rate:g}, too large?); the run was stopped "
+            "and the step not saved"
         )
-
-
-def _apply(optimizer, store: ParamStore) -> None:
-    update_store = getattr(optimizer, "update_store", None)
-    if update_store is not None:
-        update_store(store)
-    else:  # an optimizer with only Thinc's per-key call
-        for key in store:
-            optimizer(key, store.weights(key), store.gradient(key))
 
 
 def evaluate_and_log(loop: Loop, state: TrainState) -> None:
@@ -520,13 +514,18 @@ def keep_best(loop: Loop, state: TrainState) -> None:
 
 
 def save(loop: Loop, state: TrainState) -> None:
-    """A checkpoint of this step: weights, optimizer and TrainState."""
-    bad = _nonfinite_state(loop.optimizer, loop.store, loop.xp)
-    if bad is not None:
-        raise RunError(
-            f"step {state.step}: {bad}; the checkpoint was not saved (is the "
-            "learning rate too large?)"
-        )
+    """A checkpoint of this step: weights, optimizer and TrainState. The
+    optimizer's state may overflow while the weights stay finite."""
+    optimizer = loop.optimizer
+    for what, arrays in (("moments", optimizer.mom1), ("moments", optimizer.mom2),
+                         ("averages", optimizer.averages or {})):  # fmt: skip
+        key = _first_nonfinite(arrays, loop.xp)
+        if key is not None:
+            raise RunError(
+                f"step {state.step}: the optimizer's {what} of parameter {key} hold "
+                "NaN or inf; the checkpoint was not saved (is the learning rate too "
+                "large?)"
+            )
     record, arrays = state.to_checkpoint()
     try:
         save_checkpoint(
@@ -606,29 +605,14 @@ def _nonfinite(loss: float, store: ParamStore, xp) -> str | None:
         return f"the loss is {loss}"
     if bool(xp.isfinite(store.flat_gradients).all()):
         return None
-    for key in store:
-        if not bool(xp.isfinite(store.gradient(key)).all()):
-            return f"the gradient of parameter {key} holds NaN or inf"
-    return "a gradient holds NaN or inf"
+    key = _first_nonfinite({k: store.gradient(k) for k in store}, xp)
+    return f"the gradient of parameter {key} holds NaN or inf"
 
 
-def _nonfinite_weights(store: ParamStore, xp) -> str:
-    for key in store:
-        if not bool(xp.isfinite(store.weights(key)).all()):
-            return f"the weights of parameter {key} hold NaN or inf"
-    return "the weights hold NaN or inf"
-
-
-def _nonfinite_state(optimizer, store: ParamStore, xp) -> str | None:
-    """What holds NaN or inf among the weights and the optimizer's state."""
-    if not bool(xp.isfinite(store.flat_weights).all()):
-        return _nonfinite_weights(store, xp)
-    for what, arrays in (("moments", optimizer.mom1), ("moments", optimizer.mom2),
-                         ("averages", optimizer.averages or {})):  # fmt: skip
-        for key, array in arrays.items():
-            if not bool(xp.isfinite(array).all()):
-                return f"the optimizer's {what} of parameter {key} hold NaN or inf"
-    return None
+def _first_nonfinite(arrays, xp):
+    """The first key of `arrays` (key -> array) whose array holds NaN or inf,
+    or None."""
+    return next((k for k, a in arrays.items() if not bool(xp.isfinite(a).all())), None)
 
 
 __all__ = ["train", "TrainResult", "config_diff"]
