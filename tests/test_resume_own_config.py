@@ -84,3 +84,18 @@ def test_resume_of_a_folder_without_a_run_says_how_to_start(tmp_path):
     assert result.exit_code == 1
     [line] = result.stderr.strip().splitlines()
     assert "holds no run to resume" in line and "optsvc train CONFIG -o" in line
+
+
+def test_a_config_without_a_system_section_resumes_from_its_own(tmp_path):
+    """config.cfg writes [system] out with its defaults, which the config the
+    checkpoint recorded left out: the same run, so it resumes."""
+    text = QUICKSTART.read_text().replace("[system]\nseed = 0\ngpu_id = -1\n", "")
+    config = tmp_path / "job.cfg"
+    config.write_text(text.replace("seed = ${system.seed}\n", ""))
+    run = tmp_path / "run"
+    result = train(config, "-o", run, "--training.max_steps", 40, *SMALL)
+    assert result.exit_code == 0, result.output
+    (run / "final.safetensors").unlink()
+    result = train("--resume", "-o", run)
+    assert result.exit_code == 0, result.output
+    assert "resumed: from step 40" in result.stdout

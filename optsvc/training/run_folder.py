@@ -16,7 +16,6 @@ continued with the current config, with a diff of what changed when not.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from optsvc.config import SystemSection, TrainingSection, config_to_str
+from optsvc.config import config_to_str
 from optsvc.errors import RunError, StateError
 from optsvc.fileio import (
     ARRAYS_LIMIT,
@@ -45,6 +44,7 @@ from optsvc.training.state import (
     StateRecord,
     comparable,
     same_config,
+    with_defaults,
 )
 
 CONFIG, METRICS, CHECKPOINTS = "config.cfg", metrics.FILE, "checkpoints"
@@ -261,11 +261,9 @@ class RunFolder:
 
     # --- what the run writes ----------------------------------------------------------
 
-    def write_config(
-        self, config: dict, system: SystemSection, settings: TrainingSection
-    ) -> None:
+    def write_config(self, config: dict) -> None:
         """The config as run: overrides applied, defaults written out."""
-        write_atomic(self.config_file, filled_config(config, system, settings).encode())
+        write_atomic(self.config_file, config_to_str(with_defaults(config)).encode())
 
     def reset_metrics(self) -> None:
         """A fresh start: no rows of an earlier attempt."""
@@ -399,21 +397,10 @@ def check_resumable(state, relevant: dict, max_steps: int, allow_extend: bool) -
         )
 
 
-def filled_config(
-    config: dict, system: SystemSection, settings: TrainingSection
-) -> str:
-    """The config as run: overrides applied, defaults written out."""
-    filled = json.loads(json.dumps(config))
-    filled["system"] = {**system.model_dump(), **filled.get("system", {})}
-    filled["training"] = {**settings.model_dump(), **filled["training"]}
-    return config_to_str(filled)
-
-
 __all__ = [
     "RunFolder",
     "RUN_FILES",
     "STATUSES",
     "check_resumable",
     "config_diff",
-    "filled_config",
 ]

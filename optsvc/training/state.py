@@ -38,7 +38,7 @@ import numpy as np
 
 from optsvc.about import __version__
 from optsvc.backends import get_ops
-from optsvc.config import SystemSection, TrainingSection
+from optsvc.config.schema import SECTIONS
 from optsvc.errors import StateError
 from optsvc.optim import Optimizer, ParamStore
 from optsvc.optim.serialize import SavedOptimizer, decode_optimizer, schedule_to_json
@@ -94,23 +94,28 @@ def relevant_config(config: dict) -> dict:
     return out
 
 
-def comparable(relevant: dict) -> dict:
-    """A training-relevant config with the defaults of [system] and [training]
-    written out, so that a run's own filled config.cfg compares equal to the
-    config it was started from."""
-    out = json.loads(json.dumps(relevant))
-    defaults = {"system": SystemSection(), "training": TrainingSection()}
-    for name, section in defaults.items():
-        if isinstance(out.get(name), dict):
-            out[name] = {**section.model_dump(), **out[name]}
-    return relevant_config(out)
+def with_defaults(config: dict) -> dict:
+    """A copy of a training config with every setting of [system] and
+    [training] that it leaves out written out as its default: what the run's
+    config.cfg holds."""
+    out = json.loads(json.dumps(config))
+    for name, section in SECTIONS.items():
+        out[name] = {**section().model_dump(), **out.get(name, {})}
+    return out
 
 
 def same_config(saved: dict, relevant: dict) -> bool:
     """Whether a checkpoint's recorded config and the run's training-relevant
-    config are the same run's, with the defaults of [system] and [training]
-    written out on both sides."""
+    config are the same run's, with the defaults written out on both sides
+    (`comparable`)."""
     return config_hash(comparable(saved)) == config_hash(comparable(relevant))
+
+
+def comparable(relevant: dict) -> dict:
+    """A training-relevant config with the defaults written out, so that a
+    run's own filled config.cfg compares equal to the config it was started
+    from."""
+    return relevant_config(with_defaults(relevant))
 
 
 def key_name(key: tuple) -> str:
@@ -141,6 +146,10 @@ class StateRecord(Record):
     config_hash: str | None = None
     backend: str = "numpy"
     optsvc: str = ""
+
+
+# What state.json holds beside the fields of a TrainState.
+_NOT_FIELDS = {"rng", "config_hash", "optsvc"}
 
 
 @dataclass(eq=False)
@@ -198,16 +207,13 @@ class TrainState:
 
     def to_checkpoint(self) -> tuple[dict, dict[str, np.ndarray]]:
         """The record as `state.json` data and arrays for ``arrays.safetensors``."""
+        fields = StateRecord.model_fields.keys() - _NOT_FIELDS
         record = StateRecord(
-            step=self.step, epoch=self.epoch, cursor=self.cursor,
-            rng=self.rng.bit_generator.state, loss_sum=self.loss_sum,
-            loss_count=self.loss_count, score=self.score,
-            best_score=self.best_score, evals_since_best=self.evals_since_best,
-            skipped_steps=self.skipped_steps, stopped=self.stopped,
-            config=self.config, max_steps=self.max_steps,
+            **{name: getattr(self, name) for name in fields},
+            rng=self.rng.bit_generator.state,
             config_hash=None if self.config is None else config_hash(self.config),
-            backend=self.backend, optsvc=__version__,
-        )  # fmt: skip
+            optsvc=__version__,
+        )
         best = {f"{BEST}{name}": array for name, array in (self.best or {}).items()}
         return record.model_dump(), {DATA_ORDER: np.asarray(self.order), **best}
 
@@ -228,7 +234,7 @@ class TrainState:
         order = _order(checkpoint.arrays.get(DATA_ORDER), bad)
         if record.cursor > order.size:
             raise bad(f"has a data position {record.cursor} past the data")
-        values = record.model_dump(exclude={"config_hash", "optsvc", "rng"})
+        values = record.model_dump(exclude=_NOT_FIELDS)
         return cls(
             order=order,
             rng=_generator(record.rng, bad),
