@@ -304,8 +304,6 @@ def _prune(directory: Path, keep: int, new: Path, pid: int) -> None:
 def _is_running(pid: int) -> bool:
     if pid <= 0:
         return False
-    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
-        return True
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, OverflowError):
@@ -328,19 +326,10 @@ def check_checkpoint_folder(directory: str | os.PathLike) -> None:
     hold checkpoints or does not exist yet (a file, a symlink loop or a
     dangling symlink in its place would fail only at the first save)."""
     directory = Path(directory)
-    if not os.path.lexists(directory):
-        return
-    try:
-        info = os.stat(directory)
-    except OSError as err:
+    if os.path.lexists(directory) and not directory.is_dir():
         raise StateError(
-            f"{directory}: cannot be used for checkpoints ({err.strerror}, a broken "
-            "or looping symlink?); remove it, or start again with --overwrite"
-        ) from None
-    if not stat.S_ISDIR(info.st_mode):
-        raise StateError(
-            f"{directory}: not a folder, cannot hold checkpoints; remove it, or "
-            "start again with --overwrite"
+            f"{directory}: not a folder (a file, or a broken or looping symlink?), so "
+            "it cannot hold checkpoints; remove it, or start again with --overwrite"
         )
 
 
@@ -445,7 +434,7 @@ def read_manifest(path: Path) -> Manifest:
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         found = raw.get("format") if isinstance(raw, dict) else raw
         raise _fail(path, f"{MANIFEST} is not a checkpoint manifest ({found!r:.60})")
-    if raw.get("version") != VERSION or isinstance(raw.get("version"), bool):
+    if raw.get("version") != VERSION:
         raise _fail(
             path,
             f"{MANIFEST} has format version {raw.get('version')!r}; this optsvc "
