@@ -15,7 +15,7 @@ import math
 import shlex
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from optsvc.backends import NumpyOps, ops_for_device
+from optsvc.backends import ops_for_device
 from optsvc.config import (
     SPACY_SECTIONS,
     ConfigError,
@@ -42,6 +42,7 @@ from optsvc.loggers import (
     console_logger,
 )
 from optsvc.optim import Optimizer, ParamStore
+from optsvc.toys.datasets import Dataset
 from optsvc.toys.models import evaluate, mean_squared_error, softmax_cross_entropy
 from optsvc.training.checkpoints import save_checkpoint
 from optsvc.training.run_folder import RunFolder, check_resumable, config_diff
@@ -105,8 +106,8 @@ def train(
     for warning in job.warnings:  # as `optsvc validate` shows them
         logger.warn(f"warning: {warning}")
     with folder:
-        data = DeviceData.load(job.data, job.ops)
-        store = init_model(job, data)
+        data = on_device(job.data, job.ops)
+        store = init_model(job)
         resumable = folder.begin(
             resume=resume, overwrite=overwrite, warn=logger.warn,
             read=partial(open_checkpoint, store=store, optimizer=job.optimizer,
@@ -122,7 +123,7 @@ def train(
         if not ended:
             prepare_folder(folder, job, state, resumed=resumable is not None)
         loop = Loop(job, data, store, folder, logger)
-        info = header(job, data, folder, config_source, resume, resumable)
+        info = header(loop, config_source, resume, resumable)
         logger.start(info, state.step)
         try:
             if ended:
@@ -198,37 +199,13 @@ class Job:
         )
 
 
-@dataclass
-class DeviceData:
-    """The data set's arrays on the training device, and its loss."""
-
-    name: str
-    task: str
-    X_train: Any
-    y_train: Any
-    X_dev: Any
-    y_dev: Any
-    n_train: int
-    n_dev: int
-    loss: Any  # (predictions, targets, xp) -> (loss, gradient)
-
-    @classmethod
-    def load(cls, data, ops) -> DeviceData:
-        classify = data.task == "classification"
-        return cls(
-            name=data.name,
-            task=data.task,
-            X_train=ops.asarray(data.X_train),
-            y_train=ops.asarray(data.y_train),
-            X_dev=ops.asarray(data.X_dev),
-            y_dev=ops.asarray(data.y_dev),
-            n_train=data.X_train.shape[0],
-            n_dev=data.X_dev.shape[0],
-            loss=softmax_cross_entropy if classify else mean_squared_error,
-        )
+def on_device(data: Dataset, ops) -> Dataset:
+    """The data set with its arrays on the training device."""
+    arrays = ("X_train", "y_train", "X_dev", "y_dev")
+    return replace(data, **{name: ops.asarray(getattr(data, name)) for name in arrays})
 
 
-def init_model(job: Job, data: DeviceData) -> ParamStore:
+def init_model(job: Job) -> ParamStore:
     """Initialise the model with its parameters in one flat buffer, which the
     optimizer updates in one call."""
     model = job.model
@@ -243,7 +220,7 @@ def init_model(job: Job, data: DeviceData) -> ParamStore:
 
 
 def resume_or_start(
-    job: Job, data: DeviceData, store: ParamStore, resumable: Resumable | None
+    job: Job, data: Dataset, store: ParamStore, resumable: Resumable | None
 ) -> TrainState:
     """A fresh state, or the checkpoint's with the weights and the optimizer
     restored from it; the optimizer then moved to the device."""
@@ -274,23 +251,17 @@ def prepare_folder(folder: RunFolder, job: Job, state: TrainState, *, resumed: b
 
 
 def header(
-    job: Job,
-    data: DeviceData,
-    folder: RunFolder,
-    source: str,
-    resume: bool,
-    resumable: Resumable | None,
+    loop: Loop, source: str, resume: bool, resumable: Resumable | None
 ) -> dict[str, str]:
     """What runs where, for the top of the log."""
+    job, data = loop.job, loop.data
     info = {
         "config": source,
-        "device": "cpu (numpy)"
-        if isinstance(job.ops, NumpyOps)
-        else f"gpu {job.gpu_id}",
+        "device": "cpu (numpy)" if job.gpu_id < 0 else f"gpu {job.gpu_id}",
         "data": f"{data.name}: {data.n_train} train, {data.n_dev} dev",
         "model": f"{job.model.name}, {job.model.n_params():,} parameters",
         "optimizer": job.optimizer_name,
-        "output": str(folder.path),
+        "output": str(loop.folder.path),
     }
     if resumable is not None:
         path = resumable.checkpoint.path
@@ -323,7 +294,7 @@ class Loop:
     def __init__(
         self,
         job: Job,
-        data: DeviceData,
+        data: Dataset,
         store: ParamStore,
         folder: RunFolder,
         logger: Logger,
@@ -334,6 +305,8 @@ class Loop:
         self.xp = job.ops.xp
         self.settings = job.settings
         self.batch_size = min(job.settings.batch_size, data.n_train)
+        classify = data.task == "classification"
+        self.loss = softmax_cross_entropy if classify else mean_squared_error
         self.logged = logged_hyperparameters(job.optimizer)
         self.clock = (time.perf_counter(), 0)  # for steps/s: (time, step)
         self.stop = StopOnSignal()  # Ctrl-C / SIGTERM: stop after the step
@@ -400,7 +373,7 @@ def forward_backward(loop: Loop, batch) -> float:
     """The loss on `batch`; the gradients land in the store."""
     data = loop.data
     Y, backprop = loop.model.begin_update(data.X_train[batch])
-    loss, dY = data.loss(Y, data.y_train[batch], loop.xp)
+    loss, dY = loop.loss(Y, data.y_train[batch], loop.xp)
     backprop(dY)
     return loss
 
