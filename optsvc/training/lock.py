@@ -12,7 +12,6 @@ waiting, not failing, while a probe holds it for that instant.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 from pathlib import Path
@@ -48,11 +47,11 @@ def lock_held(folder: str | os.PathLike) -> bool | None:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as err:
-        return True if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else None
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
+        return False  # the shared lock goes with the descriptor, closed now
+    except BlockingIOError:  # EWOULDBLOCK: held
+        return True
+    except OSError:
+        return None
     finally:
         os.close(fd)
 

@@ -121,7 +121,8 @@ def train(
         keep_checkpoint_best(folder, state)
         ended = state.stopped is not None  # a finished run stays finished
         if not ended:
-            prepare_folder(folder, job, state, resumed=resumable is not None)
+            folder.write_config(job.config)
+            folder.truncate_metrics(state.step)  # the rows the run will redo
         loop = Loop(job, data, store, folder, logger)
         info = header(loop, config_source, resume, resumable)
         logger.start(info, state.step)
@@ -239,15 +240,6 @@ def resume_or_start(
     # continues one that had reached the old one; early stopping is final).
     state.stopped = state.ended_by(job.settings.max_steps, job.settings.patience)
     return state
-
-
-def prepare_folder(folder: RunFolder, job: Job, state: TrainState, *, resumed: bool):
-    """The filled config, and metrics.jsonl without rows the run will redo."""
-    folder.write_config(job.config)
-    if resumed:
-        folder.truncate_metrics(state.step)
-    else:
-        folder.reset_metrics()
 
 
 def header(

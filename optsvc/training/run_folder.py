@@ -265,13 +265,10 @@ class RunFolder:
         """The config as run: overrides applied, defaults written out."""
         write_atomic(self.config_file, config_to_str(with_defaults(config)).encode())
 
-    def reset_metrics(self) -> None:
-        """A fresh start: no rows of an earlier attempt."""
-        self.metrics.unlink(missing_ok=True)
-
     def truncate_metrics(self, step: int) -> None:
-        """Drop metrics rows past `step`, which the resumed run will redo, and
-        lines that a kill tore or the disk damaged."""
+        """Drop metrics rows past `step`, which the run will redo (all of
+        them on a fresh start, at step 0), and lines that a kill tore or the
+        disk damaged."""
         if not self.metrics.exists():
             return
         kept = [
@@ -303,10 +300,14 @@ class RunFolder:
             _same(saved[name], arrays[name]) for name in arrays
         )
 
+    def weights_file(self, which: str) -> Path:
+        """best.safetensors or final.safetensors: "best" or "final"."""
+        return self.best if which == "best" else self.final
+
     def read_weights(self, which: str) -> dict[str, np.ndarray]:
         """The arrays of the run's "best" or "final" weights; RunError, with
         what to do, when there are none, StateError when they are damaged."""
-        path = self.best if which == "best" else self.final
+        path = self.weights_file(which)
         if not os.path.lexists(path):
             raise RunError(self._no_weights(which))
         try:

@@ -33,11 +33,10 @@ from optsvc.backends import ops_for_device
 from optsvc.config import load_config, validate_config
 from optsvc.errors import ConfigError, RunError, StateError
 from optsvc.toys.models import Model, evaluate
-from optsvc.training.run_folder import BEST, FINAL, RunFolder
+from optsvc.training.run_folder import RunFolder
 from optsvc.training.state import key_name
 
 WEIGHTS = ("best", "final")
-_FILES = {"best": BEST, "final": FINAL}
 METRICS = {"classification": "accuracy", "regression": "R²"}
 
 
@@ -62,8 +61,7 @@ class LoadedRun:
 
     @property
     def file(self) -> Path:
-        folder = RunFolder(self.path)
-        return folder.best if self.weights == "best" else folder.final
+        return RunFolder(self.path).weights_file(self.weights)
 
     @property
     def metric(self) -> str:
@@ -98,15 +96,15 @@ def load_run(
         raise ConfigError(f"weights must be 'best' or 'final', not {weights!r}")
     path = Path(run)
     data, model, ops = _build(path, gpu_id)
-    arrays = RunFolder(path).read_weights(weights)
+    folder = RunFolder(path)
+    arrays, file = folder.read_weights(weights), folder.weights_file(weights)
     has_averages = all(f"avg:{key_name(k)}" in arrays for k in model.params)
     averaged = averages and has_averages
     kind = "avg" if averaged else "w"
-    params = {}
-    for key, current in model.params.items():
-        params[key] = ops.asarray(
-            _array(arrays, f"{kind}:{key_name(key)}", current.shape, path, weights)
-        )
+    params = {
+        key: ops.asarray(_array(arrays, f"{kind}:{key_name(key)}", a.shape, file))
+        for key, a in model.params.items()
+    }
     model.use_params(params, model.grads)
     return LoadedRun(
         path=path,
@@ -146,19 +144,19 @@ def _build(path: Path, gpu_id: int) -> tuple[Any, Model, Any]:
     return data, model, ops
 
 
-def _array(
-    arrays: dict, name: str, shape: tuple, run: Path, weights: str
-) -> np.ndarray:
+def _array(arrays: dict, name: str, shape: tuple, file: Path) -> np.ndarray:
     array = arrays.get(name)
     if array is None or tuple(array.shape) != tuple(shape):
         found = "none" if array is None else f"shape {tuple(array.shape)}"
         raise StateError(
-            f"{_FILES[weights]} in '{run}' does not fit the model its config.cfg "
+            f"{file.name} in '{file.parent}' does not fit the model its config.cfg "
             f"builds: parameter {name[name.index(':') + 1 :]} should have shape "
             f"{tuple(shape)}, it has {found}"
         )
     if array.dtype.kind != "f":
-        raise StateError(f"{_FILES[weights]} in '{run}': '{name}' is not a float array")
+        raise StateError(
+            f"{file.name} in '{file.parent}': '{name}' is not a float array"
+        )
     return array.astype(np.float32, copy=False)
 
 
