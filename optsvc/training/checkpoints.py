@@ -37,6 +37,7 @@ previous good checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -221,10 +222,8 @@ def save_checkpoint(
         _rename(tmp, final)  # the commit
         _fsync_dir(directory)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             _settle(final, tmp, aside)
-        except OSError:
-            pass
         raise
     # The checkpoint is saved; failing to tidy up is worth a warning, not an error.
     try:

@@ -181,16 +181,14 @@ class Job:
                 "training configs: [system], [data], [model], [training], [optimizer]"
             )
         gpu_id = report.system.gpu_id if gpu_id is None else gpu_id
-        data = report.build("data")
-        model = report.build("model")
         path = report.sections.optimizer_path
         return cls(
             config=config,
             relevant=relevant_config(config),
             system=report.system,
             settings=report.training,
-            data=data,
-            model=model,
+            data=report.build("data"),
+            model=report.build("model"),
             optimizer=report.optimizer,
             optimizer_name=f"{report.blocks[path][0]} at [{path}]",
             ops=ops_for_device(gpu_id),
@@ -534,34 +532,22 @@ def write_final(loop: Loop, state: TrainState, *, trained: bool) -> float:
     )
     if trained or not folder.holds(folder.final, final):
         folder.write_weights(folder.final, final)
-    if state.best is None:
-        where = f"weights in {folder.final}"
-    else:
-        where = f"weights in {folder.final}, the best in {folder.best}"
+    where, at = f"weights in {folder.final}", ""
+    if state.best is not None:
+        where += f", the best in {folder.best}"
+        if int(state.best["step"]) != state.step:
+            at = f" at step {int(state.best['step'])}"
     best = score if state.best_score is None else state.best_score
     loop.logger.info(
-        f"final score {score:.4f} at step {state.step} (best {best:.4f}"
-        f"{_best_step(state)}); {where}"
+        f"final score {score:.4f} at step {state.step} (best {best:.4f}{at}); {where}"
     )
     return score
 
 
-def _best_step(state: TrainState) -> str:
-    if state.best is None or int(state.best["step"]) == state.step:
-        return ""
-    return f" at step {int(state.best['step'])}"
-
-
 def logged_hyperparameters(optimizer) -> list[str]:
     """learn_rate, then every other hyperparameter that has a schedule."""
-    return [
-        "learn_rate",
-        *(
-            name
-            for name, schedule in optimizer.schedules.items()
-            if name != "learn_rate" and schedule.name != "constant"
-        ),
-    ]
+    scheduled = [n for n, s in optimizer.schedules.items() if s.name != "constant"]
+    return ["learn_rate", *(n for n in scheduled if n != "learn_rate")]
 
 
 def _nonfinite(loss: float, store: ParamStore, xp) -> str | None:

@@ -63,24 +63,21 @@ def config_hash(config: str | bytes | Mapping) -> str:
     >>> config_hash("")[:16]
     'e3b0c44298fc1c14'
     """
-    if isinstance(config, str):
-        data = config.encode("utf-8")
-    elif isinstance(config, (bytes, bytearray)):
-        data = bytes(config)
-    elif isinstance(config, Mapping):
+    data = config
+    if isinstance(config, Mapping):
         try:
-            text = json.dumps(
+            data = json.dumps(
                 dict(config), sort_keys=True, separators=(",", ":"), ensure_ascii=False
             )
         except (TypeError, ValueError) as err:
             raise StateError(
                 f"config_hash: the config is not JSON data ({err})"
             ) from None
-        data = text.encode("utf-8")
-    else:
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    if not isinstance(data, (bytes, bytearray)):
         raise TypeError(
-            "config_hash takes the config's text or a dict, got "
-            + type(config).__name__
+            f"config_hash takes the config's text or a dict, got {type(data).__name__}"
         )
     return hashlib.sha256(data).hexdigest()
 
@@ -326,7 +323,7 @@ def open_checkpoint(
     optimizer: Optimizer,
     *,
     n_train: int,
-    config: dict | None = None,
+    config: dict,
 ) -> Resumable:
     """Everything the checkpoint holds, checked once against the run: the
     weights (keys, shapes, dtypes, all finite), the data order, and the
@@ -336,9 +333,8 @@ def open_checkpoint(
     checkpoint that passes its checksums but fails a check lies, and is
     refused like a corrupt one: StateError naming what is wrong."""
     state = TrainState.from_checkpoint(checkpoint)
-    if config is not None and state.config is not None:
-        if not same_config(state.config, config):
-            return Resumable(checkpoint, state, None)
+    if state.config is not None and not same_config(state.config, config):
+        return Resumable(checkpoint, state, None)
 
     def bad(problem: str) -> StateError:
         return StateError(f"{checkpoint.path}: {problem}")
@@ -440,19 +436,17 @@ def _check_model(arrays: dict, store: ParamStore, n_train: int, bad) -> None:
                 f"{saved.shape}, but the model's are {dtype} of shape "
                 f"{store.shape(key)}"
             )
+        for kind in ("w", "avg"):
+            best = arrays.get(f"{BEST}{kind}:{name[2:]}")
+            if best is not None and best.shape != store.shape(key):
+                raise bad(f"its best weights for {key} have another shape")
     extra = sorted(n for n in arrays if n.startswith("w:") and n not in names)
     if extra:
         raise bad(f"it holds weights the model does not have ({', '.join(extra[:3])})")
     best = {n for n in arrays if n.startswith(f"{BEST}w:")}
     if best and best != {f"{BEST}{name}" for name in names}:
         raise bad("its best weights are not the model's parameters")
-    for name, key in names.items():
-        for kind in ("w", "avg"):
-            saved = arrays.get(f"{BEST}{kind}:{name[2:]}")
-            if saved is not None and saved.shape != store.shape(key):
-                raise bad(f"its best weights for {key} have another shape")
-    order = arrays.get(DATA_ORDER)
-    if order is None or order.size != n_train:
+    if arrays[DATA_ORDER].size != n_train:  # TrainState checked that it is there
         raise bad(
             f"its data_order is not an ordering of the {n_train} training examples"
         )
