@@ -369,13 +369,11 @@ def _rename(src: Path, dst: Path) -> None:
 
 
 def _remove_tree(path: Path) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):  # someone else removed it first
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
         else:
             os.unlink(path)
-    except FileNotFoundError:  # someone else removed it first
-        pass
 
 
 # --- reading ------------------------------------------------------------------------

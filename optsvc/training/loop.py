@@ -49,7 +49,6 @@ from optsvc.training.run_folder import RunFolder, check_resumable, config_diff
 from optsvc.training.signals import StopOnSignal, TrainingInterrupted
 from optsvc.training.state import (
     EARLY_STOP,
-    MAX_STEPS,
     Resumable,
     TrainState,
     open_checkpoint,
@@ -323,8 +322,7 @@ def run_loop(loop: Loop, state: TrainState) -> None:
                 or state.step == settings.max_steps
             ):
                 evaluate_and_log(loop, state)
-            if state.stopped is None and state.step >= settings.max_steps:
-                state.stopped = MAX_STEPS
+            state.stopped = state.ended_by(settings.max_steps, settings.patience)
             saved = state.step % settings.checkpoint_frequency == 0 or state.stopped
             if saved:
                 save(loop, state)
@@ -427,8 +425,7 @@ def evaluate_and_log(loop: Loop, state: TrainState) -> None:
     loop.logger.log_eval(row)
     state.loss_sum, state.loss_count = 0.0, 0
     loop.clock = (now, state.step)
-    if patience and state.evals_since_best >= patience:
-        state.stopped = EARLY_STOP
+    if patience and state.evals_since_best >= patience:  # ended_by stops the run
         loop.logger.info(f"no improvement in {patience} evaluations")
 
 

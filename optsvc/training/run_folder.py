@@ -371,27 +371,24 @@ def check_resumable(state, relevant: dict, max_steps: int, allow_extend: bool) -
     """RunError unless a run at `state` (a TrainState) may continue with this
     config: the training-relevant values unchanged (else a diff), and
     max_steps not below the step, nor changed without --extend."""
+    lengthened = state.max_steps not in (None, max_steps)
     if state.config is not None and not same_config(state.config, relevant):
         lines = config_diff(comparable(state.config), comparable(relevant))
+        hint = (
+            "\n(values written as ${training.max_steps} follow max_steps, so "
+            "--extend cannot lengthen a run whose schedule depends on it)"
+        )
         raise RunError(
             "the config changed since the checkpoint, so the run cannot be resumed "
-            "as it was:\n  "
-            + "\n  ".join(lines)
-            + "\nrestore those values, or start a new run with -o NEW_DIR or "
-            "--overwrite"
-            + (
-                "\n(values written as ${training.max_steps} follow max_steps, so "
-                "--extend cannot lengthen a run whose schedule depends on it)"
-                if state.max_steps not in (None, max_steps)
-                else ""
-            )
+            "as it was:\n  " + "\n  ".join(lines) + "\nrestore those values, or start "
+            "a new run with -o NEW_DIR or --overwrite" + (hint if lengthened else "")
         )
     if state.step > max_steps:
         raise RunError(
             f"the checkpoint is at step {state.step}, past training.max_steps "
             f"({max_steps}); there is nothing left to run"
         )
-    if state.max_steps not in (None, max_steps) and not allow_extend:
+    if lengthened and not allow_extend:
         raise RunError(
             f"training.max_steps changed from {state.max_steps} to {max_steps}; add "
             "--extend to continue the run to the new length"
