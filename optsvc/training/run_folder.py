@@ -291,14 +291,13 @@ class RunFolder:
 
     def holds(self, path: Path, arrays: dict[str, np.ndarray]) -> bool:
         """Whether `path` (final or best weights) holds exactly `arrays`, so
-        needs no rewriting; False when it is missing or unreadable."""
+        needs no rewriting: the bytes that writing them would write (the
+        encoding is deterministic); False when it is missing or unreadable."""
         try:
-            saved = _read_arrays(path)
+            saved = read_regular(path, ARRAYS_LIMIT, "weights file")
         except StateError:
             return False
-        return sorted(saved) == sorted(arrays) and all(
-            _same(saved[name], arrays[name]) for name in arrays
-        )
+        return saved == encode_arrays(arrays)
 
     def weights_file(self, which: str) -> Path:
         """best.safetensors or final.safetensors: "best" or "final"."""
@@ -341,10 +340,6 @@ class RunFolder:
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     data = read_regular(path, ARRAYS_LIMIT, "weights file")
     return decode_arrays(data, f"'{path}' is not readable")[0]
-
-
-def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
 def config_diff(old: Any, new: Any, path: str = "") -> list[str]:
