@@ -66,12 +66,11 @@ class RunLock:
     """
 
     def __init__(self, folder: str | os.PathLike) -> None:
-        self.path = Path(folder) / LOCK
         dir_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         fd = None
         try:
             fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _OPEN, 0o644)
+            fd = os.open(Path(folder) / LOCK, os.O_RDWR | os.O_CREAT | _OPEN, 0o644)
             # The folder's lock is ours, so only a probe can hold this one,
             # for an instant: wait for it rather than fail.
             fcntl.flock(fd, fcntl.LOCK_EX)

@@ -160,7 +160,7 @@ class RunFolder:
                 manifest = checkpoints.read_manifest(path)
                 entry = manifest.files[checkpoints.STATE]
                 data = checkpoints.read_file(path, checkpoints.STATE, entry)
-                return StateRecord.parse(data, f"{path}: state.json")
+                return StateRecord.parse(data, f"{path}: {checkpoints.STATE}")
             except StateError:
                 continue
         return None

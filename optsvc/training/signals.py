@@ -19,8 +19,6 @@ class TrainingInterrupted(Exception):
 
     def __init__(self, signum: int, step: int) -> None:
         super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
-        self.signum = signum
-        self.step = step
         self.exit_code = 128 + signum
 
 

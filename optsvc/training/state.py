@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -43,7 +43,7 @@ from optsvc.errors import StateError
 from optsvc.optim import Optimizer, ParamStore
 from optsvc.optim.serialize import SavedOptimizer, decode_optimizer, schedule_to_json
 from optsvc.records import Count, Number, Record
-from optsvc.training.checkpoints import OPTIMIZER, Checkpoint
+from optsvc.training.checkpoints import OPTIMIZER, STATE, Checkpoint
 
 EARLY_STOP, MAX_STEPS = "early_stop", "max_steps"
 DATA_ORDER = "data_order"  # the array in arrays.safetensors
@@ -176,7 +176,7 @@ class TrainState:
     # What the run was started with: resume refuses another config with a diff.
     config: dict | None = None  # the training-relevant config
     max_steps: int | None = None
-    backend: str = field(default="numpy")
+    backend: str = "numpy"
 
     @classmethod
     def start(cls, n_train: int, seed: int) -> TrainState:
@@ -218,7 +218,7 @@ class TrainState:
     def from_checkpoint(cls, checkpoint: Checkpoint) -> TrainState:
         """The record a checkpoint holds, every value checked; StateError
         (a checkpoint to skip, like a corrupt one) naming what is wrong."""
-        where = f"{checkpoint.path}: state.json"
+        where = f"{checkpoint.path}: {STATE}"
         record = StateRecord.parse(checkpoint.state, where)
 
         def bad(problem: str) -> StateError:
