@@ -241,7 +241,7 @@ class RunFolder:
             check_checkpoint_folder(self.checkpoints)
         if overwrite:
             self.clear()
-        if not resume or not self.checkpoints.is_dir():
+        if not resume:  # a missing checkpoints/ resumes from step 0
             return None
         try:
             return load_latest_checkpoint(self.checkpoints, warn=warn, read=read)
