@@ -140,56 +140,23 @@ class NumpyOps(Ops):
         )
 
     def multi_update(
-        self,
-        w,
-        g,
-        m,
-        v,
-        ema,
-        *,
-        layout: FlatLayout,
-        params: TensorParams,
-        b1,
-        b2,
-        eps,
-        l2,
-        clip,
-        decay,
+        self, w, g, m, v, ema, *, layout: FlatLayout, params: TensorParams, **hyper
     ) -> None:
         kernels = self._kernels
         if kernels is None:
             kernels = self._resolve()
         if not kernels:  # numpy: one blocked kernel call per tensor
-            super().multi_update(
-                w,
-                g,
-                m,
-                v,
-                ema,
-                layout=layout,
-                params=params,
-                b1=b1,
-                b2=b2,
-                eps=eps,
-                l2=l2,
-                clip=clip,
-                decay=decay,
-            )
+            self.threads_used = 1
+            super().multi_update(w, g, m, v, ema, layout=layout, params=params, **hyper)
             return
-        arrays = (w, g, *kernels.state_arrays(m, v, ema))
-        tail = (params.lr, params.ema_rate, params.kind, b1, b2, eps, l2, clip, decay)
-        if self._threads > 1 and w.shape[0] >= self._parallel_min:
-            if layout.device is None:  # the work items, cut once per layout
-                layout.device = kernels.chunk_items(layout.offsets, layout.sizes)
-            kernels.multi_parallel(
-                *arrays, *layout.device, *tail, ema is not None, self._threads
-            )
-            self.threads_used = self._threads
-            return
-        self.threads_used = 1
-        kernels.multi_positional(
-            *arrays, layout.offsets, layout.sizes, *tail, ema is not None
+        threads = self._threads if w.shape[0] >= self._parallel_min else 1
+        if threads > 1 and layout.device is None:  # the work items, cut once
+            layout.device = kernels.chunk_items(layout.offsets, layout.sizes)
+        tables = (layout.offsets, layout.sizes, params.lr, params.ema_rate, params.kind)
+        kernels.multi_update(
+            w, g, m, v, ema, *tables, threads=threads, work=layout.device, **hyper
         )
+        self.threads_used = threads
 
     def __repr__(self) -> str:
         args = [] if self._want is None else [repr(self._want)]
