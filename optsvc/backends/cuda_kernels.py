@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -216,15 +216,12 @@ def _signatures(nb) -> dict[str, tuple[Any, Any]]:
 # Lazy numba import, per-device state and the two-slot scratch.
 
 
-class _Device:
+class _Device(NamedTuple):
     """Per-device constants: block cap and dummy arrays for absent m/v/ema."""
 
-    __slots__ = ("max_blocks", "dummy32", "dummy64")
-
-    def __init__(self, max_blocks: int, dummy32: Any, dummy64: Any) -> None:
-        self.max_blocks = max_blocks
-        self.dummy32 = dummy32
-        self.dummy64 = dummy64
+    max_blocks: int
+    dummy32: Any
+    dummy64: Any
 
 
 class Scratch:

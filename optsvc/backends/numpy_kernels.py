@@ -44,7 +44,7 @@ def _scratch() -> Scratch:
 
 
 def fused_update(
-    w, g, m, v, ema, *, kind, lr, b1, b2, eps, l2, clip, decay, ema_rate, scratch=None
+    w, g, m, v, ema, kind, lr, b1, b2, eps, l2, clip, decay, ema_rate, scratch=None
 ) -> None:
     """Update flat float32 arrays in place; `m`, `v` are None for SGD and
     `ema` is None without averages. See tests/kernel_reference.py for the

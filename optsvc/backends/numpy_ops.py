@@ -97,47 +97,21 @@ class NumpyOps(Ops):
         kernels = self._kernels
         if kernels is None:
             kernels = self._resolve()
-        if kernels:
-            args = (
-                w,
-                g,
-                *kernels.state_arrays(m, v, ema),
-                int(kind),
-                lr,
-                b1,
-                b2,
-                eps,
-                l2,
-                clip,
-                decay,
-                ema_rate,
-                ema is not None,
-            )
-            if self._threads > 1 and w.shape[0] >= self._parallel_min:
-                kernels.fused_parallel(*args, self._threads)
-                self.threads_used = self._threads
-            else:
-                self.threads_used = 1
-                kernels.fused_positional(*args)
+        scalars = (lr, b1, b2, eps, l2, clip, decay, ema_rate)
+        if not kernels:
+            self.threads_used = 1
+            numpy_kernels.fused_update(w, g, m, v, ema, kind, *scalars, self._scratch)
             return
-        self.threads_used = 1
-        numpy_kernels.fused_update(
-            w,
-            g,
-            m,
-            v,
-            ema,
-            kind=kind,
-            lr=lr,
-            b1=b1,
-            b2=b2,
-            eps=eps,
-            l2=l2,
-            clip=clip,
-            decay=decay,
-            ema_rate=ema_rate,
-            scratch=self._scratch,
-        )
+        # positional, `EMPTY` for absent arrays, the kind a plain int: what
+        # the compiled kernels take without numba's slow dispatch
+        has_ema = ema is not None
+        args = (w, g, *kernels.state_arrays(m, v, ema), int(kind), *scalars, has_ema)
+        if self._threads > 1 and w.shape[0] >= self._parallel_min:
+            self.threads_used = self._threads
+            kernels.fused_parallel(*args, self._threads)
+        else:
+            self.threads_used = 1
+            kernels.fused_positional(*args)
 
     def multi_update(
         self, w, g, m, v, ema, *, layout: FlatLayout, params: TensorParams, **hyper
