@@ -21,7 +21,7 @@ import numbers
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from optsvc.errors import ConfigError
 from optsvc.schedules.base import Schedule
 from optsvc.schedules.thinc import ScheduleT, to_schedule
 from optsvc.spec import MAX_INT, Arg, Param, show
+
+if TYPE_CHECKING:
+    from optsvc.optim.serialize import SavedOptimizer
 
 # Hyperparameters by argument name, in the order the optimizer evaluates them.
 HPARAMS = ("learn_rate", "L2", "beta1", "beta2", "eps", "grad_clip")
@@ -75,26 +78,6 @@ def _as_float(value: Any) -> float:
         return math.inf if value > 0 else -math.inf
 
 
-def _check_range(name: str, value: Any, where: str, *, finite_only=False) -> float:
-    """`value` as a float, checked against `HPARAM_ARGS[name]` (only for
-    finiteness with `finite_only`); a ConfigError naming `name` if not."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(
-            f"'{name}' must be a number, a list of numbers or a schedule, "
-            f"got {show(value)}{where}"
-        )
-    x = _as_float(value)
-    arg = HPARAM_ARGS[name]
-    if not math.isfinite(x):
-        expected = "finite" if finite_only else f"a finite number {arg.expected()}"
-        raise ConfigError(f"'{name}' must be {expected}, got {show(value)}{where}")
-    if not finite_only and not arg.in_range(x):
-        raise ConfigError(
-            f"'{name}' must be {arg.expected()}, got {show(value)}{where}"
-        )
-    return x
-
-
 def check_lr_scale(lr_scale: Any) -> float:
     """`lr_scale` as a float; a clear error if it is not a finite number >= 0
     (a NaN or negative scale would silently corrupt the weights)."""
@@ -104,24 +87,19 @@ def check_lr_scale(lr_scale: Any) -> float:
         raise TypeError(
             f"lr_scale must be a number, got {type(lr_scale).__name__} {lr_scale!r:.60}"
         )
-    try:
-        value = float(lr_scale)
-    except OverflowError:
-        value = math.inf
+    value = _as_float(lr_scale)
     if not (math.isfinite(value) and value >= 0.0):
         raise ValueError(f"lr_scale must be a finite number >= 0, got {lr_scale!r:.60}")
     return value
 
 
-def hparam_schedule(name: str, value: Any, *, checked: bool = False) -> Schedule:
+def hparam_schedule(name: str, value: Any) -> Schedule:
     """`value` as a Schedule; a number, and every item of a list, must lie
-    in the hyperparameter's range, which `checked` says a signature that
-    declares it (`optsvc.spec`) has checked already. A Schedule's or a
-    generator's values are checked as they are read, step by step."""
-    if not checked:
-        problem = HPARAM_PARAMS[name].problem(value)
-        if problem:
-            raise ConfigError(f"'{name}' {problem}, got {show(value)}")
+    in the hyperparameter's range. A Schedule's or a generator's values are
+    checked as they are read, step by step."""
+    problem = HPARAM_PARAMS[name].problem(value)
+    if problem:
+        raise ConfigError(f"'{name}' {problem}, got {show(value)}")
     return to_schedule(name, value, checked=True)
 
 
@@ -226,9 +204,18 @@ def hparam_values(
                 f"'{name}' schedule gave {show(value)} at step {step}; "
                 "expected a number"
             )
-        only_finite = not (name in full or name in _ALWAYS_IN_RANGE)
-        where = f" (at step {step})"
-        values.append(_check_range(name, value, where, finite_only=only_finite))
+        x, arg = _as_float(value), HPARAM_ARGS[name]
+        ranged = name in full or name in _ALWAYS_IN_RANGE
+        expected = None
+        if not math.isfinite(x):
+            expected = f"a finite number {arg.expected()}" if ranged else "finite"
+        elif ranged and not arg.in_range(x):
+            expected = arg.expected()
+        if expected:
+            raise ConfigError(
+                f"'{name}' must be {expected}, got {show(value)} (at step {step})"
+            )
+        values.append(x)
     return tuple(values)
 
 
@@ -289,7 +276,7 @@ class ScheduledHyperparams:
         """Set the hyperparameters, whose numbers and lists the signature
         checked; a Schedule's or a generator's first value is checked here."""
         self._schedules = {
-            name: hparam_schedule(name, values[name], checked=True) for name in HPARAMS
+            name: to_schedule(name, values[name], checked=True) for name in HPARAMS
         }
         self._cached = None
         self._cached_step = -1
@@ -354,20 +341,13 @@ class ScheduledHyperparams:
             self._cached = None
             raise
 
-    def _restore_hyperparams(
-        self,
-        schedules: Mapping[str, Schedule],
-        *,
-        step: int,
-        last_score: tuple[int, float] | None,
-        use_radam: bool,
-        L2_is_weight_decay: bool,
-    ) -> None:
+    def _restore_hyperparams(self, saved: SavedOptimizer) -> None:
         """Set every schedule, the step, the last score and the settings as
         saved, unchecked (a saved schedule may be past its range)."""
-        self._schedules = dict(schedules)
-        self._step, self._last_score = step, last_score
-        self._use_radam, self._L2_is_weight_decay = use_radam, L2_is_weight_decay
+        self._schedules = dict(saved.schedules)
+        self._step, self._last_score = saved.step, saved.last_score
+        self._use_radam = saved.use_radam
+        self._L2_is_weight_decay = saved.L2_is_weight_decay
         self._cached = None
 
     @property
