@@ -62,9 +62,6 @@ HPARAM_ARGS: Mapping[str, Arg] = MappingProxyType(
         "grad_clip": Arg("clip each gradient to this L2 norm (0: off)", ge=0),
     }
 )
-HPARAM_PARAMS: Mapping[str, Param] = MappingProxyType(
-    {name: Param(name, "hyper", arg) for name, arg in HPARAM_ARGS.items()}
-)
 # The update divides by 1 - beta**n and by sqrt(v) + eps: these stay in range
 # at every step, not only when set (a beta of 1.0 would divide by zero).
 _ALWAYS_IN_RANGE = frozenset({"beta1", "beta2", "eps"})
@@ -91,16 +88,6 @@ def check_lr_scale(lr_scale: Any) -> float:
     if not (math.isfinite(value) and value >= 0.0):
         raise ValueError(f"lr_scale must be a finite number >= 0, got {lr_scale!r:.60}")
     return value
-
-
-def hparam_schedule(name: str, value: Any) -> Schedule:
-    """`value` as a Schedule; a number, and every item of a list, must lie
-    in the hyperparameter's range. A Schedule's or a generator's values are
-    checked as they are read, step by step."""
-    problem = HPARAM_PARAMS[name].problem(value)
-    if problem:
-        raise ConfigError(f"'{name}' {problem}, got {show(value)}")
-    return to_schedule(name, value, checked=True)
 
 
 def _plain(value: Any) -> bool:
@@ -158,12 +145,7 @@ def step_scalars(
     b1_f32, b2_f32 = float(np.float32(beta1)), float(np.float32(beta2))
     rounded = adam and not use_radam
     return StepScalars(
-        learn_rate=learn_rate,
-        L2=L2,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        grad_clip=grad_clip,
+        *values,  # the first fields: the HPARAMS, in order
         use_radam=use_radam,
         adam=adam,
         kernel_b1=b1_f32 if rounded else beta1,
@@ -262,9 +244,7 @@ class ScheduledHyperparams:
     """
 
     _schedules: dict[str, Schedule]
-    _cached: StepScalars | None
-    _cached_step: int
-    _cached_score: Any
+    _cached: tuple[int, Any, StepScalars] | None  # (step, last score, scalars)
     _step: int
     _last_score: tuple[int, float] | None
     _use_radam: bool
@@ -279,8 +259,6 @@ class ScheduledHyperparams:
             name: to_schedule(name, values[name], checked=True) for name in HPARAMS
         }
         self._cached = None
-        self._cached_step = -1
-        self._cached_score = None
         self._step = 0
         self._last_score = None
         self._use_radam = bool(use_radam)
@@ -293,20 +271,13 @@ class ScheduledHyperparams:
     # --- hyperparameters -------------------------------------------------------
 
     def _scalars(self, *, full: Collection[str] = ()) -> StepScalars:
-        """This step's StepScalars, evaluated once per step. Values are
-        range-checked when a schedule is set; later steps only need to be
-        finite (Thinc's own schedules may leave the range, e.g.
-        slanted_triangular past num_steps)."""
-        if (
-            self._cached is not None
-            and self._cached_step == self._step
-            and self._cached_score is self._last_score
-        ):
-            return self._cached
-        step, score = self._step, self._last_score
+        """This step's StepScalars, evaluated once per step (`hparam_values`
+        says what is checked: `full` names schedules just set)."""
+        step, score, cached = self._step, self._last_score, self._cached
+        if cached is not None and cached[0] == step and cached[1] is score:
+            return cached[2]
         scalars = self._evaluate(step, score, full=full)
-        self._cached = scalars
-        self._cached_step, self._cached_score = step, score
+        self._cached = (step, score, scalars)
         return scalars
 
     def _evaluate(
@@ -331,8 +302,13 @@ class ScheduledHyperparams:
         return self._evaluate(step, self._last_score)
 
     def _set_hparam(self, name: str, value: Any) -> None:
+        """Replace a schedule: a number, and every item of a list, must lie in
+        the range; a Schedule's or a generator's values from this step on."""
+        problem = Param(name, "hyper", HPARAM_ARGS[name]).problem(value)
+        if problem:
+            raise ConfigError(f"'{name}' {problem}, got {show(value)}")
         old = self._schedules[name]
-        self._schedules[name] = hparam_schedule(name, value)
+        self._schedules[name] = to_schedule(name, value, checked=True)
         self._cached = None
         try:
             self._scalars(full=() if _plain(value) else (name,))
@@ -405,10 +381,9 @@ class ScheduledHyperparams:
 
     @last_score.setter
     def last_score(self, score: float | tuple[int, float] | None) -> None:
-        if score is None:
-            self._last_score = None
-            return
-        self._last_score = check_last_score(score, self._step)
+        self._last_score = (
+            None if score is None else check_last_score(score, self._step)
+        )
 
 
 def check_last_score(score: Any, step: int) -> tuple[int, float]:

@@ -1,16 +1,12 @@
 """An optimizer's state, in one owner: `OptimizerState`.
 
-Each key the optimizer has updated has a `KeySlot`: its shape, its flat first
-and second moments and average (None until needed) and its update count. For
-the keys of a `ParamStore` updated with `update_store`, the state lives in
-flat buffers laid out like the store (a `FlatGroup`), and each key's slot is
-bound to them: its arrays are views into the buffers and its count is an
-entry of `FlatGroup.nr`. `OptimizerState` keeps the slots and the groups,
-RAdam's shared memo and the backend the arrays live on; it lays the state out
-for a store, moves it between devices and turns it into host arrays and back
-(`to_arrays` / `from_arrays`, for `optsvc.optim.serialize`).
-`optimizer.mom1`, `mom2`, `averages` and `nr_update` are read-only views of
-the slots (`SlotView`), never copies.
+Each key the optimizer has updated has a `KeySlot`, bound to a `FlatGroup`
+for the keys of a `ParamStore` updated with `update_store`. `OptimizerState`
+keeps the slots and the groups, RAdam's shared memo and the backend the
+arrays live on; it lays the state out for a store, moves it between devices
+and turns it into host arrays and back (`to_arrays` / `from_arrays`, for
+`optsvc.optim.serialize`). `optimizer.mom1`, `mom2`, `averages` and
+`nr_update` are read-only views of the slots (`SlotView`), never copies.
 """
 
 from __future__ import annotations
