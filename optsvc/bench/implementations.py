@@ -22,11 +22,7 @@ def _optsvc_runner(build: Callable[[], Optimizer], multi: bool):
         opt = build()
         opt.state.ops = dev.ops  # the bench's thread count, per-key calls too
         store = ParamStore.from_arrays(weights, ops=dev.ops)
-        saved = dev.xp.asarray(
-            np.concatenate([grads[k].reshape(-1) for k in keys])
-            if keys
-            else np.zeros(0, np.float32)
-        )
+        saved = dev.xp.asarray(np.concatenate([grads[k].reshape(-1) for k in keys]))
 
         def refill():
             store.flat_gradients[...] = saved

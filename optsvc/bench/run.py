@@ -3,6 +3,7 @@ rounds as the floor's copy, one row per (workload, implementation)."""
 
 from __future__ import annotations
 
+import functools
 import statistics
 import uuid
 from collections.abc import Callable, Sequence
@@ -69,19 +70,19 @@ def run_bench(
     if config is not None and build is not None:
         raise ValueError("give a config or a build function, not both")
     if build is None:
-        build = default_optimizer
-        if config is not None:
-            path = config
-            build = lambda: optimizer_from_config(path)  # noqa: E731
+        build = (
+            default_optimizer
+            if config is None
+            else functools.partial(optimizer_from_config, config)
+        )
     probe = build()
     scale = (QUICK_SCALE if quick else 1.0) if scale is None else scale
     repeat = repeat or (3 if quick else 9)
     warmup = warmup if warmup is not None else (1 if quick else 2)
     check_threads(threads, gpu_id)
     dev = _Device(gpu_id, threads)
-    names = list(dict.fromkeys(workloads))
-    for name in names:
-        workload_shapes(name, dev.kind)  # unknown names fail before any timing
+    # every workload's shapes first: an unknown name fails before any timing
+    chosen = {w: workload_shapes(w, dev.kind, scale) for w in dict.fromkeys(workloads)}
     per_param = traffic_per_param(probe)
     footprint = state_bytes_per_param(probe)
     impls: list[tuple[str, Callable, str, bool]] = [
@@ -93,8 +94,7 @@ def run_bench(
     run_id = uuid.uuid4().hex[:12]
     rows: list[dict] = []
     with thread_limits(threads) as limits:
-        for name in names:
-            desc, shapes = workload_shapes(name, dev.kind, scale)
+        for name, (desc, shapes) in chosen.items():
             rows += _bench_workload(
                 name, desc, shapes, impls, dev, per_param, footprint, warmup, repeat
             )
