@@ -21,16 +21,17 @@ differs from numpy's ``dot`` only in the last bits of a float64, so the
 float32 norm almost always agrees exactly. The per-key and the multi-tensor
 entry points share that code, so they agree with each other bit for bit.
 
-Threads. `fused_parallel` and `multi_parallel` run the same per-chunk code
-over numba's thread pool: every tensor is cut into `CHUNK`-element chunks
-from its own start (the cut depends on sizes alone), the clipping norm's
-partial sums go to one slot per chunk and are added in chunk order after the
-parallel loop, exactly as the serial `_norm_sq` adds them; so the results
-are the same bit for bit on any number of threads, and equal the serial
-kernels'. (A tensor of one chunk sums its norm as before chunking existed.)
-`NumpyOps(threads=N)` picks the parallel kernels for updates of at least
-`PARALLEL_MIN` elements. Launches hold a lock: numba's workqueue layer, the
-one always available, aborts on concurrent launches.
+Threads. `multi_parallel` (and `fused_parallel`, the same kernel on a lone
+tensor) runs the per-chunk code over numba's thread pool: every tensor is
+cut into `CHUNK`-element chunks from its own start (the cut depends on sizes
+alone), the clipping norm's partial sums go to one slot per chunk and are
+added in chunk order after the parallel loop, exactly as the serial
+`_norm_sq` adds them; so the results are the same bit for bit on any number
+of threads, and equal the serial kernels'. (A tensor of one chunk sums its
+norm as before chunking existed.) `NumpyOps(threads=N)` picks the parallel
+kernel for updates of at least `PARALLEL_MIN` elements. Launches hold a
+lock: numba's workqueue layer, the one always available, aborts on
+concurrent launches.
 
 This module imports numba at import time; `optsvc.backends.numpy_ops` imports
 it lazily, on the first update, and falls back to the numpy kernel without
@@ -213,15 +214,11 @@ def multi_positional(  # pragma: no cover - compiled
         )  # fmt: skip
 
 
-# The parallel kernel: the same per-chunk code (`_sumsq`, `_apply`) over
-# fixed chunks, spread over numba's thread pool, for many tensors or one
+# The parallel kernel (see Threads above), for many tensors or one
 # (`fused_parallel`). The thread count is set by the Python entry points
 # (numba's setting is per calling thread; set inside a kernel it would keep
-# the kernel out of the disk cache). The partial sums of the norm go to a
-# fixed array, one slot a chunk, and are added in chunk order after the
-# parallel loop: the same sums as `_norm_sq`, whatever the thread count. Each
-# chunk builds its own `Step`: numba's parallel loops take arrays and scalars
-# from outside, not tuples.
+# the kernel out of the disk cache). Each chunk builds its own `Step`:
+# numba's parallel loops take arrays and scalars from outside, not tuples.
 _pjit = numba.njit(
     cache=True, fastmath=False, nogil=True, error_model="numpy", parallel=True
 )
