@@ -320,10 +320,10 @@ def fused_parallel(
 ) -> None:
     """`fused_positional` over `threads` threads, chunk by chunk (the
     multi-tensor kernel on one tensor); the same results bit for bit."""
-    lrs, rates, kinds = np.array([[lr], [ema_rate], [kind]], dtype=np.float32)
+    t = np.array((lr, ema_rate, kind), dtype=np.float32)  # its lr, rate, kind
     multi_parallel(
-        w, g, m, v, ema, *_one_tensor(w.shape[0]), lrs, rates, kinds, b1, b2, eps,
-        l2, clip, decay, has_ema, threads,
+        w, g, m, v, ema, *_one_tensor(w.shape[0]), t[0:1], t[1:2], t[2:3], b1, b2,
+        eps, l2, clip, decay, has_ema, threads,
     )  # fmt: skip
 
 
