@@ -107,8 +107,8 @@ class NumpyOps(Ops):
         has_ema = ema is not None
         args = (w, g, *kernels.state_arrays(m, v, ema), int(kind), *scalars, has_ema)
         if self._threads > 1 and w.shape[0] >= self._parallel_min:
-            self.threads_used = self._threads
             kernels.fused_parallel(*args, self._threads)
+            self.threads_used = self._threads
         else:
             self.threads_used = 1
             kernels.fused_positional(*args)

@@ -136,7 +136,7 @@ def step_scalars(
 ) -> StepScalars:
     """The `StepScalars` of a step whose hyperparameters are `values` (in
     HPARAMS order), for an optimizer with these settings."""
-    learn_rate, L2, beta1, beta2, eps, grad_clip = values
+    _, L2, beta1, beta2, _, _ = values
     adam = beta1 > 0.0 and beta2 > 0.0
     # Thinc's compiled CPU Adam forms 1 - beta in float32 from float32 betas;
     # the kernels form float32(1 - beta). Passing Adam betas rounded to
