@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from collections.abc import Iterator
 
 from .cuda_ops import CudaKernelOps
@@ -30,15 +31,10 @@ from .ops import FlatLayout, Ops, TensorParams, UpdateKind
 _current_ops: contextvars.ContextVar[Ops | None] = contextvars.ContextVar(
     "optsvc_current_ops", default=None
 )
-_numpy_ops: NumpyOps | None = None
-_cupy_ops: dict[int, CupyOps] = {}
-
-
-def _default_numpy_ops() -> NumpyOps:
-    global _numpy_ops
-    if _numpy_ops is None:
-        _numpy_ops = NumpyOps()
-    return _numpy_ops
+# One backend object per device, made on first use (a CupyOps that fails, for
+# want of cupy or of that GPU, is not kept).
+_default_numpy_ops = functools.cache(NumpyOps)
+_cupy_ops = functools.cache(CupyOps)
 
 
 def get_ops(name: str, **kwargs) -> Ops:
@@ -46,10 +42,7 @@ def get_ops(name: str, **kwargs) -> Ops:
     if name == "numpy":
         return _default_numpy_ops()
     if name == "cupy":
-        gpu_id = int(kwargs.get("gpu_id", 0))
-        if gpu_id not in _cupy_ops:
-            _cupy_ops[gpu_id] = CupyOps(gpu_id)
-        return _cupy_ops[gpu_id]
+        return _cupy_ops(int(kwargs.get("gpu_id", 0)))
     raise ValueError(f"Unknown backend {name!r}; expected 'numpy' or 'cupy'")
 
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -216,15 +216,12 @@ def _signatures(nb) -> dict[str, tuple[Any, Any]]:
 # Lazy numba import, per-device state and the two-slot scratch.
 
 
-class _Device:
+class _Device(NamedTuple):
     """Per-device constants: block cap and dummy arrays for absent m/v/ema."""
 
-    __slots__ = ("max_blocks", "dummy32", "dummy64")
-
-    def __init__(self, max_blocks: int, dummy32: Any, dummy64: Any) -> None:
-        self.max_blocks = max_blocks
-        self.dummy32 = dummy32
-        self.dummy64 = dummy64
+    max_blocks: int
+    dummy32: Any
+    dummy64: Any
 
 
 class Scratch:
@@ -306,8 +303,9 @@ def _device(k: dict[str, Any]) -> tuple[int, _Device]:
     return dev_id, state
 
 
-def _scratch_for(dev_id: int, stream_key: int) -> Scratch:
-    key = (dev_id, stream_key)
+def _scratch_for(k: dict[str, Any], dev_id: int, stream: Any) -> Scratch:
+    # The simulator runs everything synchronously: one scratch buffer suffices.
+    key = (dev_id, 0 if k["sim"] or not stream else int(stream))
     sc = _scratch.get(key)
     if sc is None:
         with _lock:
@@ -315,13 +313,6 @@ def _scratch_for(dev_id: int, stream_key: int) -> Scratch:
             if sc is None:
                 sc = _scratch[key] = Scratch(1)
     return sc
-
-
-def _stream_key(k: dict[str, Any], stream: Any) -> int:
-    # The simulator runs everything synchronously: one scratch buffer suffices.
-    if k["sim"] or not stream:
-        return 0
-    return int(stream)
 
 
 def launch(k, dev, sc, config, update, update_args, norm, norm_args) -> None:
@@ -455,7 +446,7 @@ def fused_update(
     step = elements.step_scalars(b1, b2, eps, l2, clip, decay, ema is not None)
     kernel_args = (np.int32(kind), np.float32(lr), np.float32(ema_rate), step)
     clipped = step.flags & _CLIP
-    sc = _scratch_for(dev_id, _stream_key(k, stream)) if clipped else None
+    sc = _scratch_for(k, dev_id, stream) if clipped else None
     with sc.lock if clipped else contextlib.nullcontext():
         launch(
             k, dev, sc, config, k["update"], (*arrays, *kernel_args), k["norm"],

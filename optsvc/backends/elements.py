@@ -53,16 +53,6 @@ class Hyper(NamedTuple):
     eps: np.float32
 
 
-def update_flags(l2, clip, decay, has_ema):
-    """The ``flags`` bits: which optional parts of the update run, decided on
-    the float64 host values, as the reference decides them (a value that
-    rounds to 0 in float32 still takes the reference's branch)."""
-    return np.int32(
-        (L2_FLAG if l2 != 0.0 else 0) | (CLIP_FLAG if clip > 0.0 else 0)
-        | (DECAY_FLAG if decay != 0.0 else 0) | (EMA_FLAG if has_ema else 0)
-    )  # fmt: skip
-
-
 class Step(NamedTuple):
     """What every tensor of a step shares, as the kernels take it."""
 
@@ -74,9 +64,15 @@ class Step(NamedTuple):
 
 
 def step_scalars(b1, b2, eps, l2, clip, decay, has_ema):
-    """`Step` from the host's float64 values."""
+    """`Step` from the host's float64 values. The ``flags`` bits (which
+    optional parts of the update run) are decided on those, as the reference
+    decides them: a value that rounds to 0 in float32 still takes the
+    reference's branch."""
     hyper = Hyper(f32(b1), f32(1.0 - b1), f32(b2), f32(1.0 - b2), f32(eps))
-    flags = update_flags(l2, clip, decay, has_ema)
+    flags = np.int32(
+        (L2_FLAG if l2 != 0.0 else 0) | (CLIP_FLAG if clip > 0.0 else 0)
+        | (DECAY_FLAG if decay != 0.0 else 0) | (EMA_FLAG if has_ema else 0)
+    )  # fmt: skip
     return Step(hyper, f32(l2), f32(clip), f32(decay), flags)
 
 

@@ -21,16 +21,17 @@ differs from numpy's ``dot`` only in the last bits of a float64, so the
 float32 norm almost always agrees exactly. The per-key and the multi-tensor
 entry points share that code, so they agree with each other bit for bit.
 
-Threads. `fused_parallel` and `multi_parallel` run the same per-chunk code
-over numba's thread pool: every tensor is cut into `CHUNK`-element chunks
-from its own start (the cut depends on sizes alone), the clipping norm's
-partial sums go to one slot per chunk and are added in chunk order after the
-parallel loop, exactly as the serial `_norm_sq` adds them; so the results
-are the same bit for bit on any number of threads, and equal the serial
-kernels'. (A tensor of one chunk sums its norm as before chunking existed.)
-`NumpyOps(threads=N)` picks the parallel kernels for updates of at least
-`PARALLEL_MIN` elements. Launches hold a lock: numba's workqueue layer, the
-one always available, aborts on concurrent launches.
+Threads. `multi_parallel` (and `fused_parallel`, the same kernel on a lone
+tensor) runs the per-chunk code over numba's thread pool: every tensor is
+cut into `CHUNK`-element chunks from its own start (the cut depends on sizes
+alone), the clipping norm's partial sums go to one slot per chunk and are
+added in chunk order after the parallel loop, exactly as the serial
+`_norm_sq` adds them; so the results are the same bit for bit on any number
+of threads, and equal the serial kernels'. (A tensor of one chunk sums its
+norm as before chunking existed.) `NumpyOps(threads=N)` picks the parallel
+kernel for updates of at least `PARALLEL_MIN` elements. Launches hold a
+lock: numba's workqueue layer, the one always available, aborts on
+concurrent launches.
 
 This module imports numba at import time; `optsvc.backends.numpy_ops` imports
 it lazily, on the first update, and falls back to the numpy kernel without
@@ -41,6 +42,7 @@ numba keys that cache on this file, not on `elements`: after editing
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 
@@ -194,10 +196,12 @@ def fused_positional(  # pragma: no cover - compiled
 
 
 @_jit
-def _multi(  # pragma: no cover - compiled
+def multi_positional(  # pragma: no cover - compiled
     w, g, m, v, ema, offsets, sizes, lrs, rates, kinds, b1, b2, eps, l2, clip,
     decay, has_ema,
 ):  # fmt: skip
+    """`multi_update` as the compiled function itself, for callers that count
+    microseconds: positional arguments, `EMPTY` for absent arrays."""
     step = _step(b1, b2, eps, l2, clip, decay, has_ema)
     for t in range(offsets.shape[0]):
         a = offsets[t]
@@ -210,45 +214,14 @@ def _multi(  # pragma: no cover - compiled
         )  # fmt: skip
 
 
-# The parallel kernels: the same per-chunk code (`_sumsq`, `_apply`) over
-# fixed chunks, spread over numba's thread pool. The thread count is set by
-# the Python entry points (numba's setting is per calling thread; set inside
-# a kernel it would keep the kernel out of the disk cache). The partial sums
-# of the norm go to a fixed array, one slot a chunk, and are added in chunk
-# order after the parallel loop: the same sums as `_norm_sq`, whatever the
-# thread count. Each chunk builds its own `Step`: numba's parallel loops take
-# arrays and scalars from outside, not tuples.
+# The parallel kernel (see Threads above), for many tensors or one
+# (`fused_parallel`). The thread count is set by the Python entry points
+# (numba's setting is per calling thread; set inside a kernel it would keep
+# the kernel out of the disk cache). Each chunk builds its own `Step`:
+# numba's parallel loops take arrays and scalars from outside, not tuples.
 _pjit = numba.njit(
     cache=True, fastmath=False, nogil=True, error_model="numpy", parallel=True
 )
-
-
-@_pjit
-def _fused_parallel(  # pragma: no cover - compiled
-    w, g, m, v, ema, kind, lr, b1, b2, eps, l2, clip, decay, ema_rate, has_ema
-):  # fmt: skip
-    step = _step(b1, b2, eps, l2, clip, decay, has_ema)
-    l2_32, flags, lr32, rate32 = step.l2, step.flags, _f32(lr), _f32(ema_rate)
-    n = w.shape[0]
-    chunks = (n + CHUNK - 1) // CHUNK
-    scale = _f32(1.0)
-    if flags & _CLIP:
-        partial = np.empty(chunks, np.float64)
-        for c in numba.prange(chunks):
-            a = c * CHUNK
-            b = min(a + CHUNK, n)
-            partial[c] = _sumsq(g[a:b], w[a:b], l2_32, flags)
-        total = 0.0
-        for c in range(chunks):
-            total += partial[c]
-        scale = _clip_scale(total, step.clip)
-    for c in numba.prange(chunks):
-        a = c * CHUNK
-        b = min(a + CHUNK, n)
-        _apply(
-            w[a:b], g[a:b], m[a:b], v[a:b], ema[a:b], kind, lr32, rate32, scale,
-            _step(b1, b2, eps, l2, clip, decay, has_ema),
-        )  # fmt: skip
 
 
 @_pjit
@@ -336,17 +309,22 @@ def chunk_items(offsets, sizes) -> tuple[np.ndarray, np.ndarray, int]:
     return items, spans, int(counts[counts > 1].sum())
 
 
+@functools.lru_cache(maxsize=64)
+def _one_tensor(n: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """`chunk_items` of a lone tensor of `n` elements (read-only, shared)."""
+    return chunk_items(np.zeros(1, np.int64), np.full(1, n, np.int64))
+
+
 def fused_parallel(
     w, g, m, v, ema, kind, lr, b1, b2, eps, l2, clip, decay, ema_rate, has_ema, threads
 ) -> None:
-    """`fused_positional` over `threads` threads, chunk by chunk; the same
-    results bit for bit."""
-    with _LAUNCH:
-        numba.set_num_threads(threads)
-        _fused_parallel(
-            w, g, m, v, ema, kind, lr, b1, b2, eps, l2, clip, decay, ema_rate,
-            has_ema,
-        )  # fmt: skip
+    """`fused_positional` over `threads` threads, chunk by chunk (the
+    multi-tensor kernel on one tensor); the same results bit for bit."""
+    t = np.array((lr, ema_rate, kind), dtype=np.float32)  # its lr, rate, kind
+    multi_parallel(
+        w, g, m, v, ema, *_one_tensor(w.shape[0]), t[0:1], t[1:2], t[2:3], b1, b2,
+        eps, l2, clip, decay, has_ema, threads,
+    )  # fmt: skip
 
 
 def multi_parallel(
@@ -411,36 +389,23 @@ def state_arrays(m, v, ema) -> tuple:
     )
 
 
-# `multi_update` as the compiled function itself (positional, `EMPTY` for
-# absent arrays), for callers that count microseconds.
-multi_positional = _multi
-
-
 def multi_update(
-    w, g, m, v, ema, offsets, sizes, lrs, rates, kinds, *, b1, b2, eps, l2, clip, decay
-) -> None:
+    w, g, m, v, ema, offsets, sizes, lrs, rates, kinds, *, b1, b2, eps, l2, clip,
+    decay, threads=1, work=None,
+) -> None:  # fmt: skip
     """Many tensors' updates in one call. w, g, m, v, ema are flat buffers;
     tensor t occupies ``[offsets[t], offsets[t] + sizes[t])`` (int64 tables)
     and is updated with ``lrs[t]``, ``rates[t]`` and ``kinds[t]`` (float32
     tables; kinds hold `UpdateKind` values), exactly as `fused_update` would
-    update it alone."""
-    _multi(
-        w,
-        g,
-        *state_arrays(m, v, ema),
-        offsets,
-        sizes,
-        lrs,
-        rates,
-        kinds,
-        b1,
-        b2,
-        eps,
-        l2,
-        clip,
-        decay,
-        ema is not None,
-    )
+    update it alone. With `threads` > 1, over that many threads, on the work
+    items `work` of `chunk_items` (cut here when None); the same results."""
+    arrays = (w, g, *state_arrays(m, v, ema))
+    shared = (b1, b2, eps, l2, clip, decay, ema is not None)
+    if threads > 1:
+        work = chunk_items(offsets, sizes) if work is None else work
+        multi_parallel(*arrays, *work, lrs, rates, kinds, *shared, threads)
+    else:
+        multi_positional(*arrays, offsets, sizes, lrs, rates, kinds, *shared)
 
 
 __all__ = [

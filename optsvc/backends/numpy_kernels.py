@@ -11,6 +11,8 @@ order, which is what makes the results match Thinc's.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .ops import UpdateKind
@@ -33,26 +35,25 @@ class Scratch:
         self.b = np.empty(size, dtype=np.float32)
 
 
-_default_scratch: Scratch | None = None
-
-
-def _scratch() -> Scratch:
-    global _default_scratch
-    if _default_scratch is None:
-        _default_scratch = Scratch()
-    return _default_scratch
+# The buffers of calls that bring none (NumpyOps brings its own).
+_scratch = functools.cache(Scratch)
 
 
 def fused_update(
-    w, g, m, v, ema, *, kind, lr, b1, b2, eps, l2, clip, decay, ema_rate, scratch=None
+    w, g, m, v, ema, kind, lr, b1, b2, eps, l2, clip, decay, ema_rate, scratch=None
 ) -> None:
     """Update flat float32 arrays in place; `m`, `v` are None for SGD and
     `ema` is None without averages. See tests/kernel_reference.py for the
     same update written plainly."""
     s = scratch or _scratch()
     n = w.shape[0]
-    if l2 != 0:
-        _add_scaled(g, w, _f32(l2), s, n)
+    if l2 != 0:  # g += l2 * w, before the norm
+        c_l2 = _f32(l2)
+        for start in range(0, n, BLOCK):
+            stop = min(start + BLOCK, n)
+            t = s.a[: stop - start]
+            np.multiply(w[start:stop], c_l2, out=t)
+            np.add(g[start:stop], t, out=g[start:stop])
     scale = None
     if clip > 0:
         norm = _f32(np.sqrt(float(np.dot(g, g))))
@@ -98,11 +99,3 @@ def fused_update(
             np.subtract(eb, wb, out=u)
             np.multiply(u, c_rate, out=u)
             np.subtract(eb, u, out=eb)
-
-
-def _add_scaled(g, w, factor, s: Scratch, n: int) -> None:
-    for start in range(0, n, BLOCK):
-        stop = min(start + BLOCK, n)
-        t = s.a[: stop - start]
-        np.multiply(w[start:stop], factor, out=t)
-        np.add(g[start:stop], t, out=g[start:stop])

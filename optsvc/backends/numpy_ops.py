@@ -97,99 +97,40 @@ class NumpyOps(Ops):
         kernels = self._kernels
         if kernels is None:
             kernels = self._resolve()
-        if kernels:
-            args = (
-                w,
-                g,
-                *kernels.state_arrays(m, v, ema),
-                int(kind),
-                lr,
-                b1,
-                b2,
-                eps,
-                l2,
-                clip,
-                decay,
-                ema_rate,
-                ema is not None,
-            )
-            if self._threads > 1 and w.shape[0] >= self._parallel_min:
-                kernels.fused_parallel(*args, self._threads)
-                self.threads_used = self._threads
-            else:
-                self.threads_used = 1
-                kernels.fused_positional(*args)
+        scalars = (lr, b1, b2, eps, l2, clip, decay, ema_rate)
+        if not kernels:
+            self.threads_used = 1
+            numpy_kernels.fused_update(w, g, m, v, ema, kind, *scalars, self._scratch)
             return
-        self.threads_used = 1
-        numpy_kernels.fused_update(
-            w,
-            g,
-            m,
-            v,
-            ema,
-            kind=kind,
-            lr=lr,
-            b1=b1,
-            b2=b2,
-            eps=eps,
-            l2=l2,
-            clip=clip,
-            decay=decay,
-            ema_rate=ema_rate,
-            scratch=self._scratch,
-        )
+        # positional, `EMPTY` for absent arrays, the kind a plain int: what
+        # the compiled kernels take without numba's slow dispatch
+        has_ema = ema is not None
+        args = (w, g, *kernels.state_arrays(m, v, ema), int(kind), *scalars, has_ema)
+        if self._threads > 1 and w.shape[0] >= self._parallel_min:
+            kernels.fused_parallel(*args, self._threads)
+            self.threads_used = self._threads
+        else:
+            self.threads_used = 1
+            kernels.fused_positional(*args)
 
     def multi_update(
-        self,
-        w,
-        g,
-        m,
-        v,
-        ema,
-        *,
-        layout: FlatLayout,
-        params: TensorParams,
-        b1,
-        b2,
-        eps,
-        l2,
-        clip,
-        decay,
+        self, w, g, m, v, ema, *, layout: FlatLayout, params: TensorParams, **hyper
     ) -> None:
         kernels = self._kernels
         if kernels is None:
             kernels = self._resolve()
         if not kernels:  # numpy: one blocked kernel call per tensor
-            super().multi_update(
-                w,
-                g,
-                m,
-                v,
-                ema,
-                layout=layout,
-                params=params,
-                b1=b1,
-                b2=b2,
-                eps=eps,
-                l2=l2,
-                clip=clip,
-                decay=decay,
-            )
+            self.threads_used = 1
+            super().multi_update(w, g, m, v, ema, layout=layout, params=params, **hyper)
             return
-        arrays = (w, g, *kernels.state_arrays(m, v, ema))
-        tail = (params.lr, params.ema_rate, params.kind, b1, b2, eps, l2, clip, decay)
-        if self._threads > 1 and w.shape[0] >= self._parallel_min:
-            if layout.device is None:  # the work items, cut once per layout
-                layout.device = kernels.chunk_items(layout.offsets, layout.sizes)
-            kernels.multi_parallel(
-                *arrays, *layout.device, *tail, ema is not None, self._threads
-            )
-            self.threads_used = self._threads
-            return
-        self.threads_used = 1
-        kernels.multi_positional(
-            *arrays, layout.offsets, layout.sizes, *tail, ema is not None
+        threads = self._threads if w.shape[0] >= self._parallel_min else 1
+        if threads > 1 and layout.device is None:  # the work items, cut once
+            layout.device = kernels.chunk_items(layout.offsets, layout.sizes)
+        tables = (layout.offsets, layout.sizes, params.lr, params.ema_rate, params.kind)
+        kernels.multi_update(
+            w, g, m, v, ema, *tables, threads=threads, work=layout.device, **hyper
         )
+        self.threads_used = threads
 
     def __repr__(self) -> str:
         args = [] if self._want is None else [repr(self._want)]

@@ -25,7 +25,6 @@ from .timing import (
     MIN_COPY_BYTES,
     check_threads,
     machine,
-    measure_bandwidth,
     thread_limits,
 )
 from .workloads import (
@@ -48,7 +47,6 @@ __all__ = [
     "default_optimizer",
     "floor_caption",
     "machine",
-    "measure_bandwidth",
     "optimizer_from_config",
     "peer_skips",
     "rows_table",

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from optsvc.optim import Optimizer, ParamStore
+from optsvc.optim import HPARAMS, Optimizer, ParamStore
 
 from .timing import _Device
 from .workloads import is_sgd
@@ -22,11 +22,7 @@ def _optsvc_runner(build: Callable[[], Optimizer], multi: bool):
         opt = build()
         opt.state.ops = dev.ops  # the bench's thread count, per-key calls too
         store = ParamStore.from_arrays(weights, ops=dev.ops)
-        saved = dev.xp.asarray(
-            np.concatenate([grads[k].reshape(-1) for k in keys])
-            if keys
-            else np.zeros(0, np.float32)
-        )
+        saved = dev.xp.asarray(np.concatenate([grads[k].reshape(-1) for k in keys]))
 
         def refill():
             store.flat_gradients[...] = saved
@@ -148,13 +144,9 @@ def _peers(opt: Optimizer, dev: _Device) -> list[tuple[str, Callable, str, bool]
     try:
         import thinc
 
+        now = opt.hyperparams_at(opt.step)
         settings = dict(
-            learn_rate=opt.learn_rate,
-            L2=opt.L2,
-            beta1=opt.b1,
-            beta2=opt.b2,
-            eps=opt.eps,
-            grad_clip=opt.grad_clip,
+            {name: getattr(now, name) for name in HPARAMS},
             use_averages=opt.averages is not None,
             use_radam=opt.use_radam,
             L2_is_weight_decay=opt.L2_is_weight_decay,
@@ -170,24 +162,19 @@ def _peers(opt: Optimizer, dev: _Device) -> list[tuple[str, Callable, str, bool]
         return peers
     if not _has_adamw_counterpart(opt):
         return peers
+    swapped = "weight decay instead of L2 in the gradient"
     less = []
     if opt.grad_clip > 0:
         less.append("no per-tensor clipping")
     if opt.averages is not None:
         less.append("no averages (EMA)")
     if not opt.L2_is_weight_decay and opt.L2:
-        less.append("weight decay instead of L2 in the gradient")
+        less.append(swapped)
     note = "does less: " + ", ".join(less) if less else ""
     peers.append(("torch AdamW fused", _torch_runner(opt, True, False), note, not less))
     extra = "per-tensor clip via _foreach_norm, EMA at a fixed rate (same traffic)"
-    if not opt.L2_is_weight_decay and opt.L2:
-        extra += "; weight decay instead of L2 in the gradient"
-    peers.append(
-        (
-            "torch AdamW foreach + clip + EMA",
-            _torch_runner(opt, False, True),
-            extra,
-            True,
-        )
-    )
+    if swapped in less:
+        extra += f"; {swapped}"
+    foreach = "torch AdamW foreach + clip + EMA"
+    peers.append((foreach, _torch_runner(opt, False, True), extra, True))
     return peers

@@ -3,6 +3,7 @@ rounds as the floor's copy, one row per (workload, implementation)."""
 
 from __future__ import annotations
 
+import functools
 import statistics
 import uuid
 from collections.abc import Callable, Sequence
@@ -69,19 +70,19 @@ def run_bench(
     if config is not None and build is not None:
         raise ValueError("give a config or a build function, not both")
     if build is None:
-        build = default_optimizer
-        if config is not None:
-            path = config
-            build = lambda: optimizer_from_config(path)  # noqa: E731
+        build = (
+            default_optimizer
+            if config is None
+            else functools.partial(optimizer_from_config, config)
+        )
     probe = build()
     scale = (QUICK_SCALE if quick else 1.0) if scale is None else scale
     repeat = repeat or (3 if quick else 9)
     warmup = warmup if warmup is not None else (1 if quick else 2)
     check_threads(threads, gpu_id)
     dev = _Device(gpu_id, threads)
-    names = list(dict.fromkeys(workloads))
-    for name in names:
-        workload_shapes(name, dev.kind)  # unknown names fail before any timing
+    # every workload's shapes first: an unknown name fails before any timing
+    chosen = {w: workload_shapes(w, dev.kind, scale) for w in dict.fromkeys(workloads)}
     per_param = traffic_per_param(probe)
     footprint = state_bytes_per_param(probe)
     impls: list[tuple[str, Callable, str, bool]] = [
@@ -93,8 +94,7 @@ def run_bench(
     run_id = uuid.uuid4().hex[:12]
     rows: list[dict] = []
     with thread_limits(threads) as limits:
-        for name in names:
-            desc, shapes = workload_shapes(name, dev.kind, scale)
+        for name, (desc, shapes) in chosen.items():
             rows += _bench_workload(
                 name, desc, shapes, impls, dev, per_param, footprint, warmup, repeat
             )
@@ -103,7 +103,7 @@ def run_bench(
     return rows
 
 
-def _make_arrays(dev: _Device, shapes, seed=0):
+def _make_arrays(shapes, seed=0):
     rng = np.random.default_rng(seed)
     keys = [(i, "W") for i in range(len(shapes))]
     weights = {
@@ -121,7 +121,7 @@ def _bench_workload(
     name, desc, shapes, impls, dev: _Device, per_param, footprint, warmup, repeat
 ) -> list[dict]:
     n_params = int(sum(np.prod(s) for s in shapes))
-    keys, weights, grads = _make_arrays(dev, shapes)
+    keys, weights, grads = _make_arrays(shapes)
     # Two measures of the bandwidth, over as many bytes as the step's arrays
     # hold: a copy, and an in-place rewrite (the optimizer's access pattern,
     # which avoids a copy's write-allocate reads). The faster sets the floor.
@@ -140,12 +140,9 @@ def _bench_workload(
     times = _interleaved(runners, dev, warmup=warmup, repeat=repeat)
     runners.clear()
     dev.free()
-    for impl in (IMPL_MULTI, IMPL_PER_KEY):
-        if isinstance(times[impl], Exception):
-            raise times[impl]
-    for floor in ("floor", "floor_inplace"):
-        if isinstance(times[floor], Exception):
-            raise times[floor]
+    for own in (IMPL_MULTI, IMPL_PER_KEY, "floor", "floor_inplace"):
+        if isinstance(times[own], Exception):
+            raise times[own]
     bandwidth = max(
         copy_moved / statistics.median(times["floor"]),
         rewrite_moved / statistics.median(times["floor_inplace"]),
@@ -154,14 +151,16 @@ def _bench_workload(
     floor_s = moved / bandwidth
     group = []
     for impl, _, notes, same_work in impls:
+        row = _row(name, desc, dev, impl, shapes, n_params)
         result = failed.get(impl, times.get(impl))
         if isinstance(result, Exception):
-            row = _row(name, desc, dev, impl, shapes, n_params, None)
             row["notes"] = f"failed: {type(result).__name__}: {result}"
         else:
-            row = _row(name, desc, dev, impl, shapes, n_params, result)
             median = statistics.median(result)
             row.update(
+                ms=median * 1e3,
+                ms_min=min(result) * 1e3,
+                ms_max=max(result) * 1e3,
                 gbps=moved / median / 1e9,
                 x_floor=median / floor_s,
                 same_work=same_work,
@@ -184,8 +183,8 @@ def _bench_workload(
     return group
 
 
-def _row(name, desc, dev, impl, shapes, n_params, times) -> dict:
-    ms = None if times is None else statistics.median(times) * 1e3
+def _row(name, desc, dev, impl, shapes, n_params) -> dict:
+    """A row of an implementation that has not been timed (yet)."""
     return {
         "workload": name,
         "description": desc,
@@ -193,9 +192,9 @@ def _row(name, desc, dev, impl, shapes, n_params, times) -> dict:
         "implementation": impl,
         "tensors": len(shapes),
         "params": n_params,
-        "ms": ms,
-        "ms_min": None if times is None else min(times) * 1e3,
-        "ms_max": None if times is None else max(times) * 1e3,
+        "ms": None,
+        "ms_min": None,
+        "ms_max": None,
         "gbps": None,
         "x_floor": None,
         "same_work": False,

@@ -7,9 +7,7 @@ from __future__ import annotations
 import gc
 import os
 import platform
-import statistics
 import time
-from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -47,22 +45,6 @@ class _Device:
             self.xp.get_default_memory_pool().free_all_blocks()
 
 
-def _time(
-    step: Callable[[], Any], refill: Callable[[], Any], dev: _Device, *, warmup, repeat
-) -> list[float]:
-    """Seconds of each timed step; gradients refilled (untimed) before each."""
-    times = []
-    for i in range(warmup + repeat):
-        refill()
-        dev.sync()
-        start = time.perf_counter()
-        step()
-        dev.sync()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
-
-
 def _copy_runner(dev: _Device, nbytes: int):
     """A step that copies one float32 array of `nbytes` into another, and the
     bytes it moves (read + write)."""
@@ -95,15 +77,6 @@ def _inplace_runner(dev: _Device, nbytes: int):
         dev.xp.multiply(buf, np.float32(1.0), out=buf)
 
     return scale, 2 * 4 * n
-
-
-def measure_bandwidth(dev: _Device, nbytes: int, repeat: int = 7) -> float:
-    """Bytes per second of an array copy (bytes read + bytes written) between
-    two float32 arrays of `nbytes` each, median of `repeat` copies after
-    warm-up: the memory-bandwidth floor's denominator."""
-    copy, moved = _copy_runner(dev, nbytes)
-    times = _time(copy, lambda: None, dev, warmup=2, repeat=repeat)
-    return moved / statistics.median(times)
 
 
 def _interleaved(runners: dict, dev: _Device, *, warmup: int, repeat: int) -> dict:

@@ -21,7 +21,7 @@ import numbers
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from optsvc.errors import ConfigError
 from optsvc.schedules.base import Schedule
 from optsvc.schedules.thinc import ScheduleT, to_schedule
 from optsvc.spec import MAX_INT, Arg, Param, show
+
+if TYPE_CHECKING:
+    from optsvc.optim.serialize import SavedOptimizer
 
 # Hyperparameters by argument name, in the order the optimizer evaluates them.
 HPARAMS = ("learn_rate", "L2", "beta1", "beta2", "eps", "grad_clip")
@@ -59,9 +62,6 @@ HPARAM_ARGS: Mapping[str, Arg] = MappingProxyType(
         "grad_clip": Arg("clip each gradient to this L2 norm (0: off)", ge=0),
     }
 )
-HPARAM_PARAMS: Mapping[str, Param] = MappingProxyType(
-    {name: Param(name, "hyper", arg) for name, arg in HPARAM_ARGS.items()}
-)
 # The update divides by 1 - beta**n and by sqrt(v) + eps: these stay in range
 # at every step, not only when set (a beta of 1.0 would divide by zero).
 _ALWAYS_IN_RANGE = frozenset({"beta1", "beta2", "eps"})
@@ -75,26 +75,6 @@ def _as_float(value: Any) -> float:
         return math.inf if value > 0 else -math.inf
 
 
-def _check_range(name: str, value: Any, where: str, *, finite_only=False) -> float:
-    """`value` as a float, checked against `HPARAM_ARGS[name]` (only for
-    finiteness with `finite_only`); a ConfigError naming `name` if not."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(
-            f"'{name}' must be a number, a list of numbers or a schedule, "
-            f"got {show(value)}{where}"
-        )
-    x = _as_float(value)
-    arg = HPARAM_ARGS[name]
-    if not math.isfinite(x):
-        expected = "finite" if finite_only else f"a finite number {arg.expected()}"
-        raise ConfigError(f"'{name}' must be {expected}, got {show(value)}{where}")
-    if not finite_only and not arg.in_range(x):
-        raise ConfigError(
-            f"'{name}' must be {arg.expected()}, got {show(value)}{where}"
-        )
-    return x
-
-
 def check_lr_scale(lr_scale: Any) -> float:
     """`lr_scale` as a float; a clear error if it is not a finite number >= 0
     (a NaN or negative scale would silently corrupt the weights)."""
@@ -104,25 +84,10 @@ def check_lr_scale(lr_scale: Any) -> float:
         raise TypeError(
             f"lr_scale must be a number, got {type(lr_scale).__name__} {lr_scale!r:.60}"
         )
-    try:
-        value = float(lr_scale)
-    except OverflowError:
-        value = math.inf
+    value = _as_float(lr_scale)
     if not (math.isfinite(value) and value >= 0.0):
         raise ValueError(f"lr_scale must be a finite number >= 0, got {lr_scale!r:.60}")
     return value
-
-
-def hparam_schedule(name: str, value: Any, *, checked: bool = False) -> Schedule:
-    """`value` as a Schedule; a number, and every item of a list, must lie
-    in the hyperparameter's range, which `checked` says a signature that
-    declares it (`optsvc.spec`) has checked already. A Schedule's or a
-    generator's values are checked as they are read, step by step."""
-    if not checked:
-        problem = HPARAM_PARAMS[name].problem(value)
-        if problem:
-            raise ConfigError(f"'{name}' {problem}, got {show(value)}")
-    return to_schedule(name, value, checked=True)
 
 
 def _plain(value: Any) -> bool:
@@ -171,7 +136,7 @@ def step_scalars(
 ) -> StepScalars:
     """The `StepScalars` of a step whose hyperparameters are `values` (in
     HPARAMS order), for an optimizer with these settings."""
-    learn_rate, L2, beta1, beta2, eps, grad_clip = values
+    _, L2, beta1, beta2, _, _ = values
     adam = beta1 > 0.0 and beta2 > 0.0
     # Thinc's compiled CPU Adam forms 1 - beta in float32 from float32 betas;
     # the kernels form float32(1 - beta). Passing Adam betas rounded to
@@ -180,12 +145,7 @@ def step_scalars(
     b1_f32, b2_f32 = float(np.float32(beta1)), float(np.float32(beta2))
     rounded = adam and not use_radam
     return StepScalars(
-        learn_rate=learn_rate,
-        L2=L2,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        grad_clip=grad_clip,
+        *values,  # the first fields: the HPARAMS, in order
         use_radam=use_radam,
         adam=adam,
         kernel_b1=b1_f32 if rounded else beta1,
@@ -226,9 +186,18 @@ def hparam_values(
                 f"'{name}' schedule gave {show(value)} at step {step}; "
                 "expected a number"
             )
-        only_finite = not (name in full or name in _ALWAYS_IN_RANGE)
-        where = f" (at step {step})"
-        values.append(_check_range(name, value, where, finite_only=only_finite))
+        x, arg = _as_float(value), HPARAM_ARGS[name]
+        ranged = name in full or name in _ALWAYS_IN_RANGE
+        expected = None
+        if not math.isfinite(x):
+            expected = f"a finite number {arg.expected()}" if ranged else "finite"
+        elif ranged and not arg.in_range(x):
+            expected = arg.expected()
+        if expected:
+            raise ConfigError(
+                f"'{name}' must be {expected}, got {show(value)} (at step {step})"
+            )
+        values.append(x)
     return tuple(values)
 
 
@@ -275,9 +244,7 @@ class ScheduledHyperparams:
     """
 
     _schedules: dict[str, Schedule]
-    _cached: StepScalars | None
-    _cached_step: int
-    _cached_score: Any
+    _cached: tuple[int, Any, StepScalars] | None  # (step, last score, scalars)
     _step: int
     _last_score: tuple[int, float] | None
     _use_radam: bool
@@ -289,11 +256,9 @@ class ScheduledHyperparams:
         """Set the hyperparameters, whose numbers and lists the signature
         checked; a Schedule's or a generator's first value is checked here."""
         self._schedules = {
-            name: hparam_schedule(name, values[name], checked=True) for name in HPARAMS
+            name: to_schedule(name, values[name], checked=True) for name in HPARAMS
         }
         self._cached = None
-        self._cached_step = -1
-        self._cached_score = None
         self._step = 0
         self._last_score = None
         self._use_radam = bool(use_radam)
@@ -306,20 +271,13 @@ class ScheduledHyperparams:
     # --- hyperparameters -------------------------------------------------------
 
     def _scalars(self, *, full: Collection[str] = ()) -> StepScalars:
-        """This step's StepScalars, evaluated once per step. Values are
-        range-checked when a schedule is set; later steps only need to be
-        finite (Thinc's own schedules may leave the range, e.g.
-        slanted_triangular past num_steps)."""
-        if (
-            self._cached is not None
-            and self._cached_step == self._step
-            and self._cached_score is self._last_score
-        ):
-            return self._cached
-        step, score = self._step, self._last_score
+        """This step's StepScalars, evaluated once per step (`hparam_values`
+        says what is checked: `full` names schedules just set)."""
+        step, score, cached = self._step, self._last_score, self._cached
+        if cached is not None and cached[0] == step and cached[1] is score:
+            return cached[2]
         scalars = self._evaluate(step, score, full=full)
-        self._cached = scalars
-        self._cached_step, self._cached_score = step, score
+        self._cached = (step, score, scalars)
         return scalars
 
     def _evaluate(
@@ -344,8 +302,13 @@ class ScheduledHyperparams:
         return self._evaluate(step, self._last_score)
 
     def _set_hparam(self, name: str, value: Any) -> None:
+        """Replace a schedule: a number, and every item of a list, must lie in
+        the range; a Schedule's or a generator's values from this step on."""
+        problem = Param(name, "hyper", HPARAM_ARGS[name]).problem(value)
+        if problem:
+            raise ConfigError(f"'{name}' {problem}, got {show(value)}")
         old = self._schedules[name]
-        self._schedules[name] = hparam_schedule(name, value)
+        self._schedules[name] = to_schedule(name, value, checked=True)
         self._cached = None
         try:
             self._scalars(full=() if _plain(value) else (name,))
@@ -354,20 +317,13 @@ class ScheduledHyperparams:
             self._cached = None
             raise
 
-    def _restore_hyperparams(
-        self,
-        schedules: Mapping[str, Schedule],
-        *,
-        step: int,
-        last_score: tuple[int, float] | None,
-        use_radam: bool,
-        L2_is_weight_decay: bool,
-    ) -> None:
+    def _restore_hyperparams(self, saved: SavedOptimizer) -> None:
         """Set every schedule, the step, the last score and the settings as
         saved, unchecked (a saved schedule may be past its range)."""
-        self._schedules = dict(schedules)
-        self._step, self._last_score = step, last_score
-        self._use_radam, self._L2_is_weight_decay = use_radam, L2_is_weight_decay
+        self._schedules = dict(saved.schedules)
+        self._step, self._last_score = saved.step, saved.last_score
+        self._use_radam = saved.use_radam
+        self._L2_is_weight_decay = saved.L2_is_weight_decay
         self._cached = None
 
     @property
@@ -425,10 +381,9 @@ class ScheduledHyperparams:
 
     @last_score.setter
     def last_score(self, score: float | tuple[int, float] | None) -> None:
-        if score is None:
-            self._last_score = None
-            return
-        self._last_score = check_last_score(score, self._step)
+        self._last_score = (
+            None if score is None else check_last_score(score, self._step)
+        )
 
 
 def check_last_score(score: Any, step: int) -> tuple[int, float]:

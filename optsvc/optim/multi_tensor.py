@@ -1,15 +1,8 @@
-"""The multi-tensor step: every key of a `ParamStore` in one kernel pass.
-
-`update_store` is the body of `Optimizer.update_store`: the optimizer's state
-keeps the store's keys in flat buffers laid out like the store's (a
-`FlatGroup`: moments, averages, update counts, and the tables the backend's
-`multi_update` reads), so that one pass of one kernel updates every key. Each
-key's slot is bound to that group: `opt.mom1[key]`, `opt.mom2[key]` and
-`opt.averages[key]` are views into the flat buffers, so the per-key call
-(`opt(key, W, dW)`) keeps working on a store's keys and shares their state.
-The per-key scalars are computed on the host, as the per-key call computes
-them (`step.step_size`, Thinc's numbers), one run of equal update counts at
-a time.
+"""The multi-tensor step: every key of a `ParamStore` in one kernel pass over
+flat buffers laid out like the store's (`state.FlatGroup`); the body of
+`Optimizer.update_store`, which states what it promises. The per-key scalars
+are computed on the host, as the per-key call computes them
+(`step.step_size`, Thinc's numbers), one run of equal update counts at a time.
 """
 
 from __future__ import annotations

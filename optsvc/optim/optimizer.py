@@ -298,13 +298,7 @@ class Optimizer(ScheduledHyperparams):
     def restore(self, saved) -> Optimizer:
         """Take over a decoded `SavedOptimizer` (`optsvc.optim.serialize`),
         checked when it was decoded; returns self."""
-        self._restore_hyperparams(
-            saved.schedules,
-            step=saved.step,
-            last_score=saved.last_score,
-            use_radam=saved.use_radam,
-            L2_is_weight_decay=saved.L2_is_weight_decay,
-        )
+        self._restore_hyperparams(saved)
         self._state = saved.state
         return self
 

@@ -1,16 +1,12 @@
 """An optimizer's state, in one owner: `OptimizerState`.
 
-Each key the optimizer has updated has a `KeySlot`: its shape, its flat first
-and second moments and average (None until needed) and its update count. For
-the keys of a `ParamStore` updated with `update_store`, the state lives in
-flat buffers laid out like the store (a `FlatGroup`), and each key's slot is
-bound to them: its arrays are views into the buffers and its count is an
-entry of `FlatGroup.nr`. `OptimizerState` keeps the slots and the groups,
-RAdam's shared memo and the backend the arrays live on; it lays the state out
-for a store, moves it between devices and turns it into host arrays and back
-(`to_arrays` / `from_arrays`, for `optsvc.optim.serialize`).
-`optimizer.mom1`, `mom2`, `averages` and `nr_update` are read-only views of
-the slots (`MomentsView`, `AveragesView`, `UpdateCounts`), never copies.
+Each key the optimizer has updated has a `KeySlot`, bound to a `FlatGroup`
+for the keys of a `ParamStore` updated with `update_store`. `OptimizerState`
+keeps the slots and the groups, RAdam's shared memo and the backend the
+arrays live on; it lays the state out for a store, moves it between devices
+and turns it into host arrays and back (`to_arrays` / `from_arrays`, for
+`optsvc.optim.serialize`). `optimizer.mom1`, `mom2`, `averages` and
+`nr_update` are read-only views of the slots (`SlotView`), never copies.
 """
 
 from __future__ import annotations
@@ -139,70 +135,37 @@ class FlatGroup:
         return f"<FlatGroup {len(self.keys)} keys, {self.size} parameters>"
 
 
-class _SlotView(Mapping):
-    """A read-only mapping over the slots of an OptimizerState."""
+class SlotView(Mapping):
+    """A read-only mapping over the slots of an OptimizerState: key -> the
+    slot's `attr` (shaped like the parameter with `shaped`), for the keys
+    whose slot has one. `optimizer.mom1`, `mom2`, `averages` and `nr_update`
+    are such views: the arrays are the state, never copies."""
 
-    __slots__ = ("_slots",)
+    __slots__ = ("_slots", "_get", "_shaped")
 
-    def __init__(self, slots: dict[KeyT, KeySlot]) -> None:
+    def __init__(
+        self, slots: dict[KeyT, KeySlot], attr: str, *, shaped: bool = False
+    ) -> None:
         self._slots = slots
-
-    def __iter__(self) -> Iterator[KeyT]:
-        return iter(self._slots)
-
-    def __len__(self) -> int:
-        return len(self._slots)
-
-    def __repr__(self) -> str:
-        return repr(dict(self))
-
-
-class MomentsView(_SlotView):
-    """`optimizer.mom1` / `mom2`: key -> the key's flat first / second
-    moment, for the keys that have one (read-only; the arrays are the state)."""
-
-    __slots__ = ("_get",)
-
-    def __init__(self, slots: dict[KeyT, KeySlot], attr: str) -> None:
-        super().__init__(slots)
         self._get = attrgetter(attr)
+        self._shaped = shaped
 
     def __getitem__(self, key: KeyT):
-        array = self._get(self._slots[key])
-        if array is None:
+        slot = self._slots[key]
+        found = self._get(slot)
+        if found is None:
             raise KeyError(key)
-        return array
+        return found.reshape(slot.shape) if self._shaped else found
 
     def __iter__(self) -> Iterator[KeyT]:
         get = self._get
         return (key for key, slot in self._slots.items() if get(slot) is not None)
 
     def __len__(self) -> int:
-        get = self._get
-        return sum(get(slot) is not None for slot in self._slots.values())
+        return sum(1 for _ in self)
 
-
-class AveragesView(_SlotView):
-    """`optimizer.averages`: key -> the key's parameter average, shaped like
-    the parameter (read-only mapping; the arrays are views of the state)."""
-
-    __slots__ = ()
-
-    def __getitem__(self, key: KeyT):
-        slot = self._slots[key]
-        return slot.ema.reshape(slot.shape)
-
-
-class UpdateCounts(_SlotView):
-    """`optimizer.nr_update`: key -> number of updates so far (read-only)."""
-
-    __slots__ = ()
-
-    def __getitem__(self, key: KeyT) -> int:
-        return self._slots[key].nr
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._slots
+    def __repr__(self) -> str:
+        return repr(dict(self))
 
 
 class SlotRecord(NamedTuple):
@@ -234,10 +197,13 @@ class OptimizerState:
         self.radam_buffer = new_radam_buffer() if radam_buffer is None else radam_buffer
         # id(store) -> the group of that ParamStore's keys
         self._groups: dict[int, FlatGroup] = {}
-        self.mom1 = MomentsView(self.slots, "m")
-        self.mom2 = MomentsView(self.slots, "v")
-        self.averages = AveragesView(self.slots) if self.use_averages else None
-        self.nr_update = UpdateCounts(self.slots)
+        self.mom1 = SlotView(self.slots, "m")
+        self.mom2 = SlotView(self.slots, "v")
+        self.averages = self._averages_view()
+        self.nr_update = SlotView(self.slots, "nr")
+
+    def _averages_view(self) -> SlotView | None:
+        return SlotView(self.slots, "ema", shaped=True) if self.use_averages else None
 
     @property
     def groups(self) -> Mapping[int, FlatGroup]:
@@ -322,7 +288,7 @@ class OptimizerState:
             slot.ema = None
         self._groups = {}
         self.use_averages = keep
-        self.averages = AveragesView(self.slots) if keep else None
+        self.averages = self._averages_view()
         if keep and self.ops is not None:
             for slot in self.slots.values():
                 slot.ema = self.ops.alloc((slot.size,))
