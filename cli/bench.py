@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -17,10 +16,7 @@ from optsvc.errors import OptsvcError
 
 from . import render
 
-
-class BenchFormat(str, Enum):
-    table = "table"
-    json = "json"
+BenchFormat = render.choices("BenchFormat", ("table", "json"))
 
 
 def bench(
@@ -95,13 +91,11 @@ def bench(
             threads=threads,
         )
     except ConfigError as error:  # as `optsvc validate` shows it
-        render.errors(error, str(config))
-        raise typer.Exit(1) from None
+        render.fail_config(error, str(config))
     except (OptsvcError, ValueError, RuntimeError, ImportError) as error:
         # OptsvcError: no GPU (DeviceError); ValueError: an unknown workload;
         # RuntimeError / ImportError: what the peers' libraries raise.
-        Console(stderr=True, highlight=False).print(f"✘ {error}", markup=False)
-        raise typer.Exit(1) from None
+        render.fail(str(error))
     _report(rows, config, gpu, peers, output_format)
 
 

@@ -17,7 +17,6 @@ import csv
 import functools
 import json
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +24,7 @@ import typer
 from rich.text import Text
 
 import optsvc
+from optsvc import registries
 from optsvc.config import ConfigError, load_config, validate_config
 from optsvc.config.preview import (
     ATTRS,
@@ -88,11 +88,9 @@ def user_errors(command):
             sys.stdout.flush()  # a closed pipe shows here, not at exit
             return result
         except ConfigError as error:
-            render.errors(error, str(kwargs.get("config") or ""))
-            raise typer.Exit(1) from None
+            render.fail_config(error, str(kwargs.get("config") or ""))
         except OptsvcError as error:  # every other user error: its message says it
-            render.err.print(Text(f"✘ {error}"))
-            raise typer.Exit(1) from None
+            render.fail(str(error))
         except (typer.Exit, typer.Abort, UsageError):  # usage: exit 2
             raise
         except TrainingInterrupted as stopped:  # saved, and said how to go on
@@ -102,38 +100,27 @@ def user_errors(command):
         except BrokenPipeError:  # the reader went away (| head): not an error
             render.closed_pipe()
         except MemoryError as error:  # a job too large for this machine
-            render.err.print(
-                Text(
-                    f"✘ not enough memory for this job ({error}); make it smaller "
-                    "(data.n_samples, model.hidden_width, model.depth, "
-                    "training.batch_size)"
-                )
+            render.fail(
+                f"not enough memory for this job ({error}); make it smaller "
+                "(data.n_samples, model.hidden_width, model.depth, "
+                "training.batch_size)"
             )
-            raise typer.Exit(1) from None
         except RecursionError:  # e.g. a value like [[[[...]]]] thousands deep
-            render.err.print(
-                Text(
-                    "✘ a value in the config or on the command line is nested too "
-                    "deeply to be read; simplify it"
-                )
+            render.fail(
+                "a value in the config or on the command line is nested too "
+                "deeply to be read; simplify it"
             )
-            raise typer.Exit(1) from None
         except OSError as error:  # disk full, permissions, a path that is not there
-            render.err.print(
-                Text(
-                    f"✘ {error}; check the path, the free space and the "
-                    "permissions, then run the command again"
-                )
+            render.fail(
+                f"{error}; check the path, the free space and the permissions, "
+                "then run the command again"
             )
-            raise typer.Exit(1) from None
         except Exception as error:  # a bug: say so in one line
-            render.err.print(
-                Text(  # plain text: the message may hold [brackets]
-                    f"✘ internal error: {type(error).__name__}: {error} "
-                    "(please report this with the command you ran)"
-                )
+            render.fail(
+                f"internal error: {type(error).__name__}: {error} "
+                "(please report this with the command you ran)",
+                code=2,
             )
-            raise typer.Exit(2) from None
 
     return run
 
@@ -195,11 +182,7 @@ def validate_cmd(ctx: typer.Context, config: ConfigArg, block: BlockOpt = None) 
     render.summary(report, str(config))
 
 
-class Format(str, Enum):
-    chart = "chart"
-    table = "table"
-    csv = "csv"
-    json = "json"
+Format = render.choices("Format", ("chart", "table", "csv", "json"))
 
 
 @app.command("show-schedule", context_settings=OVERRIDES)
@@ -425,12 +408,7 @@ def _own_config(ctx: typer.Context, resume: bool, output: Path | None) -> Path:
     return own
 
 
-class RegistryName(str, Enum):
-    optimizers = "optimizers"
-    schedules = "schedules"
-    datasets = "datasets"
-    models = "models"
-    loggers = "loggers"
+RegistryName = render.choices("RegistryName", registries.__all__)
 
 
 @app.command("registry")

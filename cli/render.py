@@ -6,7 +6,10 @@ import inspect
 import math
 import os
 import sys
+from enum import Enum
+from typing import NoReturn
 
+import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -51,18 +54,48 @@ out = _Console(highlight=False, soft_wrap=True)
 err = _Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def errors(error: ConfigError, source: str = "") -> None:
-    """Every issue of a ConfigError, one a line, on stderr."""
+STATUS_STYLES = {"finished": "green", "running": "cyan", "interrupted": "yellow",
+                 "stopped": "yellow", "failed": "red"}  # fmt: skip
+
+
+def status_table(header: list[str], rows: list[list[str]], left: set[str]) -> Table:
+    """Rows of text under `header` (the columns not in `left` justified right),
+    each row's status coloured."""
+    table = Table()
+    for name in header:
+        table.add_column(name, justify="left" if name in left else "right")
+    status = header.index("status")
+    for row in rows:
+        texts = [Text(cell) for cell in row]  # plain text: names may hold [brackets]
+        texts[status].stylize(STATUS_STYLES.get(row[status], ""))
+        table.add_row(*texts)
+    return table
+
+
+def choices(name: str, values) -> type[Enum]:
+    """The str Enum through which a Typer option takes one of `values`."""
+    return Enum(name, {value: value for value in values}, type=str)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """`✘ message` on stderr, then exit with `code`."""
+    err.print(Text(f"✘ {message}"))  # plain text: the message may hold [brackets]
+    raise typer.Exit(code) from None
+
+
+def fail_config(error: ConfigError, source: str = "") -> NoReturn:
+    """Every issue of a ConfigError, one a line, on stderr; then exit 1."""
     issues = error.issues
     head = f"{source}: " if source else ""
     noun = "error" if len(issues) == 1 else "errors"
     err.print(Text(f"✘ {head}{len(issues)} {noun}", style="bold red"))
     for issue in issues:
         err.print(Text(f"  {issue}"))
+    raise typer.Exit(1) from None
 
 
-def warnings(report: Report) -> None:
-    for issue in report.warnings:
+def warnings(issues) -> None:
+    for issue in issues:
         err.print(Text(f"⚠ warning: {issue}", style="yellow"))
 
 
@@ -104,7 +137,7 @@ def summary(report: Report, source: str) -> None:
                 f"({', '.join(lay.blocks)}); pick another with --block"
             )
         )
-    warnings(report)
+    warnings(report.warnings)
 
 
 def _arguments_of(optimizer_name: str) -> set[str] | None:
@@ -122,12 +155,10 @@ def registry_listing(registry, names: list[str]) -> None:
         table.add_column("arguments (default)")
         table.add_column("what it does")
         for name, func in sorted(reg.get_all().items()):
-            args = []
-            for p in params_of(func):
-                shown = p.name
-                if p.default is not inspect.Parameter.empty:
-                    shown += f"={p.default!r}"
-                args.append(shown)
+            args = [
+                p.name if p.required else f"{p.name}={p.default!r}"
+                for p in params_of(func)
+            ]
             doc = (inspect.getdoc(func) or "").split("\n\n")[0].replace("\n", " ")
             table.add_row(Text(name), Text(", ".join(args)), Text(doc))
         out.print(table)
@@ -155,8 +186,7 @@ def chart(name: str, steps: list[int], values: list[float], width=64, height=10)
     lines = [Text(name, style="bold")]
     for r, row in enumerate(grid):
         label = f"{hi:.4g}" if r == 0 else f"{lo:.4g}" if r == height - 1 else ""
-
-        lines.append(Text(f"{label:>{label_w}} │" + "".join(row), style=""))
+        lines.append(Text(f"{label:>{label_w}} │" + "".join(row)))
     axis = f"{'':>{label_w}} └" + "─" * cols
     first, last = str(steps[0]), str(steps[-1])
     ticks = f"{'':>{label_w}}  {first}{last:>{max(1, cols - len(first))}}"

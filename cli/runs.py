@@ -6,12 +6,10 @@ import csv
 import io
 import json
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
 from optsvc.analysis import RunSummary, list_runs
@@ -20,27 +18,13 @@ from optsvc.errors import RunError
 
 from . import render
 
-
-class RunsFormat(str, Enum):
-    table = "table"
-    csv = "csv"
-    json = "json"
-
-
-class SortColumn(str, Enum):
-    name = "name"
-    config = "config"
-    optimizer = "optimizer"
-    status = "status"
-    steps = "steps"
-    best = "best"
-    last = "last"
-    loss = "loss"
-    wall = "wall"
-
-
-SORT_KEYS = {"best": "best_score", "last": "last_score", "loss": "final_loss",
+RunsFormat = render.choices("RunsFormat", ("table", "csv", "json"))
+# --sort's columns and the fields they sort by.
+SORT_KEYS = {"name": "name", "config": "config", "optimizer": "optimizer",
+             "status": "status", "steps": "steps", "best": "best_score",
+             "last": "last_score", "loss": "final_loss",
              "wall": "wall_time_s"}  # fmt: skip
+SortColumn = render.choices("SortColumn", SORT_KEYS)
 CSV_FIELDS = ("name", "path", "config", "values", "optimizer", "status", "steps",
               "max_steps", "best_score", "last_score", "final_loss", "wall_time_s",
               "wall_time_from", "note")  # fmt: skip
@@ -97,14 +81,15 @@ def runs(
     elif not found:
         render.err.print(Text(f"no runs under '{folder}'"))
     elif sys.stdout.isatty():
-        render.out.print(rich_table(found))
+        left = {"name", "config", "values", "optimizer / schedule", "status", "note"}
+        render.out.print(render.status_table(*cells(found), left=left))
     else:
         write_out(plain_table(found))
 
 
 def sort_runs(found: list[RunSummary], column: str, descending: bool):
     """By `column`, runs without a value last in either direction."""
-    attr = SORT_KEYS.get(column, column)
+    attr = SORT_KEYS[column]
     present = [s for s in found if getattr(s, attr) is not None]
     missing = [s for s in found if getattr(s, attr) is None]
     present.sort(key=lambda s: getattr(s, attr), reverse=descending)
@@ -144,22 +129,6 @@ def cells(found: list[RunSummary]) -> tuple[list[str], list[list[str]]]:
             row.append(s.note)
         rows.append(row)
     return header, rows
-
-
-def rich_table(found: list[RunSummary]) -> Table:
-    header, rows = cells(found)
-    table = Table()
-    right = {"steps", "best", "last", "final loss", "wall time"}
-    for name in header:
-        table.add_column(name, justify="right" if name in right else "left")
-    styles = {"finished": "green", "running": "cyan", "interrupted": "yellow",
-              "failed": "red"}  # fmt: skip
-    status_col = header.index("status")
-    for row, summary in zip(rows, found):
-        texts = [Text(cell) for cell in row]  # plain text: names may hold [brackets]
-        texts[status_col].stylize(styles.get(summary.status, ""))
-        table.add_row(*texts)
-    return table
 
 
 def plain_table(found: list[RunSummary]) -> str:

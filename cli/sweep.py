@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
-from contextlib import contextmanager
-from enum import Enum
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +16,8 @@ from rich.text import Text
 
 from optsvc.sweep import (
     BEST_CFG,
+    ENGINES,
+    METRICS,
     RAY_EXTRA,
     RESULTS_CSV,
     SweepOutcome,
@@ -31,23 +32,9 @@ from . import render
 from .overrides import overrides
 
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
-STYLES = {"finished": "green", "failed": "red", "stopped": "yellow", "running": "cyan"}
-
-
-class Metric(str, Enum):
-    score = "score"
-    loss = "loss"
-
-
-class Mode(str, Enum):
-    max = "max"
-    min = "min"
-
-
-class Engine(str, Enum):
-    auto = "auto"
-    ray = "ray"
-    serial = "serial"
+Metric = render.choices("Metric", METRICS)
+Mode = render.choices("Mode", dict.fromkeys(METRICS.values()))
+Engine = render.choices("Engine", ENGINES)
 
 
 ConfigOpt = Annotated[
@@ -201,8 +188,7 @@ def sweep(
         overrides=overrides(ctx),
     )
     chosen = choose_engine(engine.value, address)
-    for warning in plan.warnings:
-        render.err.print(Text(f"⚠ warning: {warning}", style="yellow"))
+    render.warnings(plan.warnings)
     where = f"Ray at {address}" if address else "a local Ray instance"
     render.out.print(
         Text(
@@ -210,7 +196,7 @@ def sweep(
             + (where if chosen == "ray" else "one process, one trial at a time")
         )
     )
-    if chosen == "serial" and engine is Engine.auto:
+    if chosen == "serial" and engine == "auto":
         render.out.print(
             Text(f"note: {RAY_EXTRA} runs trials in parallel and on clusters")
         )
@@ -241,9 +227,9 @@ class SweepView:
         self.interactive = render.out.is_terminal
         self._live: Live | None = None
 
-    def live(self) -> Live | _NoLive:
+    def live(self) -> AbstractContextManager:
         if not self.interactive:
-            return _NoLive()
+            return nullcontext()
         self._live = Live(
             self.table(), console=render.out, auto_refresh=False, transient=True
         )
@@ -260,21 +246,16 @@ class SweepView:
             render.out.print(Text(self._line(row)))
 
     def table(self) -> Table:
-        table = Table(title_justify="left")
-        table.add_column("#", justify="right")
-        for path in self.plan.paths:
-            table.add_column(path.rsplit(".", 1)[-1], justify="right")
-        for column in ("step", self.metric, f"best {self.metric}", "status"):
-            table.add_column(column, justify="left" if column == "status" else "right")
+        header = ["#", *(path.rsplit(".", 1)[-1] for path in self.plan.paths)]
+        header += ["step", self.metric, f"best {self.metric}", "status"]
+        rows = []
         for trial in self.plan.trials:
             row = self.rows.get(trial.name) or TrialRow(trial)
             cells = [str(trial.index)]
             cells += [_value(trial.values.get(p)) for p in self.plan.paths]
             cells += [_value(row.step), _value(row.metric(self.metric))]
-            cells += [_value(row.best)]
-            status = Text(row.status, style=STYLES.get(row.status, ""))
-            table.add_row(*(Text(c) for c in cells), status)
-        return table
+            rows.append([*cells, _value(row.best), row.status])
+        return render.status_table(header, rows, left={"status"})
 
     def finish(self, outcome: SweepOutcome) -> None:
         for row in outcome.rows:
@@ -308,14 +289,6 @@ def _terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-class _NoLive:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
 
 
 def _value(value) -> str:
