@@ -19,11 +19,11 @@ from optsvc.config import (
     ConfigError,
     ConfigIssue,
     config_from_str,
-    config_to_str,
     read_config_text,
     validate_config,
 )
 from optsvc.sweep.space import Distribution, parse_grid, parse_sample
+from optsvc.training.run_folder import filled_config
 
 MAX_TRIALS = 10_000
 SEED_PATH = "system.seed"
@@ -175,18 +175,12 @@ def _trial(
         )
     if not report.ok:
         return None, report.errors, []
-    filled = json.loads(json.dumps(cfg))
     # Written out as `optsvc train` writes a run's config, defaults included,
     # so that the trial's own config.cfg resumes it unchanged.
-    filled["system"] = {**report.system.model_dump(), **filled.get("system", {})}
-    filled["training"] = {**report.training.model_dump(), **filled["training"]}
+    filled = filled_config(cfg, report.system, report.training)
+    settings = report.training
     trial = Trial(
-        index,
-        name,
-        values,
-        config_to_str(filled),
-        report.training.max_steps,
-        report.training.eval_frequency,
+        index, name, values, filled, settings.max_steps, settings.eval_frequency
     )
     return trial, [], [str(w) for w in report.warnings]
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from optsvc.errors import MissingExtraError
 from optsvc.sweep.plan import Trial
-from optsvc.sweep.results import FAILED, FINISHED, STOPPED, Tracker, _number
+from optsvc.sweep.results import FAILED, FINISHED, STOPPED, Tracker
 from optsvc.sweep.trial import last_error, run_trial
 from optsvc.training.run_folder import RunFolder
 
@@ -84,11 +84,7 @@ def tune_trial(config: dict[str, Any]) -> None:
 
 def _metrics(row: dict[str, Any]) -> dict[str, float]:
     # Tune needs a number for the metric in every report; NaN when missing.
-    out = {}
-    for key in ("score", "loss"):
-        value = _number(row.get(key))
-        out[key] = math.nan if value is None else value
-    return out
+    return {k: math.nan if row.get(k) is None else row[k] for k in ("score", "loss")}
 
 
 @contextmanager

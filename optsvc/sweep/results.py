@@ -20,12 +20,12 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict
 
+from optsvc.analysis.runs import read_metrics
 from optsvc.errors import StateError
 from optsvc.fileio import TEXT_LIMIT, read_regular, write_atomic
 from optsvc.records import Count, Record
 from optsvc.sweep.folder import TRIALS
 from optsvc.sweep.plan import SweepPlan, Trial
-from optsvc.sweep.trial import read_rows
 from optsvc.training.run_folder import RunFolder
 
 RESULTS_CSV = "results.csv"
@@ -69,12 +69,11 @@ class Tracker:
     metric: str = "score"
     mode: str = "max"
     on_change: Callable[[TrialRow], None] | None = None
-    rows: dict[str, TrialRow] = field(default_factory=dict)
+    rows: dict[str, TrialRow] = field(init=False)  # in trial order
     _saved: float = 0.0
 
     def __post_init__(self) -> None:
-        for trial in self.plan.trials:
-            self.rows.setdefault(trial.name, TrialRow(trial))
+        self.rows = {trial.name: TrialRow(trial) for trial in self.plan.trials}
 
     def folder(self, name: str) -> Path:
         return self.out / TRIALS / name
@@ -99,12 +98,14 @@ class Tracker:
             self._changed(row)
 
     def progress(self, name: str, result: dict[str, Any]) -> None:
+        """A new evaluation row (or Tune's report of one, NaN for a metric
+        the row lacks)."""
         row = self.rows[name]
         row.step = result.get("step", row.step)
         row.score, row.loss = _number(result.get("score")), _number(result.get("loss"))
         value = row.metric(self.metric)
-        if value is not None and (row.best is None or self._better(value, row.best)):
-            row.best = value
+        if value is not None:
+            row.best = value if row.best is None else self._best_of(row.best, value)
         self._changed(row, save=False)
 
     def retry(self, name: str, error: str) -> None:
@@ -128,19 +129,16 @@ class Tracker:
     # --- results ------------------------------------------------------------
     def best(self) -> TrialRow | None:
         """The finished trial with the best final metric (the first on a tie)."""
-        best = None
-        for row in self.rows.values():
-            value = row.metric(self.metric)
-            if row.status != FINISHED or value is None:
-                continue
-            if best is None or self._better(value, best.metric(self.metric)):
-                best = row
-        return best
+        done = [
+            row
+            for row in self.rows.values()
+            if row.status == FINISHED and row.metric(self.metric) is not None
+        ]
+        return self._best_of(done, key=lambda r: r.metric(self.metric), default=None)
 
     def table(self) -> list[dict[str, Any]]:
         """The results, one flat dict per trial, in trial order."""
-        rows = sorted(self.rows.values(), key=lambda r: r.trial.index)
-        return [self._flat(row) for row in rows]
+        return [self._flat(row) for row in self.rows.values()]
 
     def save(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._saved < 1.0:
@@ -166,10 +164,10 @@ class Tracker:
             best_path.unlink(missing_ok=True)
 
     # --- helpers ------------------------------------------------------------
-    def _better(self, a: float, b: float | None) -> bool:
-        if b is None:
-            return True
-        return a > b if self.mode == "max" else a < b
+    @property
+    def _best_of(self) -> Callable:
+        """max or min, by the mode (either keeps the first of equals)."""
+        return max if self.mode == "max" else min
 
     def _changed(self, row: TrialRow, save: bool = True) -> None:
         if save:
@@ -179,16 +177,15 @@ class Tracker:
 
     def _refresh(self, row: TrialRow) -> None:
         """Step and metrics from the trial's metrics.jsonl, the record of truth."""
-        rows = read_rows(self.folder(row.name))
+        rows = read_metrics(self.folder(row.name))
         if not rows:
             row.step = row.score = row.loss = row.best = None
             return
         last = rows[-1]
         row.step = last["step"]
-        row.score, row.loss = _number(last.get("score")), _number(last.get("loss"))
-        values = [_number(r.get(self.metric)) for r in rows]
-        values = [v for v in values if v is not None]
-        row.best = (max if self.mode == "max" else min)(values) if values else None
+        row.score, row.loss = last.get("score"), last.get("loss")
+        values = [r[self.metric] for r in rows if r.get(self.metric) is not None]
+        row.best = self._best_of(values) if values else None
 
     def _flat(self, row: TrialRow) -> dict[str, Any]:
         return {
@@ -205,10 +202,8 @@ class Tracker:
         }
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
+def _number(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else value
 
 
 def _csv(table: list[dict[str, Any]]) -> str:
