@@ -28,8 +28,6 @@ from optsvc.spec import Arg, checked
 def _fmt(key: str, value: Any) -> str:
     if value is None:
         return "-"
-    if key in ("step", "epoch"):
-        return str(value)
     if key == "steps_per_sec":
         return f"{value:,.0f}"
     if isinstance(value, float):
@@ -49,9 +47,6 @@ class ConsoleLogger(Logger):
 
     def __init__(self, run: RunInfo, *, progress_bar: bool = True):
         super().__init__(run)
-        self.console = run.console
-        self.err_console = run.err_console
-        self.total = run.total_steps
         self.interactive = run.console.is_terminal
         self.progress_bar = progress_bar
         self._started = False
@@ -63,7 +58,7 @@ class ConsoleLogger(Logger):
         """A header with what runs where, then the progress bar."""
         self._started = True
         for key, value in info.items():
-            self.console.print(Text(f"{key:>14}: {value}"))
+            self.run.console.print(Text(f"{key:>14}: {value}"))
         if self.interactive and self.progress_bar:
             self._progress = Progress(
                 TextColumn("training"),
@@ -72,12 +67,12 @@ class ConsoleLogger(Logger):
                 TimeElapsedColumn(),
                 TextColumn("eta"),
                 TimeRemainingColumn(),
-                console=self.console,
+                console=self.run.console,
                 transient=True,
             )
             self._progress.start()
             self._task = self._progress.add_task(
-                "train", total=self.total, completed=first_step
+                "train", total=self.run.total_steps, completed=first_step
             )
 
     def advance(self, step: int) -> None:
@@ -109,14 +104,14 @@ class ConsoleLogger(Logger):
         if self._started:
             self._print(text)
         else:
-            self.err_console.print(text)
+            self.run.err_console.print(text)
 
     def info(self, message: str) -> None:
         self._print(Text(message))
 
     def _print(self, text: Text) -> None:
         # Plain lines stay one line each, however narrow the console.
-        console = self._progress.console if self._progress else self.console
+        console = self._progress.console if self._progress else self.run.console
         console.print(text, soft_wrap=not self.interactive)
 
     def finish(self) -> None:
