@@ -399,7 +399,9 @@ def _own_config(ctx: typer.Context, resume: bool, output: Path | None) -> Path:
             ctx=ctx,
             param_hint="'CONFIG'",
         )
-    own = output / "config.cfg"
+    from optsvc.training.run_folder import RunFolder
+
+    own = RunFolder(output).config_file
     if not own.is_file():
         raise OptsvcError(
             f"'{output}' holds no run to resume (no config.cfg); start one with "

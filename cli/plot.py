@@ -62,5 +62,4 @@ def plot(
         )
         return
     width = min(shutil.get_terminal_size((100, 24)).columns, 140)
-    write_out(text_chart(series, metric or [], width=width))
-    write_out("\n")
+    write_out(text_chart(series, metric or [], width=width) + "\n")

@@ -277,11 +277,8 @@ def _terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM (a job scheduler, `ray job stop`) ends the sweep as Ctrl-C
     does: trials stopped, Ray shut down, results written."""
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
     try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     except ValueError:  # not the main thread: leave signals alone
         yield
         return

@@ -25,13 +25,12 @@ from optsvc.analysis.runs import (
     short_keys,
     sweep_values,
 )
-from optsvc.errors import ConfigError, MissingExtraError
+from optsvc.errors import ConfigError, missing_extra
 
 ALWAYS = ("loss", "score", "learn_rate")
 FORMATS = (".png", ".svg", ".pdf")
 # One marker per run, so runs stay apart where colours are not shown.
 MARKERS = ("•", "x", "o", "+", "*", "#", "@", "%")
-INSTALL_HINT = "pip install 'optsvc[plot]'"
 
 
 @dataclass
@@ -47,7 +46,7 @@ class RunSeries:
         """Steps and values of `metric`, leaving out rows without one (the
         rows' values are finite, `optsvc.loggers.metrics`)."""
         pairs = [(r["step"], r[metric]) for r in self.rows if r.get(metric) is not None]
-        return [s for s, _ in pairs], [float(v) for _, v in pairs]
+        return [s for s, _ in pairs], [v for _, v in pairs]
 
 
 def load_runs(paths: Sequence[str | os.PathLike]) -> list[RunSeries]:
@@ -57,12 +56,8 @@ def load_runs(paths: Sequence[str | os.PathLike]) -> list[RunSeries]:
     labels = run_labels(runs)
     out = []
     for run in runs:
-        config = read_config(run)
-        out.append(
-            RunSeries(
-                run, labels[run], read_metrics(run), list(scheduled_params(config))
-            )
-        )
+        scheduled = list(scheduled_params(read_config(run)))
+        out.append(RunSeries(run, labels[run], read_metrics(run), scheduled))
     return out
 
 
@@ -127,10 +122,7 @@ def make_figure(runs: Sequence[RunSeries], metrics: Sequence[str]):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise MissingExtraError(
-            f"plotting to a file needs matplotlib, which is not installed; "
-            f"run {INSTALL_HINT}"
-        ) from None
+        raise missing_extra("plot", "matplotlib", "plotting to a file") from None
     metrics = check_metrics(runs, metrics)
     cols = 1 if len(metrics) <= 3 else 2
     nrows = math.ceil(len(metrics) / cols)

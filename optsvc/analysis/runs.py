@@ -58,11 +58,6 @@ class RunSummary:
 # --- finding runs ---------------------------------------------------------------
 
 
-def is_run(folder: Path) -> bool:
-    """Whether `folder` holds a run (or one being started)."""
-    return RunFolder(folder).is_run()
-
-
 def find_runs(root: str | os.PathLike) -> list[Path]:
     """Every run folder at or under `root`, sorted by path: a sweep's
     `trials/*/` included. Hidden folders, symbolic links to folders and the
@@ -73,7 +68,7 @@ def find_runs(root: str | os.PathLike) -> list[Path]:
     found = []
     for here, dirs, _files in os.walk(root, onerror=None, followlinks=False):
         path = Path(here)
-        run = is_run(path)
+        run = RunFolder(path).is_run()
         if run:
             found.append(path)
         dirs[:] = sorted(
@@ -92,7 +87,7 @@ def expand_runs(paths: list[str | os.PathLike]) -> list[Path]:
         path = Path(given)
         if not path.exists():
             raise RunError(f"'{path}' does not exist; check the path")
-        runs = [path] if is_run(path) else find_runs(path)
+        runs = [path] if RunFolder(path).is_run() else find_runs(path)
         if not runs:
             raise RunError(
                 f"'{path}' holds no run (no config.cfg, checkpoints or final "
@@ -113,11 +108,8 @@ def read_metrics(run: str | os.PathLike) -> list[dict[str, Any]]:
 
 def read_config(run: str | os.PathLike) -> dict[str, Any] | None:
     """The run's filled config, or None when it is missing or unreadable."""
-    path = Path(run) / "config.cfg"
-    if not path.is_file():
-        return None
     try:
-        return dict(load_config(path))
+        return dict(load_config(RunFolder(run).config_file))
     except ConfigError:
         return None
 
@@ -236,8 +228,8 @@ def short_keys(keys: list[str]) -> dict[str, str]:
 # --- the pieces of a summary ----------------------------------------------------
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, float) and math.isfinite(value)
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
 
 
 def _describe_job(config: dict[str, Any] | None) -> str:
