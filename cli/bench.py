@@ -101,7 +101,12 @@ def bench(
 
 def _report(rows, config, gpu: int, peers: bool, output_format: BenchFormat) -> None:
     """The rows as JSON or a table, and a line for each skipped peer."""
-    skipped = peer_skips(_probe(config)) if peers and rows else []
+    skipped = []
+    if peers and rows:  # a line for each peer that cannot run this optimizer
+        from optsvc.bench import default_optimizer, optimizer_from_config
+
+        probe = default_optimizer() if config is None else optimizer_from_config(config)
+        skipped = peer_skips(probe)
     if output_format is BenchFormat.json:
         report = {"optsvc": optsvc.__version__, "machine": machine(gpu), "rows": rows}
         if peers:
@@ -135,13 +140,6 @@ def _split_workloads(args: list[Path], workloads: list[str]):
 
 def _is_workload(name: str) -> bool:
     return name.upper() in WORKLOADS["cpu"]
-
-
-def _probe(config):
-    """The benchmarked optimizer, for the lines on skipped peers."""
-    from optsvc.bench import default_optimizer, optimizer_from_config
-
-    return default_optimizer() if config is None else optimizer_from_config(config)
 
 
 if __name__ == "__main__":  # python -m optsvc_cli.bench ...

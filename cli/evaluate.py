@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.text import Text
 
 from . import render
 
@@ -72,7 +71,7 @@ def evaluate(
     if output_format is EvalFormat.json:
         sys.stdout.write(json.dumps(result) + "\n")
         return
-    render.out.print(Text(describe(result)))
+    render.out.print(describe(result))
 
 
 def describe(result: dict) -> str:

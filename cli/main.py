@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.text import Text
 
 import optsvc
 from optsvc import registries
@@ -241,7 +240,7 @@ def show_schedule_cmd(
             f"{MAX_SHOW_STEPS:,}); pass --steps N with a smaller N"
         )
     if why:
-        render.err.print(Text(f"note: {why}; pass --steps N to choose"))
+        render.err.print(f"note: {why}; pass --steps N to choose")
     score_map = read_scores(scores) if scores else None
     if opt is None:
         values = {params[0]: standalone_values(schedules[params[0]], n, score_map)}

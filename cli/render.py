@@ -50,8 +50,10 @@ class _Console(Console):
             closed_pipe()
 
 
-out = _Console(highlight=False, soft_wrap=True)
-err = _Console(stderr=True, highlight=False, soft_wrap=True)
+# Messages are printed as they are, never read as rich markup or emoji codes:
+# they hold paths, config values and section names ([training], :memory:).
+out = _Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+err = _Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 STATUS_STYLES = {"finished": "green", "running": "cyan", "interrupted": "yellow",
@@ -79,7 +81,7 @@ def choices(name: str, values) -> type[Enum]:
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """`✘ message` on stderr, then exit with `code`."""
-    err.print(Text(f"✘ {message}"))  # plain text: the message may hold [brackets]
+    err.print(f"✘ {message}")
     raise typer.Exit(code) from None
 
 
@@ -88,21 +90,21 @@ def fail_config(error: ConfigError, source: str = "") -> NoReturn:
     issues = error.issues
     head = f"{source}: " if source else ""
     noun = "error" if len(issues) == 1 else "errors"
-    err.print(Text(f"✘ {head}{len(issues)} {noun}", style="bold red"))
+    err.print(f"✘ {head}{len(issues)} {noun}", style="bold red")
     for issue in issues:
-        err.print(Text(f"  {issue}"))
+        err.print(f"  {issue}")
     raise typer.Exit(1) from None
 
 
 def warnings(issues) -> None:
     for issue in issues:
-        err.print(Text(f"⚠ warning: {issue}", style="yellow"))
+        err.print(f"⚠ warning: {issue}", style="yellow")
 
 
 def summary(report: Report, source: str) -> None:
     """What `optsvc validate` found valid, and what it would build."""
     lay = report.sections
-    out.print(Text(f"✔ {source} is valid", style="bold green"))
+    out.print(f"✔ {source} is valid", style="bold green")
     opt = report.optimizer
     if opt is not None:
         name = report.blocks[lay.optimizer_path][0]
@@ -110,7 +112,8 @@ def summary(report: Report, source: str) -> None:
         table = Table(title=title, title_justify="left")
         table.add_column("hyperparameter")
         table.add_column("value or schedule")
-        takes = _arguments_of(name)
+        found = find_function("optimizers", name)  # None: not known
+        takes = None if found is None else {p.name for p in params_of(found[1])}
         for param, schedule in opt.schedules.items():
             if takes is None or param in takes:  # SGD has no betas, no eps
                 table.add_row(param, describe(schedule))
@@ -119,12 +122,12 @@ def summary(report: Report, source: str) -> None:
         out.print(table)
     elif report.schedule is not None:
         path = lay.schedule_path
-        out.print(Text(f"[{path}]  {report.blocks[path][0]}", style="bold"))
-        out.print(Text(f"  {describe(report.schedule)}"))
+        out.print(f"[{path}]  {report.blocks[path][0]}", style="bold")
+        out.print(f"  {describe(report.schedule)}")
     for path, (func, block) in report.blocks.items():
         if path in ("data", "model"):
             args = ", ".join(f"{k}={v!r}" for k, v in block.items() if k[0] != "@")
-            out.print(Text(f"[{path}]  {func}({args})"))
+            out.print(f"[{path}]  {func}({args})")
     out.print(f"sections checked: {', '.join(lay.checked) or 'none'}")
     if lay.unchecked:
         what = "not optsvc's, not checked" if lay.is_foreign else "not checked"
@@ -132,18 +135,10 @@ def summary(report: Report, source: str) -> None:
     if len(lay.blocks) > 1:
         shown = lay.optimizer_path or lay.schedule_path
         out.print(
-            Text(
-                f"built: [{shown}], one of {len(lay.blocks)} blocks "
-                f"({', '.join(lay.blocks)}); pick another with --block"
-            )
+            f"built: [{shown}], one of {len(lay.blocks)} blocks "
+            f"({', '.join(lay.blocks)}); pick another with --block"
         )
     warnings(report.warnings)
-
-
-def _arguments_of(optimizer_name: str) -> set[str] | None:
-    """The arguments a registered optimizer takes (None: not known)."""
-    found = find_function("optimizers", optimizer_name)
-    return None if found is None else {p.name for p in params_of(found[1])}
 
 
 def registry_listing(registry, names: list[str]) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.text import Text
 
 from optsvc.analysis import RunSummary, list_runs
 from optsvc.analysis.runs import short_keys
@@ -75,16 +74,16 @@ def runs(
         )
     found = sort_runs(list_runs(folder), sort.value, descending)
     if output_format is RunsFormat.json:
-        write_out(json.dumps([s.as_dict() for s in found], indent=1) + "\n")
+        sys.stdout.write(json.dumps([s.as_dict() for s in found], indent=1) + "\n")
     elif output_format is RunsFormat.csv:
-        write_out(to_csv(found))
+        sys.stdout.write(to_csv(found))
     elif not found:
-        render.err.print(Text(f"no runs under '{folder}'"))
+        render.err.print(f"no runs under '{folder}'")
     elif sys.stdout.isatty():
         left = {"name", "config", "values", "optimizer / schedule", "status", "note"}
         render.out.print(render.status_table(*cells(found), left=left))
     else:
-        write_out(plain_table(found))
+        sys.stdout.write(plain_table(found))
 
 
 def sort_runs(found: list[RunSummary], column: str, descending: bool):
@@ -134,17 +133,8 @@ def cells(found: list[RunSummary]) -> tuple[list[str], list[list[str]]]:
 def plain_table(found: list[RunSummary]) -> str:
     header, rows = cells(found)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = []
-    for row in [header, *rows]:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-    return "\n".join(lines) + "\n"
-
-
-def write_out(text: str) -> None:
-    """Write to stdout (a reader that stops early, `| head -1`, ends the
-    command quietly: see the CLI's error handling)."""
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
+    return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
 def _steps(s: RunSummary) -> str:

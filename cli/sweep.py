@@ -12,7 +12,6 @@ from typing import Annotated
 import typer
 from rich.live import Live
 from rich.table import Table
-from rich.text import Text
 
 from optsvc.sweep import (
     BEST_CFG,
@@ -191,15 +190,11 @@ def sweep(
     render.warnings(plan.warnings)
     where = f"Ray at {address}" if address else "a local Ray instance"
     render.out.print(
-        Text(
-            f"sweep: {len(plan.trials)} trials of {config} in {output}, on "
-            + (where if chosen == "ray" else "one process, one trial at a time")
-        )
+        f"sweep: {len(plan.trials)} trials of {config} in {output}, on "
+        + (where if chosen == "ray" else "one process, one trial at a time")
     )
     if chosen == "serial" and engine == "auto":
-        render.out.print(
-            Text(f"note: {RAY_EXTRA} runs trials in parallel and on clusters")
-        )
+        render.out.print(f"note: {RAY_EXTRA} runs trials in parallel and on clusters")
     view = SweepView(plan, metric.value)
     with view.live(), _terminate_as_interrupt():
         outcome = run_sweep(
@@ -243,7 +238,7 @@ class SweepView:
         elif row.status not in ("running", "pending") or (
             before is None and row.status == "running"
         ):
-            render.out.print(Text(self._line(row)))
+            render.out.print(self._line(row))
 
     def table(self) -> Table:
         header = ["#", *(path.rsplit(".", 1)[-1] for path in self.plan.paths)]
@@ -300,30 +295,24 @@ def _summary(outcome: SweepOutcome, output: Path, metric: str) -> None:
     best = outcome.best
     if best is not None:
         render.out.print(
-            Text(
-                f"best: trial {best.name}, {metric} {_value(best.metric(metric))}; "
-                f"its config is {output / BEST_CFG} (optsvc train {output / BEST_CFG})"
-            )
+            f"best: trial {best.name}, {metric} {_value(best.metric(metric))}; "
+            f"its config is {output / BEST_CFG} (optsvc train {output / BEST_CFG})"
         )
-    render.out.print(Text(f"results: {output / RESULTS_CSV}"))
+    render.out.print(f"results: {output / RESULTS_CSV}")
     again = "the same command with --resume"
     for row in outcome.failed:
-        render.err.print(Text(f"✘ trial {row.name} failed: {row.error}"))
+        render.err.print(f"✘ trial {row.name} failed: {row.error}")
     if outcome.interrupted:
         left = sum(
             r.status not in ("finished", "stopped", "failed") for r in outcome.rows
         )
         render.err.print(
-            Text(
-                f"✘ the sweep was interrupted with {left} trials not done; continue "
-                f"it with {again}"
-            )
+            f"✘ the sweep was interrupted with {left} trials not done; continue "
+            f"it with {again}"
         )
     elif outcome.failed:
         render.err.print(
-            Text(
-                f"✘ {len(outcome.failed)} of {len(outcome.rows)} trials failed; "
-                "their logs are trials/<trial>/train.log; fix the cause, then run "
-                f"them again from their last checkpoints with {again}"
-            )
+            f"✘ {len(outcome.failed)} of {len(outcome.rows)} trials failed; "
+            "their logs are trials/<trial>/train.log; fix the cause, then run "
+            f"them again from their last checkpoints with {again}"
         )

@@ -12,7 +12,6 @@ import importlib.util
 import logging
 import math
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -114,34 +113,33 @@ def ray_session(address: str | None, cpus: int | None) -> Iterator[None]:
             ray.shutdown()
         return
     # A short root: Ray's socket paths must stay under 107 bytes.
-    root = tempfile.mkdtemp(
-        prefix="optsvc-ray-", dir="/tmp" if Path("/tmp").is_dir() else None
+    root = tempfile.TemporaryDirectory(
+        prefix="optsvc-ray-",
+        dir="/tmp" if Path("/tmp").is_dir() else None,
+        ignore_cleanup_errors=True,
     )
-    try:
-        with _environ(LOCAL_ENV):
-            ray = _import_ray()
-            constants = ray._private.ray_constants
-            # Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when first
-            # imported: where this process imported it earlier, the driver
-            # would still take the host's address for the private instance.
-            cluster = constants.ENABLE_RAY_CLUSTER
-            constants.ENABLE_RAY_CLUSTER = False
-            try:
-                ray.init(
-                    address="local",
-                    num_cpus=cpus,
-                    include_dashboard=False,
-                    object_store_memory=OBJECT_STORE_BYTES,
-                    logging_level=logging.ERROR,
-                    log_to_driver=False,
-                    _temp_dir=root,
-                )
-                yield
-            finally:
-                ray.shutdown()
-                constants.ENABLE_RAY_CLUSTER = cluster
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with root, _environ(LOCAL_ENV):
+        ray = _import_ray()
+        constants = ray._private.ray_constants
+        # Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when first
+        # imported: where this process imported it earlier, the driver
+        # would still take the host's address for the private instance.
+        cluster = constants.ENABLE_RAY_CLUSTER
+        constants.ENABLE_RAY_CLUSTER = False
+        try:
+            ray.init(
+                address="local",
+                num_cpus=cpus,
+                include_dashboard=False,
+                object_store_memory=OBJECT_STORE_BYTES,
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+                _temp_dir=root.name,
+            )
+            yield
+        finally:
+            ray.shutdown()
+            constants.ENABLE_RAY_CLUSTER = cluster
 
 
 def _callback(tracker: Tracker):
