@@ -70,16 +70,12 @@ def run_labels(runs: Sequence[Path]) -> dict[Path, str]:
         names = {
             run: str(run.resolve().relative_to(common)) or run.name for run in runs
         }
-    values = sweep_values(list(runs))
-    labels = {}
-    for run in runs:
-        differ = values.get(run)
+    labels = dict(names)
+    for run, differ in sweep_values(list(runs)).items():
         if differ:
             short = short_keys(list(differ))
             shown = ", ".join(f"{short[k]}={_show(v)}" for k, v in differ.items())
             labels[run] = f"{names[run]} ({shown})"
-        else:
-            labels[run] = names[run]
     return labels
 
 

@@ -179,13 +179,7 @@ def mlflow_logger(
     >>> mlflow_logger(experiment_name="lr-study")
     <logger optsvc.MLflowLogger.v1>
     """
-    settings = {
-        "tracking_uri": tracking_uri,
-        "experiment_name": experiment_name,
-        "run_name": run_name,
-        "tags": tags,
-        "log_artifacts": log_artifacts,
-    }
+    settings = dict(locals())  # the arguments, by name
     return LoggerFactory(
         "optsvc.MLflowLogger.v1",
         lambda run: MLflowLogger(run, settings),
