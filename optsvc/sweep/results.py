@@ -100,13 +100,8 @@ class Tracker:
     def progress(self, name: str, result: dict[str, Any]) -> None:
         """A new evaluation row (or Tune's report of one, NaN for a metric
         the row lacks)."""
-        row = self.rows[name]
-        row.step = result.get("step", row.step)
-        row.score, row.loss = _number(result.get("score")), _number(result.get("loss"))
-        value = row.metric(self.metric)
-        if value is not None:
-            row.best = value if row.best is None else self._best_of(row.best, value)
-        self._changed(row, save=False)
+        self._add(self.rows[name], result)
+        self._changed(self.rows[name], save=False)
 
     def retry(self, name: str, error: str) -> None:
         row = self.rows[name]
@@ -177,15 +172,17 @@ class Tracker:
 
     def _refresh(self, row: TrialRow) -> None:
         """Step and metrics from the trial's metrics.jsonl, the record of truth."""
-        rows = read_metrics(self.folder(row.name))
-        if not rows:
-            row.step = row.score = row.loss = row.best = None
-            return
-        last = rows[-1]
-        row.step = last["step"]
-        row.score, row.loss = last.get("score"), last.get("loss")
-        values = [r[self.metric] for r in rows if r.get(self.metric) is not None]
-        row.best = self._best_of(values) if values else None
+        row.step = row.score = row.loss = row.best = None
+        for result in read_metrics(self.folder(row.name)):
+            self._add(row, result)
+
+    def _add(self, row: TrialRow, result: dict[str, Any]) -> None:
+        """The step and metrics of the trial's newest evaluation row."""
+        row.step = result.get("step", row.step)
+        row.score, row.loss = _number(result.get("score")), _number(result.get("loss"))
+        value = row.metric(self.metric)
+        if value is not None:
+            row.best = value if row.best is None else self._best_of(row.best, value)
 
     def _flat(self, row: TrialRow) -> dict[str, Any]:
         return {
