@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import sys
@@ -24,9 +25,7 @@ SORT_KEYS = {"name": "name", "config": "config", "optimizer": "optimizer",
              "last": "last_score", "loss": "final_loss",
              "wall": "wall_time_s"}  # fmt: skip
 SortColumn = render.choices("SortColumn", SORT_KEYS)
-CSV_FIELDS = ("name", "path", "config", "values", "optimizer", "status", "steps",
-              "max_steps", "best_score", "last_score", "final_loss", "wall_time_s",
-              "wall_time_from", "note")  # fmt: skip
+CSV_FIELDS = [field.name for field in dataclasses.fields(RunSummary)]
 
 
 def runs(

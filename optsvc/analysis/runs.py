@@ -33,8 +33,8 @@ class RunSummary:
     when a session starts) to the newest file of the run ("files").
     """
 
-    path: Path
     name: str
+    path: Path
     config: str = ""
     values: dict[str, Any] = field(default_factory=dict)
     optimizer: str = ""
