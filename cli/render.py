@@ -178,16 +178,13 @@ def chart(name: str, steps: list[int], values: list[float], width=64, height=10)
             r = height - 1 - round((v - lo) / span * max(height - 1, 0))
             grid[r][c] = "•"
     label_w = max(len(f"{hi:.4g}"), len(f"{lo:.4g}"))
-    lines = [Text(name, style="bold")]
+    out.print(name, style="bold")
     for r, row in enumerate(grid):
         label = f"{hi:.4g}" if r == 0 else f"{lo:.4g}" if r == height - 1 else ""
-        lines.append(Text(f"{label:>{label_w}} │" + "".join(row)))
-    axis = f"{'':>{label_w}} └" + "─" * cols
+        out.print(f"{label:>{label_w}} │" + "".join(row))
+    out.print(f"{'':>{label_w}} └" + "─" * cols)
     first, last = str(steps[0]), str(steps[-1])
-    ticks = f"{'':>{label_w}}  {first}{last:>{max(1, cols - len(first))}}"
-    lines += [Text(axis), Text(ticks + "  (step)")]
-    for line in lines:
-        out.print(line)
+    out.print(f"{'':>{label_w}}  {first}{last:>{max(1, cols - len(first))}}  (step)")
 
 
 def sample_table(values: dict[str, list[float]], rows: int = 11) -> Table:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -196,7 +196,7 @@ def sweep(
     if chosen == "serial" and engine == "auto":
         render.out.print(f"note: {RAY_EXTRA} runs trials in parallel and on clusters")
     view = SweepView(plan, metric.value)
-    with view.live(), _terminate_as_interrupt():
+    with view.live or nullcontext(), _terminate_as_interrupt():
         outcome = run_sweep(
             plan, output, engine=chosen, resume=resume, metric=metric.value,
             mode=mode.value if mode else None, workers=workers,
@@ -219,22 +219,17 @@ class SweepView:
         self.plan = plan
         self.metric = metric
         self.rows: dict[str, TrialRow] = {}
-        self.interactive = render.out.is_terminal
-        self._live: Live | None = None
-
-    def live(self) -> AbstractContextManager:
-        if not self.interactive:
-            return nullcontext()
-        self._live = Live(
-            self.table(), console=render.out, auto_refresh=False, transient=True
-        )
-        return self._live
+        self.live: Live | None = None
+        if render.out.is_terminal:
+            self.live = Live(
+                self.table(), console=render.out, auto_refresh=False, transient=True
+            )
 
     def update(self, row: TrialRow) -> None:
         before = self.rows.get(row.name)
         self.rows[row.name] = row
-        if self._live is not None:
-            self._live.update(self.table(), refresh=True)
+        if self.live is not None:
+            self.live.update(self.table(), refresh=True)
         elif row.status not in ("running", "pending") or (
             before is None and row.status == "running"
         ):

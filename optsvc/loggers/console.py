@@ -93,7 +93,7 @@ class ConsoleLogger(Logger):
 
     def _line(self, row: dict[str, Any]) -> str:
         cells = []
-        for key in self._columns or row:
+        for key in self._columns:
             value = row.get(key)
             text = value if isinstance(value, str) else _fmt(key, value)
             cells.append(f"{text:>{max(10, len(key))}}")
@@ -111,8 +111,7 @@ class ConsoleLogger(Logger):
 
     def _print(self, text: Text) -> None:
         # Plain lines stay one line each, however narrow the console.
-        console = self._progress.console if self._progress else self.run.console
-        console.print(text, soft_wrap=not self.interactive)
+        self.run.console.print(text, soft_wrap=not self.interactive)
 
     def finish(self) -> None:
         if self._progress is not None:
