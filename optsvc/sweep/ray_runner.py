@@ -14,7 +14,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -104,42 +104,36 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
 def ray_session(address: str | None, cpus: int | None) -> Iterator[None]:
     """Connect to the cluster at `address`, or start a private local instance
     with `cpus` CPUs; disconnect (and stop it) when done."""
-    if address is not None:
-        ray = _import_ray()
-        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
-        try:
-            yield
-        finally:
-            ray.shutdown()
-        return
-    # A short root: Ray's socket paths must stay under 107 bytes.
-    root = tempfile.TemporaryDirectory(
-        prefix="optsvc-ray-",
-        dir="/tmp" if Path("/tmp").is_dir() else None,
-        ignore_cleanup_errors=True,
-    )
-    with root, _environ(LOCAL_ENV):
-        ray = _import_ray()
-        constants = ray._private.ray_constants
-        # Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when first
-        # imported: where this process imported it earlier, the driver
-        # would still take the host's address for the private instance.
-        cluster = constants.ENABLE_RAY_CLUSTER
-        constants.ENABLE_RAY_CLUSTER = False
-        try:
-            ray.init(
-                address="local",
-                num_cpus=cpus,
-                include_dashboard=False,
-                object_store_memory=OBJECT_STORE_BYTES,
-                logging_level=logging.ERROR,
-                log_to_driver=False,
-                _temp_dir=root.name,
+    with ExitStack() as undo:  # undone in the reverse order
+        if address is None:
+            # A short root: Ray's socket paths must stay under 107 bytes.
+            root = tempfile.TemporaryDirectory(
+                prefix="optsvc-ray-",
+                dir="/tmp" if Path("/tmp").is_dir() else None,
+                ignore_cleanup_errors=True,
             )
-            yield
-        finally:
-            ray.shutdown()
-            constants.ENABLE_RAY_CLUSTER = cluster
+            options = {
+                "address": "local",
+                "num_cpus": cpus,
+                "include_dashboard": False,
+                "object_store_memory": OBJECT_STORE_BYTES,
+                "_temp_dir": undo.enter_context(root),
+            }
+            undo.enter_context(_environ(LOCAL_ENV))
+            ray = _import_ray()
+            # Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when first
+            # imported: where this process imported it earlier, the driver
+            # would still take the host's address for the private instance.
+            constants = ray._private.ray_constants
+            cluster = constants.ENABLE_RAY_CLUSTER
+            undo.callback(setattr, constants, "ENABLE_RAY_CLUSTER", cluster)
+            constants.ENABLE_RAY_CLUSTER = False
+        else:
+            options = {"address": address}
+            ray = _import_ray()
+        undo.callback(ray.shutdown)
+        ray.init(**options, logging_level=logging.ERROR, log_to_driver=False)
+        yield
 
 
 def _callback(tracker: Tracker):
