@@ -97,11 +97,10 @@ def sort_runs(found: list[RunSummary], column: str, descending: bool):
 def to_csv(found: list[RunSummary]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for summary in found:
-        row = summary.as_dict()
-        row["values"] = "; ".join(f"{k}={v}" for k, v in summary.values.items())
-        writer.writerow({k: "" if row[k] is None else row[k] for k in CSV_FIELDS})
+    writer.writeheader()  # None is written as an empty cell
+    for s in found:
+        values = "; ".join(f"{k}={v}" for k, v in s.values.items())
+        writer.writerow({**s.as_dict(), "values": values})
     return buffer.getvalue()
 
 

@@ -214,8 +214,7 @@ def _csv(table: list[dict[str, Any]]) -> str:
 
 
 def _cell(value: Any) -> Any:
-    if value is None:
-        return ""
+    # None is written as an empty cell; these as they are in results.json.
     if isinstance(value, (list, dict, bool)):
         return json.dumps(value)
     return value
