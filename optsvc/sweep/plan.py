@@ -46,7 +46,6 @@ class Trial:
 class SweepPlan:
     """Every trial of a sweep, in order, and what was asked for."""
 
-    source: str
     paths: list[str]
     trials: list[Trial]
     request: dict[str, Any]
@@ -77,7 +76,8 @@ def plan_sweep(
     text = read_config_text(config)
     source = str(Path(config))
     base = config_from_str(text, overrides, source=source)
-    seed = _base_seed(base)
+    seed = base.get("system", {}).get("seed", 0)  # checked with each trial below
+    seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
     points = _points(grids, draws, samples, seed)
     names = _names(points, paths)
     trials, issues, warnings = [], {}, []
@@ -101,7 +101,7 @@ def plan_sweep(
         "sample": [[p, str(d)] for p, d in draws],
         "samples": samples,
     }
-    return SweepPlan(str(config), paths, trials, request, warnings)
+    return SweepPlan(paths, trials, request, warnings)
 
 
 def _check_paths(grids, draws, samples: int, overrides: dict) -> list[str]:
@@ -131,11 +131,6 @@ def _check_paths(grids, draws, samples: int, overrides: dict) -> list[str]:
             )
         paths.append(SEED_PATH)
     return paths
-
-
-def _base_seed(config: dict) -> int:
-    seed = config.get("system", {}).get("seed", 0) if isinstance(config, dict) else 0
-    return seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
 
 
 def _points(grids, draws, samples: int, seed: int) -> list[dict[str, Any]]:

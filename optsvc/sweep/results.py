@@ -131,15 +131,11 @@ class Tracker:
         ]
         return self._best_of(done, key=lambda r: r.metric(self.metric), default=None)
 
-    def table(self) -> list[dict[str, Any]]:
-        """The results, one flat dict per trial, in trial order."""
-        return [self._flat(row) for row in self.rows.values()]
-
     def save(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._saved < 1.0:
             return
         self._saved = time.monotonic()
-        table = self.table()
+        table = [self._flat(row) for row in self.rows.values()]  # in trial order
         best = self.best()
         document = {
             "metric": self.metric,

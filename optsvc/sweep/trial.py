@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,12 +87,9 @@ def run_trial(
             env=env, cwd=folder,
         )  # fmt: skip
         try:
-            while True:
-                try:
-                    proc.wait(timeout=poll)
-                    break
-                except subprocess.TimeoutExpired:
-                    send_new_rows()
+            while proc.poll() is None:
+                send_new_rows()
+                time.sleep(poll)
         finally:
             if proc.poll() is None:  # stopped from outside: no orphan
                 proc.kill()
