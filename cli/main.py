@@ -251,7 +251,7 @@ def show_schedule_cmd(
         return
     if fmt is Format.chart:
         for p in params:
-            render.chart(p, list(range(n)), values[p])
+            render.chart(p, values[p])
             render.out.print()
     render.out.print(render.sample_table(values))
     if any(_has_plateau(schedules[p]) for p in params) and not scores:
@@ -285,8 +285,7 @@ def _write_values(fmt: Format, n: int, params: list[str], values: dict) -> None:
         return
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(["step", *params])
-    for i in range(n):
-        writer.writerow([i, *(repr(values[p][i]) for p in params)])
+    writer.writerows([i, *(repr(values[p][i]) for p in params)] for i in range(n))
 
 
 def _has_plateau(schedule: Schedule) -> bool:

@@ -11,7 +11,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from optsvc.config import ConfigError, Report
@@ -63,9 +63,8 @@ STATUS_STYLES = {"finished": "green", "running": "cyan", "interrupted": "yellow"
 def status_table(header: list[str], rows: list[list[str]], left: set[str]) -> Table:
     """Rows of text under `header` (the columns not in `left` justified right),
     each row's status coloured."""
-    table = Table()
-    for name in header:
-        table.add_column(name, justify="left" if name in left else "right")
+    columns = [Column(n, justify="left" if n in left else "right") for n in header]
+    table = Table(*columns)
     status = header.index("status")
     for row in rows:
         texts = [Text(cell) for cell in row]  # plain text: names may hold [brackets]
@@ -159,8 +158,8 @@ def registry_listing(registry, names: list[str]) -> None:
         out.print(table)
 
 
-def chart(name: str, steps: list[int], values: list[float], width=64, height=10):
-    """A terminal line chart of one series."""
+def chart(name: str, values: list[float], width=64, height=10):
+    """A terminal line chart of one series, a value a step from step 0."""
     finite = [v for v in values if math.isfinite(v)]
     lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
     if hi == lo:  # a constant: one row, one label
@@ -183,7 +182,7 @@ def chart(name: str, steps: list[int], values: list[float], width=64, height=10)
         label = f"{hi:.4g}" if r == 0 else f"{lo:.4g}" if r == height - 1 else ""
         out.print(f"{label:>{label_w}} │" + "".join(row))
     out.print(f"{'':>{label_w}} └" + "─" * cols)
-    first, last = str(steps[0]), str(steps[-1])
+    first, last = "0", str(len(values) - 1)
     out.print(f"{'':>{label_w}}  {first}{last:>{max(1, cols - len(first))}}  (step)")
 
 
@@ -191,10 +190,7 @@ def sample_table(values: dict[str, list[float]], rows: int = 11) -> Table:
     """Values at evenly spaced steps."""
     n = len(next(iter(values.values())))
     picks = sorted({round(i * (n - 1) / max(1, rows - 1)) for i in range(rows)})
-    table = Table()
-    table.add_column("step", justify="right")
-    for p in values:
-        table.add_column(p, justify="right")
+    table = Table(*(Column(name, justify="right") for name in ["step", *values]))
     for step in picks:
         table.add_row(str(step), *(f"{values[p][step]:.6g}" for p in values))
     return table

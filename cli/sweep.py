@@ -241,15 +241,13 @@ class SweepView:
         rows = []
         for trial in self.plan.trials:
             row = self.rows.get(trial.name) or TrialRow(trial)
-            cells = [str(trial.index)]
-            cells += [_value(trial.values.get(p)) for p in self.plan.paths]
-            cells += [_value(row.step), _value(row.metric(self.metric))]
-            rows.append([*cells, _value(row.best), row.status])
+            cells = [trial.index, *(trial.values.get(p) for p in self.plan.paths)]
+            cells += [row.step, row.metric(self.metric), row.best]
+            rows.append([*map(_value, cells), row.status])
         return render.status_table(header, rows, left={"status"})
 
     def finish(self, outcome: SweepOutcome) -> None:
-        for row in outcome.rows:
-            self.rows[row.name] = row
+        self.rows = {row.name: row for row in outcome.rows}  # every trial's
         render.out.print(self.table())
 
     def _line(self, row: TrialRow) -> str:
@@ -266,7 +264,6 @@ class SweepView:
 def _terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM (a job scheduler, `ray job stop`) ends the sweep as Ctrl-C
     does: trials stopped, Ray shut down, results written."""
-
     try:
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     except ValueError:  # not the main thread: leave signals alone

@@ -66,16 +66,13 @@ def find_runs(root: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         raise RunError(f"'{root}' is not a folder; give a folder that holds runs")
     found = []
-    for here, dirs, _files in os.walk(root, onerror=None, followlinks=False):
+    for here, dirs, _files in os.walk(root):  # links to folders are not followed
         path = Path(here)
         run = RunFolder(path).is_run()
         if run:
             found.append(path)
-        dirs[:] = sorted(
-            d
-            for d in dirs
-            if not d.startswith(".") and not (run and d == "checkpoints")
-        )
+        skip = {"checkpoints"} if run else set()
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in skip)
     return sorted(found)
 
 
