@@ -81,22 +81,19 @@ class ConsoleLogger(Logger):
 
     def log_eval(self, row: dict[str, Any]) -> None:
         """One evaluation: a table row (terminal) or a plain line."""
+        texts = {key: _fmt(key, value) for key, value in row.items()}
         if self._columns is None:
             self._columns = list(row)
-            if self.interactive:
-                self._print(Text(self._line(dict(zip(row, row))), style="bold"))
+            if self.interactive:  # the header
+                self._print(Text(self._line({key: key for key in row}), style="bold"))
         if self.interactive:
-            self._print(Text(self._line(row)))
+            self._print(Text(self._line(texts)))
         else:
-            parts = [f"{k} {_fmt(k, v)}" for k, v in row.items()]
-            self._print(Text("  ".join(parts)))
+            self._print(Text("  ".join(f"{k} {text}" for k, text in texts.items())))
 
-    def _line(self, row: dict[str, Any]) -> str:
-        cells = []
-        for key in self._columns:
-            value = row.get(key)
-            text = value if isinstance(value, str) else _fmt(key, value)
-            cells.append(f"{text:>{max(10, len(key))}}")
+    def _line(self, texts: dict[str, str]) -> str:
+        # Under the first row's columns, right-aligned, each 10 wide or more.
+        cells = (f"{texts.get(k, '-'):>{max(10, len(k))}}" for k in self._columns)
         return " ".join(cells)
 
     def warn(self, message: str) -> None:
