@@ -84,7 +84,7 @@ def bench(
         rows = run_bench(
             config,
             gpu_id=gpu,
-            workloads=tuple(workloads or ("W1", "W2", "W3")),
+            workloads=tuple(workloads or WORKLOADS["cpu"]),
             repeat=repeat,
             include_peers=peers,
             quick=quick,

@@ -64,8 +64,7 @@ app = typer.Typer(
         "Exit codes: 0 done; 1 a problem in the config, an override, a file or "
         "the data (the message says what to fix); 2 a malformed command line "
         "(shown with the usage) or a bug in optsvc (the message asks you to "
-        "report it). A "
-        "closed output pipe (| head) is not an error."
+        "report it). A closed output pipe (| head) is not an error."
     ),
     no_args_is_help=True,
     add_completion=True,

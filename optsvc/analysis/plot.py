@@ -181,11 +181,8 @@ def text_chart(
     import plotext
 
     metrics = check_metrics(runs, metrics)
-    panels = [
-        "  ".join(
-            f"{MARKERS[i % len(MARKERS)]} {run.label}" for i, run in enumerate(runs)
-        )
-    ]
+    markers = [MARKERS[i % len(MARKERS)] for i in range(len(runs))]
+    panels = ["  ".join(f"{mark} {run.label}" for mark, run in zip(markers, runs))]
     fig = plotext.figure
     for metric in metrics:
         fig.clear()
@@ -195,10 +192,10 @@ def text_chart(
         fig.label("step", axis="x")
         fig.legend(active=False)  # inside the canvas it would hide data
         drawn: list[int] = []
-        for i, run in enumerate(runs):
+        for mark, run in zip(markers, runs):
             steps, values = run.series(metric)
             if steps:
-                signal = fig.signal(steps, values, marker=MARKERS[i % len(MARKERS)])
+                signal = fig.signal(steps, values, marker=mark)
                 fig.draw(signal.lines())
                 drawn += steps
         if drawn:

@@ -10,6 +10,7 @@ so a run killed at any moment still lists.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -50,9 +51,7 @@ class RunSummary:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON data (the path as a string)."""
-        out = asdict(self)
-        out["path"] = str(self.path)
-        return out
+        return {**asdict(self), "path": str(self.path)}
 
 
 # --- finding runs ---------------------------------------------------------------
@@ -280,16 +279,11 @@ def _wall_time(
 
 
 def _file_time(folder: RunFolder) -> tuple[float | None, str | None]:
-    try:
-        start = folder.config_file.stat().st_mtime
-    except OSError:
+    times = {}
+    for path in (folder.config_file, folder.metrics, folder.final, folder.checkpoints):
+        with contextlib.suppress(OSError):  # not written, or removed meanwhile
+            times[path] = path.stat().st_mtime
+    start = times.pop(folder.config_file, None)
+    if start is None or not times:  # nothing written after the config: no time
         return None, None
-    ends = []
-    for path in (folder.metrics, folder.final, folder.checkpoints):
-        try:
-            ends.append(path.stat().st_mtime)
-        except OSError:
-            pass
-    if not ends:  # nothing written after the config: no time to tell
-        return None, None
-    return max(max(ends) - start, 0.0), "files"
+    return max(max(times.values()) - start, 0.0), "files"

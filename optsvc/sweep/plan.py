@@ -8,7 +8,7 @@ import itertools
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +187,7 @@ def _with_trials(issue: ConfigIssue, indexes: list[int], total: int) -> ConfigIs
     )
     note = f"in {where} {shown} of {total}"
     hint = f"{issue.hint}; {note}" if issue.hint else note
-    return ConfigIssue(issue.path, issue.message, issue.value, issue.has_value, hint)
+    return replace(issue, hint=hint)
 
 
 def _names(points: list[dict], paths: list[str]) -> list[str]:

@@ -224,11 +224,9 @@ def run_ray(
                 tuner.fit()
         finally:
             quiet.setLevel(level)
-    unfinished = [r for r in tracker.rows.values() if r.status == "running"]
+    unfinished = any(r.status == "running" for r in tracker.rows.values())
     tracker.interrupt()
-    return bool(unfinished) or any(
-        tracker.rows[t.name].status == "pending" for t in trials
-    )
+    return unfinished or any(tracker.rows[t.name].status == "pending" for t in trials)
 
 
 def _asha(trials: Sequence[Trial]):

@@ -204,8 +204,7 @@ def _csv(table: list[dict[str, Any]]) -> str:
     if table:
         writer = csv.DictWriter(buffer, fieldnames=list(table[0]), lineterminator="\n")
         writer.writeheader()
-        for row in table:
-            writer.writerow({k: _cell(v) for k, v in row.items()})
+        writer.writerows({k: _cell(v) for k, v in row.items()} for row in table)
     return buffer.getvalue()
 
 
