@@ -19,11 +19,12 @@ from optsvc.config import (
     ConfigError,
     ConfigIssue,
     config_from_str,
+    config_to_str,
     read_config_text,
     validate_config,
 )
 from optsvc.sweep.space import Distribution, parse_grid, parse_sample
-from optsvc.training.run_folder import filled_config
+from optsvc.training.state import with_defaults
 
 MAX_TRIALS = 10_000
 SEED_PATH = "system.seed"
@@ -172,7 +173,7 @@ def _trial(
         return None, report.errors, []
     # Written out as `optsvc train` writes a run's config, defaults included,
     # so that the trial's own config.cfg resumes it unchanged.
-    filled = filled_config(cfg, report.system, report.training)
+    filled = config_to_str(with_defaults(cfg))
     settings = report.training
     trial = Trial(
         index, name, values, filled, settings.max_steps, settings.eval_frequency
