@@ -56,7 +56,11 @@ def plot(
     series = load_runs(runs)
     if output is not None:
         written = save_plot(series, metric or [], output)
-        render.out.print(f"✔ wrote {written} ({len(series)} runs)")
+        drawn = sum(1 for run in series if run.rows)
+        shown = f"{drawn} run{'s' if drawn != 1 else ''}"
+        if drawn < len(series):
+            shown += f"; {len(series) - drawn} with no evaluation yet not drawn"
+        render.out.print(f"✔ wrote {written} ({shown})")
         return
     width = min(shutil.get_terminal_size((100, 24)).columns, 140)
     sys.stdout.write(text_chart(series, metric or [], width=width) + "\n")

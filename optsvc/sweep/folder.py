@@ -74,6 +74,7 @@ def prepare_folder(out: Path, plan: SweepPlan, *, resume: bool) -> None:
         run = RunFolder(out / TRIALS / trial.name)
         run.path.mkdir(parents=True, exist_ok=True)
         if not run.config_file.exists():
+            run.write_mark("planned")
             write_atomic(run.config_file, trial.config.encode())
 
 
