@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -111,7 +110,7 @@ def _report(rows, config, gpu: int, peers: bool, output_format: BenchFormat) -> 
         report = {"optsvc": optsvc.__version__, "machine": machine(gpu), "rows": rows}
         if peers:
             report["skipped"] = skipped
-        typer.echo(json.dumps(report, indent=2))
+        typer.echo(render.json_text(report, indent=2))
     else:
         console = Console(highlight=False)
         console.print(rows_table(rows))

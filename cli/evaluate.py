@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -69,7 +68,7 @@ def evaluate(
         "averaged": loaded.averaged, "scored_averaged": loaded.scored_averaged,
     }  # fmt: skip
     if output_format is EvalFormat.json:
-        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.write(render.json_text(result) + "\n")
         return
     render.out.print(describe(result))
 

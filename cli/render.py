@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import os
 import sys
@@ -58,6 +59,22 @@ err = _Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji
 
 STATUS_STYLES = {"finished": "green", "running": "cyan", "interrupted": "yellow",
                  "stopped": "yellow", "failed": "red"}  # fmt: skip
+
+
+def json_text(value, indent: int | None = None) -> str:
+    """`value` as JSON, a number that is not finite as null (JSON has no
+    NaN or Infinity)."""
+
+    def finite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+
+    return json.dumps(finite(value), indent=indent, allow_nan=False)
 
 
 def status_table(header: list[str], rows: list[list[str]], left: set[str]) -> Table:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -73,7 +72,9 @@ def runs(
         )
     found = sort_runs(list_runs(folder), sort.value, descending)
     if output_format is RunsFormat.json:
-        sys.stdout.write(json.dumps([s.as_dict() for s in found], indent=1) + "\n")
+        sys.stdout.write(
+            render.json_text([s.as_dict() for s in found], indent=1) + "\n"
+        )
     elif output_format is RunsFormat.csv:
         sys.stdout.write(to_csv(found))
     elif not found:

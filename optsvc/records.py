@@ -89,7 +89,8 @@ def problem(err: ValidationError, record: type[BaseModel] | None = None) -> str:
     if isinstance(value, float) and math.isnan(value):
         return f"has '{where}' = NaN{about}"
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
-        return f"has '{where}' = {value:.3g} out of range{about}"
+        shown = f"{value:.3g}" if abs(value) < 1e300 else f"{str(value)[:3]}..."
+        return f"has '{where}' = {shown} out of range{about}"
     return f"has a bad '{where}' ({value!r:.60}){about}"
 
 

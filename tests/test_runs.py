@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from optsvc_cli.main import app
-from runs_helpers import QUICKSTART, make_run, metrics
+from runs_helpers import QUICKSTART, make_run, metrics, run_cli
 from typer.testing import CliRunner
 
 from optsvc.analysis import find_runs, list_runs
@@ -289,6 +289,22 @@ def test_torn_lines_and_new_metrics_are_tolerated(root, tmp_path):
     row = listed(tmp_path)["torn"]
     assert row["status"] == "interrupted"
     assert row["steps"] == 50 and row["final_loss"] == 0.1
+
+
+def test_numbers_out_of_range_in_metrics_are_held(root, tmp_path):
+    # A 400-digit step (no float holds it) and a speed that makes the wall
+    # time infinite: runs and plot go on, and the JSON stays JSON (no NaN).
+    run = copy_run(root, "finished", tmp_path / "odd")
+    rows = metrics(run)
+    rows[-1]["steps_per_sec"] = 5e-324
+    lines = [json.dumps(r) for r in rows] + ['{"step": 1' + "0" * 400 + "}"]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    result = run_cli("runs", tmp_path, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout, parse_constant=pytest.fail)[0]
+    assert row["steps"] == rows[-1]["step"] and row["wall_time_s"] is None
+    drawn = run_cli("plot", run)
+    assert drawn.returncode == 0 and "internal error" not in drawn.stderr
 
 
 def test_a_recorded_failure_or_early_stop_is_shown(root, tmp_path):

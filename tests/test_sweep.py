@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -389,6 +390,46 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
         metrics(r) for r in results(ray_grid[0])
     ]
     assert "4 trials" in again.stdout
+
+
+@pytest.mark.slow
+def test_resume_takes_each_trials_status_from_its_own_folder(home, tmp_path):
+    # results.json is a cache: on --resume each trial's folder says what it is.
+    out = tmp_path / "sweep"
+    grid = ["--grid", "optimizer.beta1=0.7,0.8,0.9", "--engine", "serial"]
+    sweep(out, home, *grid, check=0)
+    before = results(out)
+    trials = [out / row["folder"] for row in before]
+    # Trial 0: its metrics.jsonl replaced by garbage (it finished all the same).
+    (trials[0] / "metrics.jsonl").write_bytes(b"\x00garbage\n{]")
+    kept = (trials[0] / "final.safetensors").stat().st_mtime_ns
+    # Trial 1: results.json says "stopped", but its folder ended at step 40.
+    shutil.rmtree(trials[1] / "checkpoints" / "step-00000060")
+    (trials[1] / "final.safetensors").unlink()
+    document = json.loads((out / "results.json").read_text())
+    document["trials"][1]["status"] = "stopped"
+    (out / "results.json").write_text(json.dumps(document))
+    # Trial 2: never started, its config.cfg edited meanwhile.
+    planned = (trials[2] / "config.cfg").read_text()
+    shutil.rmtree(trials[2])
+    trials[2].mkdir()
+    (trials[2] / "run.json").write_text(
+        json.dumps({"written_by": "optsvc", "format": 2, "state": "planned"})
+    )
+    (trials[2] / "config.cfg").write_text(
+        planned.replace("max_steps = 60", "max_steps = 7")
+    )
+
+    sweep(out, home, *grid, "--resume", check=0)
+    after = results(out)
+    assert [r["status"] for r in after] == ["finished"] * 3
+    assert (trials[0] / "final.safetensors").stat().st_mtime_ns == kept  # not redone
+    assert (
+        after[0]["step"] == "60" and after[0]["best_score"] == before[0]["best_score"]
+    )
+    assert "resumed: from step 40" in (trials[1] / "train.log").read_text()
+    assert (trials[2] / "config.cfg").read_text() == planned  # the plan ran
+    assert [metrics(r) for r in after[1:]] == [metrics(r) for r in before[1:]]
 
 
 @pytest.mark.slow

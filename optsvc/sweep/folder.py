@@ -39,7 +39,8 @@ class SweepRecord(Record):
 
 def prepare_folder(out: Path, plan: SweepPlan, *, resume: bool) -> None:
     """Create the sweep folder and every trial's config.cfg, or check with
-    `resume` that the folder holds this same sweep."""
+    `resume` that the folder holds this same sweep; a trial that saved
+    nothing yet gets the planned config again (what runs is the plan)."""
     planned = [
         PlannedTrial(
             index=t.index,
@@ -73,8 +74,9 @@ def prepare_folder(out: Path, plan: SweepPlan, *, resume: bool) -> None:
     for trial in plan.trials:
         run = RunFolder(out / TRIALS / trial.name)
         run.path.mkdir(parents=True, exist_ok=True)
-        if not run.config_file.exists():
-            run.write_mark("planned")
+        if not run.saved_work():  # until a trial saves, its config is the plan's
+            if not run.mark_file.exists():
+                run.write_mark("planned")
             write_atomic(run.config_file, trial.config.encode())
 
 

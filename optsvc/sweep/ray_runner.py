@@ -158,7 +158,10 @@ def _callback(tracker: Tracker):
         def on_trial_complete(self, iteration, trials, trial, **info):
             # A trial ASHA stopped ends here too, without final weights.
             name = _name(trial)
-            done = RunFolder(tracker.folder(name)).final.exists()
+            run = RunFolder(tracker.folder(name))
+            done = run.final.exists()
+            if not done:  # the trial's folder records it, for --resume
+                run.write_mark("stopped")
             tracker.end(name, FINISHED if done else STOPPED)
 
     return SweepCallback()

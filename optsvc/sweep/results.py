@@ -20,13 +20,13 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict
 
-from optsvc.analysis.runs import read_metrics
+from optsvc.analysis.runs import read_metrics, summarize
 from optsvc.errors import StateError
 from optsvc.fileio import TEXT_LIMIT, read_regular, write_atomic
 from optsvc.records import Count, Record
 from optsvc.sweep.folder import TRIALS
 from optsvc.sweep.plan import SweepPlan, Trial
-from optsvc.training.run_folder import RunFolder
+from optsvc.training.run_folder import STOPPED_NOTE, RunFolder
 
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
@@ -79,16 +79,25 @@ class Tracker:
         return self.out / TRIALS / name
 
     def restore(self, previous: dict[str, ResultRow]) -> None:
-        """Statuses and attempts from an earlier run's results.json."""
+        """Each trial's status from its own folder, as `optsvc runs` reads
+        it; of an earlier run's results.json (a cache) only the attempts and
+        errors are kept."""
         for name, row in self.rows.items():
-            old = previous.get(name) or ResultRow(trial=name, status=PENDING)
-            row.attempts, row.error, status = old.attempts, old.error, old.status
-            if status == FINISHED and not RunFolder(self.folder(name)).final.exists():
-                status = INTERRUPTED  # its weights are gone: run it again
-            row.status = status if status in DONE or status == FAILED else (
-                INTERRUPTED if row.attempts else PENDING
-            )  # fmt: skip
+            old = previous.get(name)
+            row.attempts, row.error = (old.attempts, old.error) if old else (0, "")
+            found = summarize(self.folder(name))
+            row.status = {
+                "finished": FINISHED, "pending": PENDING, "failed": FAILED
+            }.get(found.status, INTERRUPTED)  # fmt: skip
+            if found.status == "interrupted" and found.note == STOPPED_NOTE:
+                row.status = STOPPED
+            if row.status == FAILED:
+                row.error = row.error or found.note
             self._refresh(row)
+            if row.step is None:  # no readable evaluation: its checkpoint's
+                row.step = found.steps
+                if self.metric == "score":
+                    row.score, row.best = found.last_score, found.best_score
 
     # --- what runners report ------------------------------------------------
     def start(self, name: str) -> None:

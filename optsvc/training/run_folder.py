@@ -61,17 +61,20 @@ BEST, FINAL = "best.safetensors", "final.safetensors"
 RUN_FILES = (MARK, CONFIG, METRICS, CHECKPOINTS, BEST, FINAL)
 # What an optsvc before 0.2 wrote (checkpoint format 1: arrays in .npz).
 LEGACY = ("final.npz", "best.npz")
+# The note of a sweep's trial that its scheduler stopped (`optsvc runs`).
+STOPPED_NOTE = "stopped early by its sweep's scheduler"
 STATUSES = ("running", "finished", "interrupted", "failed", "pending")
 
 
 class RunMark(Record):
     """run.json: the folder is an optsvc run folder. A sweep marks each
-    trial's folder "planned" when it writes its config; training marks it
-    "started" before it writes anything else."""
+    trial's folder "planned" when it writes its config, and "stopped" when
+    its scheduler stops the trial early; training marks it "started" before
+    it writes anything else."""
 
     written_by: Literal["optsvc"] = "optsvc"
     format: Literal[2] = checkpoints.VERSION
-    state: Literal["planned", "started"]
+    state: Literal["planned", "started", "stopped"]
 
 
 class RunFolder:
@@ -167,7 +170,7 @@ class RunFolder:
                 "as an optsvc run; give another folder with -o"
             ) from None
 
-    def write_mark(self, state: Literal["planned", "started"]) -> None:
+    def write_mark(self, state: Literal["planned", "started", "stopped"]) -> None:
         """Mark the folder as optsvc's run folder (see `RunMark`)."""
         write_atomic(self.mark_file, RunMark(state=state).to_json())
 
@@ -228,12 +231,13 @@ class RunFolder:
             return "finished", "; ".join(n for n in (note, early) if n)
         if failure is not None:
             return "failed", failure.error
-        if state is not None:
-            return "interrupted", note
         try:
             mark = self.mark()
         except RunError as err:
             return "failed", str(err)
+        if state is not None:
+            stopped = mark is not None and mark.state == "stopped"
+            return "interrupted", note or (STOPPED_NOTE if stopped else "")
         if mark is not None and mark.state == "planned":
             return "pending", "a sweep's trial, not started yet"
         return "failed", note or "ended before its first checkpoint"
