@@ -93,8 +93,8 @@ def user_errors(command):
             raise
         except TrainingInterrupted as stopped:  # saved, and said how to go on
             raise typer.Exit(stopped.exit_code) from None
-        except KeyboardInterrupt:  # a second Ctrl-C: at once
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as stop:  # Ctrl-C, or a second signal in training
+            raise typer.Exit(getattr(stop, "exit_code", 130)) from None
         except BrokenPipeError:  # the reader went away (| head): not an error
             render.closed_pipe()
         except MemoryError as error:  # a job too large for this machine

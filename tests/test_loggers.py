@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from optsvc_cli.main import app
@@ -110,6 +111,20 @@ def test_every_scalar_at_every_step_in_tensorboard_and_mlflow(tmp_path):
     assert artifacts == {"config.cfg", "best.safetensors", "final.safetensors"}
 
 
+def test_the_default_mlflow_store_works_with_a_relative_output_folder(tmp_path):
+    block = '[training.logger]\n@loggers = "optsvc.MLflowLogger.v1"\n'
+    cfg = config_with(tmp_path, block)
+    done = subprocess.run(
+        [sys.executable, "-m", "optsvc_cli", "train", str(cfg), "-o", "relrun",
+         "--training.max_steps", "40", *SMALL],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    client, mlrun = mlflow_run(tmp_path / "relrun")
+    assert_same(history(client, mlrun.info.run_id, "loss"),
+                expected(tmp_path / "relrun", "loss"))  # fmt: skip
+
+
 def test_a_tensorboard_log_dir_can_be_given(tmp_path):
     board = tmp_path / "board"
     cfg = config_with(
@@ -191,8 +206,9 @@ def mlflow_server(tmp_path):
         assert server.poll() is None, "the MLflow server exited"
         assert time.monotonic() < deadline, "the MLflow server did not answer"
         time.sleep(0.5)
-    yield uri
-    os.killpg(server.pid, signal.SIGTERM)
+    yield SimpleNamespace(uri=uri, process=server)
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
     try:
         server.wait(timeout=30)
     except subprocess.TimeoutExpired:
@@ -207,7 +223,7 @@ def test_a_real_mlflow_tracking_server(tmp_path, mlflow_server):
     cfg = config_with(
         tmp_path,
         '[training.logger]\n@loggers = "optsvc.MLflowLogger.v1"\n'
-        f'tracking_uri = "{mlflow_server}"\nexperiment_name = "served"\n'
+        f'tracking_uri = "{mlflow_server.uri}"\nexperiment_name = "served"\n'
         'run_name = "on-the-server"\n',
     )
     run = tmp_path / "run"
@@ -217,7 +233,7 @@ def test_a_real_mlflow_tracking_server(tmp_path, mlflow_server):
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    client = MlflowClient(mlflow_server)
+    client = MlflowClient(mlflow_server.uri)
     [found] = client.search_runs(
         [client.get_experiment_by_name("served").experiment_id]
     )
@@ -226,6 +242,65 @@ def test_a_real_mlflow_tracking_server(tmp_path, mlflow_server):
     assert_same(history(client, found.info.run_id, "loss"), expected(run, "loss"))
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
     assert artifacts == {"config.cfg", "best.safetensors", "final.safetensors"}
+
+
+KILL_AT_SECOND_ROW = """\
+import os, signal, sys
+_rows = [0]
+
+
+def _hook(event, args):
+    if event != "open" or "a" not in str(args[1]):
+        return
+    if str(args[0]).endswith("metrics.jsonl"):
+        _rows[0] += 1
+        if _rows[0] == 2:
+            os.killpg(int(os.environ["KILL_GROUP"]), signal.SIGKILL)
+
+
+if "KILL_GROUP" in os.environ:
+    sys.addaudithook(_hook)
+"""
+
+
+@pytest.mark.slow
+def test_a_tracking_server_that_dies_mid_run_costs_the_run_nothing(
+    tmp_path, mlflow_server
+):
+    block = '[training.logger]\n@loggers = "optsvc.MLflowLogger.v1"\n'
+    cfg = config_with(tmp_path, block + f'tracking_uri = "{mlflow_server.uri}"\n')
+    run = tmp_path / "run"
+    # The training process kills the server itself as it writes its second
+    # metrics row (step 40), so that the moment is exact.
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(KILL_AT_SECOND_ROW)
+    env = {**os.environ, "PYTHONPATH": str(hooks),
+           "KILL_GROUP": str(mlflow_server.process.pid)}  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "optsvc_cli", "train", str(cfg), "-o", str(run),
+         "--training.max_steps", "300", *SMALL],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    err = proc.stderr
+    assert proc.returncode == 0, err
+    assert f"MLflow at {mlflow_server.uri} stopped answering" in err
+    assert [row["step"] for row in metrics(run)] == list(range(20, 301, 20))
+    assert (run / "final.safetensors").exists()
+
+
+def test_nothing_listening_at_the_tracking_uri_fails_at_once(tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"
+    block = '[training.logger]\n@loggers = "optsvc.MLflowLogger.v1"\n'
+    cfg = config_with(tmp_path, block + f'tracking_uri = "{uri}"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "optsvc_cli", "train", str(cfg), "-o",
+         str(tmp_path / "run"), "--training.max_steps", "40", *SMALL],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert f"nothing answers at the MLflow tracking URI {uri}" in done.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 # --- validation and missing extras ------------------------------------------------

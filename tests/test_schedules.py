@@ -967,6 +967,7 @@ BAD_ARGS = [
     ("decaying", {"base_rate": "x", "decay": 0.1}, "base_rate"),
     ("decaying", {"base_rate": 1.0, "decay": float("nan")}, "decay"),
     ("decaying", {"base_rate": 1.0, "decay": 0.1, "t": None}, "t"),
+    ("decaying", {"base_rate": 1.0, "decay": -1.0}, "decay"),  # 1/0 at step 1
     ("compounding", {"start": None, "stop": 1.0, "compound": 1.1}, "start"),
     ("compounding", {"start": 1.0, "stop": float("inf"), "compound": 1.1}, "stop"),
     ("compounding", {"start": 1.0, "stop": 2.0, "compound": "1.1"}, "compound"),
@@ -1005,6 +1006,7 @@ BAD_ARGS = [
         "cut_frac",
     ),
     ("slanted_triangular", {"max_rate": 0.1, "num_steps": 100, "ratio": 0}, "ratio"),
+    ("slanted_triangular", {"max_rate": 1e308, "num_steps": 10}, "max_rate"),  # inf
     (
         "slanted_triangular",
         {"max_rate": 0.1, "num_steps": 100, "t": float("nan")},

@@ -45,13 +45,33 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import warnings
 
-import numba
-import numpy as np
 
-from . import elements
-from .ops import CLIP_FLAG as _CLIP
-from .ops import L2_FLAG as _L2
+def _usable_thread_setting() -> None:
+    """NUMBA_NUM_THREADS as numba can take it, before numba reads it: a
+    whole number from 1 to the CPU count. Anything else (numba refuses 0,
+    warns on a word, may crash on 100000) gives way to the CPU count, with a
+    warning that says so."""
+    value, cpus = os.environ.get("NUMBA_NUM_THREADS"), os.cpu_count() or 1
+    if value is None or (value.strip().isdigit() and 1 <= int(value) <= cpus):
+        return
+    os.environ["NUMBA_NUM_THREADS"] = str(cpus)
+    warnings.warn(
+        f"NUMBA_NUM_THREADS={value!r} is not a whole number from 1 to {cpus} "
+        f"(the CPUs here); optsvc uses {cpus}",
+        stacklevel=2,
+    )
+
+
+_usable_thread_setting()
+
+import numba  # noqa: E402 (after the setting it reads)
+import numpy as np  # noqa: E402
+
+from . import elements  # noqa: E402
+from .ops import CLIP_FLAG as _CLIP  # noqa: E402
+from .ops import L2_FLAG as _L2  # noqa: E402
 
 # Interleaved float64 partial sums of the clipping norm: element i of a tensor
 # goes to lane i % LANES. Fixed, so every entry point sums in the same order.

@@ -6,6 +6,12 @@ artifacts beside it), so it works offline on a fresh machine; any
 MLflow run's id is kept in `RUN/mlflow.json`: a resumed run logs into the same
 MLflow run and skips the steps that run already holds (resume is bit-exact, so
 those values are the ones it would log again).
+
+A tracking server is probed before the run starts (nothing listening: one
+sentence within seconds), and MLflow's HTTP retries are cut to a few seconds
+unless MLFLOW_HTTP_REQUEST_MAX_RETRIES / _TIMEOUT are set. A server that goes
+away mid-run costs the run nothing: one warning, then the run goes on without
+MLflow (every row stays in metrics.jsonl).
 """
 
 from __future__ import annotations
@@ -13,10 +19,15 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
+import socket
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any
+
+from rich.text import Text
 
 from optsvc import registries
 from optsvc.errors import RunError, StateError, missing_extra
@@ -62,7 +73,7 @@ class MLflowLogger(Logger):
     def __init__(self, run: RunInfo, settings: dict[str, Any]) -> None:
         super().__init__(run)
         self.settings = settings
-        self.folder = run.output_dir / "mlflow"
+        self.folder = (run.output_dir / "mlflow").absolute()  # -o may be relative
         self.uri = settings["tracking_uri"] or f"sqlite:///{self.folder / 'mlflow.db'}"
         self._client = None
         self.run_id: str | None = None
@@ -77,6 +88,9 @@ class MLflowLogger(Logger):
         logging.getLogger("alembic").setLevel(logging.WARNING)
         if self.settings["tracking_uri"] is None:
             self.folder.mkdir(parents=True, exist_ok=True)
+        for name, value in (("MAX_RETRIES", "2"), ("TIMEOUT", "10")):
+            os.environ.setdefault(f"MLFLOW_HTTP_REQUEST_{name}", value)
+        _probe(self.uri)
         try:
             self._client = MlflowClient(tracking_uri=self.uri)
             previous = self._previous_run() if first_step > 0 else None
@@ -143,18 +157,49 @@ class MLflowLogger(Logger):
             for key, value in row.items()
             if key != "step" and value is not None and math.isfinite(value)
         ]
-        self._client.log_batch(self.run_id, metrics=metrics)
+        try:
+            self._client.log_batch(self.run_id, metrics=metrics)
+        except Exception as err:  # the server went away, or refuses
+            self._lost(err)
+            return
         self._logged_up_to = step
+
+    def _lost(self, err: Exception) -> None:
+        self._client = None
+        self.run.err_console.print(Text(
+            f"⚠ MLflow at {self.uri} stopped answering ({type(err).__name__}); "
+            "the run goes on without it, every row is in metrics.jsonl",
+            style="yellow",
+        ))  # fmt: skip
 
     def close(self, files: list[Path] | None, *, failed: bool = False) -> None:
         if self._client is None or self.run_id is None:
             return
-        if files is not None and self.settings["log_artifacts"]:
-            for path in files:
-                if path.is_file():
-                    self._client.log_artifact(self.run_id, str(path))
-        self._client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
+        try:
+            if files is not None and self.settings["log_artifacts"]:
+                for path in files:
+                    if path.is_file():
+                        self._client.log_artifact(self.run_id, str(path))
+            status = "FAILED" if failed else "FINISHED"
+            self._client.set_terminated(self.run_id, status)
+        except Exception as err:
+            self._lost(err)
         self._client = None
+
+
+def _probe(uri: str) -> None:
+    """RunError within seconds when nothing listens at an http(s) `uri`."""
+    url = urllib.parse.urlsplit(uri)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        return
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=5).close()
+    except OSError as err:
+        raise RunError(
+            f"nothing answers at the MLflow tracking URI {uri} ({err}); start the "
+            "server, or fix training.logger.tracking_uri"
+        ) from None
 
 
 @registries.loggers.register("optsvc.MLflowLogger.v1")

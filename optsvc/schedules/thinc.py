@@ -96,7 +96,7 @@ def _constant_then(schedule: Schedule, step: int, **kwargs: Any) -> float:
 @checked()
 def decaying(
     base_rate: Annotated[float, Arg("value at step 0")],
-    decay: Annotated[float, Arg("decay per step")],
+    decay: Annotated[float, Arg("decay per step", ge=0)],
     *,
     t: StepOffset = 0.0,
 ) -> Schedule[float]:
@@ -212,6 +212,11 @@ def slanted_triangular(
     p = x / cut while x < cut, else 1 - (x - cut) / (cut * (1 / cut_frac - 1));
     rate = max_rate * (1 + p * (ratio - 1)) / ratio.
     """
+    if not math.isfinite(max_rate * ratio):
+        raise ConfigError(
+            f"slanted_triangular: 'max_rate' * 'ratio' must be finite, got "
+            f"{show(max_rate)} * {show(ratio)}; give a smaller max_rate"
+        )
     attrs = {"max_rate": max_rate, "cut": int(num_steps * cut_frac)}
     attrs.update(cut_frac=cut_frac, ratio=ratio, t=t)
     return Schedule("slanted_triangular", _slanted_triangular, attrs=attrs)

@@ -63,7 +63,7 @@ def run_trial(
     log_path = folder / LOG
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), sys.executable]
-    command += ["-m", "optsvc_cli.main", "train", str(RunFolder(folder).config_file)]
+    command += ["-m", "optsvc_cli", "train", str(RunFolder(folder).config_file)]
     command += ["-o", str(folder), "--resume"]
     # The runner made one GPU visible to this trial: its first.
     command += ["--gpu", "0"] if gpu else []

@@ -22,11 +22,21 @@ class TrainingInterrupted(Exception):
         self.exit_code = 128 + signum
 
 
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second signal: the run stops where it is (its last checkpoint
+    stands). `exit_code` is 128 + that signal."""
+
+    def __init__(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped at once by a second signal ({name})")
+        self.exit_code = 128 + signum
+
+
 class StopOnSignal:
     """While active (a `with` block in the main thread), SIGINT and SIGTERM set
     `signum` instead of stopping the process; a second signal raises
-    KeyboardInterrupt at once. Elsewhere it does nothing: signals can only be
-    caught in the main thread."""
+    StoppedAtOnce (a KeyboardInterrupt) at once. Elsewhere it does nothing:
+    signals can only be caught in the main thread."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -34,7 +44,7 @@ class StopOnSignal:
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt
+            raise StoppedAtOnce(signum)
         self.signum = signum
 
     def __enter__(self) -> StopOnSignal:
@@ -49,4 +59,4 @@ class StopOnSignal:
         self._previous.clear()
 
 
-__all__ = ["StopOnSignal", "TrainingInterrupted"]
+__all__ = ["StopOnSignal", "StoppedAtOnce", "TrainingInterrupted"]
