@@ -478,6 +478,46 @@ def test_same_sweep_on_an_existing_cluster(ray_grid, home, tmp_path_factory):
     ]
 
 
+@needs_ray
+def test_an_address_where_no_cluster_listens_fails_at_once(home, tmp_path):
+    out = tmp_path / "sweep"
+    address = f"127.0.0.1:{free_port()}"
+    result = sweep(out, home, *GRID, "--address", address, check=1)
+    assert f"nothing answers at the Ray address {address}" in result.stderr
+    assert "ray start --head" in result.stderr and not out.exists()
+
+
+CTRL_C_AS_RAY_STARTS = """\
+import os, signal, sys
+
+
+def _hook(event, args):
+    if event == "subprocess.Popen" and "gcs_server" in str(args):
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+if os.environ.get("CTRL_C_AS_RAY_STARTS"):
+    sys.addaudithook(_hook)
+"""
+
+
+@pytest.mark.slow
+@needs_ray
+def test_ctrl_c_while_ray_starts_exits_130_and_leaves_nothing(home, tmp_path):
+    # Ctrl-C as the private Ray instance starts its first process (GCS).
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(CTRL_C_AS_RAY_STARTS)
+    env = _env(home, PYTHONPATH=str(hooks), CTRL_C_AS_RAY_STARTS="1")
+    before = set(Path("/tmp").glob("optsvc-ray-*"))
+    out = tmp_path / "sweep"
+    result = sweep(out, home, *GRID, "--engine", "ray", env=env, check=130)
+    assert "interrupted" in result.stderr and "--resume" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert set(Path("/tmp").glob("optsvc-ray-*")) == before
+    assert {r["status"] for r in results(out)} == {"pending"}
+
+
 def test_early_stop_needs_ray(tmp_path):
     out = tmp_path / "sweep"
     args = ["sweep", CONFIG, "-o", str(out), "--grid", "optimizer.beta1=0.8,0.9"]

@@ -21,9 +21,7 @@ import logging
 import math
 import os
 import re
-import socket
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,6 +31,7 @@ from optsvc import registries
 from optsvc.errors import RunError, StateError, missing_extra
 from optsvc.fileio import read_regular, write_atomic
 from optsvc.loggers.base import Logger, LoggerFactory, RunInfo
+from optsvc.net import unreachable
 from optsvc.records import Record
 from optsvc.spec import Arg, checked
 
@@ -189,17 +188,12 @@ class MLflowLogger(Logger):
 
 def _probe(uri: str) -> None:
     """RunError within seconds when nothing listens at an http(s) `uri`."""
-    url = urllib.parse.urlsplit(uri)
-    if url.scheme not in ("http", "https") or not url.hostname:
-        return
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=5).close()
-    except OSError as err:
+    why = unreachable(uri) if uri.startswith(("http://", "https://")) else None
+    if why:
         raise RunError(
-            f"nothing answers at the MLflow tracking URI {uri} ({err}); start the "
+            f"nothing answers at the MLflow tracking URI {uri} ({why}); start the "
             "server, or fix training.logger.tracking_uri"
-        ) from None
+        )
 
 
 @registries.loggers.register("optsvc.MLflowLogger.v1")

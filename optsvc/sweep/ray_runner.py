@@ -12,7 +12,9 @@ import importlib.util
 import logging
 import math
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -132,8 +134,33 @@ def ray_session(address: str | None, cpus: int | None) -> Iterator[None]:
             options = {"address": address}
             ray = _import_ray()
         undo.callback(ray.shutdown)
-        ray.init(**options, logging_level=logging.ERROR, log_to_driver=False)
+        with _ctrl_c_after():
+            ray.init(**options, logging_level=logging.ERROR, log_to_driver=False)
         yield
+
+
+@contextmanager
+def _ctrl_c_after() -> Iterator[None]:
+    """A Ctrl-C while Ray starts is raised once `ray.init` returns (raised
+    inside it, it can leave Ray's threads half-started and crash the exit);
+    a second one is raised at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+
+    def hold(signum, frame):
+        if pending:
+            raise KeyboardInterrupt
+        pending.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
 
 
 def _callback(tracker: Tracker):

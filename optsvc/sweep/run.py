@@ -7,7 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from optsvc.errors import ConfigError, MissingExtraError
+from optsvc.errors import ConfigError, MissingExtraError, RunError
+from optsvc.net import unreachable
 from optsvc.sweep.folder import prepare_folder
 from optsvc.sweep.plan import SweepPlan
 from optsvc.sweep.ray_runner import RAY_EXTRA, ray_available, run_ray
@@ -79,6 +80,12 @@ def run_sweep(
     mode = _check_options(metric, mode, workers, gpus_per_trial, retries)
     if early_stop and engine == "serial":
         raise MissingExtraError(f"--early-stop needs Ray Tune; {RAY_EXTRA}")
+    why = unreachable(address) if address is not None else None
+    if why:  # before the folder is written: the same command works once it is up
+        raise RunError(
+            f"nothing answers at the Ray address {address} ({why}); start the "
+            "cluster (ray start --head) or fix --address"
+        )
     prepare_folder(out, plan, resume=resume)
     tracker = Tracker(out, plan, metric, mode, on_change)
     if resume:
