@@ -46,8 +46,8 @@ def plot(
     """Plot the metrics of one or more runs against the step: one panel per
     metric, one line per run.
 
-    Runs are labelled by their folder name and, for the trials of a sweep,
-    by the config values that differ between them. With -o the plot is a
+    Runs are labelled by their folder name; the trials of a sweep by the
+    config values that differ between them. With -o the plot is a
     matplotlib image file; without, a text chart (each run with its own
     marker).
 

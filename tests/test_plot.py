@@ -77,10 +77,23 @@ def test_chosen_metrics_only(runs):
 def test_sweep_trials_are_labelled_by_the_values_that_differ(runs):
     for given in ([runs["sweep"]], sorted((runs["sweep"] / "trials").iterdir())):
         fig = make_figure(load_runs(given), ["loss"])
-        assert [line.get_label() for line in panels(fig)["loss"]] == [
-            "0-lr0.01 (initial_rate=0.01)",
-            "1-lr0.003 (initial_rate=0.003)",
-        ]
+        labels = ["initial_rate=0.01", "initial_rate=0.003"]  # only what was swept
+        assert [line.get_label() for line in panels(fig)["loss"]] == labels
+
+
+def test_a_sweeps_legend_fits_the_picture(runs, tmp_path):
+    # Four trials with long labels: the legend stays inside the figure.
+    points = [(0.8, 0.003), (0.8, 0.01), (0.9, 0.003), (0.9, 0.01)]
+    for i, (b1, rate) in enumerate(points):
+        trial = tmp_path / "wide" / "trials" / f"{i}-initial_rate={rate}-beta1={b1}"
+        make_run(trial, {"beta1": b1}, **{"optimizer.learn_rate.initial_rate": rate})
+    fig = make_figure(load_runs([tmp_path / "wide"]), ["loss"])
+    fig.canvas.draw()
+    box = fig.legends[0].get_window_extent()
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1
+    text = runner.invoke(app, ["plot", str(tmp_path / "wide"), "--metric", "loss"])
+    assert text.exit_code == 0 and "beta1=0.8, initial_rate=0.003" in text.output
+    assert max(len(line) for line in text.output.splitlines()) <= 100
 
 
 @pytest.mark.parametrize("suffix, magic", [("png", PNG), ("svg", b"<?xml"),

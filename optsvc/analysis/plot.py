@@ -61,9 +61,20 @@ def load_runs(paths: Sequence[str | os.PathLike]) -> list[RunSeries]:
     return out
 
 
+def _wrapped(entries: list[str], width: int) -> str:
+    """The legend's entries two spaces apart, in lines of at most `width`."""
+    lines = [""]
+    for entry in entries:
+        if lines[-1] and len(lines[-1]) + 2 + len(entry) > width:
+            lines.append("")
+        lines[-1] += ("  " if lines[-1] else "") + entry
+    return "\n".join(lines)
+
+
 def run_labels(runs: Sequence[Path]) -> dict[Path, str]:
     """Each run's folder name (its path from the runs' common folder when two
-    share a name), followed for sweep trials by the values that differ."""
+    share a name); for sweep trials, the values that differ between them
+    instead (after the sweep's name when several sweeps are drawn)."""
     names = {run: run.name for run in runs}
     if len(set(names.values())) < len(names):
         common = Path(os.path.commonpath([str(r.resolve()) for r in runs]))
@@ -71,11 +82,16 @@ def run_labels(runs: Sequence[Path]) -> dict[Path, str]:
             run: str(run.resolve().relative_to(common)) or run.name for run in runs
         }
     labels = dict(names)
+    sweeps = {run.parent.parent for run in runs if run.parent.name == "trials"}
     for run, differ in sweep_values(list(runs)).items():
-        if differ:
+        if differ:  # a trial: the values swept, after its sweep's name if several
             short = short_keys(list(differ))
             shown = ", ".join(f"{short[k]}={_show(v)}" for k, v in differ.items())
-            labels[run] = f"{names[run]} ({shown})"
+            labels[run] = (
+                f"{run.parent.parent.name}: {shown}" if len(sweeps) > 1 else shown
+            )
+    if len(set(labels.values())) < len(labels):
+        return names
     return labels
 
 
@@ -143,7 +159,9 @@ def make_figure(runs: Sequence[RunSeries], metrics: Sequence[str]):
             if label not in labels:
                 handles.append(handle)
                 labels.append(label)
-    fig.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 3))
+    # as many columns as fit the figure's width (about 90 characters)
+    ncols = min(len(labels), 3, max(1, 90 // (max(map(len, labels)) + 6)))
+    fig.legend(handles, labels, loc="outside upper center", ncols=ncols)
     return fig
 
 
@@ -182,7 +200,8 @@ def text_chart(
 
     metrics = check_metrics(runs, metrics)
     markers = [MARKERS[i % len(MARKERS)] for i in range(len(runs))]
-    panels = ["  ".join(f"{mark} {run.label}" for mark, run in zip(markers, runs))]
+    entries = [f"{mark} {run.label}" for mark, run in zip(markers, runs)]
+    panels = [_wrapped(entries, max(width, 30))]
     fig = plotext.figure
     for metric in metrics:
         fig.clear()
