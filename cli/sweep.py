@@ -169,8 +169,8 @@ def sweep(
 
     Each trial is an ordinary run folder, OUTPUT/trials/<index>-<values>/,
     trained by `optsvc train`. OUTPUT gets results.csv, results.json and
-    best.cfg (the best finished trial's config, which `optsvc train` runs as
-    is). Runs on a private local Ray instance, on a Ray cluster with
+    best.cfg once every trial has ended (the config of the finished trial
+    with the best score at any evaluation, which `optsvc train` runs as is). Runs on a private local Ray instance, on a Ray cluster with
     --address, or one trial after another without Ray. Every trial's config
     is validated before any starts. Exit 0 when every trial finished, 1 when
     some failed, 130 when interrupted; continue with --resume. Extra
@@ -287,7 +287,7 @@ def _summary(outcome: SweepOutcome, output: Path, metric: str) -> None:
     best = outcome.best
     if best is not None:
         render.out.print(
-            f"best: trial {best.name}, {metric} {_value(best.metric(metric))}; "
+            f"best: trial {best.name}, best {metric} {_value(best.best)}; "
             f"its config is {output / BEST_CFG} (optsvc train {output / BEST_CFG})"
         )
     render.out.print(f"results: {output / RESULTS_CSV}")

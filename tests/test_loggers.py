@@ -120,6 +120,8 @@ def test_the_default_mlflow_store_works_with_a_relative_output_folder(tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+    store = f"sqlite:///{tmp_path / 'relrun' / 'mlflow' / 'mlflow.db'}"
+    assert f"MLflow: mlflow ui --backend-store-uri {store}" in done.stdout
     client, mlrun = mlflow_run(tmp_path / "relrun")
     assert_same(history(client, mlrun.info.run_id, "loss"),
                 expected(tmp_path / "relrun", "loss"))  # fmt: skip

@@ -274,8 +274,9 @@ def test_ray_grid_folders_results_and_best(ray_grid, home, tmp_path):
     assert {r["step"] for r in rows} == {"60"}
     for name in NAMES:
         assert all((out / "trials" / name / f).exists() for f in RUN_FILES)
+    assert not (out / "tune").exists()  # Tune's pickled state is kept out
     document = json.loads((out / "results.json").read_text())
-    best = max(rows, key=lambda r: float(r["score"]))
+    best = max(rows, key=lambda r: float(r["best_score"]))  # what best.cfg gives
     assert document["best"] == best["trial"]
     assert (out / "best.cfg").read_text() == (
         out / "trials" / best["trial"] / "config.cfg"
@@ -291,6 +292,7 @@ def test_ray_grid_folders_results_and_best(ray_grid, home, tmp_path):
         (tmp_path / "best" / "metrics.jsonl").read_text().splitlines()[-1]
     )
     assert last["score"] == float(best["score"])
+    assert f"best: trial {best['trial']}, best score" in result.stdout
     assert list(home.iterdir()) == []  # nothing written to the home folder
 
 
@@ -379,6 +381,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     }
     statuses = [r["status"] for r in results(out)]
     assert statuses[0] == "finished" and "finished" not in statuses[1:]
+    assert not (out / "best.cfg").exists()  # no winner from partial results
 
     again = sweep(out, home, *GRID, "--engine", engine, "--resume", check=0)
     assert [r["status"] for r in results(out)] == ["finished"] * 4

@@ -183,7 +183,13 @@ class MLflowLogger(Logger):
             self._client.set_terminated(self.run_id, status)
         except Exception as err:
             self._lost(err)
+            return
         self._client = None
+        if self.settings["tracking_uri"] is None:  # where to look at it
+            self.run.console.print(
+                f"MLflow: mlflow ui --backend-store-uri {self.uri}",
+                markup=False, highlight=False, soft_wrap=True,
+            )  # fmt: skip
 
 
 def _probe(uri: str) -> None:

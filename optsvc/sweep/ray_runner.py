@@ -102,6 +102,9 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+_TMP = "/tmp" if Path("/tmp").is_dir() else None  # short paths, never the home
+
+
 @contextmanager
 def ray_session(address: str | None, cpus: int | None) -> Iterator[None]:
     """Connect to the cluster at `address`, or start a private local instance
@@ -110,9 +113,7 @@ def ray_session(address: str | None, cpus: int | None) -> Iterator[None]:
         if address is None:
             # A short root: Ray's socket paths must stay under 107 bytes.
             root = tempfile.TemporaryDirectory(
-                prefix="optsvc-ray-",
-                dir="/tmp" if Path("/tmp").is_dir() else None,
-                ignore_cleanup_errors=True,
+                prefix="optsvc-ray-", dir=_TMP, ignore_cleanup_errors=True
             )
             options = {
                 "address": "local",
@@ -211,7 +212,12 @@ def run_ray(
     """Run `trials` with Ray Tune; True when the sweep was interrupted. Only
     run_sweep calls it, after choose_engine checked that Ray is installed."""
     cpus = None if address else max(workers or os.cpu_count() or 1, 1)
-    with ray_session(address, cpus):
+    # Tune's own experiment state (tuner.pkl, a pickle) stays out of the sweep
+    # folder: --resume reads the trial folders, never it.
+    storage = tempfile.TemporaryDirectory(
+        prefix="optsvc-tune-", dir=_TMP, ignore_cleanup_errors=True
+    )
+    with ray_session(address, cpus), storage as storage_path:
         from ray import tune
 
         space = [
@@ -234,7 +240,7 @@ def run_ray(
         )
         run_config = tune.RunConfig(
             name="tune",
-            storage_path=str(tracker.out.resolve()),
+            storage_path=storage_path,
             failure_config=tune.FailureConfig(max_failures=retries),
             callbacks=[_callback(tracker)],
             verbose=0,

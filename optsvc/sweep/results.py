@@ -132,13 +132,14 @@ class Tracker:
 
     # --- results ------------------------------------------------------------
     def best(self) -> TrialRow | None:
-        """The finished trial with the best final metric (the first on a tie)."""
-        done = [
-            row
-            for row in self.rows.values()
-            if row.status == FINISHED and row.metric(self.metric) is not None
-        ]
-        return self._best_of(done, key=lambda r: r.metric(self.metric), default=None)
+        """Once every trial has ended, the finished trial with the best value
+        of the metric at any evaluation (what its best.safetensors holds; the
+        first on a tie); None while trials are still to run."""
+        rows = self.rows.values()
+        if any(row.status not in (*DONE, FAILED) for row in rows):
+            return None
+        done = [row for row in rows if row.status == FINISHED and row.best is not None]
+        return self._best_of(done, key=lambda r: r.best, default=None)
 
     def save(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._saved < 1.0:
