@@ -54,6 +54,8 @@ SCHEDULES = {
         3, optsvc.constant_then(0.01, 5, optsvc.step_decay(0.01, 3, 0.5))
     ),
     "one_cycle": lambda: optsvc.one_cycle(0.01, 20),
+    "ademamix_alpha_warmup": lambda: optsvc.ademamix_alpha_warmup(0.01, 5),
+    "ademamix_beta3_warmup": lambda: optsvc.ademamix_beta3_warmup(0.001, 0.01, 5),
 }
 LEARN_RATES = {
     "float": lambda: 0.01,

@@ -549,6 +549,12 @@ VALID = {
         "piecewise_constant.v1": {"boundaries": [1, 2], "values": [0.5, 1, 2]},
         "linear_warmup.v1": {"warmup_steps": 2, "schedule": CONSTANT},
         "one_cycle.v1": {"max_rate": 0.1, "total_steps": 3, "pct_start": 0.5},
+        "ademamix_alpha_warmup.v1": {"alpha": 5.0, "warmup_steps": 100},
+        "ademamix_beta3_warmup.v1": {
+            "beta1": 0.9,
+            "beta3": 0.9999,
+            "warmup_steps": 100,
+        },
     },
     "datasets": {
         "blobs.v1": {"n_samples": 3, "n_classes": 3, "spread": 0.5},
