@@ -272,8 +272,8 @@ def test_per_key_calls_on_store_keys_share_the_state():
     group = multi.state.group_for(store_m)
     for key in NONEMPTY:
         # views into the flat buffers, shaped like the parameter
-        assert np.shares_memory(multi.mom1[key], group.m)
-        assert np.shares_memory(multi.mom2[key], group.v)
+        assert np.shares_memory(multi.mom1[key], group.state[0])
+        assert np.shares_memory(multi.mom2[key], group.state[1])
         assert np.shares_memory(multi.averages[key], group.ema)
         assert multi.averages[key].shape == SHAPES[key]
 
@@ -354,7 +354,7 @@ def test_serialization_round_trips_with_stores():
     assert_same_stores(store, twin)
     assert restored.to_bytes() == opt.to_bytes()
     # A restored optimizer's state is laid out afresh for the store.
-    assert np.shares_memory(restored.mom1[(0, "W")], restored.state.group_for(twin).m)
+    assert np.shares_memory(restored.mom1[(0, "W")], restored.state.group_for(twin).state[0])
 
 
 def test_moving_devices_keeps_the_numbers():

@@ -758,7 +758,12 @@ def test_missing_array_member_is_refused(name):
     [
         lambda m: m.pop("keys"),
         lambda m: m.pop("schedules"),
-        lambda m: m.pop("use_radam"),
+        lambda m: m.pop("settings"),
+        lambda m: m.pop("rule"),
+        lambda m: m.update(rule="lamb"),
+        lambda m: m.update(settings={"use_radam": 1, "L2_is_weight_decay": True}),
+        lambda m: m.update(settings={"use_radam": False}),
+        lambda m: m.update(sums=[0.0, -1.0]),
         lambda m: m.pop("step"),
         lambda m: m.update(step="many"),
         lambda m: m.update(keys=[{"key": [0, "W"]}]),

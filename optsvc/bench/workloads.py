@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from optsvc.backends import STATE_ARRAYS, HostStep
 from optsvc.optim import Adam, Optimizer
+from optsvc.optim.rules import THINC
+from optsvc.optim.step import new_radam_buffer
 
 # Workloads as issue 5 defines them: name -> (description, shapes), per device.
 _M = 2**20
@@ -42,28 +45,41 @@ def optimizer_from_config(path: str | Path) -> Optimizer:
 
 
 def is_sgd(opt: Optimizer) -> bool:
-    """Whether `opt` follows SGD's rule (no moments): neither RAdam nor
-    Adam's beta1 > 0 and beta2 > 0."""
-    return not opt.use_radam and not (opt.b1 > 0 and opt.b2 > 0)
+    """Whether `opt` follows SGD's rule (no moments): Thinc's optimizer,
+    neither RAdam nor Adam's beta1 > 0 and beta2 > 0."""
+    return opt.rule is THINC and not opt.use_radam and not (opt.b1 > 0 and opt.b2 > 0)
+
+
+def _first_update(opt: Optimizer) -> tuple[int, HostStep]:
+    """(state arrays, the kernels' shared scalars) of a key's first update
+    by `opt` at its current step, as its rule works them out (on a memo of
+    its own: `opt` is left as it is)."""
+    rule, scalars = opt.rule, opt.hyperparams_at(opt.step)
+    kind = rule.tensor(scalars, 1, 1.0, new_radam_buffer())[0]
+    return STATE_ARRAYS[kind], HostStep._make(rule.host(scalars, 1.0).tolist())
 
 
 def state_bytes_per_param(opt: Optimizer) -> int:
     """Bytes a float32 parameter occupies across the arrays a step touches:
-    w and g, m and v for Adam / RAdam, the average."""
-    return (8 if is_sgd(opt) else 16) + (4 if opt.averages is not None else 0)
+    w and g, the rule's state arrays (Adam's m and v, Lion's m, ...), the
+    average."""
+    n_state, _ = _first_update(opt)
+    return 8 + 4 * n_state + (4 if opt.state.use_averages else 0)
 
 
 def traffic_per_param(opt: Optimizer) -> int:
     """Bytes a float32 parameter must move for one step of `opt`: read and
-    write w and g (16), m and v for Adam / RAdam (+16), the average (+8), one
-    more read of g for the clipping norm (+4; +4 more to read w when L2 goes
-    into the gradient before clipping)."""
-    total = 16 if is_sgd(opt) else 32
-    if opt.averages is not None:
+    write w and g (16), each state array (+8: Adam's m and v +16, Lion's m
+    +8, AdEMAMix's three +24), the average (+8), one more read of g for the
+    clipping norm (+4; +4 more to read w when L2 goes into the gradient
+    before clipping)."""
+    n_state, host = _first_update(opt)
+    total = 16 + 8 * n_state
+    if opt.state.use_averages:
         total += 8
-    if opt.grad_clip > 0:
+    if host.clip > 0:
         total += 4
-        if opt.L2 != 0 and not opt.L2_is_weight_decay:
+        if host.l2 != 0:
             total += 4
     return total
 
