@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -17,10 +16,7 @@ from optsvc.errors import OptsvcError
 
 from . import render
 
-
-class BenchFormat(str, Enum):
-    table = "table"
-    json = "json"
+BenchFormat = render.choices("BenchFormat", ("table", "json"))
 
 
 def bench(
@@ -88,26 +84,29 @@ def bench(
         rows = run_bench(
             config,
             gpu_id=gpu,
-            workloads=tuple(workloads or ("W1", "W2", "W3")),
+            workloads=tuple(workloads or WORKLOADS["cpu"]),
             repeat=repeat,
             include_peers=peers,
             quick=quick,
             threads=threads,
         )
     except ConfigError as error:  # as `optsvc validate` shows it
-        render.errors(error, str(config))
-        raise typer.Exit(1) from None
+        render.fail_config(error, str(config))
     except (OptsvcError, ValueError, RuntimeError, ImportError) as error:
         # OptsvcError: no GPU (DeviceError); ValueError: an unknown workload;
         # RuntimeError / ImportError: what the peers' libraries raise.
-        Console(stderr=True, highlight=False).print(f"✘ {error}", markup=False)
-        raise typer.Exit(1) from None
+        render.fail(str(error))
     _report(rows, config, gpu, peers, output_format)
 
 
 def _report(rows, config, gpu: int, peers: bool, output_format: BenchFormat) -> None:
     """The rows as JSON or a table, and a line for each skipped peer."""
-    skipped = peer_skips(_probe(config)) if peers and rows else []
+    skipped = []
+    if peers and rows:  # a line for each peer that cannot run this optimizer
+        from optsvc.bench import default_optimizer, optimizer_from_config
+
+        probe = default_optimizer() if config is None else optimizer_from_config(config)
+        skipped = peer_skips(probe)
     if output_format is BenchFormat.json:
         report = {"optsvc": optsvc.__version__, "machine": machine(gpu), "rows": rows}
         if peers:
@@ -141,13 +140,6 @@ def _split_workloads(args: list[Path], workloads: list[str]):
 
 def _is_workload(name: str) -> bool:
     return name.upper() in WORKLOADS["cpu"]
-
-
-def _probe(config):
-    """The benchmarked optimizer, for the lines on skipped peers."""
-    from optsvc.bench import default_optimizer, optimizer_from_config
-
-    return default_optimizer() if config is None else optimizer_from_config(config)
 
 
 if __name__ == "__main__":  # python -m optsvc_cli.bench ...

@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.text import Text
 
 from . import render
 
-
-class Weights(str, Enum):
-    best = "best"
-    final = "final"
-
-
-class EvalFormat(str, Enum):
-    text = "text"
-    json = "json"
+Weights = render.choices("Weights", ("best", "final"))
+EvalFormat = render.choices("EvalFormat", ("text", "json"))
 
 
 def evaluate(
@@ -63,13 +54,13 @@ def evaluate(
     Example: optsvc evaluate runs/quickstart --weights final
     """
     from optsvc.config import ConfigError
+    from optsvc.training.run_folder import RunFolder
     from optsvc.training.weights import load_run
 
     try:
         loaded = load_run(run, weights.value, averages=not raw, gpu_id=gpu)
     except ConfigError as error:  # the run's own config no longer validates
-        render.errors(error, str(run / "config.cfg"))
-        raise typer.Exit(1) from None
+        render.fail_config(error, str(RunFolder(run).config_file))
     score = loaded.evaluate()
     result = {
         "run": str(run), "weights": weights.value, "file": str(loaded.file),
@@ -80,7 +71,7 @@ def evaluate(
     if output_format is EvalFormat.json:
         sys.stdout.write(json.dumps(result) + "\n")
         return
-    render.out.print(Text(describe(result)))
+    render.out.print(describe(result))
 
 
 def describe(result: dict) -> str:

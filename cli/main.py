@@ -17,14 +17,13 @@ import csv
 import functools
 import json
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.text import Text
 
 import optsvc
+from optsvc import registries
 from optsvc.config import ConfigError, load_config, validate_config
 from optsvc.config.preview import (
     as_rows,
@@ -64,8 +63,7 @@ app = typer.Typer(
         "Exit codes: 0 done; 1 a problem in the config, an override, a file or "
         "the data (the message says what to fix); 2 a malformed command line "
         "(shown with the usage) or a bug in optsvc (the message asks you to "
-        "report it). A "
-        "closed output pipe (| head) is not an error."
+        "report it). A closed output pipe (| head) is not an error."
     ),
     no_args_is_help=True,
     add_completion=True,
@@ -87,11 +85,9 @@ def user_errors(command):
             sys.stdout.flush()  # a closed pipe shows here, not at exit
             return result
         except ConfigError as error:
-            render.errors(error, str(kwargs.get("config") or ""))
-            raise typer.Exit(1) from None
+            render.fail_config(error, str(kwargs.get("config") or ""))
         except OptsvcError as error:  # every other user error: its message says it
-            render.err.print(Text(f"✘ {error}"))
-            raise typer.Exit(1) from None
+            render.fail(str(error))
         except (typer.Exit, typer.Abort, UsageError):  # usage: exit 2
             raise
         except TrainingInterrupted as stopped:  # saved, and said how to go on
@@ -101,38 +97,27 @@ def user_errors(command):
         except BrokenPipeError:  # the reader went away (| head): not an error
             render.closed_pipe()
         except MemoryError as error:  # a job too large for this machine
-            render.err.print(
-                Text(
-                    f"✘ not enough memory for this job ({error}); make it smaller "
-                    "(data.n_samples, model.hidden_width, model.depth, "
-                    "training.batch_size)"
-                )
+            render.fail(
+                f"not enough memory for this job ({error}); make it smaller "
+                "(data.n_samples, model.hidden_width, model.depth, "
+                "training.batch_size)"
             )
-            raise typer.Exit(1) from None
         except RecursionError:  # e.g. a value like [[[[...]]]] thousands deep
-            render.err.print(
-                Text(
-                    "✘ a value in the config or on the command line is nested too "
-                    "deeply to be read; simplify it"
-                )
+            render.fail(
+                "a value in the config or on the command line is nested too "
+                "deeply to be read; simplify it"
             )
-            raise typer.Exit(1) from None
         except OSError as error:  # disk full, permissions, a path that is not there
-            render.err.print(
-                Text(
-                    f"✘ {error}; check the path, the free space and the "
-                    "permissions, then run the command again"
-                )
+            render.fail(
+                f"{error}; check the path, the free space and the permissions, "
+                "then run the command again"
             )
-            raise typer.Exit(1) from None
         except Exception as error:  # a bug: say so in one line
-            render.err.print(
-                Text(  # plain text: the message may hold [brackets]
-                    f"✘ internal error: {type(error).__name__}: {error} "
-                    "(please report this with the command you ran)"
-                )
+            render.fail(
+                f"internal error: {type(error).__name__}: {error} "
+                "(please report this with the command you ran)",
+                code=2,
             )
-            raise typer.Exit(2) from None
 
     return run
 
@@ -194,11 +179,7 @@ def validate_cmd(ctx: typer.Context, config: ConfigArg, block: BlockOpt = None) 
     render.summary(report, str(config))
 
 
-class Format(str, Enum):
-    chart = "chart"
-    table = "table"
-    csv = "csv"
-    json = "json"
+Format = render.choices("Format", ("chart", "table", "csv", "json"))
 
 
 @app.command("show-schedule", context_settings=OVERRIDES)
@@ -257,7 +238,7 @@ def show_schedule_cmd(
             f"{MAX_SHOW_STEPS:,}); pass --steps N with a smaller N"
         )
     if why:
-        render.err.print(Text(f"note: {why}; pass --steps N to choose"))
+        render.err.print(f"note: {why}; pass --steps N to choose")
     score_map = read_scores(scores) if scores else None
     if opt is None:
         values = {params[0]: standalone_values(schedules[params[0]], n, score_map)}
@@ -268,7 +249,7 @@ def show_schedule_cmd(
         return
     if fmt is Format.chart:
         for p in params:
-            render.chart(p, list(range(n)), values[p])
+            render.chart(p, values[p])
             render.out.print()
     render.out.print(render.sample_table(values))
     if any(_has_plateau(schedules[p]) for p in params) and not scores:
@@ -303,8 +284,7 @@ def _write_values(fmt: Format, n: int, params: list[str], values: dict) -> None:
         return
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(["step", *params])
-    for i in range(n):
-        writer.writerow([i, *(repr(values[p][i]) for p in params)])
+    writer.writerows([i, *(repr(values[p][i]) for p in params)] for i in range(n))
 
 
 def _has_plateau(schedule: Schedule) -> bool:
@@ -416,7 +396,9 @@ def _own_config(ctx: typer.Context, resume: bool, output: Path | None) -> Path:
             ctx=ctx,
             param_hint="'CONFIG'",
         )
-    own = output / "config.cfg"
+    from optsvc.training.run_folder import RunFolder
+
+    own = RunFolder(output).config_file
     if not own.is_file():
         raise OptsvcError(
             f"'{output}' holds no run to resume (no config.cfg); start one with "
@@ -425,12 +407,7 @@ def _own_config(ctx: typer.Context, resume: bool, output: Path | None) -> Path:
     return own
 
 
-class RegistryName(str, Enum):
-    optimizers = "optimizers"
-    schedules = "schedules"
-    datasets = "datasets"
-    models = "models"
-    loggers = "loggers"
+RegistryName = render.choices("RegistryName", registries.__all__)
 
 
 @app.command("registry")

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.text import Text
 
 from optsvc.analysis import load_runs, save_plot, text_chart
 
 from . import render
-from .runs import write_out
 
 
 def plot(
@@ -57,10 +56,11 @@ def plot(
     series = load_runs(runs)
     if output is not None:
         written = save_plot(series, metric or [], output)
-        render.out.print(
-            Text(f"✔ wrote {written} ({len(series)} runs)"), soft_wrap=True
-        )
+        drawn = sum(1 for run in series if run.rows)
+        shown = f"{drawn} run{'s' if drawn != 1 else ''}"
+        if drawn < len(series):
+            shown += f"; {len(series) - drawn} with no evaluation yet not drawn"
+        render.out.print(f"✔ wrote {written} ({shown})")
         return
     width = min(shutil.get_terminal_size((100, 24)).columns, 140)
-    write_out(text_chart(series, metric or [], width=width))
-    write_out("\n")
+    sys.stdout.write(text_chart(series, metric or [], width=width) + "\n")

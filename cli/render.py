@@ -6,9 +6,12 @@ import inspect
 import math
 import os
 import sys
+from enum import Enum
+from typing import NoReturn
 
+import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from optsvc.config import ConfigError, Report
@@ -47,29 +50,60 @@ class _Console(Console):
             closed_pipe()
 
 
-out = _Console(highlight=False, soft_wrap=True)
-err = _Console(stderr=True, highlight=False, soft_wrap=True)
+# Messages are printed as they are, never read as rich markup or emoji codes:
+# they hold paths, config values and section names ([training], :memory:).
+out = _Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+err = _Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
-def errors(error: ConfigError, source: str = "") -> None:
-    """Every issue of a ConfigError, one a line, on stderr."""
+STATUS_STYLES = {"finished": "green", "running": "cyan", "interrupted": "yellow",
+                 "stopped": "yellow", "failed": "red"}  # fmt: skip
+
+
+def status_table(header: list[str], rows: list[list[str]], left: set[str]) -> Table:
+    """Rows of text under `header` (the columns not in `left` justified right),
+    each row's status coloured."""
+    columns = [Column(n, justify="left" if n in left else "right") for n in header]
+    table = Table(*columns)
+    status = header.index("status")
+    for row in rows:
+        texts = [Text(cell) for cell in row]  # plain text: names may hold [brackets]
+        texts[status].stylize(STATUS_STYLES.get(row[status], ""))
+        table.add_row(*texts)
+    return table
+
+
+def choices(name: str, values) -> type[Enum]:
+    """The str Enum through which a Typer option takes one of `values`."""
+    return Enum(name, {value: value for value in values}, type=str)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """`✘ message` on stderr, then exit with `code`."""
+    err.print(f"✘ {message}")
+    raise typer.Exit(code) from None
+
+
+def fail_config(error: ConfigError, source: str = "") -> NoReturn:
+    """Every issue of a ConfigError, one a line, on stderr; then exit 1."""
     issues = error.issues
     head = f"{source}: " if source else ""
     noun = "error" if len(issues) == 1 else "errors"
-    err.print(Text(f"✘ {head}{len(issues)} {noun}", style="bold red"))
+    err.print(f"✘ {head}{len(issues)} {noun}", style="bold red")
     for issue in issues:
-        err.print(Text(f"  {issue}"))
+        err.print(f"  {issue}")
+    raise typer.Exit(1) from None
 
 
-def warnings(report: Report) -> None:
-    for issue in report.warnings:
-        err.print(Text(f"⚠ warning: {issue}", style="yellow"))
+def warnings(issues) -> None:
+    for issue in issues:
+        err.print(f"⚠ warning: {issue}", style="yellow")
 
 
 def summary(report: Report, source: str) -> None:
     """What `optsvc validate` found valid, and what it would build."""
     lay = report.sections
-    out.print(Text(f"✔ {source} is valid", style="bold green"))
+    out.print(f"✔ {source} is valid", style="bold green")
     opt = report.optimizer
     if opt is not None:
         name = report.blocks[lay.optimizer_path][0]
@@ -77,7 +111,8 @@ def summary(report: Report, source: str) -> None:
         table = Table(title=title, title_justify="left")
         table.add_column("hyperparameter")
         table.add_column("value or schedule")
-        takes = _arguments_of(name)
+        found = find_function("optimizers", name)  # None: not known
+        takes = None if found is None else {p.name for p in params_of(found[1])}
         for param, schedule in opt.schedules.items():
             if takes is None or param in takes:  # SGD has no betas, no eps
                 table.add_row(param, describe(schedule))
@@ -86,12 +121,12 @@ def summary(report: Report, source: str) -> None:
         out.print(table)
     elif report.schedule is not None:
         path = lay.schedule_path
-        out.print(Text(f"[{path}]  {report.blocks[path][0]}", style="bold"))
-        out.print(Text(f"  {describe(report.schedule)}"))
+        out.print(f"[{path}]  {report.blocks[path][0]}", style="bold")
+        out.print(f"  {describe(report.schedule)}")
     for path, (func, block) in report.blocks.items():
         if path in ("data", "model"):
             args = ", ".join(f"{k}={v!r}" for k, v in block.items() if k[0] != "@")
-            out.print(Text(f"[{path}]  {func}({args})"))
+            out.print(f"[{path}]  {func}({args})")
     out.print(f"sections checked: {', '.join(lay.checked) or 'none'}")
     if lay.unchecked:
         what = "not optsvc's, not checked" if lay.is_foreign else "not checked"
@@ -99,18 +134,10 @@ def summary(report: Report, source: str) -> None:
     if len(lay.blocks) > 1:
         shown = lay.optimizer_path or lay.schedule_path
         out.print(
-            Text(
-                f"built: [{shown}], one of {len(lay.blocks)} blocks "
-                f"({', '.join(lay.blocks)}); pick another with --block"
-            )
+            f"built: [{shown}], one of {len(lay.blocks)} blocks "
+            f"({', '.join(lay.blocks)}); pick another with --block"
         )
-    warnings(report)
-
-
-def _arguments_of(optimizer_name: str) -> set[str] | None:
-    """The arguments a registered optimizer takes (None: not known)."""
-    found = find_function("optimizers", optimizer_name)
-    return None if found is None else {p.name for p in params_of(found[1])}
+    warnings(report.warnings)
 
 
 def registry_listing(registry, names: list[str]) -> None:
@@ -122,19 +149,17 @@ def registry_listing(registry, names: list[str]) -> None:
         table.add_column("arguments (default)")
         table.add_column("what it does")
         for name, func in sorted(reg.get_all().items()):
-            args = []
-            for p in params_of(func):
-                shown = p.name
-                if p.default is not inspect.Parameter.empty:
-                    shown += f"={p.default!r}"
-                args.append(shown)
+            args = [
+                p.name if p.required else f"{p.name}={p.default!r}"
+                for p in params_of(func)
+            ]
             doc = (inspect.getdoc(func) or "").split("\n\n")[0].replace("\n", " ")
             table.add_row(Text(name), Text(", ".join(args)), Text(doc))
         out.print(table)
 
 
-def chart(name: str, steps: list[int], values: list[float], width=64, height=10):
-    """A terminal line chart of one series."""
+def chart(name: str, values: list[float], width=64, height=10):
+    """A terminal line chart of one series, a value a step from step 0."""
     finite = [v for v in values if math.isfinite(v)]
     lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
     if hi == lo:  # a constant: one row, one label
@@ -152,27 +177,20 @@ def chart(name: str, steps: list[int], values: list[float], width=64, height=10)
             r = height - 1 - round((v - lo) / span * max(height - 1, 0))
             grid[r][c] = "•"
     label_w = max(len(f"{hi:.4g}"), len(f"{lo:.4g}"))
-    lines = [Text(name, style="bold")]
+    out.print(name, style="bold")
     for r, row in enumerate(grid):
         label = f"{hi:.4g}" if r == 0 else f"{lo:.4g}" if r == height - 1 else ""
-
-        lines.append(Text(f"{label:>{label_w}} │" + "".join(row), style=""))
-    axis = f"{'':>{label_w}} └" + "─" * cols
-    first, last = str(steps[0]), str(steps[-1])
-    ticks = f"{'':>{label_w}}  {first}{last:>{max(1, cols - len(first))}}"
-    lines += [Text(axis), Text(ticks + "  (step)")]
-    for line in lines:
-        out.print(line)
+        out.print(f"{label:>{label_w}} │" + "".join(row))
+    out.print(f"{'':>{label_w}} └" + "─" * cols)
+    first, last = "0", str(len(values) - 1)
+    out.print(f"{'':>{label_w}}  {first}{last:>{max(1, cols - len(first))}}  (step)")
 
 
 def sample_table(values: dict[str, list[float]], rows: int = 11) -> Table:
     """Values at evenly spaced steps."""
     n = len(next(iter(values.values())))
     picks = sorted({round(i * (n - 1) / max(1, rows - 1)) for i in range(rows)})
-    table = Table()
-    table.add_column("step", justify="right")
-    for p in values:
-        table.add_column(p, justify="right")
+    table = Table(*(Column(name, justify="right") for name in ["step", *values]))
     for step in picks:
         table.add_row(str(step), *(f"{values[p][step]:.6g}" for p in values))
     return table

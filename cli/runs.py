@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from optsvc.analysis import RunSummary, list_runs
 from optsvc.analysis.runs import short_keys
@@ -20,30 +18,14 @@ from optsvc.errors import RunError
 
 from . import render
 
-
-class RunsFormat(str, Enum):
-    table = "table"
-    csv = "csv"
-    json = "json"
-
-
-class SortColumn(str, Enum):
-    name = "name"
-    config = "config"
-    optimizer = "optimizer"
-    status = "status"
-    steps = "steps"
-    best = "best"
-    last = "last"
-    loss = "loss"
-    wall = "wall"
-
-
-SORT_KEYS = {"best": "best_score", "last": "last_score", "loss": "final_loss",
+RunsFormat = render.choices("RunsFormat", ("table", "csv", "json"))
+# --sort's columns and the fields they sort by.
+SORT_KEYS = {"name": "name", "config": "config", "optimizer": "optimizer",
+             "status": "status", "steps": "steps", "best": "best_score",
+             "last": "last_score", "loss": "final_loss",
              "wall": "wall_time_s"}  # fmt: skip
-CSV_FIELDS = ("name", "path", "config", "values", "optimizer", "status", "steps",
-              "max_steps", "best_score", "last_score", "final_loss", "wall_time_s",
-              "wall_time_from", "note")  # fmt: skip
+SortColumn = render.choices("SortColumn", SORT_KEYS)
+CSV_FIELDS = [field.name for field in dataclasses.fields(RunSummary)]
 
 
 def runs(
@@ -91,20 +73,21 @@ def runs(
         )
     found = sort_runs(list_runs(folder), sort.value, descending)
     if output_format is RunsFormat.json:
-        write_out(json.dumps([s.as_dict() for s in found], indent=1) + "\n")
+        sys.stdout.write(json.dumps([s.as_dict() for s in found], indent=1) + "\n")
     elif output_format is RunsFormat.csv:
-        write_out(to_csv(found))
+        sys.stdout.write(to_csv(found))
     elif not found:
-        render.err.print(Text(f"no runs under '{folder}'"))
+        render.err.print(f"no runs under '{folder}'")
     elif sys.stdout.isatty():
-        render.out.print(rich_table(found))
+        left = {"name", "config", "values", "optimizer / schedule", "status", "note"}
+        render.out.print(render.status_table(*cells(found), left=left))
     else:
-        write_out(plain_table(found))
+        sys.stdout.write(plain_table(found))
 
 
 def sort_runs(found: list[RunSummary], column: str, descending: bool):
     """By `column`, runs without a value last in either direction."""
-    attr = SORT_KEYS.get(column, column)
+    attr = SORT_KEYS[column]
     present = [s for s in found if getattr(s, attr) is not None]
     missing = [s for s in found if getattr(s, attr) is None]
     present.sort(key=lambda s: getattr(s, attr), reverse=descending)
@@ -114,11 +97,10 @@ def sort_runs(found: list[RunSummary], column: str, descending: bool):
 def to_csv(found: list[RunSummary]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for summary in found:
-        row = summary.as_dict()
-        row["values"] = "; ".join(f"{k}={v}" for k, v in summary.values.items())
-        writer.writerow({k: "" if row[k] is None else row[k] for k in CSV_FIELDS})
+    writer.writeheader()  # None is written as an empty cell
+    for s in found:
+        values = "; ".join(f"{k}={v}" for k, v in s.values.items())
+        writer.writerow({**s.as_dict(), "values": values})
     return buffer.getvalue()
 
 
@@ -146,36 +128,11 @@ def cells(found: list[RunSummary]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def rich_table(found: list[RunSummary]) -> Table:
-    header, rows = cells(found)
-    table = Table()
-    right = {"steps", "best", "last", "final loss", "wall time"}
-    for name in header:
-        table.add_column(name, justify="right" if name in right else "left")
-    styles = {"finished": "green", "running": "cyan", "interrupted": "yellow",
-              "failed": "red"}  # fmt: skip
-    status_col = header.index("status")
-    for row, summary in zip(rows, found):
-        texts = [Text(cell) for cell in row]  # plain text: names may hold [brackets]
-        texts[status_col].stylize(styles.get(summary.status, ""))
-        table.add_row(*texts)
-    return table
-
-
 def plain_table(found: list[RunSummary]) -> str:
     header, rows = cells(found)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = []
-    for row in [header, *rows]:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-    return "\n".join(lines) + "\n"
-
-
-def write_out(text: str) -> None:
-    """Write to stdout (a reader that stops early, `| head -1`, ends the
-    command quietly: see the CLI's error handling)."""
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
+    return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
 def _steps(s: RunSummary) -> str:

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
-from contextlib import contextmanager
-from enum import Enum
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.live import Live
 from rich.table import Table
-from rich.text import Text
 
 from optsvc.sweep import (
     BEST_CFG,
+    ENGINES,
+    METRICS,
     RAY_EXTRA,
     RESULTS_CSV,
     SweepOutcome,
@@ -31,23 +31,9 @@ from . import render
 from .overrides import overrides
 
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
-STYLES = {"finished": "green", "failed": "red", "stopped": "yellow", "running": "cyan"}
-
-
-class Metric(str, Enum):
-    score = "score"
-    loss = "loss"
-
-
-class Mode(str, Enum):
-    max = "max"
-    min = "min"
-
-
-class Engine(str, Enum):
-    auto = "auto"
-    ray = "ray"
-    serial = "serial"
+Metric = render.choices("Metric", METRICS)
+Mode = render.choices("Mode", dict.fromkeys(METRICS.values()))
+Engine = render.choices("Engine", ENGINES)
 
 
 ConfigOpt = Annotated[
@@ -201,21 +187,16 @@ def sweep(
         overrides=overrides(ctx),
     )
     chosen = choose_engine(engine.value, address)
-    for warning in plan.warnings:
-        render.err.print(Text(f"⚠ warning: {warning}", style="yellow"))
+    render.warnings(plan.warnings)
     where = f"Ray at {address}" if address else "a local Ray instance"
     render.out.print(
-        Text(
-            f"sweep: {len(plan.trials)} trials of {config} in {output}, on "
-            + (where if chosen == "ray" else "one process, one trial at a time")
-        )
+        f"sweep: {len(plan.trials)} trials of {config} in {output}, on "
+        + (where if chosen == "ray" else "one process, one trial at a time")
     )
-    if chosen == "serial" and engine is Engine.auto:
-        render.out.print(
-            Text(f"note: {RAY_EXTRA} runs trials in parallel and on clusters")
-        )
+    if chosen == "serial" and engine == "auto":
+        render.out.print(f"note: {RAY_EXTRA} runs trials in parallel and on clusters")
     view = SweepView(plan, metric.value)
-    with view.live(), _terminate_as_interrupt():
+    with view.live or nullcontext(), _terminate_as_interrupt():
         outcome = run_sweep(
             plan, output, engine=chosen, resume=resume, metric=metric.value,
             mode=mode.value if mode else None, workers=workers,
@@ -238,47 +219,35 @@ class SweepView:
         self.plan = plan
         self.metric = metric
         self.rows: dict[str, TrialRow] = {}
-        self.interactive = render.out.is_terminal
-        self._live: Live | None = None
-
-    def live(self) -> Live | _NoLive:
-        if not self.interactive:
-            return _NoLive()
-        self._live = Live(
-            self.table(), console=render.out, auto_refresh=False, transient=True
-        )
-        return self._live
+        self.live: Live | None = None
+        if render.out.is_terminal:
+            self.live = Live(
+                self.table(), console=render.out, auto_refresh=False, transient=True
+            )
 
     def update(self, row: TrialRow) -> None:
         before = self.rows.get(row.name)
         self.rows[row.name] = row
-        if self._live is not None:
-            self._live.update(self.table(), refresh=True)
+        if self.live is not None:
+            self.live.update(self.table(), refresh=True)
         elif row.status not in ("running", "pending") or (
             before is None and row.status == "running"
         ):
-            render.out.print(Text(self._line(row)))
+            render.out.print(self._line(row))
 
     def table(self) -> Table:
-        table = Table(title_justify="left")
-        table.add_column("#", justify="right")
-        for path in self.plan.paths:
-            table.add_column(path.rsplit(".", 1)[-1], justify="right")
-        for column in ("step", self.metric, f"best {self.metric}", "status"):
-            table.add_column(column, justify="left" if column == "status" else "right")
+        header = ["#", *(path.rsplit(".", 1)[-1] for path in self.plan.paths)]
+        header += ["step", self.metric, f"best {self.metric}", "status"]
+        rows = []
         for trial in self.plan.trials:
             row = self.rows.get(trial.name) or TrialRow(trial)
-            cells = [str(trial.index)]
-            cells += [_value(trial.values.get(p)) for p in self.plan.paths]
-            cells += [_value(row.step), _value(row.metric(self.metric))]
-            cells += [_value(row.best)]
-            status = Text(row.status, style=STYLES.get(row.status, ""))
-            table.add_row(*(Text(c) for c in cells), status)
-        return table
+            cells = [trial.index, *(trial.values.get(p) for p in self.plan.paths)]
+            cells += [row.step, row.metric(self.metric), row.best]
+            rows.append([*map(_value, cells), row.status])
+        return render.status_table(header, rows, left={"status"})
 
     def finish(self, outcome: SweepOutcome) -> None:
-        for row in outcome.rows:
-            self.rows[row.name] = row
+        self.rows = {row.name: row for row in outcome.rows}  # every trial's
         render.out.print(self.table())
 
     def _line(self, row: TrialRow) -> str:
@@ -295,12 +264,8 @@ class SweepView:
 def _terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM (a job scheduler, `ray job stop`) ends the sweep as Ctrl-C
     does: trials stopped, Ray shut down, results written."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
     try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
@@ -308,14 +273,6 @@ def _terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-class _NoLive:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
 
 
 def _value(value) -> str:
@@ -330,30 +287,24 @@ def _summary(outcome: SweepOutcome, output: Path, metric: str) -> None:
     best = outcome.best
     if best is not None:
         render.out.print(
-            Text(
-                f"best: trial {best.name}, {metric} {_value(best.metric(metric))}; "
-                f"its config is {output / BEST_CFG} (optsvc train {output / BEST_CFG})"
-            )
+            f"best: trial {best.name}, {metric} {_value(best.metric(metric))}; "
+            f"its config is {output / BEST_CFG} (optsvc train {output / BEST_CFG})"
         )
-    render.out.print(Text(f"results: {output / RESULTS_CSV}"))
+    render.out.print(f"results: {output / RESULTS_CSV}")
     again = "the same command with --resume"
     for row in outcome.failed:
-        render.err.print(Text(f"✘ trial {row.name} failed: {row.error}"))
+        render.err.print(f"✘ trial {row.name} failed: {row.error}")
     if outcome.interrupted:
         left = sum(
             r.status not in ("finished", "stopped", "failed") for r in outcome.rows
         )
         render.err.print(
-            Text(
-                f"✘ the sweep was interrupted with {left} trials not done; continue "
-                f"it with {again}"
-            )
+            f"✘ the sweep was interrupted with {left} trials not done; continue "
+            f"it with {again}"
         )
     elif outcome.failed:
         render.err.print(
-            Text(
-                f"✘ {len(outcome.failed)} of {len(outcome.rows)} trials failed; "
-                "their logs are trials/<trial>/train.log; fix the cause, then run "
-                f"them again from their last checkpoints with {again}"
-            )
+            f"✘ {len(outcome.failed)} of {len(outcome.rows)} trials failed; "
+            "their logs are trials/<trial>/train.log; fix the cause, then run "
+            f"them again from their last checkpoints with {again}"
         )

@@ -37,6 +37,7 @@ from optsvc.training.checkpoints import (
     save_checkpoint,
 )
 from optsvc.training.loop import train
+from optsvc.training.run_folder import RunFolder
 
 # the names of every optimizer's hyperparameters, for decoding saved state
 LIKE = Adam().schedules
@@ -229,6 +230,7 @@ def test_a_checkpoints_path_that_is_no_folder_is_refused_before_training(
     cfg = make_config(tmp_path / "job.cfg")
     out = tmp_path / "run"
     out.mkdir()
+    RunFolder(out).write_mark("started")  # an optsvc run whose checkpoints/ broke
     target = out / "checkpoints"
     if kind == "file":
         target.write_text("not a folder")

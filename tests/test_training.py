@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import io
+import json
 import os
 import random
 import re
@@ -411,7 +412,8 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_scratch(
 ):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.cfg").write_text(Path(job).read_text())  # all a killed run left
+    RunFolder(run).write_mark("started")  # all a killed run left: its mark
+    (run / "config.cfg").write_text(Path(job).read_text())  # and its config
     result = invoke("train", job, "-o", run, "--resume")
     assert result.exit_code == 0, result.output
     assert "no checkpoint yet; starting at step 0" in result.output
@@ -709,6 +711,7 @@ def test_refuses_to_overwrite_a_run_without_resume_or_overwrite(
 def test_refuses_a_folder_with_only_a_partial_run(job, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
+    RunFolder(run).write_mark("started")
     (run / "metrics.jsonl").write_text('{"step": 50}\n')
     result = invoke("train", job, "-o", run)
     assert result.exit_code == 1
@@ -919,7 +922,7 @@ def test_plain_log_lines_metrics_and_run_folder(tmp_path):
     # the run folder
     assert sorted(os.listdir(run)) == [
         ".lock", "best.safetensors", "checkpoints", "config.cfg",
-        "final.safetensors", "metrics.jsonl",
+        "final.safetensors", "metrics.jsonl", "run.json",
     ]  # fmt: skip
     assert step_folders(run) == ["step-00000120", "step-00000160", "step-00000200"]
     filled = Config().from_str((run / "config.cfg").read_text())
@@ -1027,6 +1030,7 @@ def test_gpu_code_path_under_the_cuda_simulator(tmp_path, monkeypatch):
     # starts from scratch, and the stale metrics go
     on_gpu = tmp_path / "gpu"
     on_gpu.mkdir()
+    RunFolder(on_gpu).write_mark("started")
     (on_gpu / "metrics.jsonl").write_text('{"step": 999}\n')
     result = train(load_config(cfg), on_gpu, gpu_id=0, resume=True, console=quiet())
     assert result.step == 10 and len(launches) == 10  # every update on the kernels
@@ -1158,7 +1162,11 @@ def test_a_lock_probe_does_not_make_a_starting_run_fail(tmp_path):
 
 def test_a_run_folder_of_optsvc_0_1_is_refused_naming_its_format(tmp_path):
     run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "step-00000010").mkdir(parents=True)
+    manifest = {"format": "optsvc.checkpoint", "version": 1, "step": 10}
+    (run / "checkpoints" / "step-00000010" / "manifest.json").write_text(
+        json.dumps(manifest)
+    )
     (run / "final.npz").write_bytes(b"PK")
     with RunFolder(run) as folder:
         with pytest.raises(RunError, match=r"format 1, .* again with --overwrite"):
@@ -1197,7 +1205,7 @@ def test_a_run_already_there_is_refused_resumed_or_cleared(tmp_path):
         (run / "final.safetensors").write_bytes(b"old")
         # --overwrite: the run's files go, nothing else
         begin(folder, resume=False, overwrite=True)
-        assert sorted(os.listdir(run)) == [".lock", "notes.txt"]
+        assert sorted(os.listdir(run)) == [".lock", "notes.txt", "run.json"]
 
 
 def test_what_killed_writers_left_is_removed_when_the_lock_is_taken(tmp_path):

@@ -25,13 +25,12 @@ from optsvc.analysis.runs import (
     short_keys,
     sweep_values,
 )
-from optsvc.errors import ConfigError, MissingExtraError
+from optsvc.errors import ConfigError, missing_extra
 
 ALWAYS = ("loss", "score", "learn_rate")
 FORMATS = (".png", ".svg", ".pdf")
 # One marker per run, so runs stay apart where colours are not shown.
 MARKERS = ("•", "x", "o", "+", "*", "#", "@", "%")
-INSTALL_HINT = "pip install 'optsvc[plot]'"
 
 
 @dataclass
@@ -47,7 +46,7 @@ class RunSeries:
         """Steps and values of `metric`, leaving out rows without one (the
         rows' values are finite, `optsvc.loggers.metrics`)."""
         pairs = [(r["step"], r[metric]) for r in self.rows if r.get(metric) is not None]
-        return [s for s, _ in pairs], [float(v) for _, v in pairs]
+        return [s for s, _ in pairs], [v for _, v in pairs]
 
 
 def load_runs(paths: Sequence[str | os.PathLike]) -> list[RunSeries]:
@@ -57,12 +56,8 @@ def load_runs(paths: Sequence[str | os.PathLike]) -> list[RunSeries]:
     labels = run_labels(runs)
     out = []
     for run in runs:
-        config = read_config(run)
-        out.append(
-            RunSeries(
-                run, labels[run], read_metrics(run), list(scheduled_params(config))
-            )
-        )
+        scheduled = list(scheduled_params(read_config(run)))
+        out.append(RunSeries(run, labels[run], read_metrics(run), scheduled))
     return out
 
 
@@ -75,16 +70,12 @@ def run_labels(runs: Sequence[Path]) -> dict[Path, str]:
         names = {
             run: str(run.resolve().relative_to(common)) or run.name for run in runs
         }
-    values = sweep_values(list(runs))
-    labels = {}
-    for run in runs:
-        differ = values.get(run)
+    labels = dict(names)
+    for run, differ in sweep_values(list(runs)).items():
         if differ:
             short = short_keys(list(differ))
             shown = ", ".join(f"{short[k]}={_show(v)}" for k, v in differ.items())
             labels[run] = f"{names[run]} ({shown})"
-        else:
-            labels[run] = names[run]
     return labels
 
 
@@ -127,10 +118,7 @@ def make_figure(runs: Sequence[RunSeries], metrics: Sequence[str]):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise MissingExtraError(
-            f"plotting to a file needs matplotlib, which is not installed; "
-            f"run {INSTALL_HINT}"
-        ) from None
+        raise missing_extra("plot", "matplotlib", "plotting to a file") from None
     metrics = check_metrics(runs, metrics)
     cols = 1 if len(metrics) <= 3 else 2
     nrows = math.ceil(len(metrics) / cols)
@@ -193,11 +181,8 @@ def text_chart(
     import plotext
 
     metrics = check_metrics(runs, metrics)
-    panels = [
-        "  ".join(
-            f"{MARKERS[i % len(MARKERS)]} {run.label}" for i, run in enumerate(runs)
-        )
-    ]
+    markers = [MARKERS[i % len(MARKERS)] for i in range(len(runs))]
+    panels = ["  ".join(f"{mark} {run.label}" for mark, run in zip(markers, runs))]
     fig = plotext.figure
     for metric in metrics:
         fig.clear()
@@ -207,10 +192,10 @@ def text_chart(
         fig.label("step", axis="x")
         fig.legend(active=False)  # inside the canvas it would hide data
         drawn: list[int] = []
-        for i, run in enumerate(runs):
+        for mark, run in zip(markers, runs):
             steps, values = run.series(metric)
             if steps:
-                signal = fig.signal(steps, values, marker=MARKERS[i % len(MARKERS)])
+                signal = fig.signal(steps, values, marker=mark)
                 fig.draw(signal.lines())
                 drawn += steps
         if drawn:

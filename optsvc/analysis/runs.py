@@ -10,6 +10,7 @@ so a run killed at any moment still lists.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -33,8 +34,8 @@ class RunSummary:
     when a session starts) to the newest file of the run ("files").
     """
 
-    path: Path
     name: str
+    path: Path
     config: str = ""
     values: dict[str, Any] = field(default_factory=dict)
     optimizer: str = ""
@@ -50,17 +51,10 @@ class RunSummary:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON data (the path as a string)."""
-        out = asdict(self)
-        out["path"] = str(self.path)
-        return out
+        return {**asdict(self), "path": str(self.path)}
 
 
 # --- finding runs ---------------------------------------------------------------
-
-
-def is_run(folder: Path) -> bool:
-    """Whether `folder` holds a run (or one being started)."""
-    return RunFolder(folder).is_run()
 
 
 def find_runs(root: str | os.PathLike) -> list[Path]:
@@ -71,16 +65,13 @@ def find_runs(root: str | os.PathLike) -> list[Path]:
     if not root.is_dir():
         raise RunError(f"'{root}' is not a folder; give a folder that holds runs")
     found = []
-    for here, dirs, _files in os.walk(root, onerror=None, followlinks=False):
+    for here, dirs, _files in os.walk(root):  # links to folders are not followed
         path = Path(here)
-        run = is_run(path)
+        run = RunFolder(path).is_run()
         if run:
             found.append(path)
-        dirs[:] = sorted(
-            d
-            for d in dirs
-            if not d.startswith(".") and not (run and d == "checkpoints")
-        )
+        skip = {"checkpoints"} if run else set()
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in skip)
     return sorted(found)
 
 
@@ -92,7 +83,7 @@ def expand_runs(paths: list[str | os.PathLike]) -> list[Path]:
         path = Path(given)
         if not path.exists():
             raise RunError(f"'{path}' does not exist; check the path")
-        runs = [path] if is_run(path) else find_runs(path)
+        runs = [path] if RunFolder(path).is_run() else find_runs(path)
         if not runs:
             raise RunError(
                 f"'{path}' holds no run (no config.cfg, checkpoints or final "
@@ -113,11 +104,8 @@ def read_metrics(run: str | os.PathLike) -> list[dict[str, Any]]:
 
 def read_config(run: str | os.PathLike) -> dict[str, Any] | None:
     """The run's filled config, or None when it is missing or unreadable."""
-    path = Path(run) / "config.cfg"
-    if not path.is_file():
-        return None
     try:
-        return dict(load_config(path))
+        return dict(load_config(RunFolder(run).config_file))
     except ConfigError:
         return None
 
@@ -236,8 +224,8 @@ def short_keys(keys: list[str]) -> dict[str, str]:
 # --- the pieces of a summary ----------------------------------------------------
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, float) and math.isfinite(value)
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
 
 
 def _describe_job(config: dict[str, Any] | None) -> str:
@@ -291,16 +279,11 @@ def _wall_time(
 
 
 def _file_time(folder: RunFolder) -> tuple[float | None, str | None]:
-    try:
-        start = folder.config_file.stat().st_mtime
-    except OSError:
+    times = {}
+    for path in (folder.config_file, folder.metrics, folder.final, folder.checkpoints):
+        with contextlib.suppress(OSError):  # not written, or removed meanwhile
+            times[path] = path.stat().st_mtime
+    start = times.pop(folder.config_file, None)
+    if start is None or not times:  # nothing written after the config: no time
         return None, None
-    ends = []
-    for path in (folder.metrics, folder.final, folder.checkpoints):
-        try:
-            ends.append(path.stat().st_mtime)
-        except OSError:
-            pass
-    if not ends:  # nothing written after the config: no time to tell
-        return None, None
-    return max(max(ends) - start, 0.0), "files"
+    return max(max(times.values()) - start, 0.0), "files"

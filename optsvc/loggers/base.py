@@ -66,6 +66,7 @@ class Logger:
         final weights), None if it failed."""
 
 
+@dataclass(repr=False, eq=False)
 class LoggerFactory:
     """What a `@loggers` function returns: builds its logger for a run.
 
@@ -74,16 +75,9 @@ class LoggerFactory:
     <logger quiet>
     """
 
-    def __init__(
-        self,
-        name: str,
-        make: Callable[[RunInfo], Logger],
-        *,
-        requires: Sequence[tuple[str, str]] = (),
-    ) -> None:
-        self.name = name
-        self._make = make
-        self.requires = tuple(requires)  # (extra, module) pairs
+    name: str
+    make: Callable[[RunInfo], Logger]
+    requires: Sequence[tuple[str, str]] = ()  # (extra, module) pairs
 
     def check(self) -> None:
         """MissingExtraError, naming the extra, if a library it needs is missing:
@@ -93,7 +87,7 @@ class LoggerFactory:
                 raise missing_extra(extra, module, f"the {extra} logger")
 
     def __call__(self, run: RunInfo) -> Logger:
-        return self._make(run)
+        return self.make(run)
 
     def __repr__(self) -> str:
         return f"<logger {self.name}>"

@@ -28,8 +28,6 @@ from optsvc.spec import Arg, checked
 def _fmt(key: str, value: Any) -> str:
     if value is None:
         return "-"
-    if key in ("step", "epoch"):
-        return str(value)
     if key == "steps_per_sec":
         return f"{value:,.0f}"
     if isinstance(value, float):
@@ -49,9 +47,6 @@ class ConsoleLogger(Logger):
 
     def __init__(self, run: RunInfo, *, progress_bar: bool = True):
         super().__init__(run)
-        self.console = run.console
-        self.err_console = run.err_console
-        self.total = run.total_steps
         self.interactive = run.console.is_terminal
         self.progress_bar = progress_bar
         self._started = False
@@ -63,7 +58,7 @@ class ConsoleLogger(Logger):
         """A header with what runs where, then the progress bar."""
         self._started = True
         for key, value in info.items():
-            self.console.print(Text(f"{key:>14}: {value}"))
+            self.run.console.print(Text(f"{key:>14}: {value}"))
         if self.interactive and self.progress_bar:
             self._progress = Progress(
                 TextColumn("training"),
@@ -72,12 +67,12 @@ class ConsoleLogger(Logger):
                 TimeElapsedColumn(),
                 TextColumn("eta"),
                 TimeRemainingColumn(),
-                console=self.console,
+                console=self.run.console,
                 transient=True,
             )
             self._progress.start()
             self._task = self._progress.add_task(
-                "train", total=self.total, completed=first_step
+                "train", total=self.run.total_steps, completed=first_step
             )
 
     def advance(self, step: int) -> None:
@@ -86,22 +81,19 @@ class ConsoleLogger(Logger):
 
     def log_eval(self, row: dict[str, Any]) -> None:
         """One evaluation: a table row (terminal) or a plain line."""
+        texts = {key: _fmt(key, value) for key, value in row.items()}
         if self._columns is None:
             self._columns = list(row)
-            if self.interactive:
-                self._print(Text(self._line(dict(zip(row, row))), style="bold"))
+            if self.interactive:  # the header
+                self._print(Text(self._line({key: key for key in row}), style="bold"))
         if self.interactive:
-            self._print(Text(self._line(row)))
+            self._print(Text(self._line(texts)))
         else:
-            parts = [f"{k} {_fmt(k, v)}" for k, v in row.items()]
-            self._print(Text("  ".join(parts)))
+            self._print(Text("  ".join(f"{k} {text}" for k, text in texts.items())))
 
-    def _line(self, row: dict[str, Any]) -> str:
-        cells = []
-        for key in self._columns or row:
-            value = row.get(key)
-            text = value if isinstance(value, str) else _fmt(key, value)
-            cells.append(f"{text:>{max(10, len(key))}}")
+    def _line(self, texts: dict[str, str]) -> str:
+        # Under the first row's columns, right-aligned, each 10 wide or more.
+        cells = (f"{texts.get(k, '-'):>{max(10, len(k))}}" for k in self._columns)
         return " ".join(cells)
 
     def warn(self, message: str) -> None:
@@ -109,15 +101,14 @@ class ConsoleLogger(Logger):
         if self._started:
             self._print(text)
         else:
-            self.err_console.print(text)
+            self.run.err_console.print(text)
 
     def info(self, message: str) -> None:
         self._print(Text(message))
 
     def _print(self, text: Text) -> None:
         # Plain lines stay one line each, however narrow the console.
-        console = self._progress.console if self._progress else self.console
-        console.print(text, soft_wrap=not self.interactive)
+        self.run.console.print(text, soft_wrap=not self.interactive)
 
     def finish(self) -> None:
         if self._progress is not None:

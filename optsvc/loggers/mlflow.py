@@ -13,20 +13,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-import numbers
 import re
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 from optsvc import registries
-from optsvc.errors import MissingExtraError, RunError, StateError, missing_extra
+from optsvc.errors import RunError, StateError, missing_extra
 from optsvc.fileio import read_regular, write_atomic
-from optsvc.loggers.base import (
-    Logger,
-    LoggerFactory,
-    RunInfo,
-)
+from optsvc.loggers.base import Logger, LoggerFactory, RunInfo
 from optsvc.records import Record
 from optsvc.spec import Arg, checked
 
@@ -89,8 +84,6 @@ class MLflowLogger(Logger):
                 self._continue(previous)
             else:
                 self._new_run()
-        except MissingExtraError:
-            raise
         except Exception as err:  # the store is not there, refuses, ...
             raise RunError(
                 f"MLflow at {self.uri} cannot be used ({type(err).__name__}: "
@@ -148,10 +141,7 @@ class MLflowLogger(Logger):
         metrics = [
             Metric(key, float(value), now, step)
             for key, value in row.items()
-            if key != "step"
-            and isinstance(value, numbers.Real)
-            and not isinstance(value, bool)
-            and math.isfinite(value)
+            if key != "step" and value is not None and math.isfinite(value)
         ]
         self._client.log_batch(self.run_id, metrics=metrics)
         self._logged_up_to = step
@@ -189,13 +179,7 @@ def mlflow_logger(
     >>> mlflow_logger(experiment_name="lr-study")
     <logger optsvc.MLflowLogger.v1>
     """
-    settings = {
-        "tracking_uri": tracking_uri,
-        "experiment_name": experiment_name,
-        "run_name": run_name,
-        "tags": tags,
-        "log_artifacts": log_artifacts,
-    }
+    settings = dict(locals())  # the arguments, by name
     return LoggerFactory(
         "optsvc.MLflowLogger.v1",
         lambda run: MLflowLogger(run, settings),

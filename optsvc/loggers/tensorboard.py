@@ -9,7 +9,6 @@ after it and shows each step once.
 
 from __future__ import annotations
 
-import numbers
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,8 +17,6 @@ from optsvc import registries
 from optsvc.errors import missing_extra
 from optsvc.loggers.base import Logger, LoggerFactory, RunInfo
 from optsvc.spec import Arg, checked
-
-NOT_SCALARS = ("step",)
 
 
 class TensorBoardLogger(Logger):
@@ -55,9 +52,7 @@ class TensorBoardLogger(Logger):
         values = [
             Summary.Value(tag=key, simple_value=float(value))
             for key, value in row.items()
-            if key not in NOT_SCALARS
-            and isinstance(value, numbers.Real)
-            and not isinstance(value, bool)
+            if key != "step" and value is not None
         ]
         event = Event(
             wall_time=time.time(), step=row["step"], summary=Summary(value=values)

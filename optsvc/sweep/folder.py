@@ -37,8 +37,10 @@ class SweepRecord(Record):
     trials: list[PlannedTrial]
 
 
-def _planned(plan: SweepPlan) -> list[PlannedTrial]:
-    return [
+def prepare_folder(out: Path, plan: SweepPlan, *, resume: bool) -> None:
+    """Create the sweep folder and every trial's config.cfg, or check with
+    `resume` that the folder holds this same sweep."""
+    planned = [
         PlannedTrial(
             index=t.index,
             name=t.name,
@@ -47,12 +49,6 @@ def _planned(plan: SweepPlan) -> list[PlannedTrial]:
         )
         for t in plan.trials
     ]
-
-
-def prepare_folder(out: Path, plan: SweepPlan, *, resume: bool) -> None:
-    """Create the sweep folder and every trial's config.cfg, or check with
-    `resume` that the folder holds this same sweep."""
-    planned = _planned(plan)
     sweep_file = out / SWEEP_FILE
     if out.exists() and not out.is_dir():
         raise RunError(f"output path '{out}' is a file; give a folder with -o")
@@ -78,6 +74,7 @@ def prepare_folder(out: Path, plan: SweepPlan, *, resume: bool) -> None:
         run = RunFolder(out / TRIALS / trial.name)
         run.path.mkdir(parents=True, exist_ok=True)
         if not run.config_file.exists():
+            run.write_mark("planned")
             write_atomic(run.config_file, trial.config.encode())
 
 

@@ -8,7 +8,7 @@ import itertools
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from optsvc.config import (
     validate_config,
 )
 from optsvc.sweep.space import Distribution, parse_grid, parse_sample
+from optsvc.training.state import with_defaults
 
 MAX_TRIALS = 10_000
 SEED_PATH = "system.seed"
@@ -46,7 +47,6 @@ class Trial:
 class SweepPlan:
     """Every trial of a sweep, in order, and what was asked for."""
 
-    source: str
     paths: list[str]
     trials: list[Trial]
     request: dict[str, Any]
@@ -77,7 +77,8 @@ def plan_sweep(
     text = read_config_text(config)
     source = str(Path(config))
     base = config_from_str(text, overrides, source=source)
-    seed = _base_seed(base)
+    seed = base.get("system", {}).get("seed", 0)  # checked with each trial below
+    seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
     points = _points(grids, draws, samples, seed)
     names = _names(points, paths)
     trials, issues, warnings = [], {}, []
@@ -101,7 +102,7 @@ def plan_sweep(
         "sample": [[p, str(d)] for p, d in draws],
         "samples": samples,
     }
-    return SweepPlan(str(config), paths, trials, request, warnings)
+    return SweepPlan(paths, trials, request, warnings)
 
 
 def _check_paths(grids, draws, samples: int, overrides: dict) -> list[str]:
@@ -131,11 +132,6 @@ def _check_paths(grids, draws, samples: int, overrides: dict) -> list[str]:
             )
         paths.append(SEED_PATH)
     return paths
-
-
-def _base_seed(config: dict) -> int:
-    seed = config.get("system", {}).get("seed", 0) if isinstance(config, dict) else 0
-    return seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
 
 
 def _points(grids, draws, samples: int, seed: int) -> list[dict[str, Any]]:
@@ -175,18 +171,12 @@ def _trial(
         )
     if not report.ok:
         return None, report.errors, []
-    filled = json.loads(json.dumps(cfg))
     # Written out as `optsvc train` writes a run's config, defaults included,
     # so that the trial's own config.cfg resumes it unchanged.
-    filled["system"] = {**report.system.model_dump(), **filled.get("system", {})}
-    filled["training"] = {**report.training.model_dump(), **filled["training"]}
+    filled = config_to_str(with_defaults(cfg))
+    settings = report.training
     trial = Trial(
-        index,
-        name,
-        values,
-        config_to_str(filled),
-        report.training.max_steps,
-        report.training.eval_frequency,
+        index, name, values, filled, settings.max_steps, settings.eval_frequency
     )
     return trial, [], [str(w) for w in report.warnings]
 
@@ -198,7 +188,7 @@ def _with_trials(issue: ConfigIssue, indexes: list[int], total: int) -> ConfigIs
     )
     note = f"in {where} {shown} of {total}"
     hint = f"{issue.hint}; {note}" if issue.hint else note
-    return ConfigIssue(issue.path, issue.message, issue.value, issue.has_value, hint)
+    return replace(issue, hint=hint)
 
 
 def _names(points: list[dict], paths: list[str]) -> list[str]:

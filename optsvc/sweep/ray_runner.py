@@ -12,16 +12,15 @@ import importlib.util
 import logging
 import math
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from optsvc.errors import MissingExtraError
 from optsvc.sweep.plan import Trial
-from optsvc.sweep.results import FAILED, FINISHED, STOPPED, Tracker, _number
+from optsvc.sweep.results import FAILED, FINISHED, STOPPED, Tracker
 from optsvc.sweep.trial import last_error, run_trial
 from optsvc.training.run_folder import RunFolder
 
@@ -84,11 +83,7 @@ def tune_trial(config: dict[str, Any]) -> None:
 
 def _metrics(row: dict[str, Any]) -> dict[str, float]:
     # Tune needs a number for the metric in every report; NaN when missing.
-    out = {}
-    for key in ("score", "loss"):
-        value = _number(row.get(key))
-        out[key] = math.nan if value is None else value
-    return out
+    return {k: math.nan if row.get(k) is None else row[k] for k in ("score", "loss")}
 
 
 @contextmanager
@@ -109,43 +104,36 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
 def ray_session(address: str | None, cpus: int | None) -> Iterator[None]:
     """Connect to the cluster at `address`, or start a private local instance
     with `cpus` CPUs; disconnect (and stop it) when done."""
-    if address is not None:
-        ray = _import_ray()
-        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
-        try:
-            yield
-        finally:
-            ray.shutdown()
-        return
-    # A short root: Ray's socket paths must stay under 107 bytes.
-    root = tempfile.mkdtemp(
-        prefix="optsvc-ray-", dir="/tmp" if Path("/tmp").is_dir() else None
-    )
-    try:
-        with _environ(LOCAL_ENV):
+    with ExitStack() as undo:  # undone in the reverse order
+        if address is None:
+            # A short root: Ray's socket paths must stay under 107 bytes.
+            root = tempfile.TemporaryDirectory(
+                prefix="optsvc-ray-",
+                dir="/tmp" if Path("/tmp").is_dir() else None,
+                ignore_cleanup_errors=True,
+            )
+            options = {
+                "address": "local",
+                "num_cpus": cpus,
+                "include_dashboard": False,
+                "object_store_memory": OBJECT_STORE_BYTES,
+                "_temp_dir": undo.enter_context(root),
+            }
+            undo.enter_context(_environ(LOCAL_ENV))
             ray = _import_ray()
-            constants = ray._private.ray_constants
             # Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when first
             # imported: where this process imported it earlier, the driver
             # would still take the host's address for the private instance.
+            constants = ray._private.ray_constants
             cluster = constants.ENABLE_RAY_CLUSTER
+            undo.callback(setattr, constants, "ENABLE_RAY_CLUSTER", cluster)
             constants.ENABLE_RAY_CLUSTER = False
-            try:
-                ray.init(
-                    address="local",
-                    num_cpus=cpus,
-                    include_dashboard=False,
-                    object_store_memory=OBJECT_STORE_BYTES,
-                    logging_level=logging.ERROR,
-                    log_to_driver=False,
-                    _temp_dir=root,
-                )
-                yield
-            finally:
-                ray.shutdown()
-                constants.ENABLE_RAY_CLUSTER = cluster
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+        else:
+            options = {"address": address}
+            ray = _import_ray()
+        undo.callback(ray.shutdown)
+        ray.init(**options, logging_level=logging.ERROR, log_to_driver=False)
+        yield
 
 
 def _callback(tracker: Tracker):
@@ -236,11 +224,9 @@ def run_ray(
                 tuner.fit()
         finally:
             quiet.setLevel(level)
-    unfinished = [r for r in tracker.rows.values() if r.status == "running"]
+    unfinished = any(r.status == "running" for r in tracker.rows.values())
     tracker.interrupt()
-    return bool(unfinished) or any(
-        tracker.rows[t.name].status == "pending" for t in trials
-    )
+    return unfinished or any(tracker.rows[t.name].status == "pending" for t in trials)
 
 
 def _asha(trials: Sequence[Trial]):

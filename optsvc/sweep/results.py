@@ -20,12 +20,12 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict
 
+from optsvc.analysis.runs import read_metrics
 from optsvc.errors import StateError
 from optsvc.fileio import TEXT_LIMIT, read_regular, write_atomic
 from optsvc.records import Count, Record
 from optsvc.sweep.folder import TRIALS
 from optsvc.sweep.plan import SweepPlan, Trial
-from optsvc.sweep.trial import read_rows
 from optsvc.training.run_folder import RunFolder
 
 RESULTS_CSV = "results.csv"
@@ -69,12 +69,11 @@ class Tracker:
     metric: str = "score"
     mode: str = "max"
     on_change: Callable[[TrialRow], None] | None = None
-    rows: dict[str, TrialRow] = field(default_factory=dict)
+    rows: dict[str, TrialRow] = field(init=False)  # in trial order
     _saved: float = 0.0
 
     def __post_init__(self) -> None:
-        for trial in self.plan.trials:
-            self.rows.setdefault(trial.name, TrialRow(trial))
+        self.rows = {trial.name: TrialRow(trial) for trial in self.plan.trials}
 
     def folder(self, name: str) -> Path:
         return self.out / TRIALS / name
@@ -99,13 +98,10 @@ class Tracker:
             self._changed(row)
 
     def progress(self, name: str, result: dict[str, Any]) -> None:
-        row = self.rows[name]
-        row.step = result.get("step", row.step)
-        row.score, row.loss = _number(result.get("score")), _number(result.get("loss"))
-        value = row.metric(self.metric)
-        if value is not None and (row.best is None or self._better(value, row.best)):
-            row.best = value
-        self._changed(row, save=False)
+        """A new evaluation row (or Tune's report of one, NaN for a metric
+        the row lacks)."""
+        self._add(self.rows[name], result)
+        self._changed(self.rows[name], save=False)
 
     def retry(self, name: str, error: str) -> None:
         row = self.rows[name]
@@ -128,25 +124,18 @@ class Tracker:
     # --- results ------------------------------------------------------------
     def best(self) -> TrialRow | None:
         """The finished trial with the best final metric (the first on a tie)."""
-        best = None
-        for row in self.rows.values():
-            value = row.metric(self.metric)
-            if row.status != FINISHED or value is None:
-                continue
-            if best is None or self._better(value, best.metric(self.metric)):
-                best = row
-        return best
-
-    def table(self) -> list[dict[str, Any]]:
-        """The results, one flat dict per trial, in trial order."""
-        rows = sorted(self.rows.values(), key=lambda r: r.trial.index)
-        return [self._flat(row) for row in rows]
+        done = [
+            row
+            for row in self.rows.values()
+            if row.status == FINISHED and row.metric(self.metric) is not None
+        ]
+        return self._best_of(done, key=lambda r: r.metric(self.metric), default=None)
 
     def save(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._saved < 1.0:
             return
         self._saved = time.monotonic()
-        table = self.table()
+        table = [self._flat(row) for row in self.rows.values()]  # in trial order
         best = self.best()
         document = {
             "metric": self.metric,
@@ -166,10 +155,10 @@ class Tracker:
             best_path.unlink(missing_ok=True)
 
     # --- helpers ------------------------------------------------------------
-    def _better(self, a: float, b: float | None) -> bool:
-        if b is None:
-            return True
-        return a > b if self.mode == "max" else a < b
+    @property
+    def _best_of(self) -> Callable:
+        """max or min, by the mode (either keeps the first of equals)."""
+        return max if self.mode == "max" else min
 
     def _changed(self, row: TrialRow, save: bool = True) -> None:
         if save:
@@ -179,16 +168,17 @@ class Tracker:
 
     def _refresh(self, row: TrialRow) -> None:
         """Step and metrics from the trial's metrics.jsonl, the record of truth."""
-        rows = read_rows(self.folder(row.name))
-        if not rows:
-            row.step = row.score = row.loss = row.best = None
-            return
-        last = rows[-1]
-        row.step = last["step"]
-        row.score, row.loss = _number(last.get("score")), _number(last.get("loss"))
-        values = [_number(r.get(self.metric)) for r in rows]
-        values = [v for v in values if v is not None]
-        row.best = (max if self.mode == "max" else min)(values) if values else None
+        row.step = row.score = row.loss = row.best = None
+        for result in read_metrics(self.folder(row.name)):
+            self._add(row, result)
+
+    def _add(self, row: TrialRow, result: dict[str, Any]) -> None:
+        """The step and metrics of the trial's newest evaluation row."""
+        row.step = result.get("step", row.step)
+        row.score, row.loss = _number(result.get("score")), _number(result.get("loss"))
+        value = row.metric(self.metric)
+        if value is not None:
+            row.best = value if row.best is None else self._best_of(row.best, value)
 
     def _flat(self, row: TrialRow) -> dict[str, Any]:
         return {
@@ -205,10 +195,8 @@ class Tracker:
         }
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
+def _number(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else value
 
 
 def _csv(table: list[dict[str, Any]]) -> str:
@@ -216,14 +204,12 @@ def _csv(table: list[dict[str, Any]]) -> str:
     if table:
         writer = csv.DictWriter(buffer, fieldnames=list(table[0]), lineterminator="\n")
         writer.writeheader()
-        for row in table:
-            writer.writerow({k: _cell(v) for k, v in row.items()})
+        writer.writerows({k: _cell(v) for k, v in row.items()} for row in table)
     return buffer.getvalue()
 
 
 def _cell(value: Any) -> Any:
-    if value is None:
-        return ""
+    # None is written as an empty cell; these as they are in results.json.
     if isinstance(value, (list, dict, bool)):
         return json.dumps(value)
     return value

@@ -99,8 +99,9 @@ def run_sweep(
         interrupted = True
     finally:
         tracker.save(force=True)
-    rows = sorted(tracker.rows.values(), key=lambda r: r.trial.index)
-    return SweepOutcome(rows, tracker.best(), interrupted, engine)
+    return SweepOutcome(
+        list(tracker.rows.values()), tracker.best(), interrupted, engine
+    )
 
 
 def _check_options(metric, mode, workers, gpus_per_trial, retries) -> str:

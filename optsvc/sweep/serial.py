@@ -18,21 +18,18 @@ def run_serial(
     checkpoint. Ctrl-C (KeyboardInterrupt) goes through to run_sweep, which
     marks the unfinished trials as interrupted."""
     for trial in trials:
-        _run_one(trial, tracker, retries, gpu)
-
-
-def _run_one(trial: Trial, tracker: Tracker, retries: int, gpu: bool) -> None:
-    name = trial.name
-    tracker.start(name)
-    for attempt in range(retries + 1):
-        run = run_trial(
-            tracker.folder(name),
-            gpu=gpu,
-            on_row=lambda row: tracker.progress(name, row),
-        )
-        if run.ok:
-            tracker.end(name, FINISHED)
-            return
-        if attempt < retries:
-            tracker.retry(name, run.error)
-    tracker.end(name, FAILED, run.error)
+        name = trial.name
+        tracker.start(name)
+        for attempt in range(retries + 1):
+            run = run_trial(
+                tracker.folder(name),
+                gpu=gpu,
+                on_row=lambda row, name=name: tracker.progress(name, row),
+            )
+            if run.ok:
+                tracker.end(name, FINISHED)
+                break
+            if attempt < retries:
+                tracker.retry(name, run.error)
+        else:
+            tracker.end(name, FAILED, run.error)

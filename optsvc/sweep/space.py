@@ -55,11 +55,7 @@ class Distribution:
         return float(f"{value:.6g}")
 
     def __str__(self) -> str:
-        return f"{self.kind}({','.join(_text(a) for a in self.args)})"
-
-
-def _text(value: Any) -> str:
-    return str(value) if not isinstance(value, str) else value
+        return f"{self.kind}({','.join(map(str, self.args))})"
 
 
 def split_values(text: str) -> list[str]:
@@ -87,7 +83,7 @@ def split_values(text: str) -> list[str]:
 
 def _path_and_rest(text: str, option: str, example: str) -> tuple[str, str]:
     path, eq, rest = text.partition("=")
-    path = path.strip().removeprefix("--")
+    path = path.strip().removeprefix("--").replace("-", "_")
     if not eq or not rest.strip() or "." not in path:
         raise ConfigError(
             f"{option} {text!r} is not PATH=VALUES; write it as {option} {example}"
@@ -97,7 +93,7 @@ def _path_and_rest(text: str, option: str, example: str) -> tuple[str, str]:
 
 def _value(path: str, text: str) -> Any:
     # The same reading as a `--path value` override on the command line.
-    return parse_overrides([f"--{path}={text}"])[path.replace("-", "_")]
+    return parse_overrides([f"--{path}={text}"])[path]
 
 
 def parse_grid(text: str) -> tuple[str, list[Any]]:
@@ -114,7 +110,7 @@ def parse_grid(text: str) -> tuple[str, list[Any]]:
     values = [_value(path, v) for v in raw]
     if len(set(map(repr, values))) != len(values):
         raise ConfigError(f"--grid {text!r} lists a value twice; list each value once")
-    return path.replace("-", "_"), values
+    return path, values
 
 
 def parse_sample(text: str) -> tuple[str, Distribution]:
@@ -133,7 +129,7 @@ def parse_sample(text: str) -> tuple[str, Distribution]:
     if kind == "choice":
         if not args:
             raise ConfigError(f"--sample {text!r}: choice() needs at least one value")
-        return path.replace("-", "_"), Distribution(kind, args)
+        return path, Distribution(kind, args)
     numbers = len(args) == 2 and all(
         isinstance(a, (int, float)) and not isinstance(a, bool) for a in args
     )
@@ -145,4 +141,4 @@ def parse_sample(text: str) -> tuple[str, Distribution]:
         raise ConfigError(f"--sample {text!r}: loguniform needs LOW > 0")
     if kind == "randint" and not all(isinstance(a, int) for a in args):
         raise ConfigError(f"--sample {text!r}: randint needs two integers")
-    return path.replace("-", "_"), Distribution(kind, args)
+    return path, Distribution(kind, args)

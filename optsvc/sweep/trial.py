@@ -13,11 +13,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from optsvc.analysis.runs import read_metrics
 from optsvc.training.run_folder import RunFolder
 
 LOG = "train.log"
@@ -48,14 +50,6 @@ class TrialRun:
         return self.returncode == 0
 
 
-def train_command(folder: Path, *, gpu: bool = False) -> list[str]:
-    """The `optsvc train` command line for a trial folder."""
-    command = [sys.executable, "-m", "optsvc_cli.main", "train"]
-    command += [str(RunFolder(folder).config_file), "-o", str(folder), "--resume"]
-    # The runner made one GPU visible to this trial: its first.
-    return command + (["--gpu", "0"] if gpu else [])
-
-
 def run_trial(
     folder: str | Path,
     *,
@@ -68,9 +62,24 @@ def run_trial(
     folder = Path(folder).resolve()
     log_path = folder / LOG
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    reader = RowReader(folder)
-    command = [sys.executable, "-c", _LAUNCHER, str(os.getpid())]
-    command += train_command(folder, gpu=gpu)
+    command = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), sys.executable]
+    command += ["-m", "optsvc_cli.main", "train", str(RunFolder(folder).config_file)]
+    command += ["-o", str(folder), "--resume"]
+    # The runner made one GPU visible to this trial: its first.
+    command += ["--gpu", "0"] if gpu else []
+    sent = -1  # the step of the last row given to on_row
+
+    def send_new_rows() -> None:
+        # Each step once. The file is read whole each time: a resumed run
+        # replaces it (atomically) when it starts.
+        nonlocal sent
+        if on_row is None:
+            return
+        for row in read_metrics(folder):
+            if row["step"] > sent:
+                sent = row["step"]
+                on_row(row)
+
     with log_path.open("ab") as log:
         start = log.tell()
         proc = subprocess.Popen(
@@ -78,17 +87,14 @@ def run_trial(
             env=env, cwd=folder,
         )  # fmt: skip
         try:
-            while True:
-                try:
-                    proc.wait(timeout=poll)
-                    break
-                except subprocess.TimeoutExpired:
-                    reader.send(on_row)
+            while proc.poll() is None:
+                send_new_rows()
+                time.sleep(poll)
         finally:
             if proc.poll() is None:  # stopped from outside: no orphan
                 proc.kill()
                 proc.wait()
-        reader.send(on_row)
+        send_new_rows()
         if proc.returncode == 0:
             return TrialRun(0)
         error = _error_in(log_path, start) or _exit_reason(proc.returncode)
@@ -119,27 +125,3 @@ def last_error(folder: str | Path) -> str:
     if not path.exists():
         return ""
     return _error_in(path, 0).removeprefix(ERROR_MARK)
-
-
-def read_rows(folder: str | Path) -> list[dict[str, Any]]:
-    """The evaluation rows of a trial's metrics.jsonl; a line torn by a kill
-    is skipped."""
-    return RunFolder(folder).read_metrics()[0]
-
-
-class RowReader:
-    """New rows of a trial folder's metrics.jsonl, each step once. The file is
-    read whole each time: a resumed run replaces it (atomically) when it
-    starts."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.last_step = -1
-
-    def send(self, on_row: Callable[[dict[str, Any]], None] | None) -> None:
-        if on_row is None:
-            return
-        for row in read_rows(self.folder):
-            if row["step"] > self.last_step:
-                self.last_step = row["step"]
-                on_row(row)

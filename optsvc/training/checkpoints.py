@@ -453,6 +453,29 @@ def read_manifest(path: Path) -> Manifest:
     return manifest
 
 
+def written_by_optsvc(directory: str | os.PathLike) -> int | None:
+    """The format version of the newest step folder in `directory` whose
+    manifest is optsvc's (of any version), or None: how to tell a run that
+    optsvc wrote before its run folders had a run.json."""
+    directory = Path(directory)
+    if not (directory.is_dir() and not directory.is_symlink()):
+        return None
+    for name in reversed(_step_names(directory)):
+        with contextlib.suppress(StateError, ValueError, RecursionError):
+            raw = json.loads(
+                read_regular(directory / name / MANIFEST, MANIFEST_LIMIT, MANIFEST)
+            )
+            if isinstance(raw, dict) and raw.get("format") == FORMAT:
+                return raw.get("version") if type(raw.get("version")) is int else 0
+    return None
+
+
+def is_own(name: str) -> bool:
+    """Whether a name in checkpoints/ is one optsvc writes (a step folder, or
+    a temporary, old or deleted one)."""
+    return _folder_step(name) is not None
+
+
 def _folder_step(name: str) -> int | None:
     match = STEP_NAME.fullmatch(name)
     if match:

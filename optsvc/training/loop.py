@@ -93,7 +93,8 @@ def train(
     """
     job = Job.build(config, gpu_id)  # everything checked before the folder
     folder = RunFolder(output_dir)
-    folder.check_flags(resume=resume, overwrite=overwrite, extend=allow_extend)
+    folder.check_flags(resume=resume, overwrite=overwrite, extend=allow_extend,
+                       config_source=config_source)  # fmt: skip
     if err_console is None and console is None:
         err_console = Console(stderr=True, highlight=False)
     console = console or Console(highlight=False, soft_wrap=True)
@@ -111,6 +112,7 @@ def train(
             resume=resume, overwrite=overwrite, warn=logger.warn,
             read=partial(open_checkpoint, store=store, optimizer=job.optimizer,
                          n_train=data.n_train, config=job.relevant),
+            config_source=config_source,
         )  # fmt: skip
         if resumable is not None:
             check_resumable(

@@ -1,6 +1,7 @@
 """The folder of one run: every fact about it, in one place.
 
-The folder holds the filled config (``config.cfg``), ``metrics.jsonl``,
+The folder holds ``run.json`` (optsvc's mark on its run folders, written
+before anything else), the filled config (``config.cfg``), ``metrics.jsonl``,
 ``checkpoints/``, ``best.safetensors`` (the best evaluation's weights) and
 ``final.safetensors``, and ``.lock`` while a process trains in it. `RunFolder`
 names those files, reads them back (metrics rows as `MetricsRow` records, the
@@ -9,7 +10,9 @@ running, finished, interrupted or failed (`status`). Before any training it
 decides: one process at a time (the lock), whether a folder that already
 holds a run is refused, continued (``--resume``) or replaced
 (``--overwrite``), which checkpoint a resume continues from, and tidies what
-a killed writer left. `analysis`, `sweep` and the CLI ask it; none of them
+a killed writer left. optsvc deletes, overwrites and resumes only in a folder
+that holds its mark, and only the files it names: anything else is left
+alone and named. `analysis`, `sweep` and the CLI ask it; none of them
 knows a file name. `check_resumable` says whether a checkpoint may be
 continued with the current config, with a diff of what changed when not.
 """
@@ -20,7 +23,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -35,6 +38,7 @@ from optsvc.fileio import (
 )
 from optsvc.loggers import metrics
 from optsvc.loggers.metrics import FailureRecord
+from optsvc.records import Record
 from optsvc.training import checkpoints
 from optsvc.training.checkpoints import check_checkpoint_folder, load_latest_checkpoint
 from optsvc.training.lock import RunLock, lock_held, lock_holder
@@ -47,12 +51,27 @@ from optsvc.training.state import (
     with_defaults,
 )
 
-CONFIG, METRICS, CHECKPOINTS = "config.cfg", metrics.FILE, "checkpoints"
+MARK, CONFIG, METRICS, CHECKPOINTS = (
+    "run.json",
+    "config.cfg",
+    metrics.FILE,
+    "checkpoints",
+)
 BEST, FINAL = "best.safetensors", "final.safetensors"
-RUN_FILES = (CONFIG, METRICS, CHECKPOINTS, BEST, FINAL)
+RUN_FILES = (MARK, CONFIG, METRICS, CHECKPOINTS, BEST, FINAL)
 # What an optsvc before 0.2 wrote (checkpoint format 1: arrays in .npz).
 LEGACY = ("final.npz", "best.npz")
-STATUSES = ("running", "finished", "interrupted", "failed")
+STATUSES = ("running", "finished", "interrupted", "failed", "pending")
+
+
+class RunMark(Record):
+    """run.json: the folder is an optsvc run folder. A sweep marks each
+    trial's folder "planned" when it writes its config; training marks it
+    "started" before it writes anything else."""
+
+    written_by: Literal["optsvc"] = "optsvc"
+    format: Literal[2] = checkpoints.VERSION
+    state: Literal["planned", "started"]
 
 
 class RunFolder:
@@ -68,6 +87,7 @@ class RunFolder:
         if not os.fspath(path):  # Path("") would be the current folder
             raise RunError("the output folder is empty; give a folder with -o")
         self.path = Path(path)
+        self.mark_file = self.path / MARK
         self.config_file = self.path / CONFIG
         self.metrics = self.path / METRICS
         self.checkpoints = self.path / CHECKPOINTS
@@ -128,8 +148,34 @@ class RunFolder:
         """Whether this is a run folder optsvc wrote (or one being started)."""
         if not self.path.is_dir():
             return False
-        markers = (self.config_file, self.checkpoints, self.final)
-        return any(p.exists() for p in markers) or lock_held(self.path) is True
+        return self._marked() or lock_held(self.path) is True
+
+    def _marked(self) -> bool:
+        return self.mark_file.is_file() and not self.mark_file.is_symlink()
+
+    def mark(self) -> RunMark | None:
+        """The folder's run.json, or None when it has none (RunError when it
+        is damaged)."""
+        if not os.path.lexists(self.mark_file):
+            return None
+        try:
+            data = read_regular(self.mark_file, MARK_LIMIT, MARK)
+            return RunMark.parse(data, f"'{self.mark_file}'")
+        except (StateError, OSError) as err:
+            raise RunError(
+                f"cannot read '{self.mark_file}' ({err}), which marks the folder "
+                "as an optsvc run; give another folder with -o"
+            ) from None
+
+    def write_mark(self, state: Literal["planned", "started"]) -> None:
+        """Mark the folder as optsvc's run folder (see `RunMark`)."""
+        write_atomic(self.mark_file, RunMark(state=state).to_json())
+
+    def _foreign(self, own_config: bool) -> list[str]:
+        """Without a run.json, what is here under a name optsvc uses: files
+        optsvc did not write (`own_config`: config.cfg is the one given)."""
+        names = [n for n in (*RUN_FILES, *LEGACY) if os.path.lexists(self.path / n)]
+        return [n for n in names if not (n == CONFIG and own_config)]
 
     def saved_work(self) -> bool:
         """Whether a run here saved anything worth keeping (a checkpoint, its
@@ -184,11 +230,19 @@ class RunFolder:
             return "failed", failure.error
         if state is not None:
             return "interrupted", note
+        try:
+            mark = self.mark()
+        except RunError as err:
+            return "failed", str(err)
+        if mark is not None and mark.state == "planned":
+            return "pending", "a sweep's trial, not started yet"
         return "failed", note or "ended before its first checkpoint"
 
     # --- refuse, resume or overwrite ------------------------------------------------
 
-    def check_flags(self, *, resume: bool, overwrite: bool, extend: bool) -> None:
+    def check_flags(
+        self, *, resume: bool, overwrite: bool, extend: bool, config_source=None
+    ) -> None:
         """RunError for flags that cannot mean what was asked, before the folder
         is created or locked: --resume with --overwrite, --extend without
         --resume, --resume where no run is."""
@@ -202,6 +256,7 @@ class RunFolder:
                 "--extend lengthens a run that is resumed; add --resume, or leave "
                 "--extend out"
             )
+        self.check_owner(config_source)
         if resume and not (self.path.is_dir() and any(self.path.iterdir())):
             # nothing there at all (a mistyped or empty folder); a folder a
             # run was started in, even killed at once, resumes from step 0
@@ -217,18 +272,29 @@ class RunFolder:
         overwrite: bool,
         warn: Callable[[str], None],
         read: Callable[[checkpoints.Checkpoint], Resumable],
+        config_source: str | None = None,
     ) -> Resumable | None:
         """Apply --resume / --overwrite to this (locked) folder: what `read`
         makes of the newest checkpoint it accepts, to continue from, or None
         to start at step 0. A run already here is refused without either
-        flag, and removed with --overwrite alone."""
-        if resume and any((self.path / name).exists() for name in LEGACY):
-            raise RunError(
-                f"'{self.path}' was written by optsvc 0.1 (checkpoint format 1, "
-                "arrays in .npz), which this optsvc does not read; continue it with "
-                "optsvc 0.1, or start again with --overwrite"
-            )
-        if self.holds_run() and not (resume or overwrite):
+        flag, and removed with --overwrite alone. A folder without run.json
+        that holds files under the names of a run is refused whatever the
+        flags: optsvc did not write them (`config_source`, the config file
+        given, may be its config.cfg). Marks the folder as started."""
+        legacy = False
+        if self.mark() is None:
+            version = checkpoints.written_by_optsvc(self.checkpoints)
+            legacy = version is not None
+            if legacy and resume and version < checkpoints.VERSION:
+                raise RunError(
+                    f"'{self.path}' was written by optsvc 0.1 (checkpoint format 1, "
+                    "arrays in .npz), which this optsvc does not read; continue it "
+                    "with optsvc 0.1, or start again with --overwrite"
+                )
+            if not legacy:
+                self.check_owner(config_source)
+        holds = self.holds_run() and (legacy or self.mark() is not None)
+        if holds and not (resume or overwrite):
             if self.saved_work() or self.read_metrics()[1] is None:
                 raise RunError(
                     f"'{self.path}' already holds a run; add --resume to continue it "
@@ -240,7 +306,13 @@ class RunFolder:
         if resume or not overwrite:  # decided before training, not at its first save
             check_checkpoint_folder(self.checkpoints)
         if overwrite:
-            self.clear()
+            kept = self.clear(legacy=legacy)
+            if kept:
+                warn(
+                    f"kept {', '.join(kept)} in {self.checkpoints}: optsvc did not "
+                    "write them"
+                )
+        self.write_mark("started")
         if not resume:  # a missing checkpoints/ resumes from step 0
             return None
         try:
@@ -250,14 +322,50 @@ class RunFolder:
                 f"cannot resume, {err}; start again with --overwrite"
             ) from None
 
-    def clear(self) -> None:
-        """Remove the run in this folder (for --overwrite)."""
-        for name in RUN_FILES:
+    def check_owner(self, config_source: str | None = None) -> None:
+        """RunError when the folder holds files under the names of a run but
+        no run.json: optsvc did not write them, and leaves them alone
+        (`config_source`, the config file given, may be its config.cfg)."""
+        if not self.path.is_dir() or self.mark() is not None:
+            return
+        if checkpoints.written_by_optsvc(self.checkpoints) is not None:
+            return  # a run of an optsvc before run.json
+        given = config_source is not None
+        names = self._foreign(given and _same_file(config_source, self.config_file))
+        if not names:
+            return
+        listed = ", ".join(n + ("/" if n == CHECKPOINTS else "") for n in names)
+        raise RunError(
+            f"'{self.path}' holds {listed}, which optsvc did not write (it has no "
+            f"{MARK}); optsvc leaves them alone: give another folder with -o"
+        )
+
+    def clear(self, legacy: bool = False) -> list[str]:
+        """Remove the run in this folder (for --overwrite): the files optsvc
+        names (`legacy`: and those of optsvc 0.1) and the checkpoints it
+        wrote. Anything else in checkpoints/ is kept; its names are returned."""
+        for name in RUN_FILES + (LEGACY if legacy else ()):
             target = self.path / name
+            if name == CHECKPOINTS and target.is_dir() and not target.is_symlink():
+                continue
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
             elif os.path.lexists(target):
                 target.unlink()
+        if not (self.checkpoints.is_dir() and not self.checkpoints.is_symlink()):
+            return []
+        kept = []
+        for entry in sorted(os.listdir(self.checkpoints)):
+            path = self.checkpoints / entry
+            if not checkpoints.is_own(entry):
+                kept.append(entry)
+            elif path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        if not kept:
+            self.checkpoints.rmdir()
+        return kept
 
     # --- what the run writes ----------------------------------------------------------
 
@@ -335,6 +443,16 @@ class RunFolder:
             f"'{run}' has no {BEST}: the run has not been evaluated yet; use its "
             "final weights (--weights final)"
         )
+
+
+MARK_LIMIT = 4096  # run.json is about 80 bytes
+
+
+def _same_file(a: str | os.PathLike, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
