@@ -28,8 +28,8 @@ from .errors import (
 )
 from .optim import (
     SGD,
-    AdEMAMix,
     Adam,
+    AdEMAMix,
     Lion,
     Optimizer,
     ParamStore,

@@ -51,6 +51,7 @@ else:
             "CUDA simulator is off and no GPU is usable", allow_module_level=True
         )
 
+
 def to_device(a):
     if a is None:
         return None

@@ -113,9 +113,14 @@ def run_both(state, offsets, sizes, params, *, exact, layout=None, **shared):
     _, host = split(dict(shared, kind=0))
     assert (
         cm.multi_update(
-            dev["w"], dev["g"], state_of(dev), dev["ema"], layout=layout,
-            params=params, host=host,
-        )  # fmt: skip
+            dev["w"],
+            dev["g"],
+            state_of(dev),
+            dev["ema"],
+            layout=layout,
+            params=params,
+            host=host,
+        )
         is None
     )
     got = {k: to_host(a) for k, a in dev.items()}
@@ -168,7 +173,15 @@ def test_per_tensor_clipping(l2):
     kinds = [UpdateKind.ADAM, UpdateKind.LION, UpdateKind.ADEMAMIX] * 2
     params = tensor_params(kinds, seed=2)
     run_both(
-        state, offsets, sizes, params, exact=False, l2=l2, clip=1.0, decay=1e-3, **SHARED
+        state,
+        offsets,
+        sizes,
+        params,
+        exact=False,
+        l2=l2,
+        clip=1.0,
+        decay=1e-3,
+        **SHARED,
     )
 
 
@@ -183,9 +196,17 @@ def test_consecutive_clipped_calls_reuse_the_scratch():
     for clip in (0.5, 0.0, 0.5, 2.0):
         state["g"] = (rng.standard_normal(total) * 0.5).astype(np.float32)
         state = run_both(
-            state, offsets, sizes, params, exact=clip == 0.0 and SIM, layout=layout,
-            l2=0.0, clip=clip, decay=0.0, **SHARED,
-        )  # fmt: skip
+            state,
+            offsets,
+            sizes,
+            params,
+            exact=clip == 0.0 and SIM,
+            layout=layout,
+            l2=0.0,
+            clip=clip,
+            decay=0.0,
+            **SHARED,
+        )
     assert not layout.scratch.dirty
     sumsq = layout.scratch.sumsq.copy_to_host()
     n, slot = layout.n_tensors, layout.scratch.slot

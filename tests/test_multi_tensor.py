@@ -354,7 +354,9 @@ def test_serialization_round_trips_with_stores():
     assert_same_stores(store, twin)
     assert restored.to_bytes() == opt.to_bytes()
     # A restored optimizer's state is laid out afresh for the store.
-    assert np.shares_memory(restored.mom1[(0, "W")], restored.state.group_for(twin).state[0])
+    assert np.shares_memory(
+        restored.mom1[(0, "W")], restored.state.group_for(twin).state[0]
+    )
 
 
 def test_moving_devices_keeps_the_numbers():

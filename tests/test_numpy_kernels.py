@@ -19,7 +19,7 @@ from kernel_reference import (
     state_of,
 )
 
-from optsvc.backends import UpdateKind, numpy_kernels
+from optsvc.backends import numpy_kernels
 from optsvc.backends.numpy_kernels import BLOCK, fused_update
 
 CASES = list(

@@ -27,12 +27,16 @@ pytest.importorskip(
 
 import numba  # noqa: E402
 
-from optsvc.backends import NumpyOps, UpdateKind, numba_kernels  # noqa: E402
-from optsvc.backends import TensorParams  # noqa: E402
+from optsvc.backends import (  # noqa: E402
+    NumpyOps,
+    TensorParams,
+    UpdateKind,
+    numba_kernels,
+)
 from optsvc.optim import (  # noqa: E402
     SGD,
-    AdEMAMix,
     Adam,
+    AdEMAMix,
     Lion,
     ParamStore,
     RAdam,
@@ -67,7 +71,10 @@ def test_parallel_kernel_equals_the_serial_one(kind, l2, clip, averages):
             absent = numba_kernels.EMPTY
             numba_kernels.fused_parallel(
                 *(absent if ours[k] is None else ours[k] for k in NAMES),
-                *tensor.values(), host, averages, threads,
+                *tensor.values(),
+                host,
+                averages,
+                threads,
             )
             for name in NAMES:
                 if serial[name] is not None:
@@ -308,7 +315,9 @@ def test_the_parallel_multi_tensor_kernel_equals_the_serial_one(sizes, clip):
     _, host = split(dict(HYPER, kind=0, l2=0.01, clip=clip, decay=1e-3))
     serial = copy_state(base)
     arrays = lambda a: (a["w"], a["g"], state_of(a), a["ema"])  # noqa: E731
-    numba_kernels.multi_update(*arrays(serial), offsets, sizes, params.packed, host=host)
+    numba_kernels.multi_update(
+        *arrays(serial), offsets, sizes, params.packed, host=host
+    )
     work = numba_kernels.chunk_items(offsets, sizes)
     for threads in range(1, POOL + 1):
         ours = copy_state(base)

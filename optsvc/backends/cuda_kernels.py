@@ -372,9 +372,7 @@ def checked_arrays(w: Any, g: Any, state: Any, ema: Any, n_state: int) -> int:
     n = _checked_size(w, "w", None)
     _checked_size(g, "g", n)
     if len(state) < n_state or any(s is None for s in state[:n_state]):
-        raise ValueError(
-            f"the update keeps {n_state} state arrays, got {len(state)}"
-        )
+        raise ValueError(f"the update keeps {n_state} state arrays, got {len(state)}")
     for i, s in enumerate(state[:n_state]):
         _checked_size(s, f"state[{i}]", n)
     if ema is not None:

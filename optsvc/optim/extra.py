@@ -60,7 +60,11 @@ AveragingR = Annotated[ScheduleT, _R]
 WeightLrPower = Annotated[ScheduleT, _POWER]
 WarmupSteps = Annotated[int, Arg("steps of linear warmup of the learning rate", ge=0)]
 
-_LR, _CLIP, _EPS = HPARAM_ARGS["learn_rate"], HPARAM_ARGS["grad_clip"], HPARAM_ARGS["eps"]
+_LR, _CLIP, _EPS = (
+    HPARAM_ARGS["learn_rate"],
+    HPARAM_ARGS["grad_clip"],
+    HPARAM_ARGS["eps"],
+)
 
 
 # --- Lion ------------------------------------------------------------------------

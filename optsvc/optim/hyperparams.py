@@ -304,8 +304,7 @@ class ScheduledHyperparams:
         self._rule = rule
         self._settings = dict(settings)
         self._schedules = {
-            name: to_schedule(name, values[name], checked=True)
-            for name in rule.hparams
+            name: to_schedule(name, values[name], checked=True) for name in rule.hparams
         }
         self._cached = None
         self._step = 0

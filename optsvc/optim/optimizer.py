@@ -184,7 +184,9 @@ class Optimizer(ScheduledHyperparams):
         rule = self._rule
         if rule.keeps_averages:
             return self._state.averages
-        return EvaluationPoint(self._state.slots, rule.evaluation_weight(self._scalars()))
+        return EvaluationPoint(
+            self._state.slots, rule.evaluation_weight(self._scalars())
+        )
 
     @averages.setter
     def averages(self, value: Mapping | None) -> None:

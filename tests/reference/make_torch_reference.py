@@ -128,8 +128,7 @@ def eval_point(opt, params):
     beta = opt.param_groups[0]["betas"][0] if "betas" in opt.param_groups[0] else None
     beta = beta if beta is not None else opt.param_groups[0]["momentum"]
     return [
-        p.detach().lerp(opt.state[p]["z"], 1 - 1 / beta).numpy().copy()
-        for p in params
+        p.detach().lerp(opt.state[p]["z"], 1 - 1 / beta).numpy().copy() for p in params
     ]
 
 
@@ -151,7 +150,9 @@ def run(case, inputs):
         if t + 1 in CHECKPOINTS:
             mark = {"y": [[f32(v) for v in p.detach().numpy().ravel()] for p in params]}
             if schedule_free:
-                mark["x"] = [[f32(v) for v in x.ravel()] for x in eval_point(opt, params)]
+                mark["x"] = [
+                    [f32(v) for v in x.ravel()] for x in eval_point(opt, params)
+                ]
             checkpoints[str(t + 1)] = mark
     out = {**case, "checkpoints": checkpoints}
     if schedule_free:
@@ -170,7 +171,9 @@ def cases():
     out = []
 
     def add(label, optimizer, **args):
-        out.append({"label": label, "optimizer": optimizer, "args": args, "steps": STEPS})
+        out.append(
+            {"label": label, "optimizer": optimizer, "args": args, "steps": STEPS}
+        )
 
     for wd in (0.0, 0.01):
         for warmup in (0, 20):
@@ -199,7 +202,13 @@ def cases():
         weight_lr_power=1.0,
         warmup_steps=10,
     )
-    add("sf-sgd-momentum0.5-r0.5", "ScheduleFreeSGD.v1", learn_rate=1.0, momentum=0.5, r=0.5)
+    add(
+        "sf-sgd-momentum0.5-r0.5",
+        "ScheduleFreeSGD.v1",
+        learn_rate=1.0,
+        momentum=0.5,
+        r=0.5,
+    )
     for wd in (0.0, 0.1):
         add(f"lion-wd{wd}", "Lion.v1", learn_rate=1e-3, weight_decay=wd)
         add(f"ademamix-wd{wd}", "AdEMAMix.v1", learn_rate=1e-3, weight_decay=wd)
