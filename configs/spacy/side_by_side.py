@@ -75,6 +75,18 @@ def timed_updates(record: list[tuple[float, float]], evaluations: list[float]):
         Language.evaluate = original_evaluate
 
 
+def with_optimizer(config: Path, optimizer: dict, out: Path) -> Path:
+    """`config` with its `[training.optimizer]` block replaced by `optimizer`
+    (a dict, nested blocks as dicts), written to `out`: how another optimizer,
+    whose arguments differ from Adam's, enters the same spaCy training."""
+    from confection import Config
+
+    cfg = Config().from_str(config.read_text(), interpolate=False)
+    cfg["training"]["optimizer"] = optimizer
+    out.write_text(cfg.to_str())
+    return out
+
+
 def warm_up() -> None:
     """Compile optsvc's kernels (numba) before anything is timed."""
     import numpy as np
