@@ -133,7 +133,9 @@ def test_l2_as_gradient_term(ops):
 
 def test_lr_scale_applies_to_every_optimizer(ops):
     moved = {}
-    for name in ("SGD", "Adam", "RAdam"):
+    every = ("SGD", "Adam", "RAdam", "Lion", "AdEMAMix", "ScheduleFreeAdamW",
+             "ScheduleFreeSGD")  # fmt: skip
+    for name in every:
         for scale in (1.0, 0.5):
             opt = getattr(optsvc, name)(0.01, grad_clip=0.0, ops=ops)
             w, g = arrays(ops)
