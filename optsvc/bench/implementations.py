@@ -12,7 +12,7 @@ from optsvc.optim import HPARAMS, Optimizer, ParamStore
 from optsvc.optim.rules import THINC
 
 from .timing import _Device
-from .workloads import is_sgd
+from .workloads import is_sgd, optimizer_name
 
 IMPL_MULTI = "optsvc multi-tensor"
 IMPL_PER_KEY = "optsvc per-key"
@@ -128,12 +128,13 @@ def peer_skips(opt: Optimizer) -> list[str]:
         except ImportError as err:
             imported[module] = False
             skips.append(f"{peer}: skipped, {module} does not import here ({err})")
+    name = optimizer_name(opt)
     if imported["thinc"] and opt.rule is not THINC:
-        skips.append(f"thinc per-key: skipped, Thinc has no {opt.rule.title}")
-    if imported["torch"] and not _has_adamw_counterpart(opt):
-        kind = "RAdam" if opt.rule is THINC and opt.use_radam else "SGD"
-        kind = kind if opt.rule is THINC else opt.rule.title
-        skips.append(f"torch AdamW: skipped, no AdamW counterpart of {kind}")
+        skips.append(f"thinc per-key: skipped, Thinc has no {name}")
+    if imported["torch"] and opt.rule is not THINC:
+        skips.append(f"torch AdamW: skipped, torch.optim has no {name}")
+    elif imported["torch"] and not _has_adamw_counterpart(opt):
+        skips.append(f"torch AdamW: skipped, no AdamW counterpart of {name}")
     return skips
 
 

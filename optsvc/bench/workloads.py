@@ -3,6 +3,8 @@ the bytes one step of that optimizer must move (the floor's numerator)."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from optsvc.backends import STATE_ARRAYS, HostStep
@@ -42,6 +44,29 @@ def optimizer_from_config(path: str | Path) -> Optimizer:
     from optsvc.config import load_optimizer  # the config layer, only when asked
 
     return load_optimizer(path)
+
+
+def optimizer_builds(
+    configs: str | Path | Sequence[str | Path] | None,
+) -> list[Callable[[], Optimizer]]:
+    """A function that builds a fresh optimizer for each config (one
+    config, several, or none: spaCy's default Adam), each checked now."""
+    if configs is None:
+        return [default_optimizer]
+    if isinstance(configs, (str, Path)):
+        configs = [configs]
+    builds = [functools.partial(optimizer_from_config, c) for c in configs]
+    for build in builds:  # a bad config fails before any timing
+        build()
+    return builds
+
+
+def optimizer_name(opt: Optimizer) -> str:
+    """What the rows call `opt`: SGD, Adam or RAdam for Thinc's rule, else
+    its rule's title (Lion, AdEMAMix, Schedule-Free AdamW, ...)."""
+    if opt.rule is not THINC:
+        return opt.rule.title
+    return "SGD" if is_sgd(opt) else "RAdam" if opt.use_radam else "Adam"
 
 
 def is_sgd(opt: Optimizer) -> bool:
