@@ -455,3 +455,34 @@ def test_a_skipped_peer_says_why(app, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
     torch_lines = [x for x in bench.peer_skips(SGD(0.1)) if x.startswith("torch")]
     assert torch_lines == ["torch AdamW: skipped, no AdamW counterpart of SGD"]
+
+
+@pytest.mark.slow
+def test_compare_optimizers_prints_every_run(tmp_path):
+    """`make compare-optimizers`, small: the three optimizers on both jobs,
+    with and without early stopping, one table row each."""
+    import subprocess
+
+    script = CONFIGS_DIR.parent / "bench" / "compare_optimizers.py"
+    args = ["--spacy-steps", "20", "--spacy-eval", "5", "--spacy-patience", "5",
+            "--quickstart-steps", "300", "--quickstart-patience", "1",
+            "--corpus", str(tmp_path / "corpus")]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split(" | ") for line in done.stdout.splitlines()[2:]]
+    jobs = ["spaCy tagger", "spaCy tagger, patience 5 steps", "quickstart",
+            "quickstart, patience 1 evals"]  # fmt: skip
+    adam = {"spaCy": "Thinc Adam.v1", "quickstart": "optsvc Adam.v1"}
+    assert [(r[0].strip("| "), r[1]) for r in rows] == [
+        (job, name)
+        for job in jobs
+        for name in (f"{adam[job.split(',')[0].split()[0]]} + warmup_linear",
+                     "Schedule-Free AdamW", "Lion")
+    ]  # fmt: skip
+    for row in rows:
+        steps, best, final = int(row[2]), float(row[3]), float(row[4])
+        assert steps <= (20 if "spaCy" in row[0] else 300)
+        assert 0 <= final <= best <= 1
+        assert row[-1].rstrip(" |").endswith("%")
