@@ -10,7 +10,7 @@ CONFIG ?= configs/quickstart.cfg
 SRC := optsvc cli tests configs/spacy $(wildcard bench)
 
 
-.PHONY: test test-fast peer-tests peer-tests-thinc9 lint format train spacy-train spacy-side-by-side plot-example soak venv thinc9-reference clean
+.PHONY: test test-fast peer-tests peer-tests-thinc9 lint format train spacy-train spacy-side-by-side compare-optimizers plot-example soak venv thinc9-reference clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,14 @@ spacy-train: $(STAMP)
 # the optimizer's time per step (README, spaCy). About a minute on 2 CPU cores.
 spacy-side-by-side: $(STAMP)
 	$(BIN)/python configs/spacy/side_by_side.py --json runs/spacy/side_by_side.json
+
+# What the new optimizers buy (issue 22): spaCy's default Adam with
+# warmup_linear, Schedule-Free AdamW with no schedule and Lion, on the spaCy
+# tagger (1000 steps) and the quickstart job (3000 steps), each again with
+# early stopping; one table (README, New optimizers). About a minute on 2 CPU
+# cores.
+compare-optimizers: $(STAMP)
+	$(BIN)/python bench/compare_optimizers.py
 
 # The reliability soak (issue 6): 50 training runs SIGKILLed and resumed, checkpoint
 # corruptions, 10,000 fuzzed configs, command lines and optimizer calls; the

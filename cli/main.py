@@ -26,7 +26,6 @@ import optsvc
 from optsvc import registries
 from optsvc.config import ConfigError, load_config, validate_config
 from optsvc.config.preview import (
-    ATTRS,
     as_rows,
     default_steps,
     read_scores,
@@ -268,10 +267,11 @@ def _what_to_show(report, param: list[str] | None) -> tuple[dict, list[str]]:
         schedules = {report.sections.schedule_path: report.schedule}
         return schedules, list(schedules)
     params = list(param or []) or scheduled(opt) or ["learn_rate"]
-    unknown = [p for p in params if p not in ATTRS]
+    unknown = [p for p in params if p not in opt.schedules]
     if unknown:
         raise ConfigError(
-            f"unknown hyperparameter {unknown[0]!r}; choose from {', '.join(ATTRS)}"
+            f"unknown hyperparameter {unknown[0]!r}; choose from "
+            f"{', '.join(opt.schedules)}"
         )
     return opt.schedules, params
 

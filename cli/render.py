@@ -133,8 +133,8 @@ def summary(report: Report, source: str) -> None:
         for param, schedule in opt.schedules.items():
             if takes is None or param in takes:  # SGD has no betas, no eps
                 table.add_row(param, describe(schedule))
-        table.add_row("use_averages", str(opt.averages is not None))
-        table.add_row("L2_is_weight_decay", str(opt.L2_is_weight_decay))
+        for setting, value in opt.settings.items():
+            table.add_row(setting, str(value))
         out.print(table)
     elif report.schedule is not None:
         path = lay.schedule_path

@@ -170,7 +170,8 @@ def sweep(
     Each trial is an ordinary run folder, OUTPUT/trials/<index>-<values>/,
     trained by `optsvc train`. OUTPUT gets results.csv, results.json and
     best.cfg once every trial has ended (the config of the finished trial
-    with the best score at any evaluation, which `optsvc train` runs as is). Runs on a private local Ray instance, on a Ray cluster with
+    with the best score at any evaluation, which `optsvc train` runs as
+    is). Runs on a private local Ray instance, on a Ray cluster with
     --address, or one trial after another without Ray. Every trial's config
     is validated before any starts. Exit 0 when every trial finished, 1 when
     some failed, 130 when interrupted; continue with --resume. Extra

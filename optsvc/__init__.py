@@ -26,7 +26,17 @@ from .errors import (
     RunError,
     StateError,
 )
-from .optim import SGD, Adam, Optimizer, ParamStore, RAdam
+from .optim import (
+    SGD,
+    Adam,
+    AdEMAMix,
+    Lion,
+    Optimizer,
+    ParamStore,
+    RAdam,
+    ScheduleFreeAdamW,
+    ScheduleFreeSGD,
+)
 from .schedules import Schedule
 from .schedules.extra import *  # noqa: F403  (the schedule functions)
 from .schedules.thinc import *  # noqa: F403
@@ -49,6 +59,10 @@ __all__ = [
     "SGD",
     "Adam",
     "RAdam",
+    "Lion",
+    "AdEMAMix",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeSGD",
     "Schedule",
     *schedules.SCHEDULES,
     "registry",  # noqa: F405  (loaded on first use, by __getattr__)

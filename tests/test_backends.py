@@ -94,4 +94,8 @@ def test_update_kinds_keep_the_numbers_the_kernels_read():
         ("SGD", 0),
         ("ADAM", 1),
         ("MOMENTUM", 2),
+        ("LION", 3),
+        ("ADEMAMIX", 4),
+        ("SCHEDULE_FREE_ADAMW", 5),
+        ("SCHEDULE_FREE_SGD", 6),
     ]

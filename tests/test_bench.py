@@ -3,16 +3,19 @@ checks, never its speed (speed lives in the benchmark, not in unit tests)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import typer
 from optsvc_cli.bench import bench as bench_command
 from typer.testing import CliRunner
 
+import optsvc
 from optsvc import SGD, Adam, RAdam, bench
 from optsvc.bench import (
     IMPL_MULTI,
@@ -26,6 +29,7 @@ from optsvc.bench.timing import _Device
 
 ROW_KEYS = {
     "workload",
+    "optimizer",
     "description",
     "device",
     "implementation",
@@ -66,6 +70,7 @@ def has_torch() -> bool:
     return True
 
 
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 TORCH_IMPLS = ["torch AdamW fused", "torch AdamW foreach + clip + EMA"]
 
 
@@ -180,6 +185,13 @@ def test_torch_rows_say_what_they_leave_out(rows):
         (lambda: SGD(0.1, grad_clip=0.0, use_averages=False), 16),
         (lambda: SGD(0.1, grad_clip=0.0), 24),
         (lambda: SGD(0.1), 28),
+        # one state array (m), averages, the clipping norm's read
+        (lambda: optsvc.Lion(), 36),
+        (lambda: optsvc.Lion(grad_clip=0.0, use_averages=False), 24),
+        (lambda: optsvc.AdEMAMix(), 52),  # m, v and the slow momentum
+        # z and v; x is computed when read, not kept: no averages
+        (lambda: optsvc.ScheduleFreeAdamW(), 36),
+        (lambda: optsvc.ScheduleFreeSGD(grad_clip=0.0), 24),
     ],
 )
 def test_traffic_per_parameter(make, expected):
@@ -344,7 +356,59 @@ def test_workloads_after_one_option_are_workloads_not_configs(app):
     assert result.exit_code == 0, result.output
     assert "W3: 20 tensors" in result.output and "W2: 2000 tensors" in result.output
     result = CliRunner().invoke(app, ["a.cfg", "b.cfg", "--quick"])
-    assert result.exit_code == 1 and "one config at most" in result.output
+    assert result.exit_code == 1 and "does not exist" in result.output
+
+
+# The example config of each optimizer beyond Thinc's, and its bytes a
+# parameter (test_traffic_per_parameter says what they are made of).
+BEYOND_THINC = {"lion": ("Lion", 36), "ademamix": ("AdEMAMix", 52),
+                "schedulefree_adamw": ("Schedule-Free AdamW", 36),
+                "schedulefree_sgd": ("Schedule-Free SGD", 28)}  # fmt: skip
+
+
+def test_one_run_times_each_new_optimizer_against_its_own_floor(app, monkeypatch):
+    """`optsvc bench` with several configs: each optimizer's rows on each
+    workload, with its own bytes a parameter and floor, from one run; Thinc
+    and torch skipped with the reason, as neither has these optimizers."""
+    configs = [str(CONFIGS_DIR / f"{name}.cfg") for name in BEYOND_THINC]
+    args = [*configs, "--quick", "-w", "W3", "W1", "--repeat", "2", "--format", "json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    rows = report["rows"]
+    assert [(r["workload"], r["optimizer"], r["implementation"]) for r in rows] == [
+        (w, title, impl)
+        for w in ("W3", "W1")
+        for title, _ in BEYOND_THINC.values()
+        for impl in (IMPL_MULTI, IMPL_PER_KEY)
+    ]
+    assert len({r["run_id"] for r in rows}) == 1
+    for (_, title), group in itertools.groupby(
+        rows, key=lambda r: (r["workload"], r["optimizer"])
+    ):
+        group = list(group)
+        expected = dict(BEYOND_THINC.values())[title]
+        assert {r["bytes_per_param"] for r in group} == {expected}, title
+        (floor,) = {(r["floor_ms"], r["floor_gbps"]) for r in group}
+        moved = expected * group[0]["params"]
+        assert floor[0] == pytest.approx(moved / floor[1] / 1e6), title
+        for row in group:
+            assert row["x_floor"] == pytest.approx(row["ms"] / row["floor_ms"])
+    if has_thinc():
+        for title, _ in BEYOND_THINC.values():
+            assert f"thinc per-key: skipped, Thinc has no {title}" in report["skipped"]
+    args = [*configs, "--quick", "-w", "W3", "--no-peers"]
+    table = CliRunner().invoke(app, args, env={"COLUMNS": "250"})
+    assert table.exit_code == 0, table.output
+    for title, expected in BEYOND_THINC.values():
+        assert (
+            f"{title}: floor" in table.output
+            and f"= {expected} B/param" in table.output
+        )
+    monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
+    for config, (title, _) in zip(configs, BEYOND_THINC.values()):  # torch imports
+        skips = bench.peer_skips(bench.optimizer_from_config(config))
+        assert f"torch AdamW: skipped, torch.optim has no {title}" in skips
 
 
 def test_threads_option_runs_every_part_on_that_many_threads(app, monkeypatch):
@@ -391,3 +455,34 @@ def test_a_skipped_peer_says_why(app, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
     torch_lines = [x for x in bench.peer_skips(SGD(0.1)) if x.startswith("torch")]
     assert torch_lines == ["torch AdamW: skipped, no AdamW counterpart of SGD"]
+
+
+@pytest.mark.slow
+def test_compare_optimizers_prints_every_run(tmp_path):
+    """`make compare-optimizers`, small: the three optimizers on both jobs,
+    with and without early stopping, one table row each."""
+    import subprocess
+
+    script = CONFIGS_DIR.parent / "bench" / "compare_optimizers.py"
+    args = ["--spacy-steps", "20", "--spacy-eval", "5", "--spacy-patience", "5",
+            "--quickstart-steps", "300", "--quickstart-patience", "1",
+            "--corpus", str(tmp_path / "corpus")]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split(" | ") for line in done.stdout.splitlines()[2:]]
+    jobs = ["spaCy tagger", "spaCy tagger, patience 5 steps", "quickstart",
+            "quickstart, patience 1 evals"]  # fmt: skip
+    adam = {"spaCy": "Thinc Adam.v1", "quickstart": "optsvc Adam.v1"}
+    assert [(r[0].strip("| "), r[1]) for r in rows] == [
+        (job, name)
+        for job in jobs
+        for name in (f"{adam[job.split(',')[0].split()[0]]} + warmup_linear",
+                     "Schedule-Free AdamW", "Lion")
+    ]  # fmt: skip
+    for row in rows:
+        steps, best, final = int(row[2]), float(row[3]), float(row[4])
+        assert steps <= (20 if "spaCy" in row[0] else 300)
+        assert 0 <= final <= best <= 1
+        assert row[-1].rstrip(" |").endswith("%")

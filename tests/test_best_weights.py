@@ -260,3 +260,37 @@ def test_evaluate_names_the_config_and_the_sweep(tmp_path, noisy):
     done = cli("evaluate", tmp_path / "sweep")
     assert done.exit_code == 1
     assert "is a sweep; evaluate one of its trials" in done.stderr
+
+
+@pytest.mark.parametrize("name", ["schedulefree_adamw", "schedulefree_sgd"])
+def test_schedule_free_runs_evaluate_and_save_at_x(tmp_path, name):
+    """Schedule-Free trains y; the run evaluates, keeps best and writes final
+    at x = lerp(y, z, 1 - 1/beta1), z from the optimizer's saved state."""
+    from confection import Config
+
+    from optsvc.config.registry import registry
+    from optsvc.training.checkpoints import load_checkpoint
+
+    config, run = ROOT / "configs" / f"{name}.cfg", tmp_path / "run"
+    small = ["--training.max_steps", "120", "--training.eval_frequency", "30",
+             "--training.checkpoint_frequency", "60", "--data.n_samples", "600",
+             "--optimizer.warmup_steps", "20"]  # fmt: skip
+    done = cli("train", config, "-o", run, *small)
+    assert done.exit_code == 0, done.output
+    block = Config().from_disk(config)["optimizer"]
+    beta = block.get("beta1", block.get("momentum"))
+    optimizer = registry.optimizers.get(block["@optimizers"])
+    saved = load_checkpoint(run / "checkpoints" / "step-00000120").optimizer
+    z = optimizer().from_bytes(saved).state.view("z")
+    final = final_arrays(run, "final.safetensors")
+    for key in load_run(run).model.params:
+        y, x = final[f"w:{key[0]}/{key[1]}"], final[f"avg:{key[0]}/{key[1]}"]
+        y, x = y.ravel(), x.ravel()
+        expected = y + (1 - 1 / beta) * (z[key] - y)
+        np.testing.assert_allclose(x, expected, rtol=1e-6, atol=1e-7, err_msg=str(key))
+        assert not np.array_equal(x, y), key
+    rows = scores(run)
+    assert load_run(run, "final").evaluate() == rows[-1]["score"]
+    best = max(rows, key=lambda r: r["score"])
+    assert load_run(run).evaluate() == best["score"]
+    assert int(final_arrays(run, "best.safetensors")["step"]) == best["step"]

@@ -2,8 +2,9 @@
 
 Without a GPU the kernels run under numba's CUDA simulator (switched on in
 tests/conftest.py) on numpy arrays; on a GPU with cupy the same cases run on
-cupy arrays. Every case is compared with ``reference_update`` from
-tests/kernel_reference.py, the plain-numpy statement of Thinc's update order.
+cupy arrays. Every case, for every update kind, is compared with
+``reference_update`` from tests/kernel_reference.py, the plain-numpy
+statement of each kind's update order.
 """
 
 import os
@@ -25,9 +26,17 @@ numba = pytest.importorskip(
     exc_type=ImportError,
 )
 
-from kernel_reference import KINDS, NAMES, reference_update  # noqa: E402
+from kernel_reference import (  # noqa: E402
+    HYPER,
+    KINDS,
+    NAMES,
+    STATE,
+    reference_update,
+    split,
+    state_of,
+)
 
-from optsvc.backends import UpdateKind  # noqa: E402
+from optsvc.backends import STATE_ARRAYS, UpdateKind  # noqa: E402
 from optsvc.backends import cuda_kernels as ck  # noqa: E402
 
 SIM = bool(numba.config.ENABLE_CUDASIM)
@@ -41,8 +50,6 @@ else:
         pytest.skip(
             "CUDA simulator is off and no GPU is usable", allow_module_level=True
         )
-
-HYPER = dict(lr=0.005, b1=0.9, b2=0.999, eps=1e-8, ema_rate=0.1)
 
 
 def to_device(a):
@@ -63,13 +70,14 @@ def make_state(rng, n, kind, with_ema):
     state = {
         "w": w,
         "g": (0.1 * rng.standard_normal(n)).astype(f32),
-        "m": None,
-        "v": None,
+        **dict.fromkeys(STATE),
         "ema": None,
     }
-    if kind != UpdateKind.SGD:
-        state["m"] = (0.05 * rng.standard_normal(n)).astype(f32)
-        state["v"] = rng.uniform(1e-3, 1e-2, n).astype(f32)
+    for i in range(STATE_ARRAYS[kind]):  # the second is a second moment
+        if i == 1:
+            state[STATE[i]] = rng.uniform(1e-3, 1e-2, n).astype(f32)
+        else:
+            state[STATE[i]] = (0.05 * rng.standard_normal(n)).astype(f32)
     if with_ema:
         state["ema"] = (w + 0.01 * rng.standard_normal(n)).astype(f32)
     return state
@@ -84,12 +92,21 @@ def clip_value(g, w, l2, mode):
     return norm * (0.5 if mode == "fires" else 2.0)
 
 
+def kernel(dev, stream=0, **kw):
+    """`ck.fused_update` on a dict of device arrays, `kw` as the reference's."""
+    tensor, host = split(kw)
+    return ck.fused_update(
+        dev["w"], dev["g"], state_of(dev), dev["ema"], host=host, stream=stream,
+        **tensor,
+    )  # fmt: skip
+
+
 def step_both(state, *, exact, atol=1e-7, **kw):
     """Run reference and kernel on copies of state; compare; return the new state."""
     ref = {k: None if a is None else a.copy() for k, a in state.items()}
-    reference_update(*(ref[k] for k in NAMES), **kw)
+    reference_update(**ref, **kw)
     dev = {k: to_device(a) for k, a in state.items()}
-    assert ck.fused_update(*(dev[k] for k in NAMES), **kw) is None
+    assert kernel(dev, **kw) is None
     got = {k: to_host(a) for k, a in dev.items()}
     for k in NAMES:
         if ref[k] is None:
@@ -180,21 +197,22 @@ def test_external_stream():
     clip = clip_value(state["g"], state["w"], 0.0, "fires")
     kw = dict(HYPER, kind=UpdateKind.MOMENTUM, l2=0.0, clip=clip, decay=0.0)
     ref = {k: None if a is None else a.copy() for k, a in state.items()}
-    reference_update(*(ref[k] for k in NAMES), **kw)
+    reference_update(**ref, **kw)
     if SIM:
         stream = ck.external_stream(0)
         dev = {k: to_device(a) for k, a in state.items()}
-        ck.fused_update(*(dev[k] for k in NAMES), stream=stream, **kw)
+        kernel(dev, stream=stream, **kw)
     else:
         cupy_stream = cupy.cuda.Stream(non_blocking=True)
         with cupy_stream:
             dev = {k: to_device(a) for k, a in state.items()}
             stream = ck.external_stream(cupy_stream.ptr)
-            ck.fused_update(*(dev[k] for k in NAMES), stream=stream, **kw)
+            kernel(dev, stream=stream, **kw)
             cupy_stream.synchronize()
             assert any(key[1] == cupy_stream.ptr for key in ck._scratch)
-    for k in ("w", "g", "m", "v", "ema"):
-        np.testing.assert_allclose(to_host(dev[k]), ref[k], rtol=1e-6, atol=1e-7)
+    for k in NAMES:
+        if ref[k] is not None:
+            np.testing.assert_allclose(to_host(dev[k]), ref[k], rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("kind", list(KINDS.values()), ids=list(KINDS))
@@ -214,39 +232,46 @@ def test_branches_follow_host_values(kind):
 
 # The simulator's threads do not inherit np.errstate: NaN / inf warn there.
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-def test_non_finite_gradients_propagate_like_the_reference():
+@pytest.mark.parametrize("kind", list(KINDS.values()), ids=list(KINDS))
+def test_non_finite_gradients_propagate_like_the_reference(kind):
     rng = np.random.default_rng(12)
-    state = make_state(rng, 20, UpdateKind.ADAM, with_ema=True)
+    state = make_state(rng, 20, kind, with_ema=True)
     state["g"][3] = np.nan
     state["g"][7] = np.inf
-    kw = dict(HYPER, kind=UpdateKind.ADAM, l2=0.01, clip=1.0, decay=1e-3)
+    kw = dict(HYPER, kind=kind, l2=0.01, clip=1.0, decay=1e-3)
     with np.errstate(invalid="ignore", over="ignore"):
         step_both(state, exact=SIM, **kw)
 
 
 def test_empty_arrays_are_a_no_op():
     e = to_device(np.zeros(0, np.float32))
-    ck.fused_update(
-        e, e, e, e, e, kind=UpdateKind.ADAM, l2=0.1, clip=1.0, decay=0.1, **HYPER
-    )
+    dev = {"w": e, "g": e, "s0": e, "s1": e, "s2": e, "ema": e}
+    kernel(dev, **dict(HYPER, kind=UpdateKind.ADEMAMIX, l2=0.1, clip=1.0, decay=0.1))
 
 
 def test_rejects_bad_arguments():
     a = to_device(np.ones(4, np.float32))
-    kw = dict(HYPER, l2=0.0, clip=0.0, decay=0.0)
+    tensor, host = split(dict(HYPER, kind=0, l2=0.0, clip=0.0, decay=0.0))
+    kw = dict(tensor, host=host)
+    kw.pop("kind")
     with pytest.raises(ValueError, match="kind"):
-        ck.fused_update(a, a, None, None, None, kind=3, **kw)
-    with pytest.raises(ValueError, match="m and v"):
-        ck.fused_update(a, a, None, None, None, kind=UpdateKind.ADAM, **kw)
+        ck.fused_update(a, a, (), None, kind=7, **kw)
+    with pytest.raises(ValueError, match="keeps 2 state arrays"):
+        ck.fused_update(a, a, (), None, kind=UpdateKind.ADAM, **kw)
+    with pytest.raises(ValueError, match="keeps 3 state arrays"):
+        ck.fused_update(a, a, (a, a, None), None, kind=UpdateKind.ADEMAMIX, **kw)
     with pytest.raises(TypeError, match="float32"):
         b = to_device(np.ones(4, np.float64))
-        ck.fused_update(a, b, None, None, None, kind=UpdateKind.SGD, **kw)
+        ck.fused_update(a, b, (), None, kind=UpdateKind.SGD, **kw)
+    with pytest.raises(TypeError, match="float32"):
+        b = to_device(np.ones(4, np.float64))
+        ck.fused_update(a, a, (b,), None, kind=UpdateKind.LION, **kw)
     with pytest.raises(ValueError, match="size"):
         b = to_device(np.ones(5, np.float32))
-        ck.fused_update(a, b, None, None, None, kind=UpdateKind.SGD, **kw)
+        ck.fused_update(a, b, (), None, kind=UpdateKind.SGD, **kw)
     with pytest.raises(ValueError, match="contiguous"):
         b = to_device(np.ones(8, np.float32))[::2]
-        ck.fused_update(a, b, None, None, None, kind=UpdateKind.SGD, **kw)
+        ck.fused_update(a, b, (), None, kind=UpdateKind.SGD, **kw)
 
 
 def test_module_imports_without_numba():
@@ -257,13 +282,13 @@ import sys
 import numpy as np
 import optsvc.backends.cuda_kernels as ck
 import optsvc.backends.cuda_multi
-from optsvc.backends import UpdateKind
+from optsvc.backends import HostStep, UpdateKind
 assert "numba" not in sys.modules, "importing the CUDA kernels imported numba"
 sys.modules["numba"] = None  # make numba unimportable from here on
 a = np.zeros(3, np.float32)
 try:
-    ck.fused_update(a, a.copy(), None, None, None, kind=UpdateKind.SGD, lr=0.1, b1=0.9,
-                    b2=0.999, eps=1e-8, l2=0.0, clip=0.0, decay=0.0, ema_rate=0.0)
+    ck.fused_update(a, a.copy(), (), None, kind=UpdateKind.SGD, lr=0.1, ema_rate=0.0,
+                    host=HostStep().array())
 except ImportError as exc:
     assert "numba" in str(exc), exc
 else:
@@ -292,15 +317,15 @@ def test_property_matches_reference(data):
     state = {
         "w": data.draw(_f32_arrays(n, -2, 2), label="w"),
         "g": data.draw(_f32_arrays(n, -2, 2), label="g"),
-        "m": None,
-        "v": None,
+        **dict.fromkeys(STATE),
         "ema": data.draw(_f32_arrays(n, -2, 2), label="ema") if with_ema else None,
     }
-    if kind != UpdateKind.SGD:
-        state["m"] = data.draw(_f32_arrays(n, -1, 1), label="m")
-        state["v"] = data.draw(_f32_arrays(n, 1e-2, 1), label="v")
+    for i in range(STATE_ARRAYS[kind]):
+        low = 1e-2 if i == 1 else -1  # the second is a second moment
+        state[STATE[i]] = data.draw(_f32_arrays(n, low, 1), label=STATE[i])
     l2 = data.draw(st.sampled_from([0.0, 1e-3, 0.05]), label="l2")
     clip_mode = data.draw(st.sampled_from(["off", "fires", "no_fire"]), label="clip")
+    weight = st.floats(0.0, 1.0)  # a lerp's: both of its forms
     kw = dict(
         kind=kind,
         lr=data.draw(st.floats(1e-4, 1e-2), label="lr"),
@@ -311,6 +336,13 @@ def test_property_matches_reference(data):
         clip=clip_value(state["g"], state["w"], l2, clip_mode),
         decay=data.draw(st.sampled_from([0.0, 1e-4, 1e-2]), label="decay"),
         ema_rate=data.draw(st.floats(0.0, 1.0), label="ema_rate"),
+        bc1=data.draw(st.floats(0.05, 1.0), label="bc1"),
+        bc2=data.draw(st.floats(0.02, 1.0), label="bc2"),
+        to_g1=data.draw(weight, label="to_g1"),
+        to_g2=data.draw(weight, label="to_g2"),
+        to_z=data.draw(weight, label="to_z"),
+        alpha=data.draw(st.floats(0.0, 8.0), label="alpha"),
+        y_step=data.draw(st.floats(-0.01, 0.0), label="y_step"),
     )
     # On a GPU, NVVM fuses a * b + c into FMAs: about one float32 ulp away from
     # the reference, which can exceed atol=1e-7 where ema - r * (ema - w)

@@ -16,11 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from kernel_reference import (
+    HYPER,
     KINDS,
     NAMES,
+    call,
     copy_state,
     random_state,
     reference_update,
+    split,
+    state_of,
 )
 
 pytest.importorskip(
@@ -35,7 +39,6 @@ from optsvc.backends import (  # noqa: E402
     numba_kernels,
 )
 
-HYPER = dict(lr=0.01, b1=0.9, b2=0.999, eps=1e-8, ema_rate=0.1)
 SIZES = [
     1,
     7,
@@ -72,7 +75,7 @@ def test_matches_reference(kind, l2, clip_mode, decay, averages):
         hyper = dict(HYPER, kind=KINDS[kind], l2=l2, clip=clip, decay=decay)
         for step in range(2):  # state carried across steps
             ours["g"][:] = ref["g"][:] = np.float32(0.3 + step) * ours["w"] + 1
-            numba_kernels.fused_update(**ours, **hyper)
+            call(numba_kernels.fused_update, ours, **hyper)
             reference_update(**ref, **hyper)
         for name in NAMES:
             if ours[name] is None:
@@ -86,25 +89,27 @@ def test_matches_reference(kind, l2, clip_mode, decay, averages):
         assert not ours["g"].any()
 
 
-def test_branches_follow_host_values():
+@pytest.mark.parametrize("kind", list(KINDS.values()), ids=list(KINDS))
+def test_branches_follow_host_values(kind):
     # l2, clip and decay that round to 0 in float32 still take the
     # reference's branches (clip then zeroes the gradient: norm >= 0).
-    ours = random_state(33, UpdateKind.ADAM, True)
+    ours = random_state(33, kind, True)
     ref = copy_state(ours)
-    hyper = dict(HYPER, kind=UpdateKind.ADAM, l2=1e-50, clip=1e-50, decay=1e-50)
-    numba_kernels.fused_update(**ours, **hyper)
+    hyper = dict(HYPER, kind=kind, l2=1e-50, clip=1e-50, decay=1e-50)
+    call(numba_kernels.fused_update, ours, **hyper)
     reference_update(**ref, **hyper)
     for name in NAMES:
         np.testing.assert_array_equal(ours[name], ref[name], err_msg=name)
 
 
-def test_non_finite_values_propagate_like_the_reference():
-    ours = random_state(100, UpdateKind.ADAM, True)
+@pytest.mark.parametrize("kind", list(KINDS.values()), ids=list(KINDS))
+def test_non_finite_values_propagate_like_the_reference(kind):
+    ours = random_state(100, kind, True)
     ours["g"][3], ours["g"][70], ours["w"][5] = np.nan, np.inf, -np.inf
     ref = copy_state(ours)
-    hyper = dict(HYPER, kind=UpdateKind.ADAM, l2=0.01, clip=0.0, decay=1e-3)
+    hyper = dict(HYPER, kind=kind, l2=0.01, clip=0.0, decay=1e-3)
     with np.errstate(invalid="ignore", over="ignore"):
-        numba_kernels.fused_update(**ours, **hyper)
+        call(numba_kernels.fused_update, ours, **hyper)
         reference_update(**ref, **hyper)
     for name in NAMES:
         np.testing.assert_array_equal(ours[name], ref[name], err_msg=name)
@@ -138,27 +143,22 @@ def test_multi_update_equals_one_call_per_tensor(kind):
     params.lr[:] = [0.01 * (i + 1) for i in range(len(nonempty))]
     params.ema_rate[:] = [0.1 / (i + 1) for i in range(len(nonempty))]
     params.kind[:] = kind
-    shared = dict(b1=0.9, b2=0.99, eps=1e-7, l2=0.01, clip=3.0, decay=1e-3)
+    params.bc1[:] = [1 - 0.9 ** (i + 1) for i in range(len(nonempty))]
+    params.bc2[:] = [(1 - 0.99 ** (i + 1)) ** 0.5 for i in range(len(nonempty))]
+    _, host = split(dict(HYPER, kind=kind, l2=0.01, clip=3.0, decay=1e-3))
     numba_kernels.multi_update(
-        *(flat[k] for k in NAMES),
-        offsets[nonempty],
-        np.array(sizes)[nonempty],
-        params.lr,
-        params.ema_rate,
-        params.kind,
-        **shared,
-    )
+        flat["w"], flat["g"], state_of(flat), flat["ema"], offsets[nonempty],
+        np.array(sizes)[nonempty], params.packed, host=host,
+    )  # fmt: skip
     for t, i in enumerate(nonempty):
         part = {
             k: None if a is None else a[offsets[i] : offsets[i] + sizes[i]]
             for k, a in ref.items()
         }
+        column = dict(zip(params.ROWS, params.packed[:, t].tolist()))
+        column["kind"] = kind
         numba_kernels.fused_update(
-            **part,
-            kind=kind,
-            lr=float(params.lr[t]),
-            ema_rate=float(params.ema_rate[t]),
-            **shared,
+            part["w"], part["g"], state_of(part), part["ema"], host=host, **column
         )
     for name in NAMES:
         if flat[name] is not None:
@@ -170,34 +170,29 @@ def test_numpy_ops_uses_the_compiled_kernel_and_falls_back():
     assert NumpyOps(compiled=False).compiled is False
     # Both backends give the reference's numbers without clipping.
     results = []
-    for ops in (NumpyOps(), NumpyOps(compiled=False)):
-        arrays = random_state(5000, UpdateKind.ADAM, True, seed=9)
-        ops.fused_update(
-            *(arrays[k] for k in NAMES),
-            kind=UpdateKind.ADAM,
-            **dict(HYPER, l2=0.01, clip=0.0, decay=1e-3),
-        )
-        results.append(arrays)
-    for name in NAMES:
-        np.testing.assert_array_equal(results[0][name], results[1][name])
+    for kind in KINDS.values():
+        for ops in (NumpyOps(), NumpyOps(compiled=False)):
+            arrays = random_state(5000, kind, True, seed=9)
+            call(ops.fused_update, arrays, **dict(HYPER, kind=kind, l2=0.01,
+                                                 clip=0.0, decay=1e-3))  # fmt: skip
+            results.append(arrays)
+        for name in NAMES:
+            if results[-1][name] is not None:
+                np.testing.assert_array_equal(results[-2][name], results[-1][name])
     # And the multi-tensor entry point of the fallback loops over tensors.
     layout = FlatLayout([0, 10], [10, 20])
     params = TensorParams(2)
     params.lr[:] = 0.1
-    flat = [random_state(30, UpdateKind.SGD, False, seed=1) for _ in range(2)]
+    params.kind[:] = [UpdateKind.SGD, UpdateKind.LION]
+    _, host = split(dict(kind=0, to_g1=0.1, to_g2=0.01))
+    flat = [random_state(30, UpdateKind.LION, False, seed=1) for _ in range(2)]
     for ops, arrays in zip((NumpyOps(), NumpyOps(compiled=False)), flat):
         ops.multi_update(
-            *(arrays[k] for k in NAMES),
-            layout=layout,
-            params=params,
-            b1=0.0,
-            b2=0.0,
-            eps=1e-8,
-            l2=0.0,
-            clip=0.0,
-            decay=0.0,
-        )
+            arrays["w"], arrays["g"], state_of(arrays), None, layout=layout,
+            params=params, host=host,
+        )  # fmt: skip
     np.testing.assert_array_equal(flat[0]["w"], flat[1]["w"])
+    np.testing.assert_array_equal(flat[0]["s0"], flat[1]["s0"])
 
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:

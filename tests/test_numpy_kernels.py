@@ -8,14 +8,18 @@ import tracemalloc
 import numpy as np
 import pytest
 from kernel_reference import (
+    HYPER,
     KINDS,
+    call,
     copy_state,
     element_update,
     random_state,
     reference_update,
+    split,
+    state_of,
 )
 
-from optsvc.backends import UpdateKind, numpy_kernels
+from optsvc.backends import numpy_kernels
 from optsvc.backends.numpy_kernels import BLOCK, fused_update
 
 CASES = list(
@@ -27,9 +31,8 @@ CASES = list(
         [False, True],  # averages
     )
 )
-
-
-HYPER = dict(lr=0.01, b1=0.9, b2=0.999, eps=1e-8, ema_rate=0.1)
+# The far form of every lerp (a weight of 0.5 or more, as torch picks it).
+FAR = dict(to_g1=0.7, to_g2=0.5, to_z=0.9)
 
 
 @pytest.mark.parametrize("kind,l2,clip,decay,averages", CASES)
@@ -38,9 +41,11 @@ def test_kernel_matches_reference(n, kind, l2, clip, decay, averages):
     ours = random_state(n, KINDS[kind], averages)
     ref = copy_state(ours)
     hyper = dict(HYPER, kind=KINDS[kind], l2=l2, clip=clip, decay=decay)
-    for _ in range(3):  # state carried across steps
+    for step in range(3):  # state carried across steps, both forms of lerp
         ours["g"][:] = ref["g"][:] = np.float32(0.3) * ours["w"] + 1
-        fused_update(**ours, **hyper)
+        if step == 2:
+            hyper.update(FAR)
+        call(fused_update, ours, **hyper)
         reference_update(**ref, **hyper)
     for name in ours:
         if ours[name] is not None:
@@ -57,11 +62,13 @@ def test_kernel_and_element_functions_match_reference(kind, l2, clip, decay, ave
         ref = random_state(n, KINDS[kind], averages, seed=n)
         ours = {"numpy": copy_state(ref), "elements": copy_state(ref)}
         hyper = dict(HYPER, kind=KINDS[kind], l2=l2, clip=clip, decay=decay)
-        for step in range(2):  # state carried across steps
+        for step in range(3):  # state carried across steps, both forms of lerp
             gradient = np.float32(0.3 + step) * ref["w"] + 1
             for state in (ref, *ours.values()):
                 state["g"][:] = gradient
-            fused_update(**ours["numpy"], **hyper)
+            if step == 2:
+                hyper.update(FAR)
+            call(fused_update, ours["numpy"], **hyper)
             element_update(**ours["elements"], **hyper)
             reference_update(**ref, **hyper)
         for who, state in ours.items():
@@ -76,29 +83,35 @@ def test_kernel_and_element_functions_match_reference(kind, l2, clip, decay, ave
                     np.testing.assert_array_equal(array, ref[name], err_msg=(who, name))
 
 
-def test_kernel_is_bit_exact_without_clipping():
-    ours = random_state(5000, UpdateKind.ADAM, True)
+@pytest.mark.parametrize("kind", list(KINDS.values()), ids=list(KINDS))
+def test_kernel_is_bit_exact_without_clipping(kind):
+    ours = random_state(5000, kind, True)
     ref = copy_state(ours)
-    hyper = dict(HYPER, kind=UpdateKind.ADAM, l2=0.01, clip=0.0, decay=1e-3)
-    fused_update(**ours, **hyper)
+    hyper = dict(HYPER, kind=kind, l2=0.01, clip=0.0, decay=1e-3)
+    call(fused_update, ours, **hyper)
     reference_update(**ref, **hyper)
     for name in ours:
         np.testing.assert_array_equal(ours[name], ref[name])
 
 
-def test_kernel_allocates_nothing_per_step():
+@pytest.mark.parametrize("kind", list(KINDS.values()), ids=list(KINDS))
+def test_kernel_allocates_nothing_per_step(kind):
     n = 4 * BLOCK
-    arrays = random_state(n, UpdateKind.ADAM, True)
+    arrays = random_state(n, kind, True)
     scratch = numpy_kernels.Scratch()
-    hyper = dict(
-        HYPER, kind=UpdateKind.ADAM, l2=0.0, clip=1.0, decay=1e-3, scratch=scratch
-    )
-    fused_update(**arrays, **hyper)
+    tensor, host = split(dict(HYPER, kind=kind, l2=0.0, clip=1.0, decay=1e-3))
+    w, g, ema = arrays["w"], arrays["g"], arrays["ema"]
+    state = state_of(arrays)
+
+    def step():
+        fused_update(w, g, state, ema, host=host, scratch=scratch, **tensor)
+
+    step()
     tracemalloc.start()
     try:
         for _ in range(5):
             arrays["g"][:] = 0.5
-            fused_update(**arrays, **hyper)
+            step()
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -133,7 +133,9 @@ def test_l2_as_gradient_term(ops):
 
 def test_lr_scale_applies_to_every_optimizer(ops):
     moved = {}
-    for name in ("SGD", "Adam", "RAdam"):
+    every = ("SGD", "Adam", "RAdam", "Lion", "AdEMAMix", "ScheduleFreeAdamW",
+             "ScheduleFreeSGD")  # fmt: skip
+    for name in every:
         for scale in (1.0, 0.5):
             opt = getattr(optsvc, name)(0.01, grad_clip=0.0, ops=ops)
             w, g = arrays(ops)
@@ -384,7 +386,7 @@ def test_moments_averages_and_counts_are_views_of_the_one_state(ops):
     w, g = arrays(ops)
     opt((0, "W"), w, g)
     slot = opt.state.slots[(0, "W")]
-    assert opt.mom1[(0, "W")] is slot.m and opt.mom2[(0, "W")] is slot.v
+    assert opt.mom1[(0, "W")] is slot.state[0] and opt.mom2[(0, "W")] is slot.state[1]
     assert opt.averages[(0, "W")].shape == w.shape
     assert np.shares_memory(
         ops.to_numpy(opt.averages[(0, "W")]), ops.to_numpy(slot.ema)

@@ -37,7 +37,7 @@ def test_thinc_names_are_all_there():
         "plateau.v1",
     }  # fmt: skip
     assert thinc9 <= set(registry.schedules.get_all())
-    assert {"SGD.v1", "Adam.v1", "RAdam.v1"} == set(registry.optimizers.get_all())
+    assert {"SGD.v1", "Adam.v1", "RAdam.v1"} <= set(registry.optimizers.get_all())
 
 
 def test_registry_is_confection_compatible():

@@ -166,6 +166,25 @@ def r_one_cycle(
     return f
 
 
+def r_ademamix_alpha(alpha, warmup):
+    # The AdEMAMix paper's alpha scheduler (its appendix code), counting
+    # updates from 1: update t = step + 1.
+    return lambda step: min((step + 1) * alpha / warmup, alpha)
+
+
+def r_ademamix_beta3(beta1, beta3, warmup):
+    # The paper's beta3 scheduler: linear in the half-life ln(0.5) / ln(beta).
+    def f(step):
+        t = step + 1
+        if t >= warmup:
+            return beta3
+        log_b1, log_b3 = math.log(beta1), math.log(beta3)
+        mixed = (1 - t / warmup) * log_b3 + (t / warmup) * log_b1
+        return min(math.exp(log_b1 * log_b3 / mixed), beta3)
+
+    return f
+
+
 class RefPlateau:
     """Thinc 9.1.1's plateau, replayed call by call."""
 
@@ -544,6 +563,33 @@ CASES = [
         lambda: {"max_rate": 0.5, "total_steps": 2, "pct_start": 0.25},
         stateless(r_one_cycle(0.5, 2, 0.25)),
     ),
+    # AdEMAMix's warmups
+    Case(
+        "ademamix_alpha_warmup",
+        "ademamix_alpha_warmup",
+        lambda: {"alpha": 5.0, "warmup_steps": 256},
+        stateless(r_ademamix_alpha(5.0, 256)),
+    ),
+    Case(
+        "ademamix_alpha_warmup-one-step",
+        "ademamix_alpha_warmup",
+        lambda: {"alpha": 8.0, "warmup_steps": 1},
+        stateless(r_ademamix_alpha(8.0, 1)),
+    ),
+    Case(
+        "ademamix_beta3_warmup",
+        "ademamix_beta3_warmup",
+        lambda: {"beta1": 0.9, "beta3": 0.9999, "warmup_steps": 300},
+        stateless(r_ademamix_beta3(0.9, 0.9999, 300)),
+        exact=False,
+    ),
+    Case(
+        "ademamix_beta3_warmup-short",
+        "ademamix_beta3_warmup",
+        lambda: {"beta1": 0.5, "beta3": 0.99, "warmup_steps": 7},
+        stateless(r_ademamix_beta3(0.5, 0.99, 7)),
+        exact=False,
+    ),
 ]
 
 
@@ -556,7 +602,7 @@ def check_value(got, want, exact, scale=1.0):
 
 
 def test_table_covers_every_registered_schedule():
-    assert len(REGISTERED) == 14
+    assert len(REGISTERED) == 16
     assert all(name.endswith(".v1") for name in REGISTERED)
     assert {f"{case.name}.v1" for case in CASES} == set(REGISTERED)
 
@@ -1094,6 +1140,18 @@ BAD_ARGS = [
         {"max_rate": 0.1, "total_steps": 100, "final_div_factor": -1.0},
         "final_div_factor",
     ),
+    ("ademamix_alpha_warmup", {"alpha": -1.0, "warmup_steps": 10}, "alpha"),
+    ("ademamix_alpha_warmup", {"alpha": 5.0, "warmup_steps": 0}, "warmup_steps"),
+    (
+        "ademamix_beta3_warmup",
+        {"beta1": 0.9, "beta3": 1.0, "warmup_steps": 10},
+        "beta3",
+    ),
+    (
+        "ademamix_beta3_warmup",
+        {"beta1": 0.99, "beta3": 0.9, "warmup_steps": 10},
+        "beta1",
+    ),
 ]
 
 
@@ -1219,6 +1277,13 @@ def one_cycle_args(draw):
 
 
 @st.composite
+def ademamix_beta3_args(draw):
+    beta1 = draw(st.floats(0.01, 0.98))
+    beta3 = draw(st.floats(beta1, 0.999999, exclude_min=True))
+    return {"beta1": beta1, "beta3": beta3, "warmup_steps": draw(st.integers(1, 10**6))}
+
+
+@st.composite
 def inner_schedule(draw):
     return reg("decaying")(**draw(decaying_args()))
 
@@ -1259,6 +1324,10 @@ ARG_STRATEGIES = {
         {"warmup_steps": n_steps, "schedule": inner_schedule()}
     ),
     "one_cycle": one_cycle_args(),
+    "ademamix_alpha_warmup": st.fixed_dictionaries(
+        {"alpha": rate, "warmup_steps": st.integers(1, 10**6)}
+    ),
+    "ademamix_beta3_warmup": ademamix_beta3_args(),
 }
 
 

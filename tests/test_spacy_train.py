@@ -133,3 +133,92 @@ def test_optsvc_validate_and_show_schedule_read_the_spacy_config(tmp_path):
     assert [r["learn_rate"] for r in rows] == pytest.approx(
         [expected(r["step"]) for r in rows]
     )
+
+
+# --- Schedule-Free AdamW: spaCy evaluates and saves at x, with no change --------------
+
+# `python -m spacy train ARGS` as it is, but watching: at each new best score
+# (just before spaCy saves model-best), the weights it trains (y) and
+# `optimizer.averages` (Schedule-Free's x) are written to OUT, named by
+# component, node (in `Model.walk` order) and parameter.
+WATCH_DRIVER = r"""
+import sys
+
+import numpy as np
+from spacy.cli import setup_cli
+from spacy.training import loop
+
+OUT = sys.argv.pop(1)
+unwatched = loop.train_while_improving
+
+
+def watched(nlp, optimizer, *args, **kwargs):
+    for batch, info, is_best in unwatched(nlp, optimizer, *args, **kwargs):
+        if is_best:
+            seen = {"step": np.array(info["step"])}
+            for pipe, component in nlp.pipeline:
+                for i, node in enumerate(component.model.walk()):
+                    for name in node.param_names:
+                        if (node.id, name) in optimizer.averages:
+                            where = f"{pipe}.{i}.{name}"
+                            seen[f"y.{where}"] = node.get_param(name).copy()
+                            seen[f"x.{where}"] = optimizer.averages[(node.id, name)]
+            np.savez(OUT, **seen)
+        yield batch, info, is_best
+
+
+loop.train_while_improving = watched
+sys.argv[0] = "spacy"
+setup_cli()
+"""
+SCHEDULE_FREE = {"@optimizers": "optsvc.ScheduleFreeAdamW.v1", "learn_rate": 0.002,
+                 "warmup_steps": 10, "weight_decay": 0.01}  # fmt: skip
+
+
+def test_spacy_saves_model_best_at_schedule_free_x(tmp_path):
+    """An unmodified `spacy train` with optsvc.ScheduleFreeAdamW.v1 evaluates
+    and saves under `nlp.use_params(optimizer.averages)`: model-best holds the
+    evaluation point x of its step, bit for bit, not the trained weights y."""
+    import numpy as np
+    import spacy
+
+    sys.path.insert(0, str(ROOT / "configs" / "spacy"))
+    from side_by_side import with_optimizer
+
+    made = run([str(ROOT / "configs/spacy/make_corpus.py"), "corpus"], tmp_path)
+    assert made.returncode == 0, made.stderr
+    config = with_optimizer(CONFIG, SCHEDULE_FREE, tmp_path / "schedule_free.cfg")
+    driver = tmp_path / "watch_spacy.py"
+    driver.write_text(WATCH_DRIVER)
+    out, seen = tmp_path / "run", tmp_path / "best.npz"
+    result = run(
+        [
+            str(driver), str(seen), "train", str(config), "--output", str(out),
+            "--paths.train", "corpus/train.spacy", "--paths.dev", "corpus/dev.spacy",
+            "--training.max_steps", str(STEPS),
+            "--training.eval_frequency", str(EVAL_EVERY),
+        ],
+        tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    saved = (out / "model-best" / "config.cfg").read_text()
+    assert '@optimizers = "optsvc.ScheduleFreeAdamW.v1"' in saved
+    meta = json.loads((out / "model-best" / "meta.json").read_text())
+    assert meta["performance"]["tag_acc"] > 0.5
+
+    with np.load(seen, allow_pickle=False) as arrays:
+        seen = dict(arrays)
+    assert 0 < seen.pop("step") <= STEPS
+    best = spacy.load(out / "model-best")
+    compared = 0
+    for pipe, component in best.pipeline:
+        for i, node in enumerate(component.model.walk()):
+            for name in node.param_names:
+                where = f"{pipe}.{i}.{name}"
+                if f"x.{where}" not in seen:
+                    continue
+                weights = node.get_param(name)
+                np.testing.assert_array_equal(weights, seen[f"x.{where}"], where)
+                assert not np.array_equal(weights, seen[f"y.{where}"]), where
+                compared += 1
+    assert compared == len(seen) // 2 >= 10

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kernel_reference import NAMES, copy_state, random_state
+from kernel_reference import (
+    HYPER,
+    NAMES,
+    call,
+    copy_state,
+    random_state,
+    split,
+    state_of,
+)
 
 pytest.importorskip(
     "numba", reason="numba (the fast extra) is not installed", exc_type=ImportError
@@ -19,8 +27,22 @@ pytest.importorskip(
 
 import numba  # noqa: E402
 
-from optsvc.backends import NumpyOps, UpdateKind, numba_kernels  # noqa: E402
-from optsvc.optim import SGD, Adam, ParamStore, RAdam  # noqa: E402
+from optsvc.backends import (  # noqa: E402
+    NumpyOps,
+    TensorParams,
+    UpdateKind,
+    numba_kernels,
+)
+from optsvc.optim import (  # noqa: E402
+    SGD,
+    Adam,
+    AdEMAMix,
+    Lion,
+    ParamStore,
+    RAdam,
+    ScheduleFreeAdamW,
+    ScheduleFreeSGD,
+)
 
 CHUNK = numba_kernels.CHUNK
 POOL = numba_kernels.max_threads()
@@ -41,18 +63,19 @@ def test_parallel_kernel_equals_the_serial_one(kind, l2, clip, averages):
     for n in SIZES:
         base = random_state(n, kind, averages, seed=n)
         serial = copy_state(base)
-        numba_kernels.fused_update(
-            **serial, kind=kind, lr=0.01, b1=0.9, b2=0.999, eps=1e-8, l2=l2,
-            clip=clip, decay=1e-3, ema_rate=0.1,
-        )  # fmt: skip
+        hyper = dict(HYPER, kind=kind, l2=l2, clip=clip, decay=1e-3)
+        call(numba_kernels.fused_update, serial, **hyper)
+        tensor, host = split(hyper)
         for threads in range(1, POOL + 1):
             ours = copy_state(base)
             absent = numba_kernels.EMPTY
             numba_kernels.fused_parallel(
                 *(absent if ours[k] is None else ours[k] for k in NAMES),
-                int(kind), 0.01, 0.9, 0.999, 1e-8, l2, clip, 1e-3, 0.1,
-                averages, threads,
-            )  # fmt: skip
+                *tensor.values(),
+                host,
+                averages,
+                threads,
+            )
             for name in NAMES:
                 if serial[name] is not None:
                     assert same_bits(ours[name], serial[name]), (n, threads, name)
@@ -67,6 +90,10 @@ OPTIMIZERS = {
         0.01, L2=0.01, grad_clip=0.0, L2_is_weight_decay=False, ops=ops
     ),
     "radam": lambda ops: RAdam(0.01, weight_decay=0.01, grad_clip=0.5, ops=ops),
+    "lion": lambda ops: Lion(1e-3, weight_decay=0.1, grad_clip=1.0, ops=ops),
+    "ademamix": lambda ops: AdEMAMix(0.01, weight_decay=0.01, beta3=0.999, ops=ops),
+    "sf-adamw": lambda ops: ScheduleFreeAdamW(0.01, weight_decay=0.01, ops=ops),
+    "sf-sgd": lambda ops: ScheduleFreeSGD(0.1, warmup_steps=3, ops=ops),
 }
 
 
@@ -111,8 +138,10 @@ def assert_same_training(a, b):
     (opt_a, *stores_a), (opt_b, *stores_b) = a, b
     for sa, sb in zip(stores_a, stores_b):
         assert same_bits(sa.flat_weights, sb.flat_weights)
-    for table in ("mom1", "mom2", "averages"):
-        ta, tb = getattr(opt_a, table), getattr(opt_b, table)
+    tables = {name: opt_a.state.view(name) for name in opt_a.rule.state}
+    tables["averages"] = opt_a.averages
+    for table, ta in tables.items():
+        tb = opt_b.averages if table == "averages" else opt_b.state.view(table)
         assert set(ta) == set(tb)
         for key in ta:
             assert same_bits(np.asarray(ta[key]), np.asarray(tb[key])), (table, key)
@@ -272,28 +301,28 @@ def test_the_work_items_cover_each_tensor_once_longest_first(sizes):
 @pytest.mark.parametrize("sizes", LAYOUTS, ids=lambda s: f"{len(s)} tensors")
 @pytest.mark.parametrize("clip", [0.0, 1.0])
 def test_the_parallel_multi_tensor_kernel_equals_the_serial_one(sizes, clip):
-    """Flat buffers holding tensors of one chunk, several chunks and none:
-    the clipping norm of each, whatever kind, on every thread count."""
+    """Flat buffers holding tensors of one chunk, several chunks and none,
+    of every kind in turn: the clipping norm of each, on every thread
+    count."""
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     sizes = np.asarray(sizes, dtype=np.int64)
     n = int(sizes.sum())
-    base = random_state(n, UpdateKind.ADAM, True, seed=len(sizes))
+    base = random_state(n, UpdateKind.ADEMAMIX, True, seed=len(sizes))
     base["g"] *= np.float32(10.0)  # norms above the clip
-    lrs = np.full(len(sizes), 0.01, np.float32)
-    rates = np.full(len(sizes), 0.1, np.float32)
-    kinds = np.asarray([int(UpdateKind.ADAM)] * len(sizes), np.int64)
-    hyper = {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "l2": 0.01, "clip": clip,
-             "decay": 0.0}  # fmt: skip
+    params = TensorParams(len(sizes))
+    params.lr[:], params.ema_rate[:], params.bc1[:], params.bc2[:] = 0.01, 0.1, 0.2, 0.3
+    params.kind[:] = [list(UpdateKind)[t % len(UpdateKind)] for t in range(len(sizes))]
+    _, host = split(dict(HYPER, kind=0, l2=0.01, clip=clip, decay=1e-3))
     serial = copy_state(base)
+    arrays = lambda a: (a["w"], a["g"], state_of(a), a["ema"])  # noqa: E731
     numba_kernels.multi_update(
-        *(serial[k] for k in NAMES), offsets, sizes, lrs, rates, kinds, **hyper
+        *arrays(serial), offsets, sizes, params.packed, host=host
     )
     work = numba_kernels.chunk_items(offsets, sizes)
     for threads in range(1, POOL + 1):
         ours = copy_state(base)
         numba_kernels.multi_parallel(
-            *(ours[k] for k in NAMES), *work, lrs, rates, kinds,
-            *hyper.values(), True, threads,
+            *(ours[k] for k in NAMES), *work, params.packed, host, True, threads,
         )  # fmt: skip
         for name in NAMES:
             assert same_bits(ours[name], serial[name]), (threads, name)

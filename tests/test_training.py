@@ -70,14 +70,18 @@ SMALL_RATE = {  # quickstart's warmup_cosine, faster
 }
 
 
-def make_config(path: Path, settings: dict | None = None, **blocks) -> Path:
-    """quickstart.cfg with SMALL and `settings` (dotted) applied, and whole
-    blocks replaced (`learn_rate={...}` for [optimizer.learn_rate]); written
-    uninterpolated, so `total_steps = ${training.max_steps}` stays a reference."""
-    cfg = Config().from_str(QUICKSTART.read_text(), interpolate=False)
+def make_config(
+    path: Path, settings: dict | None = None, *, base: Path = QUICKSTART, **blocks
+) -> Path:
+    """`base` (quickstart.cfg) with SMALL and `settings` (dotted) applied, and
+    whole blocks replaced (`learn_rate={...}` for [optimizer.learn_rate]);
+    written uninterpolated, so `total_steps = ${training.max_steps}` stays a
+    reference. Another example config keeps its own learning rate."""
+    cfg = Config().from_str(base.read_text(), interpolate=False)
     for block, value in blocks.items():
         cfg["optimizer"][block] = value
-    small = SMALL if "learn_rate" in blocks else {**SMALL, **SMALL_RATE}
+    own_rate = "learn_rate" in blocks or base != QUICKSTART
+    small = SMALL if own_rate else {**SMALL, **SMALL_RATE}
     for dotted, value in {**small, **(settings or {})}.items():
         *sections, key = dotted.split(".")
         node = cfg
@@ -173,6 +177,24 @@ def reference(job, tmp_path_factory) -> Path:
     # the plateau fired at least once, so its state matters on resume
     assert min(r["learn_rate"] for r in rows[:-1]) < 0.03 * 0.5
     return out
+
+
+# The optimizers beyond Thinc's, each as its example config made small.
+BEYOND_THINC = ["lion", "ademamix", "schedulefree_adamw", "schedulefree_sgd"]
+
+
+@pytest.fixture(scope="module", params=["adam-plateau", *BEYOND_THINC])
+def resumable(request, tmp_path_factory) -> tuple[Path, Path]:
+    """(a job, its uninterrupted run): `job` and `reference` above, or the
+    example config of an optimizer beyond Thinc's with the same sizes."""
+    if request.param == "adam-plateau":
+        return request.getfixturevalue("job"), request.getfixturevalue("reference")
+    folder = tmp_path_factory.mktemp(request.param)
+    base = QUICKSTART.parent / f"{request.param}.cfg"
+    job = make_config(folder / "job.cfg", {"model.hidden_width": 64}, base=base)
+    out = folder / "reference"
+    assert train(load_config(job), out, console=quiet()).step == 400
+    return job, out
 
 
 @pytest.fixture
@@ -326,7 +348,8 @@ def killed_from_outside(driver: Path, args, *, delay: float | None) -> str:
 
 @pytest.mark.slow
 @POSIX
-def test_resume_after_sigkill_at_many_points_is_bit_identical(job, reference, tmp_path):
+def test_resume_after_sigkill_at_many_points_is_bit_identical(resumable, tmp_path):
+    job, reference = resumable
     driver = tmp_path / "kill_driver.py"
     driver.write_text(KILL_DRIVER)
     run = tmp_path / "run"

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 import optsvc
 import optsvc.toys
 from optsvc.bench import optimizer_from_config
-from optsvc.config import build_block, load_optimizer
+from optsvc.config import build_block, load_config, load_optimizer
 from optsvc.config.blocks import check_arguments
 from optsvc.config.parse import (
     ConfigError,
@@ -142,7 +142,7 @@ BAD = [
      "optimizer.learn_rate.warmup_step", "did you mean 'warmup_steps'?"),
     # --- registered names and registries
     ("unknown-optimizer", '[optimizer]\n@optimizers = "Adma.v1"\n', [],
-     "optimizer.@optimizers", "did you mean 'Adam.v1'? known: Adam.v1, RAdam.v1"),
+     "optimizer.@optimizers", "did you mean 'Adam.v1'? known: AdEMAMix.v1, Adam.v1"),
     ("unknown-schedule", WARMUP.replace("warmup_linear.v1", "warmup_linaer.v1"), [],
      "optimizer.learn_rate.@schedules", "did you mean 'warmup_linear.v1'? known:"),
     ("wrong-registry", '[optimizer]\n@schedules = "constant.v1"\nrate = 0.1\n', [],
@@ -380,6 +380,9 @@ def test_configs_folder_is_populated():
     schedules = {n.split(".")[0] for n in registry.schedules.get_all()}
     covered = {p.stem.removeprefix("schedule-") for p in CONFIGS}
     assert schedules <= covered, schedules - covered
+    # every optimizer in the [optimizer] block of an example of its own
+    used = {load_config(p).get("optimizer", {}).get("@optimizers") for p in CONFIGS}
+    assert set(registry.optimizers.get_all()) <= used
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -532,6 +535,10 @@ VALID = {
         "SGD.v1": {"learn_rate": 0.1},
         "Adam.v1": {"learn_rate": 0.001, "beta1": 0.9},
         "RAdam.v1": {"weight_decay": 0.01},
+        "Lion.v1": {"learn_rate": 3e-4, "weight_decay": 0.1},
+        "AdEMAMix.v1": {"beta3": 0.999, "alpha": 8.0},
+        "ScheduleFreeAdamW.v1": {"warmup_steps": 10, "weight_decay": 0.01},
+        "ScheduleFreeSGD.v1": {"momentum": 0.9, "r": 0.5},
     },
     "schedules": {
         "constant.v1": {"rate": 0.1},
@@ -549,6 +556,12 @@ VALID = {
         "piecewise_constant.v1": {"boundaries": [1, 2], "values": [0.5, 1, 2]},
         "linear_warmup.v1": {"warmup_steps": 2, "schedule": CONSTANT},
         "one_cycle.v1": {"max_rate": 0.1, "total_steps": 3, "pct_start": 0.5},
+        "ademamix_alpha_warmup.v1": {"alpha": 5.0, "warmup_steps": 100},
+        "ademamix_beta3_warmup.v1": {
+            "beta1": 0.9,
+            "beta3": 0.9999,
+            "warmup_steps": 100,
+        },
     },
     "datasets": {
         "blobs.v1": {"n_samples": 3, "n_classes": 3, "spread": 0.5},
@@ -705,7 +718,7 @@ def test_thinc_spelling_of_optsvc_names(tmp_path):
     rows = [line.split("│") for line in listing.splitlines() if line[:1] == "│"]
     assert "optsvc." not in listing  # each name is listed once, as registered
     names = [row[1].strip() for row in rows]
-    assert sorted(filter(None, names)) == ["Adam.v1", "RAdam.v1", "SGD.v1"]
+    assert sorted(filter(None, names)) == sorted(registry.optimizers.get_all())
 
 
 def test_load_optimizer_reports_what_validate_reports(tmp_path):

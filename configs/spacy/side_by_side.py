@@ -75,6 +75,18 @@ def timed_updates(record: list[tuple[float, float]], evaluations: list[float]):
         Language.evaluate = original_evaluate
 
 
+def with_optimizer(config: Path, optimizer: dict, out: Path) -> Path:
+    """`config` with its `[training.optimizer]` block replaced by `optimizer`
+    (a dict, nested blocks as dicts), written to `out`: how another optimizer,
+    whose arguments differ from Adam's, enters the same spaCy training."""
+    from confection import Config
+
+    cfg = Config().from_str(config.read_text(), interpolate=False)
+    cfg["training"]["optimizer"] = optimizer
+    out.write_text(cfg.to_str())
+    return out
+
+
 def warm_up() -> None:
     """Compile optsvc's kernels (numba) before anything is timed."""
     import numpy as np
@@ -86,8 +98,9 @@ def warm_up() -> None:
 
 
 def train_once(config_path: Path, corpus: Path, overrides: dict) -> dict:
-    """One run of spaCy's training loop, evaluating after every step: its
-    rows (losses and scores a step) and timings."""
+    """One run of spaCy's training loop, evaluating after every step unless
+    `overrides` say otherwise: its rows (losses and scores an evaluation)
+    and timings (per step)."""
     from spacy import util
     from spacy.training.initialize import init_nlp
     from spacy.training.loop import train
@@ -112,8 +125,9 @@ def train_once(config_path: Path, corpus: Path, overrides: dict) -> dict:
         seconds = time.perf_counter() - start
         rows = [json.loads(line) for line in log.read_text().splitlines()]
     # spaCy calls finish_update once a step for each trainable component, in
-    # pipeline order: group the calls by step.
-    per_step = len(calls) // len(rows)
+    # pipeline order: group the calls by step (0 to the last row's).
+    n_steps = rows[-1]["step"] + 1
+    per_step = len(calls) // n_steps
     steps = range(0, len(calls), per_step)
     optimizer_ms = [1000 * sum(c[0] for c in calls[i : i + per_step]) for i in steps]
     update_ms = [1000 * sum(c[1] for c in calls[i : i + per_step]) for i in steps]
@@ -122,7 +136,7 @@ def train_once(config_path: Path, corpus: Path, overrides: dict) -> dict:
         "rows": rows,
         "optimizer_ms": statistics.median(optimizer_ms[1:]),
         "finish_update_ms": statistics.median(update_ms[1:]),
-        "step_ms_without_eval": 1000 * (seconds - sum(evaluations)) / len(rows),
+        "step_ms_without_eval": 1000 * (seconds - sum(evaluations)) / n_steps,
     }
 
 

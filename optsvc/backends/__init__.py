@@ -3,7 +3,9 @@
 An `Ops` object holds arrays on one device and runs the optimizer's fused
 update there, one tensor at a time (`fused_update`) or many tensors laid out
 in flat buffers (`make_layout`, `multi_update`, with per-tensor
-`TensorParams`); `UpdateKind` names the update rules the kernels implement.
+`TensorParams`); `UpdateKind` names the update rules the kernels implement,
+`STATE_ARRAYS` how many state arrays each keeps, and `HostStep` the scalars
+every tensor of a call shares.
 
 The current backend is a context-local setting, as in Thinc:
 `get_current_ops()`, `use_ops("cupy")`, `require_gpu()`, `prefer_gpu()`.
@@ -26,7 +28,7 @@ from .cupy_ops import (
     is_cupy_array,
 )
 from .numpy_ops import NumpyOps
-from .ops import FlatLayout, Ops, TensorParams, UpdateKind
+from .ops import STATE_ARRAYS, FlatLayout, HostStep, Ops, TensorParams, UpdateKind
 
 _current_ops: contextvars.ContextVar[Ops | None] = contextvars.ContextVar(
     "optsvc_current_ops", default=None
@@ -110,6 +112,8 @@ __all__ = [
     "CupyOps",
     "CudaKernelOps",
     "UpdateKind",
+    "STATE_ARRAYS",
+    "HostStep",
     "FlatLayout",
     "TensorParams",
     "get_ops",

@@ -12,9 +12,9 @@ with no host synchronisation:
    4-byte write per element).
 2. ``_update_kernel``: one grid-stride pass. It reads the squared norm from
    device memory, computes the clip scale on the device, then updates each
-   element (``elements.update_element``: the L2 term, the clip, the SGD /
-   Adam / momentum rule of ``kind``, a uniform kernel argument, ``g = 0``,
-   weight decay, the average). It also zeroes the *other* scratch slot, which
+   element (``elements.update_element``: the L2 term, the clip, the rule of
+   ``kind``, a uniform kernel argument, with its weight decay, ``g = 0``, the
+   average). It also zeroes the *other* scratch slot, which
    the next clipped call on the same stream accumulates into (stream order
    makes that safe), so no separate zeroing launch is needed per call.
 
@@ -31,15 +31,18 @@ bodies on the CPU with numpy arrays, so the code that is tested is the code that
 runs on the device.
 
 Memory traffic per float32 element: update pass 16 B for SGD (read w, g; write
-w, g), 32 B for Adam/momentum (+ read/write m, v), +8 B with averages (ema);
-the norm pass adds 4 B (read g), 8 B with L2 (read w too). E.g. Adam with
-clipping and averages: 44 B/element, a single pass plus one read of g.
+w, g), +8 B for each state array of the kind (32 B for Adam/momentum, 24 for
+Lion, 40 for AdEMAMix), +8 B with averages (ema); the norm pass adds 4 B (read
+g), 8 B with L2 (read w too). E.g. Adam with clipping and averages: 44
+B/element, a single pass plus one read of g.
 
-Arithmetic follows ``tests/kernel_reference.py`` (Thinc 9.1.1's order) in
-float32; host scalars are computed in float64 and rounded to float32 (``1 - b1``
-included), as Thinc does. On a real GPU, NVVM contracts ``a * b + c`` into FMAs,
-so results can differ from the numpy reference by about one float32 ulp; under
-the simulator they are bit-identical except for the norm's summation order.
+Arithmetic follows ``tests/kernel_reference.py`` (Thinc 9.1.1's order, and
+the PyTorch references' for the other kinds) in float32; host scalars are
+computed in float64 and rounded to float32 (``1 - b1`` included), as Thinc
+does. On a real GPU, NVVM contracts float32 ``a * b + c`` into FMAs, so
+results can differ from the numpy reference by about one float32 ulp (the
+float64 sums of ``elements.fma`` are exact products either way); under the
+simulator they are bit-identical except for the norm's summation order.
 
 numba is imported lazily (:func:`_load`, once per process, on first use), so
 ``optsvc`` imports without it; this module never imports cupy.
@@ -55,7 +58,7 @@ import numpy as np
 
 from . import elements
 from .ops import CLIP_FLAG as _CLIP
-from .ops import UpdateKind
+from .ops import STATE_ARRAYS, HostStep, TensorParams, UpdateKind
 
 __all__ = ["external_stream", "fused_update"]
 
@@ -87,8 +90,13 @@ _f64: Any = None
 _element: Any = None
 _grad_sq: Any = None
 _clip_scale: Any = None
+_tensor: Any = None
 _sum: Any = None
 _BLOCK = _GPU_THREADS
+# The rows of ops.TensorParams, by name.
+_LR, _RATE, _KIND, _BC1, _BC2 = (
+    TensorParams.ROWS.index(name) for name in ("lr", "ema_rate", "kind", "bc1", "bc2")
+)
 
 _lock = threading.Lock()
 _loaded: dict[str, Any] = {}  # "sim", "threads", "chunk" and the kernels
@@ -130,7 +138,7 @@ def _norm_kernel(g, w, step, sumsq, slot):  # pragma: no cover - a kernel
 
 
 def _update_kernel(  # pragma: no cover - a kernel
-    w, g, m, v, ema, kind, lr, rate, step, sumsq, slot
+    w, g, a, b, c, ema, kind, t, step, sumsq, slot
 ):
     scale = np.float32(1.0)
     start = cuda.grid(1)
@@ -139,14 +147,14 @@ def _update_kernel(  # pragma: no cover - a kernel
         if start == 0:
             sumsq[1 - slot] = 0.0  # ready for the next clipped call on this stream
     for i in range(start, w.shape[0], cuda.gridsize(1)):
-        _element(i, w, g, m, v, ema, kind, lr, rate, scale, step)
+        _element(i, w, g, a, b, c, ema, kind, t, scale, step)
 
 
 # The multi-tensor kernels walk a chunk table: chunk c covers elements
 # [chunk_start[c], chunk_stop[c]) of tensor chunk_tensor[c] in the flat
 # buffers, and each block takes whole chunks (grid-stride over chunks), so a
-# block knows its tensor's learning rate, averaging rate, kind and clip scale
-# without searching. sumsq holds two rows of one float64 per tensor (slot
+# block knows its tensor's scalars (a column of ops.TensorParams) and clip
+# scale without searching. sumsq holds two rows of one float64 per tensor (slot
 # 0 / 1, flattened): the norm kernel accumulates into row `slot`, the update
 # kernel reads it and zeroes the other row for the next clipped call.
 
@@ -166,7 +174,7 @@ def _multi_norm_kernel(  # pragma: no cover - a kernel
 
 
 def _multi_update_kernel(  # pragma: no cover - a kernel
-    w, g, m, v, ema, chunk_tensor, chunk_start, chunk_stop, params, step, sumsq,
+    w, g, a, b, c, ema, chunk_tensor, chunk_start, chunk_stop, params, step, sumsq,
     slot,
 ):  # fmt: skip
     n_tensors = params.shape[1]
@@ -174,17 +182,18 @@ def _multi_update_kernel(  # pragma: no cover - a kernel
         other = (1 - slot) * n_tensors
         for t in range(cuda.grid(1), n_tensors, cuda.gridsize(1)):
             sumsq[other + t] = 0.0  # ready for the next clipped call
-    for c in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
-        t = chunk_tensor[c]
+    for k in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
+        t = chunk_tensor[k]
         scale = np.float32(1.0)
         if step.flags & _CLIP:
             scale = _clip_scale(sumsq[slot * n_tensors + t], step.clip)
-        lr = params[0, t]
-        rate = params[1, t]
-        kind = np.int32(params[2, t])
-        for i in range(chunk_start[c] + cuda.threadIdx.x, chunk_stop[c],
+        kind = np.int32(params[_KIND, t])
+        column = _tensor(
+            params[_LR, t], params[_RATE, t], params[_BC1, t], params[_BC2, t]
+        )
+        for i in range(chunk_start[k] + cuda.threadIdx.x, chunk_stop[k],
                        cuda.blockDim.x):  # fmt: skip
-            _element(i, w, g, m, v, ema, kind, lr, rate, scale, step)
+            _element(i, w, g, a, b, c, ema, kind, column, scale, step)
 
 
 def _zero_kernel(buf):  # pragma: no cover - runs as a kernel
@@ -196,14 +205,15 @@ def _zero_kernel(buf):  # pragma: no cover - runs as a kernel
 def _signatures(nb) -> dict[str, tuple[Any, Any]]:
     """Every kernel and its signature, from numba's types (`nb`): the step's
     scalars typed as `elements.Step` holds them."""
-    a32, a64, i32, f32 = nb.float32[::1], nb.float64[::1], nb.int32, nb.float32
-    step = nb.typeof(elements.step_scalars(0.9, 0.999, 1e-8, 0.0, 0.0, 0.0, False))
-    arrays = (a32,) * 5  # w, g, m, v, ema
+    a32, a64, i32 = nb.float32[::1], nb.float64[::1], nb.int32
+    step = nb.typeof(elements.step_scalars(HostStep().array(), False))
+    tensor = nb.typeof(elements.tensor_scalars(0.0, 0.0, 0.0, 0.0))
+    arrays = (a32,) * 6  # w, g, a, b, c, ema
     tables = (nb.int32[::1], nb.int64[::1], nb.int64[::1])
     return {
         "zero": (_zero_kernel, nb.void(a64)),
         "norm": (_norm_kernel, nb.void(a32, a32, step, a64, i32)),
-        "update": (_update_kernel, nb.void(*arrays, i32, f32, f32, step, a64, i32)),
+        "update": (_update_kernel, nb.void(*arrays, i32, tensor, step, a64, i32)),
         "multi_norm": (_multi_norm_kernel, nb.void(a32, a32, step, *tables, a64, i32)),
         "multi_update": (
             _multi_update_kernel,
@@ -217,7 +227,7 @@ def _signatures(nb) -> dict[str, tuple[Any, Any]]:
 
 
 class _Device(NamedTuple):
-    """Per-device constants: block cap and dummy arrays for absent m/v/ema."""
+    """Per-device constants: block cap and dummy arrays for absent state."""
 
     max_blocks: int
     dummy32: Any
@@ -251,7 +261,7 @@ def _load() -> dict[str, Any]:
     with _lock:
         if _loaded:
             return _loaded
-        global cuda, _f64, _element, _grad_sq, _clip_scale, _sum, _BLOCK
+        global cuda, _f64, _element, _grad_sq, _clip_scale, _tensor, _sum, _BLOCK
         try:
             import numba
             from numba import cuda as numba_cuda
@@ -268,6 +278,7 @@ def _load() -> dict[str, Any]:
         # no `cuda`, which is all its device-function wrapper swaps, per call.
         el = elements if sim else elements.compiled(device)
         _element, _grad_sq, _clip_scale = el.update_element, el.grad_sq, el.clip_scale
+        _tensor = el.tensor_scalars
         _sum = device(_block_sum)
         # Explicit signatures: compiled here, once, and launches skip numba's
         # per-call argument typing (arguments are checked before each launch).
@@ -354,17 +365,16 @@ def _checked_size(x: Any, name: str, n: int | None) -> int:
     return shape[0]
 
 
-def checked_arrays(w: Any, g: Any, m: Any, v: Any, ema: Any, moments: bool) -> int:
+def checked_arrays(w: Any, g: Any, state: Any, ema: Any, n_state: int) -> int:
     """The size of an update's arrays, each checked (ValueError, TypeError):
-    w and g, m and v when the update keeps moments (Adam, momentum), ema
-    when given."""
+    w and g, the first `n_state` arrays of `state` (what the update's kinds
+    keep, `ops.STATE_ARRAYS`), ema when given."""
     n = _checked_size(w, "w", None)
     _checked_size(g, "g", n)
-    if moments:
-        if m is None or v is None:
-            raise ValueError("m and v are required for Adam and momentum updates")
-        _checked_size(m, "m", n)
-        _checked_size(v, "v", n)
+    if len(state) < n_state or any(s is None for s in state[:n_state]):
+        raise ValueError(f"the update keeps {n_state} state arrays, got {len(state)}")
+    for i, s in enumerate(state[:n_state]):
+        _checked_size(s, f"state[{i}]", n)
     if ema is not None:
         _checked_size(ema, "ema", n)
     return n
@@ -403,36 +413,39 @@ def external_stream(ptr: int) -> Any:
 # Public API
 
 
+def kernel_state(state: Any, n_state: int) -> tuple:
+    """The three state arguments of a kernel: the first `n_state` arrays of
+    `state`, None (the dummy) for the rest."""
+    return (*state[:n_state], *(None,) * (3 - n_state))
+
+
 def fused_update(
     w: Any,
     g: Any,
-    m: Any,
-    v: Any,
+    state: Any,
     ema: Any,
     *,
     kind: int,
     lr: float,
-    b1: float,
-    b2: float,
-    eps: float,
-    l2: float,
-    clip: float,
-    decay: float,
     ema_rate: float,
+    bc1: float = 0.0,
+    bc2: float = 0.0,
+    host: np.ndarray,
     stream: Any = 0,
 ) -> None:
     """One optimizer step in place, with the semantics of ``reference_update``.
 
-    w, g, m, v, ema: 1-D contiguous float32 device arrays of one size (cupy or
-    numba arrays on a GPU, numpy arrays under the simulator). m and v may be
-    None for SGD (and are ignored for it), ema is None without averages.
-    ``stream`` is a numba stream (see :func:`external_stream`) or 0 for the
-    default stream; both launches go to it and the call does not synchronise.
+    w, g, the arrays of `state` (the kind's, `ops.STATE_ARRAYS`) and ema: 1-D
+    contiguous float32 device arrays of one size (cupy or numba arrays on a
+    GPU, numpy arrays under the simulator); ema is None without averages.
+    `host`: the call's `ops.HostStep.array()`. ``stream`` is a numba stream
+    (see :func:`external_stream`) or 0 for the default stream; both launches
+    go to it and the call does not synchronise.
     """
     if kind not in KIND_VALUES:
         raise ValueError(f"unknown update kind {kind!r}")
-    sgd = kind == UpdateKind.SGD
-    n = checked_arrays(w, g, m, v, ema, moments=not sgd)
+    n_state = STATE_ARRAYS[kind]
+    n = checked_arrays(w, g, state, ema, n_state)
     if n == 0:
         return
 
@@ -440,11 +453,10 @@ def fused_update(
     dev_id, dev = _device(k)
     threads = k["threads"]
     config = (min((n + threads - 1) // threads, dev.max_blocks), threads, stream)
-    if sgd:
-        m = v = None
-    arrays = on_device(k, dev, w, g, m, v, ema)
-    step = elements.step_scalars(b1, b2, eps, l2, clip, decay, ema is not None)
-    kernel_args = (np.int32(kind), np.float32(lr), np.float32(ema_rate), step)
+    arrays = on_device(k, dev, w, g, *kernel_state(state, n_state), ema)
+    step = elements.step_scalars(host, ema is not None)
+    tensor = elements.tensor_scalars(lr, ema_rate, bc1, bc2)
+    kernel_args = (np.int32(kind), tensor, step)
     clipped = step.flags & _CLIP
     sc = _scratch_for(k, dev_id, stream) if clipped else None
     with sc.lock if clipped else contextlib.nullcontext():

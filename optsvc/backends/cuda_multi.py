@@ -4,7 +4,8 @@
 ``ParamStore``) with the same two launches for all of them, whatever their
 number: ``_multi_norm_kernel`` sums each tensor's squared norm into its own
 float64 slot, and ``_multi_update_kernel`` applies each tensor's own clip
-scale, learning rate (bias correction folded in), averaging rate and kind.
+scale and scalars (a column of ``ops.TensorParams``: learning rate with the
+bias correction folded in, averaging rate, kind, bias corrections).
 Both walk a chunk table built once per layout (:class:`MultiLayout`), so
 per-tensor launches (tens of microseconds each from Python) are gone; the
 per-tensor scalars are computed on the host, as Thinc does, and reach the
@@ -23,7 +24,7 @@ import numpy as np
 from . import cuda_kernels as ck
 from . import elements
 from .ops import CLIP_FLAG as _CLIP
-from .ops import UpdateKind
+from .ops import STATE_ARRAYS, TensorParams
 
 __all__ = ["MultiLayout", "make_layout", "multi_update"]
 
@@ -60,7 +61,8 @@ class MultiLayout:
         self.chunk_tensor = ck.cuda.to_device(tensor)
         self.chunk_start = ck.cuda.to_device(start)
         self.chunk_stop = ck.cuda.to_device(stop)
-        self.params = ck.cuda.to_device(np.zeros((3, len(sizes)), dtype=np.float32))
+        rows = (len(TensorParams.ROWS), len(sizes))
+        self.params = ck.cuda.to_device(np.zeros(rows, dtype=np.float32))
         self.scratch = ck.Scratch(len(sizes))
 
 
@@ -72,66 +74,62 @@ def make_layout(offsets, sizes) -> MultiLayout:
 
 
 def _checked_args(
-    w: Any, g: Any, m: Any, v: Any, ema: Any, layout: MultiLayout, params: Any
-) -> np.ndarray:
-    """`params` as a contiguous float32 array, every argument of a
-    multi-tensor update checked (ValueError, TypeError)."""
+    w: Any, g: Any, state: Any, ema: Any, layout: MultiLayout, params: Any
+) -> tuple[np.ndarray, int]:
+    """`params` as a contiguous float32 array and the number of state
+    arrays the update keeps, every argument of a multi-tensor update
+    checked (ValueError, TypeError)."""
     params = np.ascontiguousarray(params, dtype=np.float32)
-    if params.shape != (3, layout.n_tensors):
-        raise ValueError(
-            f"params must have shape (3, {layout.n_tensors}), got {params.shape}"
-        )
-    kinds = params[2]
+    shape = (len(TensorParams.ROWS), layout.n_tensors)
+    if params.shape != shape:
+        raise ValueError(f"params must have shape {shape}, got {params.shape}")
+    kinds = params[TensorParams.ROWS.index("kind")]
     if not np.isin(kinds, ck.KIND_VALUES).all():
         raise ValueError(f"unknown update kind in {np.unique(kinds).tolist()}")
-    moments = bool((kinds != UpdateKind.SGD).any())
-    n = ck.checked_arrays(w, g, m, v, ema, moments=moments)
+    n_state = max((STATE_ARRAYS[int(k)] for k in np.unique(kinds)), default=0)
+    n = ck.checked_arrays(w, g, state, ema, n_state)
     if n < layout.total:
         raise ValueError(f"w has size {n}; the layout needs {layout.total}")
-    return params
+    return params, n_state
 
 
 def multi_update(
     w: Any,
     g: Any,
-    m: Any,
-    v: Any,
+    state: Any,
     ema: Any,
     *,
     layout: MultiLayout,
     params: np.ndarray,
-    b1: float,
-    b2: float,
-    eps: float,
-    l2: float,
-    clip: float,
-    decay: float,
+    host: np.ndarray,
     stream: Any = 0,
 ) -> None:
     """Every tensor of `layout` updated in place, each with the semantics of
     ``reference_update`` (its own clipping norm), in two launches at most:
     the norms of all tensors (only when ``clip > 0``), then the update.
 
-    w, g, m, v, ema: the flat buffers (m, v None when every kind is SGD, ema
-    None without averages). `params`: a float32 host array of shape (3, n),
-    rows lr, ema_rate and kind (an `UpdateKind` value) of each tensor, copied
-    to the device in one transfer on `stream`.
+    w, g, the arrays of `state` and ema: the flat buffers (`state` as many
+    as the tensors' kinds keep, ema None without averages). `params`: a
+    float32 host array of the rows of `ops.TensorParams`, copied to the
+    device in one transfer on `stream`. `host`: the call's
+    `ops.HostStep.array()`.
     """
-    params = _checked_args(w, g, m, v, ema, layout, params)
+    params, n_state = _checked_args(w, g, state, ema, layout, params)
     if layout.n_tensors == 0:
         return
 
     k = ck._load()
     _, dev = ck._device(k)
     config = (min(len(layout.chunk_tensor), dev.max_blocks), k["threads"], stream)
-    w, g, m, v, ema_view = ck.on_device(k, dev, w, g, m, v, ema)
-    step = elements.step_scalars(b1, b2, eps, l2, clip, decay, ema is not None)
+    arrays = ck.on_device(k, dev, w, g, *ck.kernel_state(state, n_state), ema)
+    w, g = arrays[:2]
+    step = elements.step_scalars(host, ema is not None)
     tables = (layout.chunk_tensor, layout.chunk_start, layout.chunk_stop)
     sc = layout.scratch
     with sc.lock:
         layout.params.copy_to_device(params, stream=stream)
         ck.launch(
             k, dev, sc if step.flags & _CLIP else None, config, k["multi_update"],
-            (w, g, m, v, ema_view, *tables, layout.params, step), k["multi_norm"],
+            (*arrays, *tables, layout.params, step), k["multi_norm"],
             (g, w, step, *tables),
         )  # fmt: skip

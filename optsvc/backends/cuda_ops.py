@@ -36,10 +36,10 @@ class CudaKernelOps(Ops):
         """The CUDA stream the kernels are launched on (0: the default one)."""
         return 0
 
-    def fused_update(self, w, g, m, v, ema, **hyper) -> None:
+    def fused_update(self, w, g, state, ema, **scalars) -> None:
         with self.device:
             stream = cuda_kernels.external_stream(self.stream_ptr())
-            cuda_kernels.fused_update(w, g, m, v, ema, stream=stream, **hyper)
+            cuda_kernels.fused_update(w, g, state, ema, stream=stream, **scalars)
 
     def make_layout(self, offsets, sizes) -> FlatLayout:
         with self.device:
@@ -47,18 +47,17 @@ class CudaKernelOps(Ops):
         return FlatLayout(offsets, sizes, device)
 
     def multi_update(
-        self, w, g, m, v, ema, *, layout: FlatLayout, params: TensorParams, **hyper
+        self, w, g, state, ema, *, layout: FlatLayout, params: TensorParams, host
     ) -> None:
         with self.device:
             stream = cuda_kernels.external_stream(self.stream_ptr())
             cuda_multi.multi_update(
                 w,
                 g,
-                m,
-                v,
+                state,
                 ema,
                 layout=layout.device,
                 params=params.packed,
+                host=host,
                 stream=stream,
-                **hyper,
             )

@@ -1,14 +1,17 @@
 """The optimizer update on the CPU, compiled with numba: one pass per element.
 
 `fused_update` has the semantics of the numpy kernel (and of
-``tests/kernel_reference.py``) but reads and writes each element once: 32 B
-per float32 parameter for Adam, 40 with averages, 16 / 24 for SGD, plus one
+``tests/kernel_reference.py``) but reads and writes each element once: 16 B
+per float32 parameter for w and g, 8 more for each state array of the kind
+(32 B for Adam, 24 for Lion, 40 for AdEMAMix), 8 more with averages, plus one
 more read of the gradient (and of the weights with L2 in the gradient) for
 the clipping norm. `multi_update` runs the same per-tensor code over many
 tensors laid out in flat buffers, driven by per-tensor tables (offset, size,
-learning rate, averaging rate, kind), in one call. The update of each element
+and the rows of `ops.TensorParams`), in one call. The update of each element
 is `elements.update_element`, which the CUDA kernels compile too, inlined here
-into one loop per update kind (`_kind_loop`).
+into one loop per update kind (`_kind_loop`). Every kernel takes three state
+arrays (`EMPTY` where the kind keeps fewer) and the call's scalars as one
+float64 array (`ops.HostStep.array()`).
 
 Numerics. Every operation rounds to float32 in the reference's order:
 ``fastmath`` stays off, so LLVM neither reassociates nor contracts ``a * b + c``
@@ -72,6 +75,7 @@ import numpy as np  # noqa: E402
 from . import elements  # noqa: E402
 from .ops import CLIP_FLAG as _CLIP  # noqa: E402
 from .ops import L2_FLAG as _L2  # noqa: E402
+from .ops import MAX_STATE, TensorParams  # noqa: E402
 
 # Interleaved float64 partial sums of the clipping norm: element i of a tensor
 # goes to lane i % LANES. Fixed, so every entry point sums in the same order.
@@ -104,6 +108,7 @@ _el = elements.compiled(
     numba.njit(inline="always", fastmath=False, error_model="numpy")
 )
 _element, _clip_scale, _step = _el.update_element, _el.clip_scale, _el.step_scalars
+_tensor = _el.tensor_scalars
 
 # Stand-in for absent moments / averages (numba needs an array of the type).
 EMPTY = np.zeros(0, dtype=np.float32)
@@ -170,67 +175,90 @@ def _kind_loop(kind):
     after LLVM's loop passes, keep the loop scalar too."""
 
     @numba.njit(fastmath=False, nogil=True, error_model="numpy", _nrt=False)
-    def loop(w, g, m, v, ema, lr, rate, scale, step):  # pragma: no cover
+    def loop(w, g, a, b, c, ema, t, scale, step):  # pragma: no cover
         for i in range(w.shape[0]):
-            _element(i, w, g, m, v, ema, kind, lr, rate, scale, step)
+            _element(i, w, g, a, b, c, ema, kind, t, scale, step)
 
     return loop
 
 
-_SGD, _ADAM, _MOMENTUM = elements.SGD, elements.ADAM, elements.MOMENTUM
+# One loop per kind, by its number: `_apply` picks one.
+_SGD, _ADAM, _MOMENTUM, _LION, _ADEMAMIX, _SF_ADAMW, _SF_SGD = (
+    elements.SGD, elements.ADAM, elements.MOMENTUM, elements.LION,
+    elements.ADEMAMIX, elements.SF_ADAMW, elements.SF_SGD,
+)  # fmt: skip
 _sgd, _adam, _momentum = _kind_loop(_SGD), _kind_loop(_ADAM), _kind_loop(_MOMENTUM)
+_lion, _ademamix = _kind_loop(_LION), _kind_loop(_ADEMAMIX)
+_sf_adamw, _sf_sgd = _kind_loop(_SF_ADAMW), _kind_loop(_SF_SGD)
+
+# The rows of ops.TensorParams, by name.
+_LR, _RATE, _KIND, _BC1, _BC2 = (TensorParams.ROWS.index(name) for name in
+                                 ("lr", "ema_rate", "kind", "bc1", "bc2"))  # fmt: skip
 
 
 @numba.njit(cache=True, fastmath=False, nogil=True, error_model="numpy", _nrt=False)
-def _apply(w, g, m, v, ema, kind, lr, rate, scale, step):  # pragma: no cover
+def _apply(w, g, a, b, c, ema, kind, t, scale, step):  # pragma: no cover
     """The loop of `kind` (an update kind's registration on the CPU). No
-    reference counting here either: it cost each call some 50 ns on the five
+    reference counting here either: it cost each call some 50 ns on the
     arrays passed on, a few percent of a small tensor's update."""
     if kind == _SGD:
-        _sgd(w, g, m, v, ema, lr, rate, scale, step)
+        _sgd(w, g, a, b, c, ema, t, scale, step)
     elif kind == _ADAM:
-        _adam(w, g, m, v, ema, lr, rate, scale, step)
+        _adam(w, g, a, b, c, ema, t, scale, step)
+    elif kind == _MOMENTUM:
+        _momentum(w, g, a, b, c, ema, t, scale, step)
+    elif kind == _LION:
+        _lion(w, g, a, b, c, ema, t, scale, step)
+    elif kind == _ADEMAMIX:
+        _ademamix(w, g, a, b, c, ema, t, scale, step)
+    elif kind == _SF_ADAMW:
+        _sf_adamw(w, g, a, b, c, ema, t, scale, step)
     else:
-        _momentum(w, g, m, v, ema, lr, rate, scale, step)
+        _sf_sgd(w, g, a, b, c, ema, t, scale, step)
 
 
 @_jit
-def _update(w, g, m, v, ema, kind, lr, rate, step):  # pragma: no cover - compiled
-    """One tensor's update (whole arrays; the tensor's float32 lr and rate):
+def _update(w, g, a, b, c, ema, kind, t, step):  # pragma: no cover - compiled
+    """One tensor's update (whole arrays; the tensor's `Tensor` scalars):
     the clipping norm if asked, then one pass over the elements."""
     scale = _f32(1.0)
     if step.flags & _CLIP:
         scale = _clip_scale(_norm_sq(g, w, step.l2, step.flags), step.clip)
-    _apply(w, g, m, v, ema, kind, lr, rate, scale, step)
+    _apply(w, g, a, b, c, ema, kind, t, scale, step)
+
+
+@_jit
+def _column(params, t):  # pragma: no cover - compiled
+    """Tensor t's `Tensor` from the rows of `ops.TensorParams`."""
+    return _tensor(params[_LR, t], params[_RATE, t], params[_BC1, t], params[_BC2, t])
 
 
 @_jit
 def fused_positional(  # pragma: no cover - compiled
-    w, g, m, v, ema, kind, lr, b1, b2, eps, l2, clip, decay, ema_rate, has_ema
+    w, g, a, b, c, ema, kind, lr, ema_rate, bc1, bc2, host, has_ema
 ):
     """`fused_update` as the compiled function itself, for callers that count
     microseconds: positional arguments, `EMPTY` for absent arrays, `kind` a
     plain int (an IntEnum member costs numba a slow dispatch)."""
-    step = _step(b1, b2, eps, l2, clip, decay, has_ema)
-    _update(w, g, m, v, ema, kind, _f32(lr), _f32(ema_rate), step)
+    step = _step(host, has_ema)
+    _update(w, g, a, b, c, ema, kind, _tensor(lr, ema_rate, bc1, bc2), step)
 
 
 @_jit
 def multi_positional(  # pragma: no cover - compiled
-    w, g, m, v, ema, offsets, sizes, lrs, rates, kinds, b1, b2, eps, l2, clip,
-    decay, has_ema,
-):  # fmt: skip
+    w, g, a, b, c, ema, offsets, sizes, params, host, has_ema
+):
     """`multi_update` as the compiled function itself, for callers that count
     microseconds: positional arguments, `EMPTY` for absent arrays."""
-    step = _step(b1, b2, eps, l2, clip, decay, has_ema)
+    step = _step(host, has_ema)
     for t in range(offsets.shape[0]):
-        a = offsets[t]
-        b = a + sizes[t]
+        lo = offsets[t]
+        hi = lo + sizes[t]
         # Slices, not index ranges: LLVM vectorises the loop over a view (as
         # in fused_positional), and both entry points run the very same code.
         _update(
-            w[a:b], g[a:b], m[a:b], v[a:b], ema[a:b], np.int64(kinds[t]), lrs[t],
-            rates[t], step,
+            w[lo:hi], g[lo:hi], a[lo:hi], b[lo:hi], c[lo:hi], ema[lo:hi],
+            np.int64(params[_KIND, t]), _column(params, t), step,
         )  # fmt: skip
 
 
@@ -246,10 +274,9 @@ _pjit = numba.njit(
 
 @_pjit
 def _multi_parallel(  # pragma: no cover - compiled
-    w, g, m, v, ema, items, spans, n_split, lrs, rates, kinds, b1, b2, eps, l2,
-    clip, decay, has_ema,
-):  # fmt: skip
-    step = _step(b1, b2, eps, l2, clip, decay, has_ema)
+    w, g, sa, sb, sc, ema, items, spans, n_split, params, host, has_ema
+):
+    step = _step(host, has_ema)
     l2_32, flags, clip32 = step.l2, step.flags, step.clip
     n_items = items.shape[1]
     n_tensors = spans.shape[1]
@@ -278,8 +305,9 @@ def _multi_parallel(  # pragma: no cover - compiled
         if flags & _CLIP and spans[1, t] == 1:
             scale = _clip_scale(0.0 + _sumsq(g[a:b], w[a:b], l2_32, flags), clip32)
         _apply(
-            w[a:b], g[a:b], m[a:b], v[a:b], ema[a:b], np.int64(kinds[t]), lrs[t],
-            rates[t], scale, _step(b1, b2, eps, l2, clip, decay, has_ema),
+            w[a:b], g[a:b], sa[a:b], sb[a:b], sc[a:b], ema[a:b],
+            np.int64(params[_KIND, t]), _column(params, t), scale,
+            _step(host, has_ema),
         )  # fmt: skip
 
 
@@ -336,30 +364,29 @@ def _one_tensor(n: int) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def fused_parallel(
-    w, g, m, v, ema, kind, lr, b1, b2, eps, l2, clip, decay, ema_rate, has_ema, threads
+    w, g, a, b, c, ema, kind, lr, ema_rate, bc1, bc2, host, has_ema, threads
 ) -> None:
     """`fused_positional` over `threads` threads, chunk by chunk (the
     multi-tensor kernel on one tensor); the same results bit for bit."""
-    t = np.array((lr, ema_rate, kind), dtype=np.float32)  # its lr, rate, kind
+    column = dict(lr=lr, ema_rate=ema_rate, kind=kind, bc1=bc1, bc2=bc2)
+    params = np.array([[column[row]] for row in TensorParams.ROWS], np.float32)
     multi_parallel(
-        w, g, m, v, ema, *_one_tensor(w.shape[0]), t[0:1], t[1:2], t[2:3], b1, b2,
-        eps, l2, clip, decay, has_ema, threads,
+        w, g, a, b, c, ema, *_one_tensor(w.shape[0]), params, host, has_ema,
+        threads,
     )  # fmt: skip
 
 
 def multi_parallel(
-    w, g, m, v, ema, items, spans, n_split, lrs, rates, kinds, b1, b2, eps, l2,
-    clip, decay, has_ema, threads,
-) -> None:  # fmt: skip
+    w, g, a, b, c, ema, items, spans, n_split, params, host, has_ema, threads
+) -> None:
     """`multi_update` over `threads` threads, on the work items of
     `chunk_items` (positional; `EMPTY` for absent arrays); the same results
     bit for bit."""
     with _LAUNCH:
         numba.set_num_threads(threads)
         _multi_parallel(
-            w, g, m, v, ema, items, spans, n_split, lrs, rates, kinds, b1, b2,
-            eps, l2, clip, decay, has_ema,
-        )  # fmt: skip
+            w, g, a, b, c, ema, items, spans, n_split, params, host, has_ema
+        )
 
 
 def stream_inplace(buf, threads: int) -> int:
@@ -388,44 +415,42 @@ def default_threads() -> int:
 
 
 def fused_update(
-    w, g, m, v, ema, *, kind, lr, b1, b2, eps, l2, clip, decay, ema_rate
+    w, g, state, ema, *, kind, lr, ema_rate, bc1=0.0, bc2=0.0, host
 ) -> None:
-    """One tensor's update in place (flat float32 arrays); `m`, `v` are None
-    for SGD and `ema` is None without averages. Same arguments and results as
-    `numpy_kernels.fused_update`."""
+    """One tensor's update in place (flat float32 arrays); `state` holds the
+    kind's arrays and `ema` is None without averages. Same arguments and
+    results as `numpy_kernels.fused_update`."""
     fused_positional(
-        w, g, *state_arrays(m, v, ema), int(kind), lr, b1, b2, eps, l2, clip,
-        decay, ema_rate, ema is not None,
+        w, g, *state_arrays(state, ema), int(kind), lr, ema_rate, bc1, bc2, host,
+        ema is not None,
     )  # fmt: skip
 
 
-def state_arrays(m, v, ema) -> tuple:
-    """The optimizer-state arguments of the compiled kernels: `EMPTY` for an
-    absent moment or average (numba takes no None)."""
-    return (
-        EMPTY if m is None else m,
-        EMPTY if v is None else v,
-        EMPTY if ema is None else ema,
-    )
+_PAD = (EMPTY,) * MAX_STATE
+
+
+def state_arrays(state, ema) -> tuple:
+    """The optimizer-state arguments of the compiled kernels: the kind's
+    state arrays and the average, `EMPTY` for each one absent (numba takes
+    no None)."""
+    return (*state, *_PAD[len(state) :], EMPTY if ema is None else ema)
 
 
 def multi_update(
-    w, g, m, v, ema, offsets, sizes, lrs, rates, kinds, *, b1, b2, eps, l2, clip,
-    decay, threads=1, work=None,
-) -> None:  # fmt: skip
-    """Many tensors' updates in one call. w, g, m, v, ema are flat buffers;
-    tensor t occupies ``[offsets[t], offsets[t] + sizes[t])`` (int64 tables)
-    and is updated with ``lrs[t]``, ``rates[t]`` and ``kinds[t]`` (float32
-    tables; kinds hold `UpdateKind` values), exactly as `fused_update` would
+    w, g, state, ema, offsets, sizes, params, *, host, threads=1, work=None
+) -> None:
+    """Many tensors' updates in one call. w, g, the arrays of `state` and
+    ema are flat buffers; tensor t occupies ``[offsets[t], offsets[t] +
+    sizes[t])`` (int64 tables) and is updated with column t of `params` (the
+    float32 rows of `ops.TensorParams`), exactly as `fused_update` would
     update it alone. With `threads` > 1, over that many threads, on the work
     items `work` of `chunk_items` (cut here when None); the same results."""
-    arrays = (w, g, *state_arrays(m, v, ema))
-    shared = (b1, b2, eps, l2, clip, decay, ema is not None)
+    arrays = (w, g, *state_arrays(state, ema))
     if threads > 1:
         work = chunk_items(offsets, sizes) if work is None else work
-        multi_parallel(*arrays, *work, lrs, rates, kinds, *shared, threads)
+        multi_parallel(*arrays, *work, params, host, ema is not None, threads)
     else:
-        multi_positional(*arrays, offsets, sizes, lrs, rates, kinds, *shared)
+        multi_positional(*arrays, offsets, sizes, params, host, ema is not None)
 
 
 __all__ = [

@@ -92,20 +92,21 @@ class NumpyOps(Ops):
         return self._threads
 
     def fused_update(
-        self, w, g, m, v, ema, *, kind, lr, b1, b2, eps, l2, clip, decay, ema_rate
+        self, w, g, state, ema, *, kind, lr, ema_rate, bc1, bc2, host
     ) -> None:
         kernels = self._kernels
         if kernels is None:
             kernels = self._resolve()
-        scalars = (lr, b1, b2, eps, l2, clip, decay, ema_rate)
         if not kernels:
             self.threads_used = 1
-            numpy_kernels.fused_update(w, g, m, v, ema, kind, *scalars, self._scratch)
+            numpy_kernels.fused_update(
+                w, g, state, ema, kind, lr, ema_rate, bc1, bc2, host, self._scratch
+            )
             return
         # positional, `EMPTY` for absent arrays, the kind a plain int: what
         # the compiled kernels take without numba's slow dispatch
-        has_ema = ema is not None
-        args = (w, g, *kernels.state_arrays(m, v, ema), int(kind), *scalars, has_ema)
+        args = (w, g, *kernels.state_arrays(state, ema), int(kind), lr, ema_rate,
+                bc1, bc2, host, ema is not None)  # fmt: skip
         if self._threads > 1 and w.shape[0] >= self._parallel_min:
             kernels.fused_parallel(*args, self._threads)
             self.threads_used = self._threads
@@ -114,22 +115,24 @@ class NumpyOps(Ops):
             kernels.fused_positional(*args)
 
     def multi_update(
-        self, w, g, m, v, ema, *, layout: FlatLayout, params: TensorParams, **hyper
+        self, w, g, state, ema, *, layout: FlatLayout, params: TensorParams, host
     ) -> None:
         kernels = self._kernels
         if kernels is None:
             kernels = self._resolve()
         if not kernels:  # numpy: one blocked kernel call per tensor
             self.threads_used = 1
-            super().multi_update(w, g, m, v, ema, layout=layout, params=params, **hyper)
+            super().multi_update(
+                w, g, state, ema, layout=layout, params=params, host=host
+            )
             return
         threads = self._threads if w.shape[0] >= self._parallel_min else 1
         if threads > 1 and layout.device is None:  # the work items, cut once
             layout.device = kernels.chunk_items(layout.offsets, layout.sizes)
-        tables = (layout.offsets, layout.sizes, params.lr, params.ema_rate, params.kind)
         kernels.multi_update(
-            w, g, m, v, ema, *tables, threads=threads, work=layout.device, **hyper
-        )
+            w, g, state, ema, layout.offsets, layout.sizes, params.packed,
+            host=host, threads=threads, work=layout.device,
+        )  # fmt: skip
         self.threads_used = threads
 
     def __repr__(self) -> str:

@@ -9,9 +9,10 @@ from collections.abc import Callable
 import numpy as np
 
 from optsvc.optim import HPARAMS, Optimizer, ParamStore
+from optsvc.optim.rules import THINC
 
 from .timing import _Device
-from .workloads import is_sgd
+from .workloads import is_sgd, optimizer_name
 
 IMPL_MULTI = "optsvc multi-tensor"
 IMPL_PER_KEY = "optsvc per-key"
@@ -127,15 +128,20 @@ def peer_skips(opt: Optimizer) -> list[str]:
         except ImportError as err:
             imported[module] = False
             skips.append(f"{peer}: skipped, {module} does not import here ({err})")
-    if imported["torch"] and not _has_adamw_counterpart(opt):
-        kind = "RAdam" if opt.use_radam else "SGD"
-        skips.append(f"torch AdamW: skipped, no AdamW counterpart of {kind}")
+    name = optimizer_name(opt)
+    if imported["thinc"] and opt.rule is not THINC:
+        skips.append(f"thinc per-key: skipped, Thinc has no {name}")
+    if imported["torch"] and opt.rule is not THINC:
+        skips.append(f"torch AdamW: skipped, torch.optim has no {name}")
+    elif imported["torch"] and not _has_adamw_counterpart(opt):
+        skips.append(f"torch AdamW: skipped, no AdamW counterpart of {name}")
     return skips
 
 
 def _has_adamw_counterpart(opt: Optimizer) -> bool:
-    """Adam (or AdamW) is what torch's AdamW can stand beside; not SGD or RAdam."""
-    return not (is_sgd(opt) or opt.use_radam)
+    """Adam (or AdamW) is what torch's AdamW can stand beside; not SGD,
+    RAdam or the optimizers Thinc lacks."""
+    return opt.rule is THINC and not (is_sgd(opt) or opt.use_radam)
 
 
 def _peers(opt: Optimizer, dev: _Device) -> list[tuple[str, Callable, str, bool]]:
@@ -144,16 +150,18 @@ def _peers(opt: Optimizer, dev: _Device) -> list[tuple[str, Callable, str, bool]
     try:
         import thinc
 
-        now = opt.hyperparams_at(opt.step)
-        settings = dict(
-            {name: getattr(now, name) for name in HPARAMS},
-            use_averages=opt.averages is not None,
-            use_radam=opt.use_radam,
-            L2_is_weight_decay=opt.L2_is_weight_decay,
-        )
-        peers.append(
-            (f"thinc {thinc.__version__} per-key", _thinc_runner(settings), "", True)
-        )
+        if opt.rule is THINC:
+            now = opt.hyperparams_at(opt.step)
+            settings = dict(
+                {name: getattr(now, name) for name in HPARAMS},
+                use_averages=opt.averages is not None,
+                use_radam=opt.use_radam,
+                L2_is_weight_decay=opt.L2_is_weight_decay,
+            )
+            peers.append(
+                (f"thinc {thinc.__version__} per-key", _thinc_runner(settings), "",
+                 True)
+            )  # fmt: skip
     except ImportError:
         pass
     try:

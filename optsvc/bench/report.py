@@ -17,8 +17,11 @@ def rows_table(rows: Sequence[dict]):
         caption=floor_caption(rows),
         caption_justify="left",
     )
-    for col in ("workload", "implementation", "ms/step", "GB/s", "x floor"):
-        table.add_column(col, justify="left" if col[0] in "wi" else "right")
+    several = len({row["optimizer"] for row in rows}) > 1
+    columns = ("workload", "optimizer", "implementation", "ms/step", "GB/s")
+    for col in columns if several else columns[:1] + columns[2:]:
+        table.add_column(col, justify="left" if col[0] in "woi" else "right")
+    table.add_column("x floor", justify="right")
     table.add_column("vs thinc", justify="right")
     table.add_column("notes", overflow="fold")
 
@@ -32,6 +35,7 @@ def rows_table(rows: Sequence[dict]):
         last = row["workload"]
         table.add_row(
             row["workload"],
+            *([row["optimizer"]] if several else []),
             row["implementation"],
             fmt(row["ms"], ".3f"),
             fmt(row["gbps"], ".1f"),
@@ -46,15 +50,15 @@ def floor_caption(rows: Sequence[dict]) -> str:
     """What the workloads are and how the floor was measured."""
     if not rows:
         return ""
-    seen: dict[str, dict] = {}
-    for row in rows:
-        seen.setdefault(row["workload"], row)
+    seen: dict[tuple, dict] = {}
+    for row in rows:  # each optimizer has its own floor on each workload
+        seen.setdefault((row["workload"], row["optimizer"]), row)
     lines = [
-        f"{name}: {r['description']}; floor {r['floor_ms']:.3g} ms = "
+        f"{name}: {r['description']}; {optimizer}: floor {r['floor_ms']:.3g} ms = "
         f"{r['bytes_per_param']} B/param at {r['floor_gbps']:.1f} GB/s "
         f"(best of a copy and an in-place rewrite of "
         f"{r['floor_copy_bytes'] / 2**20:.3g} MiB)"
-        for name, r in seen.items()
+        for (name, optimizer), r in seen.items()
     ]
     row = rows[0]
     lines.append(

@@ -3,7 +3,6 @@ rounds as the floor's copy, one row per (workload, implementation)."""
 
 from __future__ import annotations
 
-import functools
 import statistics
 import uuid
 from collections.abc import Callable, Sequence
@@ -24,8 +23,8 @@ from .timing import (
 )
 from .workloads import (
     QUICK_SCALE,
-    default_optimizer,
-    optimizer_from_config,
+    optimizer_builds,
+    optimizer_name,
     state_bytes_per_param,
     traffic_per_param,
     workload_shapes,
@@ -33,7 +32,7 @@ from .workloads import (
 
 
 def run_bench(
-    config: str | Path | None = None,
+    config: str | Path | Sequence[str | Path] | None = None,
     *,
     gpu_id: int = -1,
     workloads: Sequence[str] = ("W1", "W2", "W3"),
@@ -48,9 +47,10 @@ def run_bench(
     """Time the optimizer step on each workload and return one row per
     (workload, implementation).
 
-    config: a config file whose optimizer block is benchmarked (default:
-    spaCy's default Adam, see `default_optimizer`); `build` instead gives a
-    function that returns a fresh optimizer. gpu_id >= 0 runs on that GPU
+    config: a config file whose optimizer block is benchmarked, or several
+    (each optimizer timed in turn on each workload, against its own floor;
+    default: spaCy's default Adam, see `default_optimizer`); `build` instead
+    gives a function that returns a fresh optimizer. gpu_id >= 0 runs on that GPU
     (cupy). repeat / warmup: timed and untimed rounds (default 9 / 2; 3 / 1
     with `quick`); in each round every implementation, and the floor's copy,
     takes one step in turn. quick: workloads shrunk by `QUICK_SCALE` (or by
@@ -59,7 +59,8 @@ def run_bench(
     many threads when more than one), for BLAS (threadpoolctl) and for torch
     (`torch.set_num_threads`); Thinc's per-key loop is numpy's, one thread.
 
-    Each row: workload, description, device, implementation, tensors, params,
+    Each row: workload, optimizer, description, device, implementation,
+    tensors, params,
     ms (median), ms_min, ms_max, gbps, x_floor, floor_ms, floor_gbps,
     floor_copy_bytes, bytes_per_param, speedup_vs_thinc, same_work, notes,
     and the run's run_id, threads, repeat, warmup. A workload's floor is
@@ -69,13 +70,7 @@ def run_bench(
     """
     if config is not None and build is not None:
         raise ValueError("give a config or a build function, not both")
-    if build is None:
-        build = (
-            default_optimizer
-            if config is None
-            else functools.partial(optimizer_from_config, config)
-        )
-    probe = build()
+    builds = optimizer_builds(config) if build is None else [build]
     scale = (QUICK_SCALE if quick else 1.0) if scale is None else scale
     repeat = repeat or (3 if quick else 9)
     warmup = warmup if warmup is not None else (1 if quick else 2)
@@ -83,23 +78,28 @@ def run_bench(
     dev = _Device(gpu_id, threads)
     # every workload's shapes first: an unknown name fails before any timing
     chosen = {w: workload_shapes(w, dev.kind, scale) for w in dict.fromkeys(workloads)}
-    per_param = traffic_per_param(probe)
-    footprint = state_bytes_per_param(probe)
-    impls: list[tuple[str, Callable, str, bool]] = [
-        (IMPL_MULTI, _optsvc_runner(build, multi=True), "", True),
-        (IMPL_PER_KEY, _optsvc_runner(build, multi=False), "", True),
-    ]
-    if include_peers:
-        impls += _peers(probe, dev)
     run_id = uuid.uuid4().hex[:12]
     rows: list[dict] = []
     with thread_limits(threads) as limits:
         for name, (desc, shapes) in chosen.items():
-            rows += _bench_workload(
-                name, desc, shapes, impls, dev, per_param, footprint, warmup, repeat
-            )
-            for row in rows[-len(impls) :]:
-                row.update(run_id=run_id, threads=limits)
+            for build in builds:
+                probe = build()
+                impls: list[tuple[str, Callable, str, bool]] = [
+                    (IMPL_MULTI, _optsvc_runner(build, multi=True), "", True),
+                    (IMPL_PER_KEY, _optsvc_runner(build, multi=False), "", True),
+                ]
+                if include_peers:
+                    impls += _peers(probe, dev)
+                per_param = traffic_per_param(probe)
+                footprint = state_bytes_per_param(probe)
+                rows += _bench_workload(
+                    name, desc, shapes, impls, dev, per_param, footprint, warmup,
+                    repeat,
+                )  # fmt: skip
+                for row in rows[-len(impls) :]:
+                    row.update(
+                        optimizer=optimizer_name(probe), run_id=run_id, threads=limits
+                    )
     return rows
 
 
@@ -187,6 +187,7 @@ def _row(name, desc, dev, impl, shapes, n_params) -> dict:
     """A row of an implementation that has not been timed (yet)."""
     return {
         "workload": name,
+        "optimizer": None,  # set by run_bench
         "description": desc,
         "device": dev.name,
         "implementation": impl,

@@ -15,13 +15,14 @@ from optsvc.config.schema import TrainingSection
 from optsvc.errors import StateError
 from optsvc.fileio import TEXT_LIMIT, read_regular
 from optsvc.loggers.metrics import MetricsRow, read_lines
-from optsvc.optim import HPARAMS, Optimizer
+from optsvc.optim import RULES, Optimizer
+from optsvc.optim.hyperparams import attribute
 from optsvc.schedules.base import Schedule
 from optsvc.spec import Arg, params_of
 
 # Attribute names of a hyperparameter on the optimizer, by argument name
-# (Thinc's: the betas are b1 and b2).
-ATTRS = {name: {"beta1": "b1", "beta2": "b2"}.get(name, name) for name in HPARAMS}
+# (Thinc's: the betas are b1 and b2), for every rule's hyperparameters.
+ATTRS = {name: attribute(name) for rule in RULES.values() for name in rule.hparams}
 DEFAULT_HORIZON = 1000
 DEFAULT_EVAL_FREQUENCY = TrainingSection.model_fields["eval_frequency"].default
 

@@ -1,16 +1,18 @@
 """An optimizer's hyperparameters: each a schedule, evaluated once per step.
 
-`learn_rate`, `L2`, `beta1`, `beta2`, `eps` and `grad_clip` may each be a
+Every hyperparameter of an optimizer's rule (`optsvc.optim.rules`; Thinc's:
+`learn_rate`, `L2`, `beta1`, `beta2`, `eps` and `grad_clip`) may be a
 number, a list (one value a step, the last repeats), a generator or a
 `Schedule`; all become Schedules, evaluated once per step (with `key=None` and
 the optimizer's `last_score`), not once per parameter. A value is range-checked
 when its schedule is set (every item of a list at once); later steps only need
-to be finite. Each step's values become one `StepScalars` record
-(`step_scalars`), which both the per-key call and the multi-tensor step read.
-`ScheduledHyperparams` gives `Optimizer` (optsvc.optim.optimizer) its
-hyperparameter properties, its settings (`use_radam`, `L2_is_weight_decay`),
-its schedule step and its last score. Every check of a hyperparameter's value
-is here: ranges, the betas the update supports, an update call's `lr_scale`.
+to be finite. Each step's values become one scalars record (the rule's;
+Thinc's is `StepScalars`, made by `step_scalars`), which both the per-key
+call and the multi-tensor step read. `ScheduledHyperparams` gives `Optimizer`
+(optsvc.optim.optimizer) its hyperparameter properties, its settings
+(Thinc's `use_radam`, `L2_is_weight_decay`; a rule's own), its schedule step
+and its last score. Every check of a hyperparameter's value is here: ranges,
+the betas the update supports, an update call's `lr_scale`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numbers
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -31,6 +33,7 @@ from optsvc.schedules.thinc import ScheduleT, to_schedule
 from optsvc.spec import MAX_INT, Arg, Param, show
 
 if TYPE_CHECKING:
+    from optsvc.optim.rules import Rule
     from optsvc.optim.serialize import SavedOptimizer
 
 # Hyperparameters by argument name, in the order the optimizer evaluates them.
@@ -62,9 +65,12 @@ HPARAM_ARGS: Mapping[str, Arg] = MappingProxyType(
         "grad_clip": Arg("clip each gradient to this L2 norm (0: off)", ge=0),
     }
 )
-# The update divides by 1 - beta**n and by sqrt(v) + eps: these stay in range
-# at every step, not only when set (a beta of 1.0 would divide by zero).
-_ALWAYS_IN_RANGE = frozenset({"beta1", "beta2", "eps"})
+
+
+def attribute(name: str) -> str:
+    """The optimizer's attribute for a hyperparameter: Thinc's `b1`, `b2`
+    for the betas (and `b3`), else the argument's name."""
+    return {"beta1": "b1", "beta2": "b2", "beta3": "b3"}.get(name, name)
 
 
 def _as_float(value: Any) -> float:
@@ -109,8 +115,11 @@ class StepScalars:
     added to the gradient; `weight_decay`: L2 applied as decoupled weight
     decay, scaled into one update's factor by `decay` (one of the two is 0).
     `betas_supported`: False for beta1 = 0 with beta2 > 0 outside RAdam
-    (`unsupported_betas` says why).
+    (`unsupported_betas` says why). `sums_after`: Thinc's optimizers keep no
+    running sums (see `optsvc.optim.rules`).
     """
+
+    sums_after: ClassVar[None] = None
 
     learn_rate: float
     L2: float
@@ -171,23 +180,25 @@ def hparam_values(
     step: int,
     score: Any,
     *,
+    rule: Rule,
     full: Collection[str] = (),
 ) -> tuple[float, ...]:
-    """Each hyperparameter's value at `step` (in HPARAMS order), checked: the
-    ones named in `full` against their ranges (a schedule just set), the
-    betas and eps always against theirs, the others for finiteness only
-    (Thinc's own schedules may leave the range, e.g. slanted_triangular past
-    num_steps). A ConfigError naming the hyperparameter if not."""
+    """Each of `rule`'s hyperparameters' value at `step` (in its order),
+    checked: the ones named in `full` against their ranges (a schedule just
+    set), those the update divides by (`rule.always`: betas, eps) always
+    against theirs, the others for finiteness only (Thinc's own schedules
+    may leave the range, e.g. slanted_triangular past num_steps). A
+    ConfigError naming the hyperparameter if not."""
     values = []
-    for name in HPARAMS:
+    for name, arg in rule.args.items():
         value = schedules[name](step, key=None, last_score=score)
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ConfigError(
                 f"'{name}' schedule gave {show(value)} at step {step}; "
                 "expected a number"
             )
-        x, arg = _as_float(value), HPARAM_ARGS[name]
-        ranged = name in full or name in _ALWAYS_IN_RANGE
+        x = _as_float(value)
+        ranged = name in full or name in rule.always
         expected = None
         if not math.isfinite(x):
             expected = f"a finite number {arg.expected()}" if ranged else "finite"
@@ -205,7 +216,8 @@ def check_restored(
     schedules: Mapping[str, Schedule],
     *,
     step: int,
-    use_radam: bool,
+    rule: Rule,
+    settings: Mapping[str, Any],
 ) -> None:
     """Check restored schedules as the optimizer would have when they were
     set (every value in range at step 0) and at the next update (at `step`);
@@ -213,12 +225,12 @@ def check_restored(
     evaluated on copies and without a score, so their state (plateau's) stays
     as restored and a score is judged by the update that reads it."""
     copies = copy.deepcopy(dict(schedules))
-    hparam_values(copies, 0, None, full=HPARAMS)
+    hparam_values(copies, 0, None, rule=rule, full=rule.hparams)
     copies = copy.deepcopy(dict(schedules))
-    values = hparam_values(copies, step, None)
-    scalars = step_scalars(values, use_radam=use_radam, L2_is_weight_decay=True)
+    values = hparam_values(copies, step, None, rule=rule)
+    scalars = rule.scalars(values, settings, rule.initial_sums, step)
     if not scalars.betas_supported:
-        raise unsupported_betas(scalars)
+        raise rule.unsupported(scalars)
 
 
 def _hyperparameter(name: str) -> property:
@@ -226,7 +238,10 @@ def _hyperparameter(name: str) -> property:
     assigning a number, list, generator or Schedule replaces its schedule."""
 
     def get(self: ScheduledHyperparams) -> float:
-        return getattr(self._scalars(), name)
+        try:
+            return getattr(self._scalars(), name)
+        except AttributeError:
+            raise self._not_ours(name) from None
 
     def set_(self: ScheduledHyperparams, value: ScheduleT) -> None:
         self._set_hparam(name, value)
@@ -234,44 +249,82 @@ def _hyperparameter(name: str) -> property:
     return property(get, set_, doc=f"'{name}' at the current step.")
 
 
-class ScheduledHyperparams:
-    """The hyperparameters of `Optimizer`, its settings, its schedule step
-    and its last score.
+def expose(names: Collection[str]) -> None:
+    """Every hyperparameter in `names` as a property of the optimizers
+    (`attribute(name)`), once: each rule exposes its own when defined."""
+    for name in names:
+        if attribute(name) not in vars(ScheduledHyperparams):
+            setattr(ScheduledHyperparams, attribute(name), _hyperparameter(name))
 
-    A base class: `Optimizer.__init__` calls `_init_hyperparams`. The current
-    step's `StepScalars` are computed once per step (and again when the last
-    score, a schedule or a setting changes) by `_scalars`.
+
+def _setting(name: str, doc: str) -> property:
+    """A rule's setting as a property (an AttributeError for another
+    rule's); setting it changes the next step's scalars."""
+
+    def get(self: ScheduledHyperparams) -> Any:
+        if name not in self._settings:
+            raise self._not_ours(name)
+        return self._settings[name]
+
+    def set_(self: ScheduledHyperparams, value: Any) -> None:
+        if name not in self._settings:
+            raise self._not_ours(name)
+        self._settings[name] = bool(value)
+        self._cached = None
+
+    return property(get, set_, doc=doc)
+
+
+class ScheduledHyperparams:
+    """The hyperparameters of `Optimizer`, its rule and settings, its
+    schedule step and its last score.
+
+    A base class: `Optimizer.__init__` calls `_init_hyperparams`, after
+    making its state (`_state`, whose running sums a rule's scalars read).
+    The current step's scalars are computed once per step (and again when
+    the last score, a schedule or a setting changes) by `_scalars`.
     """
 
+    _rule: Rule
+    _settings: dict[str, Any]
     _schedules: dict[str, Schedule]
-    _cached: tuple[int, Any, StepScalars] | None  # (step, last score, scalars)
+    _cached: tuple[int, Any, Any] | None  # (step, last score, scalars)
     _step: int
     _last_score: tuple[int, float] | None
-    _use_radam: bool
-    _L2_is_weight_decay: bool
+    # The running sums of the scalars this step's updates used, which
+    # `step_schedules` makes the state's (None: no update yet this step, or
+    # a rule without sums).
+    _pending: tuple[float, ...] | None
 
     def _init_hyperparams(
-        self, values: dict[str, Any], *, use_radam: bool, L2_is_weight_decay: bool
+        self, rule: Rule, values: Mapping[str, Any], settings: Mapping[str, Any]
     ) -> None:
         """Set the hyperparameters, whose numbers and lists the signature
         checked; a Schedule's or a generator's first value is checked here."""
+        self._rule = rule
+        self._settings = dict(settings)
         self._schedules = {
-            name: to_schedule(name, values[name], checked=True) for name in HPARAMS
+            name: to_schedule(name, values[name], checked=True) for name in rule.hparams
         }
         self._cached = None
         self._step = 0
         self._last_score = None
-        self._use_radam = bool(use_radam)
-        self._L2_is_weight_decay = bool(L2_is_weight_decay)
-        first = [name for name in HPARAMS if not _plain(values[name])]
+        self._pending = None
+        first = [name for name in rule.hparams if not _plain(values[name])]
         scalars = self._scalars(full=first)  # the first values of the schedules
         if not scalars.betas_supported:
-            raise unsupported_betas(scalars)
+            raise rule.unsupported(scalars)
+
+    def _not_ours(self, name: str) -> AttributeError:
+        return AttributeError(
+            f"{self._rule.title} has no '{name}'; it takes "
+            f"{', '.join((*self._rule.hparams, *self._settings))}"
+        )
 
     # --- hyperparameters -------------------------------------------------------
 
-    def _scalars(self, *, full: Collection[str] = ()) -> StepScalars:
-        """This step's StepScalars, evaluated once per step (`hparam_values`
+    def _scalars(self, *, full: Collection[str] = ()) -> Any:
+        """This step's scalars, evaluated once per step (`hparam_values`
         says what is checked: `full` names schedules just set)."""
         step, score, cached = self._step, self._last_score, self._cached
         if cached is not None and cached[0] == step and cached[1] is score:
@@ -280,20 +333,16 @@ class ScheduledHyperparams:
         self._cached = (step, score, scalars)
         return scalars
 
-    def _evaluate(
-        self, step: int, score: Any, *, full: Collection[str] = ()
-    ) -> StepScalars:
-        return step_scalars(
-            hparam_values(self._schedules, step, score, full=full),
-            use_radam=self._use_radam,
-            L2_is_weight_decay=self._L2_is_weight_decay,
-        )
+    def _evaluate(self, step: int, score: Any, *, full: Collection[str] = ()) -> Any:
+        rule = self._rule
+        values = hparam_values(self._schedules, step, score, rule=rule, full=full)
+        return rule.scalars(values, self._settings, self._state.sums, step)
 
-    def hyperparams_at(self, step: int) -> StepScalars:
+    def hyperparams_at(self, step: int) -> Any:
         """The hyperparameters at schedule step `step` (with this optimizer's
-        last score), checked as an update checks them: a ValueError if a
-        schedule gives something other than a finite number. The optimizer's
-        own step is left as it is.
+        last score and running sums), checked as an update checks them: a
+        ValueError if a schedule gives something other than a finite number.
+        The optimizer's own step is left as it is.
 
         >>> from optsvc import Adam, warmup_linear
         >>> Adam(warmup_linear(0.1, 10, 100)).hyperparams_at(5).learn_rate
@@ -304,7 +353,9 @@ class ScheduledHyperparams:
     def _set_hparam(self, name: str, value: Any) -> None:
         """Replace a schedule: a number, and every item of a list, must lie in
         the range; a Schedule's or a generator's values from this step on."""
-        problem = Param(name, "hyper", HPARAM_ARGS[name]).problem(value)
+        if name not in self._rule.args:
+            raise self._not_ours(name)
+        problem = Param(name, "hyper", self._rule.args[name]).problem(value)
         if problem:
             raise ConfigError(f"'{name}' {problem}, got {show(value)}")
         old = self._schedules[name]
@@ -322,8 +373,8 @@ class ScheduledHyperparams:
         saved, unchecked (a saved schedule may be past its range)."""
         self._schedules = dict(saved.schedules)
         self._step, self._last_score = saved.step, saved.last_score
-        self._use_radam = saved.use_radam
-        self._L2_is_weight_decay = saved.L2_is_weight_decay
+        self._settings = dict(saved.settings)
+        self._pending = saved.pending
         self._cached = None
 
     @property
@@ -331,35 +382,14 @@ class ScheduledHyperparams:
         """Each hyperparameter's Schedule, by argument name (read-only)."""
         return MappingProxyType(self._schedules)
 
-    learn_rate = _hyperparameter("learn_rate")
-    L2 = _hyperparameter("L2")
-    b1 = _hyperparameter("beta1")
-    b2 = _hyperparameter("beta2")
-    eps = _hyperparameter("eps")
-    grad_clip = _hyperparameter("grad_clip")
-
     # --- settings ------------------------------------------------------------------
 
-    @property
-    def use_radam(self) -> bool:
-        """RAdam's rectification of Adam's update."""
-        return self._use_radam
-
-    @use_radam.setter
-    def use_radam(self, value: bool) -> None:
-        self._use_radam = bool(value)
-        self._cached = None
-
-    @property
-    def L2_is_weight_decay(self) -> bool:
-        """Whether L2 is applied as decoupled weight decay (AdamW) rather
-        than added to the gradient."""
-        return self._L2_is_weight_decay
-
-    @L2_is_weight_decay.setter
-    def L2_is_weight_decay(self, value: bool) -> None:
-        self._L2_is_weight_decay = bool(value)
-        self._cached = None
+    use_radam = _setting("use_radam", "RAdam's rectification of Adam's update.")
+    L2_is_weight_decay = _setting(
+        "L2_is_weight_decay",
+        "Whether L2 is applied as decoupled weight decay (AdamW) rather than "
+        "added to the gradient.",
+    )
 
     # --- step and score ----------------------------------------------------------
 
@@ -369,7 +399,10 @@ class ScheduledHyperparams:
         return self._step
 
     def step_schedules(self) -> None:
-        """Advance every schedule by one step."""
+        """Advance every schedule by one step (and, for a rule with running
+        sums, such as Schedule-Free's, take the sums of this step's updates)."""
+        if self._pending is not None:
+            self._state.sums, self._pending = self._pending, None
         self._step += 1
 
     @property
@@ -410,3 +443,6 @@ def check_last_score(score: Any, step: int) -> tuple[int, float]:
             f"{show(value)}; report a failed evaluation as float('-inf')"
         )
     return (step, x)
+
+
+expose(HPARAMS)

@@ -1,25 +1,29 @@
-"""SGD, Adam and RAdam: one `Optimizer` class with Thinc's API and numbers.
+"""One `Optimizer` class with Thinc's API, for SGD, Adam and RAdam (Thinc's
+numbers) and for the optimizers of `optsvc.optim.extra`.
 
-The class holds the hyperparameters (`hyperparams`: schedules, evaluated once
-per step into a `StepScalars` record) and one `OptimizerState` (`state`: every
-key's moments, averages and update count). Each key's update kind and step
-size come from `step` (bias correction, RAdam's rectification); the
-arithmetic is one fused kernel per backend (`optsvc.backends.numba_kernels`
-or `numpy_kernels`, `cuda_kernels`). Two ways in: `optimizer(key, W, dW)`
-updates one parameter; `optimizer.update_store` updates every parameter of a
-`ParamStore` in one pass (`multi_tensor`), with the same numbers.
+The class holds its rule (`rules`: what differs between optimizers), the
+hyperparameters (`hyperparams`: schedules, evaluated once per step into the
+rule's scalars record) and one `OptimizerState` (`state`: every key's
+arrays, averages and update count). Each key's update kind and per-tensor
+scalars come from the rule (for Thinc's: `step`, bias correction and RAdam's
+rectification); the arithmetic is one fused kernel per backend
+(`optsvc.backends.numba_kernels` or `numpy_kernels`, `cuda_kernels`). Two
+ways in: `optimizer(key, W, dW)` updates one parameter;
+`optimizer.update_store` updates every parameter of a `ParamStore` in one
+pass (`multi_tensor`), with the same numbers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Annotated, Any
 
 import numpy as np
 
 from optsvc import registries
-from optsvc.backends import Ops, UpdateKind, get_array_ops, get_ops
-from optsvc.errors import ConfigError
+from optsvc.backends import STATE_ARRAYS, Ops, get_array_ops, get_ops
+from optsvc.errors import ConfigError, StateError
 from optsvc.fileio import ARRAYS_LIMIT, read_regular, write_atomic
 from optsvc.optim import multi_tensor
 from optsvc.optim.hyperparams import (
@@ -30,20 +34,19 @@ from optsvc.optim.hyperparams import (
     ScheduledHyperparams,
     ScheduleT,
     check_lr_scale,
-    unsupported_betas,
 )
 from optsvc.optim.params import ParamStore
+from optsvc.optim.rules import RULES, THINC, Rule
 from optsvc.optim.state import (
+    EvaluationPoint,
     KeySlot,
     KeyT,
     OptimizerState,
     device_mismatch,
     shape_conflict,
 )
-from optsvc.optim.step import averaging_rate, step_size
+from optsvc.optim.step import averaging_rate
 from optsvc.spec import Arg, checked, unchecked
-
-_SGD = UpdateKind.SGD  # a module global: read on every update
 
 # Each argument's type, range and meaning, declared once for Optimizer, SGD,
 # Adam and RAdam and so for the config check (see optsvc.spec); the
@@ -65,6 +68,8 @@ UseRAdam = Annotated[bool, Arg("RAdam's rectification of Adam's update")]
 class Optimizer(ScheduledHyperparams):
     """Stochastic gradient descent with first- and second-moment momentum:
     SGD (beta1 = beta2 = 0), Adam, or RAdam (`use_radam`), as in Thinc.
+    `optsvc.Lion`, `AdEMAMix`, `ScheduleFreeAdamW` and `ScheduleFreeSGD`
+    make Optimizers of other rules (`rule`), with the same API.
 
     Every hyperparameter may be a number, a list (one value a step, the last
     repeats), a generator or a `Schedule`. Schedules are evaluated once per
@@ -99,15 +104,51 @@ class Optimizer(ScheduledHyperparams):
                 f"or None for the arrays' own, got {type(ops).__name__} {ops!r:.60}"
             )
         values = (learn_rate, L2, beta1, beta2, eps, grad_clip)
-        self._init_hyperparams(
-            dict(zip(HPARAMS, values)),
-            use_radam=use_radam,
-            L2_is_weight_decay=L2_is_weight_decay,
-        )
-        self._state = OptimizerState(use_averages=use_averages, ops=ops)
-        # (scalars, nr, lr_scale, (kind, c, ema_rate, decay)) of the last
-        # per-key call: what the next key with the same nr and scale reuses.
+        settings = {"use_radam": bool(use_radam)}
+        settings["L2_is_weight_decay"] = bool(L2_is_weight_decay)
+        self._start(THINC, dict(zip(HPARAMS, values)), settings, use_averages, ops)
+
+    def _start(
+        self, rule: Rule, values: dict, settings: dict, use_averages: bool, ops
+    ) -> None:
+        """Set up an optimizer of `rule` (the constructors' common part)."""
+        self._state = OptimizerState(rule, use_averages=use_averages, ops=ops)
+        self._init_hyperparams(rule, values, settings)
+        # (scalars, nr, lr_scale, (kind, lr, ema_rate, bc1, bc2, n_state))
+        # of the last per-key call: what the next key with the same nr and
+        # scale reuses; (scalars, lr_scale, host array) likewise.
         self._step_memo: tuple = (None, 0, 0.0, None)
+        self._host_memo: tuple = (None, 0.0, None)
+
+    @classmethod
+    def _of(cls, rule: Rule, arguments: dict[str, Any]) -> Optimizer:
+        """An Optimizer of `rule` from a registered function's arguments
+        (its `locals()`), which its signature has checked: the rule's
+        hyperparameters and settings, `use_averages`, `ops`."""
+        optimizer = cls.__new__(cls)
+        values = {name: arguments[name] for name in rule.hparams}
+        settings = {name: arguments[name] for name in rule.settings}
+        use_averages = rule.keeps_averages and arguments.get("use_averages", False)
+        optimizer._start(rule, values, settings, use_averages, arguments.get("ops"))
+        return optimizer
+
+    @property
+    def rule(self) -> Rule:
+        """What this optimizer computes (`optsvc.optim.rules`): SGD, Adam and
+        RAdam share Thinc's rule; Lion, AdEMAMix and Schedule-Free have
+        their own."""
+        return self._rule
+
+    @property
+    def settings(self) -> Mapping[str, Any]:
+        """The options that are not hyperparameters: `use_averages` (for
+        rules that keep parameter averages) and the rule's own (Thinc's
+        `use_radam` and `L2_is_weight_decay`, Schedule-Free's
+        `warmup_steps`), read-only."""
+        settings = dict(self._settings)
+        if self._rule.keeps_averages:
+            settings = {"use_averages": self._state.use_averages, **settings}
+        return MappingProxyType(settings)
 
     # --- the state, read-only ------------------------------------------------------
 
@@ -137,11 +178,23 @@ class Optimizer(ScheduledHyperparams):
         """Each key's parameter average, shaped like the parameter (a
         read-only view of the state), or None without `use_averages`. As on
         Thinc's optimizer, assigning None stops averaging and `{}` starts it
-        afresh."""
-        return self._state.averages
+        afresh. For a rule without parameter averages (Schedule-Free), the
+        evaluation point of each key, computed when read (`EvaluationPoint`):
+        what to evaluate and save, as `optsvc train` and spaCy do."""
+        rule = self._rule
+        if rule.keeps_averages:
+            return self._state.averages
+        return EvaluationPoint(
+            self._state.slots, rule.evaluation_weight(self._scalars())
+        )
 
     @averages.setter
     def averages(self, value: Mapping | None) -> None:
+        if not self._rule.keeps_averages:
+            raise TypeError(
+                f"{self._rule.title}'s averages are its evaluation point, "
+                "computed from its state; they cannot be switched off or reset"
+            )
         if value is not None and (not isinstance(value, Mapping) or value):
             raise TypeError(
                 "assign None (no averages) or {} (averages from now on) to "
@@ -149,10 +202,38 @@ class Optimizer(ScheduledHyperparams):
             )
         self._state.keep_averages(value is not None)
 
+    def attach(self, params: ParamStore | Mapping[KeyT, Any]) -> None:
+        """Say where the weights of known keys are (a `ParamStore`'s, or a
+        mapping of key -> weights array), as an update does: what a
+        Schedule-Free optimizer needs to compute its averages after
+        `from_bytes` or a device move, before the keys' next update. Keys
+        the optimizer has not updated are left out; other optimizers keep
+        nothing else from it.
+
+        >>> import numpy as np
+        >>> from optsvc import ScheduleFreeSGD
+        >>> opt = ScheduleFreeSGD(0.1)
+        >>> W = np.ones(3, "f")
+        >>> _ = opt((0, "W"), W, np.full(3, 0.5, "f"))
+        >>> again = ScheduleFreeSGD(0.1).from_bytes(opt.to_bytes())
+        >>> again.attach({(0, "W"): W})
+        >>> bool((again.averages[(0, "W")] == opt.averages[(0, "W")]).all())
+        True
+        """
+        store = isinstance(params, ParamStore)
+        for key in params:
+            slot = self._state.slots.get(key)
+            if slot is None:
+                continue
+            weights = params.weights(key) if store else params[key]
+            if tuple(getattr(weights, "shape", ())) != slot.shape:
+                raise shape_conflict(key, slot.shape, getattr(weights, "shape", ()))
+            slot.weights = weights.reshape(-1)
+
     def __reduce__(self):
         # Pickling and copy.deepcopy go through the optimizer's own state
         # (to_bytes); its schedules travel as objects, with their functions.
-        return (_unpickle, (dict(self._schedules), self.to_bytes()))
+        return (_unpickle, (self._rule.name, dict(self._schedules), self.to_bytes()))
 
     @property
     def nr_update(self) -> Mapping[KeyT, int]:
@@ -180,42 +261,47 @@ class Optimizer(ScheduledHyperparams):
         _check_arrays(key, weights, gradient, ops, slot)
         state.ops = ops
         s = self._scalars()
+        rule = self._rule
         if not s.betas_supported:
-            raise unsupported_betas(s, key)
+            raise rule.unsupported(s, key)
         nr = (slot.nr if slot is not None else 0) + 1
         memo = self._step_memo
         if memo[0] is s and memo[1] == nr and memo[2] == lr_scale:
-            kind, c, rate, decay = memo[3]
+            kind, lr, rate, bc1, bc2, n_state = memo[3]
         else:
-            kind, c = step_size(s, nr, lr_scale, state.radam_buffer)
-            rate = averaging_rate(nr)
-            decay = s.decay(lr_scale)
+            kind, lr, bc1, bc2 = rule.tensor(s, nr, lr_scale, state.radam_buffer)
+            rate, n_state = averaging_rate(nr), STATE_ARRAYS[kind]
             # The keys of one step mostly share nr: their scalars are computed
             # once. Not for RAdam (its memo is written on every call, as
             # Thinc's is) nor a zero scale (the sign of a zero step matters).
-            if not s.use_radam and lr_scale:
-                self._step_memo = (s, nr, lr_scale, (kind, c, rate, decay))
+            if lr_scale and rule.memoizable(s):
+                self._step_memo = (s, nr, lr_scale, (kind, lr, rate, bc1, bc2, n_state))
+        host_memo = self._host_memo
+        if host_memo[0] is s and host_memo[1] == lr_scale and lr_scale:
+            host = host_memo[2]
+        else:
+            host = rule.host(s, lr_scale)
+            self._host_memo = (s, lr_scale, host)
+        flat = weights.reshape(-1)
         if slot is None:
             slot = state.new_slot(key, weights.shape, weights.size, ops)
-        if kind != _SGD and slot.m is None:
-            state.add_moments(slot, ops)
+        if n_state and slot.state is None:
+            state.add_state(slot, ops, flat)
         ops.fused_update(
-            weights.reshape(-1),
+            flat,
             gradient.reshape(-1),
-            slot.m,
-            slot.v,
+            slot.state or (),
             slot.ema,
             kind=kind,
-            lr=c,
-            b1=s.kernel_b1,
-            b2=s.kernel_b2,
-            eps=s.eps,
-            l2=s.l2,
-            clip=s.grad_clip,
-            decay=decay,
+            lr=lr,
             ema_rate=rate,
+            bc1=bc1,
+            bc2=bc2,
+            host=host,
         )
         slot.nr = nr
+        slot.weights = flat
+        self._pending = s.sums_after
         return weights, gradient
 
     def update_store(self, store: ParamStore, *, lr_scale: float = 1.0) -> None:
@@ -256,7 +342,9 @@ class Optimizer(ScheduledHyperparams):
         if not ops.owns(store.flat_weights):
             where = ops.device_of(store.flat_weights)
             raise device_mismatch("the parameter store is", where, ops, "the store")
-        multi_tensor.update_store(self._state, self._scalars(), store, ops, lr_scale)
+        s = self._scalars()
+        multi_tensor.update_store(self._state, s, store, ops, lr_scale)
+        self._pending = s.sums_after
 
     # --- devices ---------------------------------------------------------------------
 
@@ -280,8 +368,8 @@ class Optimizer(ScheduledHyperparams):
             schedules=self.schedules,
             step=self.step,
             last_score=self.last_score,
-            use_radam=self.use_radam,
-            L2_is_weight_decay=self.L2_is_weight_decay,
+            settings=dict(self._settings),
+            pending=self._pending,
             state=self._state,
         )
         return encode_optimizer(saved)
@@ -292,12 +380,19 @@ class Optimizer(ScheduledHyperparams):
         from optsvc.optim.serialize import decode_optimizer
 
         ops = self._state.ops or get_ops("numpy")
-        self.restore(decode_optimizer(data, like=self.schedules, ops=ops))
+        saved = decode_optimizer(data, like=self.schedules, ops=ops, rule=self._rule)
+        self.restore(saved)
         return self
 
     def restore(self, saved) -> Optimizer:
         """Take over a decoded `SavedOptimizer` (`optsvc.optim.serialize`),
-        checked when it was decoded; returns self."""
+        checked when it was decoded; returns self. StateError if it holds
+        another rule's state (Lion's for an Adam, say)."""
+        if saved.state.rule is not self._rule:
+            raise StateError(
+                f"the saved state is {saved.state.rule.title}'s; this optimizer "
+                f"is {self._rule.title}"
+            )
         self._restore_hyperparams(saved)
         self._state = saved.state
         return self
@@ -311,7 +406,9 @@ class Optimizer(ScheduledHyperparams):
         return self.from_bytes(read_regular(path, ARRAYS_LIMIT, "optimizer state"))
 
     def __repr__(self) -> str:
-        kind = "RAdam" if self.use_radam else ("SGD" if self.b1 == 0 else "Adam")
+        kind = self._rule.title
+        if self._rule is THINC:
+            kind = "RAdam" if self.use_radam else ("SGD" if self.b1 == 0 else "Adam")
         return (
             f"<Optimizer {kind} step={self.step} keys={len(self._state.slots)} "
             f"learn_rate={self.learn_rate:.6g}>"
@@ -382,8 +479,8 @@ def _check_arrays(key, weights, gradient, ops: Ops, slot: KeySlot | None) -> Non
         raise shape_conflict(key, slot.shape, weights.shape)
 
 
-def _unpickle(schedules: dict, data: bytes) -> Optimizer:
-    optimizer = _optimizer(learn_rate=0.0)
+def _unpickle(rule: str, schedules: dict, data: bytes) -> Optimizer:
+    optimizer = registries.optimizers.get(RULES[rule].registered)()
     optimizer._schedules = schedules  # what from_bytes finds functions in
     return optimizer.from_bytes(data)
 

@@ -2,11 +2,13 @@
 
 `Optimizer.to_bytes` hands a `SavedOptimizer` to `encode_optimizer`;
 `Optimizer.from_bytes` gets one back from `decode_optimizer` and takes it
-over. The arrays (each key's moments `m{i}`, `v{i}` and average `ema{i}`)
-are safetensors; everything else is the `SavedState` record in the header,
-with a SHA-256 over both that is checked before anything is restored.
-Loading never runs code: safetensors holds numbers only, the record is JSON,
-and schedules are rebuilt from their names.
+over. The arrays (each key's state arrays by the rule's names, `m{i}`,
+`v{i}`, `z{i}`, ..., and its average `ema{i}`) are safetensors; everything
+else is the `SavedState` record in the header, with a SHA-256 over both that
+is checked before anything is restored. Loading never runs code: safetensors
+holds numbers only, the record is JSON, and schedules are rebuilt from their
+names. Version 3 names the optimizer's rule and holds its settings and
+running sums; version 2 (SGD, Adam and RAdam only) is still read.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from optsvc.backends import Ops
 from optsvc.errors import ConfigError, StateError
 from optsvc.fileio import decode_arrays, encode_arrays
 from optsvc.optim.hyperparams import check_restored
+from optsvc.optim.rules import RULES, THINC, Rule
 from optsvc.optim.state import OptimizerState, SlotRecord
 from optsvc.optim.step import RADAM_BUFFER_SLOTS
 from optsvc.records import Count, Number, Record
@@ -33,7 +36,7 @@ from optsvc.schedules.thinc import PlateauState
 from optsvc.spec import MAX_INT
 
 FORMAT = "optsvc.optimizer"
-VERSION = 2
+VERSION = 3
 WHAT = "optimizer state"
 
 
@@ -48,13 +51,10 @@ class SavedSchedule(Record):
     attrs: dict[str, Any]
 
 
-class SavedState(Record):
-    """The header of saved optimizer state: everything but the arrays."""
+class _Common(Record):
+    """What both versions of the header hold."""
 
     format: Literal["optsvc.optimizer"] = Field(description="what the bytes hold")
-    version: Literal[2] = Field(description=f"this optsvc reads version {VERSION}")
-    use_radam: StrictBool
-    L2_is_weight_decay: StrictBool
     use_averages: StrictBool
     step: Count = Field(description="the step of the schedules")
     last_score: tuple[Count, Number] | None = Field(
@@ -70,6 +70,38 @@ class SavedState(Record):
     )
     keys: list[SavedKey] = Field(description="each key's shape and update count")
     sha256: str = ""
+
+
+class SavedState(_Common):
+    """The header of saved optimizer state: everything but the arrays."""
+
+    version: Literal[3] = Field(description=f"this optsvc reads version {VERSION}")
+    rule: StrictStr = Field(description="the optimizer's rule (optsvc.optim.rules)")
+    settings: dict[str, StrictBool | StrictInt] = Field(
+        description="the rule's settings"
+    )
+    sums: list[Number] | None = Field(description="the rule's running sums")
+    pending: list[Number] | None = Field(
+        description="the sums after this step's updates, not yet taken"
+    )
+
+
+class SavedStateV2(_Common):
+    """Version 2 of the header: Thinc's optimizers, their two settings."""
+
+    version: Literal[2]
+    use_radam: StrictBool
+    L2_is_weight_decay: StrictBool
+
+    def upgraded(self) -> SavedState:
+        """The same state as a version 3 header."""
+        data = self.model_dump(exclude={"version", "use_radam", "L2_is_weight_decay"})
+        settings = {"use_radam": self.use_radam}
+        settings["L2_is_weight_decay"] = self.L2_is_weight_decay
+        return SavedState(
+            **data, version=VERSION, rule=THINC.name, settings=settings, sums=None,
+            pending=None,
+        )  # fmt: skip
 
 
 # --- keys ---------------------------------------------------------------------
@@ -179,25 +211,34 @@ def _digest(arrays: Mapping[str, np.ndarray], meta: SavedState) -> str:
 @dataclass(frozen=True)
 class SavedOptimizer:
     """Everything an optimizer needs to continue bit-identically: what
-    `encode_optimizer` writes and `decode_optimizer` reads back."""
+    `encode_optimizer` writes and `decode_optimizer` reads back. The rule is
+    the state's (`state.rule`)."""
 
     schedules: Mapping[str, Schedule]
     step: int
     last_score: tuple[int, float] | None
-    use_radam: bool
-    L2_is_weight_decay: bool
+    settings: Mapping[str, Any]
+    pending: tuple[float, ...] | None
     state: OptimizerState
+
+    @property
+    def use_radam(self) -> bool:
+        """Whether the state is RAdam's (Thinc's rule with `use_radam`)."""
+        return bool(self.settings.get("use_radam", False))
 
 
 def encode_optimizer(saved: SavedOptimizer) -> bytes:
     """`saved` as safetensors bytes: the state's arrays, and the record of
     everything else in the header, with a SHA-256 over both."""
     records, arrays = saved.state.to_arrays()
+    state = saved.state
     meta = SavedState(
         format=FORMAT,
         version=VERSION,
-        use_radam=saved.use_radam,
-        L2_is_weight_decay=saved.L2_is_weight_decay,
+        rule=state.rule.name,
+        settings=dict(saved.settings),
+        sums=None if state.sums is None else list(state.sums),
+        pending=None if saved.pending is None else list(saved.pending),
         use_averages=saved.state.use_averages,
         step=saved.step,
         last_score=saved.last_score,
@@ -219,21 +260,30 @@ def read_archive(data: bytes) -> tuple[SavedState, dict[str, np.ndarray]]:
     arrays, text = decode_arrays(bytes(data), "not a readable optsvc state archive")
     if text is None:
         raise StateError("not an optsvc state archive: its metadata is missing")
-    meta = SavedState.parse(text, f"{WHAT} is corrupt: its metadata")
+    record = _Version.parse(text, f"{WHAT} is corrupt: its metadata")
+    header = SavedStateV2 if record.version == 2 else SavedState
+    meta = header.parse(text, f"{WHAT} is corrupt: its metadata")
     if meta.sha256 != _digest(arrays, meta):
         raise StateError(f"{WHAT} is corrupt: its checksum does not match")
-    return meta, arrays
+    return (meta.upgraded() if record.version == 2 else meta), arrays
+
+
+class _Version(Record, extra="ignore"):
+    """The version of a header, read before the rest."""
+
+    version: Literal[2, 3] = Field(description=f"this optsvc reads version {VERSION}")
 
 
 def decode_optimizer(
-    data: bytes, *, like: Mapping[str, Schedule], ops: Ops
+    data: bytes, *, like: Mapping[str, Schedule], ops: Ops, rule: Rule | None = None
 ) -> SavedOptimizer:
     """The optimizer saved in `data`, its arrays on `ops`; `like` (the
     target's schedules) supplies the functions of schedules that optsvc does
-    not know by name. StateError if `data` is not such a state."""
+    not know by name. StateError if `data` is not such a state, or (with
+    `rule`) not one of that rule."""
     meta, arrays = read_archive(data)
     try:
-        return _saved_from(meta, arrays, like, ops)
+        return _saved_from(meta, arrays, like, ops, rule)
     except StateError:
         raise
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as err:
@@ -245,7 +295,23 @@ def _saved_from(
     arrays: dict[str, np.ndarray],
     like: Mapping[str, Schedule],
     ops: Ops,
+    target: Rule | None,
 ) -> SavedOptimizer:
+    rule = RULES.get(meta.rule)
+    if rule is None:
+        raise StateError(f"{WHAT} is corrupt: it names no known rule ({meta.rule!r})")
+    if target is not None and rule is not target:
+        raise StateError(
+            f"{WHAT} is {rule.title}'s; the optimizer it is for is {target.title}"
+        )
+    problem = rule.settings_problem(meta.settings)
+    if problem is None and (meta.sums is None) != (rule.initial_sums is None):
+        problem = "its running sums do not fit its rule"
+    lengths = {len(x) for x in (meta.sums, meta.pending) if x is not None}
+    if problem is None and lengths - {len(rule.initial_sums or ())}:
+        problem = "its running sums do not fit its rule"
+    if problem:
+        raise StateError(f"{WHAT} is corrupt: {problem}")
     if set(meta.schedules) != set(like):
         raise StateError(
             f"{WHAT} is corrupt: it must hold the schedules of {sorted(like)}, it "
@@ -256,7 +322,7 @@ def _saved_from(
         for name, s in meta.schedules.items()
     }
     try:
-        check_restored(schedules, step=meta.step, use_radam=meta.use_radam)
+        check_restored(schedules, step=meta.step, rule=rule, settings=meta.settings)
     except ConfigError as err:
         raise StateError(f"{WHAT} is corrupt: {err}") from None
     records = []
@@ -266,11 +332,13 @@ def _saved_from(
             raise StateError(f"{WHAT} is corrupt: the size of key {key!r} overflows")
         records.append(SlotRecord(key, tuple(entry.shape), entry.nr))
     state = OptimizerState.from_arrays(
+        rule,
         records,
         arrays,
-        use_averages=meta.use_averages,
+        use_averages=meta.use_averages and rule.keeps_averages,
         ops=ops,
         radam_buffer=[list(slot) for slot in meta.radam_buffer],
+        sums=None if meta.sums is None else tuple(meta.sums),
     )
     # Restored keys hold their own arrays; the next update_store with a
     # ParamStore lays their state out in flat buffers again.
@@ -278,7 +346,7 @@ def _saved_from(
         schedules=schedules,
         step=meta.step,
         last_score=meta.last_score,
-        use_radam=meta.use_radam,
-        L2_is_weight_decay=meta.L2_is_weight_decay,
+        settings=dict(meta.settings),
+        pending=None if meta.pending is None else tuple(meta.pending),
         state=state,
     )

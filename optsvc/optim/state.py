@@ -1,18 +1,22 @@
 """An optimizer's state, in one owner: `OptimizerState`.
 
 Each key the optimizer has updated has a `KeySlot`, bound to a `FlatGroup`
-for the keys of a `ParamStore` updated with `update_store`. `OptimizerState`
-keeps the slots and the groups, RAdam's shared memo and the backend the
-arrays live on; it lays the state out for a store, moves it between devices
-and turns it into host arrays and back (`to_arrays` / `from_arrays`, for
-`optsvc.optim.serialize`). `optimizer.mom1`, `mom2`, `averages` and
-`nr_update` are read-only views of the slots (`SlotView`), never copies.
+for the keys of a `ParamStore` updated with `update_store`. A slot holds the
+arrays its optimizer's rule keeps (`Rule.state`: Adam's m and v, Lion's m,
+Schedule-Free's z, ...), its average and, for a rule whose averages are an
+evaluation point, where its weights are. `OptimizerState` keeps the slots
+and the groups, the rule's running scalars (RAdam's shared memo,
+Schedule-Free's sums) and the backend the arrays live on; it lays the state
+out for a store, moves it between devices and turns it into host arrays and
+back (`to_arrays` / `from_arrays`, for `optsvc.optim.serialize`).
+`optimizer.mom1`, `mom2`, `averages` and `nr_update` are read-only views of
+the slots (`SlotView`, `EvaluationPoint`), never copies.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from operator import attrgetter
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -25,6 +29,7 @@ from optsvc.optim.step import new_radam_buffer
 
 if TYPE_CHECKING:
     from optsvc.optim.params import ParamStore
+    from optsvc.optim.rules import Rule
 
 KeyT = Hashable
 
@@ -48,22 +53,26 @@ def device_mismatch(subject: str, device: str, ops: Ops, what: str) -> ValueErro
 
 
 class KeySlot:
-    """One key's state: the shape and size of its parameter, its flat
-    moments `m`, `v` and average `ema` (None until needed), its update count.
+    """One key's state: the shape and size of its parameter, the flat arrays
+    its rule keeps (`state`, a tuple in `Rule.state` order, None until an
+    update needs them), its average `ema` (None until needed), its update
+    count, and its flat weights as last updated (`weights`: what a rule's
+    evaluation point is computed from; None after a restore or a move
+    until an update or `Optimizer.attach` says where they are).
 
     A key of a `ParamStore` updated with `update_store` is bound to that
     store's `FlatGroup` (`group`, `index`): its arrays are views into the
     group's flat buffers and its update count lives in `group.nr`.
     """
 
-    __slots__ = ("shape", "size", "m", "v", "ema", "_nr", "group", "index")
+    __slots__ = ("shape", "size", "state", "ema", "weights", "_nr", "group", "index")
 
     def __init__(self, shape: tuple, size: int) -> None:
         self.shape = shape
         self.size = size
-        self.m = None
-        self.v = None
+        self.state: tuple | None = None
         self.ema = None
+        self.weights = None
         self._nr = 0
         self.group: FlatGroup | None = None
         self.index = -1
@@ -91,10 +100,11 @@ class KeySlot:
 
 class FlatGroup:
     """The state of the keys of one `ParamStore`, in flat buffers laid out
-    like the store's: the moments `m`, `v` and the averages `ema` (each
-    `store.size` long, or None until needed), the update count of each key
-    (`nr`, int64 on the host), and the tables the multi-tensor kernels read
-    (`layout`, `params`). Only keys with parameters have an entry.
+    like the store's: the rule's arrays `state` (a tuple) and the averages
+    `ema` (each `store.size` long, or None until needed), the update count
+    of each key (`nr`, int64 on the host), and the tables the multi-tensor
+    kernels read (`layout`, `params`). Only keys with parameters have an
+    entry.
     """
 
     def __init__(self, store: ParamStore, ops: Ops, keys: list, offsets, sizes):
@@ -106,8 +116,7 @@ class FlatGroup:
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.sizes = np.asarray(sizes, dtype=np.int64)
         self.nr = np.zeros(len(keys), dtype=np.int64)
-        self.m: Any = None
-        self.v: Any = None
+        self.state: tuple | None = None
         self.ema: Any = None
         self.layout = ops.make_layout(self.offsets, self.sizes)
         self.params = TensorParams(len(keys))
@@ -136,18 +145,18 @@ class FlatGroup:
 
 
 class SlotView(Mapping):
-    """A read-only mapping over the slots of an OptimizerState: key -> the
-    slot's `attr` (shaped like the parameter with `shaped`), for the keys
-    whose slot has one. `optimizer.mom1`, `mom2`, `averages` and `nr_update`
-    are such views: the arrays are the state, never copies."""
+    """A read-only mapping over the slots of an OptimizerState: key -> what
+    `get` reads of the slot (shaped like the parameter with `shaped`), for
+    the keys whose slot has one. `optimizer.mom1`, `mom2`, `averages` and
+    `nr_update` are such views: the arrays are the state, never copies."""
 
     __slots__ = ("_slots", "_get", "_shaped")
 
     def __init__(
-        self, slots: dict[KeyT, KeySlot], attr: str, *, shaped: bool = False
+        self, slots: dict[KeyT, KeySlot], get: Callable, *, shaped: bool = False
     ) -> None:
         self._slots = slots
-        self._get = attrgetter(attr)
+        self._get = get
         self._shaped = shaped
 
     def __getitem__(self, key: KeyT):
@@ -168,6 +177,48 @@ class SlotView(Mapping):
         return repr(dict(self))
 
 
+def _state_array(index: int) -> Callable:
+    """A `SlotView` getter: the slot's `index`-th state array, if any."""
+    return lambda slot: None if slot.state is None else slot.state[index]
+
+
+class EvaluationPoint(SlotView):
+    """The averages of a rule with an evaluation point (Schedule-Free's x):
+    key -> ``lerp(y, z, weight)``, computed when read from the key's weights
+    y and its state array z, shaped like the parameter (a new array each
+    time: it is not state). A key whose weights the optimizer does not know
+    (after a restore, before its next update) is a StateError on reading."""
+
+    __slots__ = ("_weight",)
+
+    def __init__(self, slots: dict[KeyT, KeySlot], weight: float) -> None:
+        super().__init__(slots, _state_array(0), shaped=True)
+        self._weight = weight
+
+    def __getitem__(self, key: KeyT):
+        z = super().__getitem__(key)
+        slot = self._slots[key]
+        if slot.weights is None:
+            raise StateError(
+                f"the evaluation point of key {key!r} needs its weights, which "
+                "the optimizer does not know since it was restored or moved; "
+                "update the key once or call optimizer.attach(store) first"
+            )
+        return lerp(slot.weights.reshape(slot.shape), z, self._weight)
+
+
+def lerp(a, b, weight: float):
+    """torch.lerp(a, b, weight) of float32 arrays (numpy or cupy), as
+    `optsvc.backends.elements.lerp` computes it element by element: one
+    rounding, in the form the weight picks."""
+    w = np.float32(weight)
+    base = a
+    if not abs(w) < 0.5:
+        w, base = w - np.float32(1.0), b
+    wide = base.astype(np.float64) + np.float64(w) * (b - a).astype(np.float64)
+    return wide.astype(np.float32)
+
+
 class SlotRecord(NamedTuple):
     """What `to_arrays` says of one key besides its arrays."""
 
@@ -178,32 +229,49 @@ class SlotRecord(NamedTuple):
 
 class OptimizerState:
     """All of an optimizer's state: per-key slots (`slots`, in the order the
-    keys were first updated), their flat groups for parameter stores, RAdam's
-    shared memo (`radam_buffer`) and the backend the arrays live on (`ops`,
-    None until the first update). Read it through the views (`mom1`, `mom2`,
-    `averages`, `nr_update`); change it through the methods.
+    keys were first updated), their flat groups for parameter stores, the
+    rule's running scalars (RAdam's shared memo `radam_buffer`, the `sums`
+    of a rule that keeps some, such as Schedule-Free's weight sum and
+    largest rate) and the backend the arrays live on (`ops`, None until the
+    first update). `rule` says which arrays a slot holds. Read it through
+    the views (`mom1`, `mom2`, `averages`, `nr_update`, `view`); change it
+    through the methods.
     """
 
     def __init__(
         self,
+        rule: Rule,
         *,
         use_averages: bool,
         ops: Ops | None = None,
         radam_buffer: list[list] | None = None,
+        sums: tuple[float, ...] | None = None,
     ) -> None:
+        self.rule = rule
         self.ops = ops
         self.use_averages = bool(use_averages)
         self.slots: dict[KeyT, KeySlot] = {}
         self.radam_buffer = new_radam_buffer() if radam_buffer is None else radam_buffer
+        self.sums = rule.initial_sums if sums is None else sums
         # id(store) -> the group of that ParamStore's keys
         self._groups: dict[int, FlatGroup] = {}
-        self.mom1 = SlotView(self.slots, "m")
-        self.mom2 = SlotView(self.slots, "v")
+        self.mom1 = self.view("m")
+        self.mom2 = self.view("v")
         self.averages = self._averages_view()
-        self.nr_update = SlotView(self.slots, "nr")
+        self.nr_update = SlotView(self.slots, attrgetter("nr"))
+
+    def view(self, name: str) -> SlotView:
+        """Each key's state array `name` (one of `rule.state`), flat; empty
+        for a name the rule does not keep."""
+        names = self.rule.state
+        index = names.index(name) if name in names else None
+        get = (lambda slot: None) if index is None else _state_array(index)
+        return SlotView(self.slots, get)
 
     def _averages_view(self) -> SlotView | None:
-        return SlotView(self.slots, "ema", shaped=True) if self.use_averages else None
+        if not self.use_averages:
+            return None
+        return SlotView(self.slots, attrgetter("ema"), shaped=True)
 
     @property
     def groups(self) -> Mapping[int, FlatGroup]:
@@ -219,10 +287,14 @@ class OptimizerState:
             slot.ema = ops.alloc((size,))
         return slot
 
-    def add_moments(self, slot: KeySlot, ops: Ops) -> None:
-        """Zero moments for a slot that has none yet."""
-        slot.m = ops.alloc((slot.size,))
-        slot.v = ops.alloc((slot.size,))
+    def add_state(self, slot: KeySlot, ops: Ops, weights) -> None:
+        """The rule's arrays for a slot that has none yet: zeros, or a copy
+        of the key's flat `weights` for those the rule starts from them."""
+        slot.state = tuple(
+            ops.asarray(weights).copy() if name in self.rule.from_weights
+            else ops.alloc((slot.size,))
+            for name in self.rule.state
+        )  # fmt: skip
 
     # --- parameter stores ------------------------------------------------------------
 
@@ -262,23 +334,30 @@ class OptimizerState:
                     ema[...] = slot.ema
                 slot.ema = ema
             slot.group, slot.index = group, index
+            slot.weights = store.weights(key).reshape(-1)
             group.slots.append(slot)
-        if any(slot.m is not None for slot in group.slots):
-            self.group_moments(group, ops)
+        if any(slot.state is not None for slot in group.slots):
+            self.group_state(group, ops, store)
         live = {k: g for k, g in self._groups.items() if g.store_ref() is not None}
         live[id(store)] = group
         self._groups = live
         return group
 
-    def group_moments(self, group: FlatGroup, ops: Ops) -> None:
-        """Flat moments for `group`, each key's moments copied in (if any)
-        and its slot pointed at its part of them."""
-        group.m, group.v = ops.alloc((group.size,)), ops.alloc((group.size,))
+    def group_state(self, group: FlatGroup, ops: Ops, store: ParamStore) -> None:
+        """The rule's flat arrays for `group`, each key's arrays copied in
+        (if any; else zeros, or its weights for those the rule starts from
+        them) and its slot pointed at its part of them."""
+        group.state = tuple(
+            ops.asarray(store.flat_weights).copy() if name in self.rule.from_weights
+            else ops.alloc((group.size,))
+            for name in self.rule.state
+        )  # fmt: skip
         for index, slot in enumerate(group.slots):
-            m, v = group.view(group.m, index), group.view(group.v, index)
-            if slot.m is not None:
-                m[...], v[...] = slot.m, slot.v
-            slot.m, slot.v = m, v
+            views = tuple(group.view(flat, index) for flat in group.state)
+            if slot.state is not None:
+                for view, own in zip(views, slot.state):
+                    view[...] = own
+            slot.state = views
 
     def keep_averages(self, keep: bool) -> None:
         """Start keeping parameter averages (from zero, as for a new key) or
@@ -311,22 +390,25 @@ class OptimizerState:
             return target.asarray(host)
 
         for slot in self.slots.values():
-            if slot.m is not None:
-                slot.m, slot.v = move(slot.m), move(slot.v)
+            if slot.state is not None:
+                slot.state = tuple(move(a) for a in slot.state)
             if slot.ema is not None:
                 slot.ema = move(slot.ema)
+            slot.weights = None  # on the old device: attach() or an update tells
         self.ops = target
 
     def to_arrays(self) -> tuple[list[SlotRecord], dict[str, np.ndarray]]:
         """Each key's record, and its arrays on the host: for the i-th key,
-        `m{i}` and `v{i}` (flat, if it has moments) and `ema{i}` (shaped like
-        the parameter, with averages). `from_arrays` reads them back."""
+        each of the rule's arrays as `{name}{i}` (flat, if it has them: `m0`,
+        `v0`, `z0`, ...) and `ema{i}` (shaped like the parameter, with
+        averages). `from_arrays` reads them back."""
         host = self.ops.to_numpy if self.ops is not None else np.asarray
         records, arrays = [], {}
         for i, (key, slot) in enumerate(self.slots.items()):
             records.append(SlotRecord(key, slot.shape, slot.nr))
-            if slot.m is not None:
-                arrays[f"m{i}"], arrays[f"v{i}"] = host(slot.m), host(slot.v)
+            if slot.state is not None:
+                for name, array in zip(self.rule.state, slot.state):
+                    arrays[f"{name}{i}"] = host(array)
             if slot.ema is not None:
                 arrays[f"ema{i}"] = host(slot.ema.reshape(slot.shape))
         return records, arrays
@@ -334,27 +416,36 @@ class OptimizerState:
     @classmethod
     def from_arrays(
         cls,
+        rule: Rule,
         records: Iterable[SlotRecord],
         arrays: Mapping[str, np.ndarray],
         *,
         use_averages: bool,
         ops: Ops,
         radam_buffer: list[list] | None = None,
+        sums: tuple[float, ...] | None = None,
     ) -> OptimizerState:
         """A state on `ops` from what `to_arrays` gave; StateError if an array
         is missing, has the wrong shape or dtype, holds a NaN or an infinity,
         or (a second moment) a negative value."""
-        state = cls(use_averages=use_averages, ops=ops, radam_buffer=radam_buffer)
+        state = cls(
+            rule, use_averages=use_averages, ops=ops, radam_buffer=radam_buffer,
+            sums=sums,
+        )  # fmt: skip
         for i, (key, shape, nr) in enumerate(records):
             slot = state.slots[key] = KeySlot(shape, int(np.prod(shape)))
             slot.nr = nr
-            if f"m{i}" in arrays or f"v{i}" in arrays:
-                slot.m = _restored(arrays, f"m{i}", (slot.size,), key, ops)
-                slot.v = _restored(arrays, f"v{i}", (slot.size,), key, ops)
-                if (slot.v < 0).any():
-                    raise StateError(
-                        f"optimizer state for key {key!r} has a negative second moment"
-                    )
+            if any(f"{name}{i}" in arrays for name in rule.state):
+                slot.state = tuple(
+                    _restored(arrays, f"{name}{i}", (slot.size,), key, ops)
+                    for name in rule.state
+                )
+                for name, array in zip(rule.state, slot.state):
+                    if name in rule.nonnegative and (array < 0).any():
+                        raise StateError(
+                            f"optimizer state for key {key!r} has a negative "
+                            "second moment"
+                        )
             if use_averages:
                 ema = _restored(arrays, f"ema{i}", shape, key, ops, "averages")
                 slot.ema = ema.reshape(-1)

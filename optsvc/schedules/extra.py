@@ -222,6 +222,65 @@ def _one_cycle(schedule: Schedule, step: int, **kwargs: Any) -> float:
     return _cos_anneal(peak, end, p)
 
 
+# AdEMAMix's warmups (Pagliardini et al., 2024, section 3): its slow
+# momentum's weight `alpha` and decay `beta3` start at no effect and reach
+# their values after `warmup_steps` (the paper's T_alpha = T_beta3). The paper
+# counts updates from 1; the schedule's step s is the update s + 1.
+
+
+@registries.schedules.register("ademamix_alpha_warmup.v1")
+@checked()
+def ademamix_alpha_warmup(
+    alpha: Annotated[float, Arg("AdEMAMix's alpha after warmup", ge=0)],
+    warmup_steps: Annotated[int, Arg("steps of linear warmup", ge=1)],
+) -> Schedule[float]:
+    """AdEMAMix's alpha scheduler: `min((step + 1) * alpha / warmup_steps, alpha)`.
+
+    >>> s = ademamix_alpha_warmup(5.0, 10)
+    >>> [s(0), s(4), s(9), s(100)]
+    [0.5, 2.5, 5.0, 5.0]
+    """
+    return Schedule("ademamix_alpha_warmup", _ademamix_alpha, attrs=locals())
+
+
+@schedule_fn("ademamix_alpha_warmup")
+def _ademamix_alpha(schedule: Schedule, step: int, **kwargs: Any) -> float:
+    a = schedule.attrs
+    return min((step + 1) * a["alpha"] / a["warmup_steps"], a["alpha"])
+
+
+def _beta1_below_beta3(beta1: float, beta3: float) -> str | None:
+    if beta1 >= beta3:
+        return f"'beta1' ({beta1}) must be below 'beta3' ({beta3})"
+    return None
+
+
+@registries.schedules.register("ademamix_beta3_warmup.v1")
+@checked(Rule(_beta1_below_beta3))
+def ademamix_beta3_warmup(
+    beta1: Annotated[float, Arg("the value at the start (Adam's beta1)", gt=0, lt=1)],
+    beta3: Annotated[float, Arg("AdEMAMix's beta3 after warmup", gt=0, lt=1)],
+    warmup_steps: Annotated[int, Arg("steps of warmup", ge=1)],
+) -> Schedule[float]:
+    """AdEMAMix's beta3 scheduler: from `beta1` to `beta3` over `warmup_steps`,
+    linear in the half-life 1 / ln(beta): with t = (step + 1) / warmup_steps,
+    `exp(ln b1 * ln b3 / ((1 - t) * ln b3 + t * ln b1))`, never above `beta3`.
+
+    >>> s = ademamix_beta3_warmup(0.9, 0.9999, 100)
+    >>> [round(s(i), 4) for i in (0, 49, 99, 500)]
+    [0.9909, 0.9998, 0.9999, 0.9999]
+    """
+    return Schedule("ademamix_beta3_warmup", _ademamix_beta3, attrs=locals())
+
+
+@schedule_fn("ademamix_beta3_warmup")
+def _ademamix_beta3(schedule: Schedule, step: int, **kwargs: Any) -> float:
+    a = schedule.attrs
+    log1, log3 = math.log(a["beta1"]), math.log(a["beta3"])
+    t = min(1.0, (step + 1) / a["warmup_steps"])
+    return min(math.exp(log1 * log3 / ((1.0 - t) * log3 + t * log1)), a["beta3"])
+
+
 # The schedule functions this module defines, each registered as NAME.v1:
 # `optsvc.schedules` and `optsvc` re-export them from this list.
 __all__ = [
@@ -231,4 +290,6 @@ __all__ = [
     "piecewise_constant",
     "linear_warmup",
     "one_cycle",
+    "ademamix_alpha_warmup",
+    "ademamix_beta3_warmup",
 ]

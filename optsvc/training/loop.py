@@ -231,6 +231,8 @@ def resume_or_start(
         restore(resumable, store, job.optimizer, job.ops)
     if job.gpu_id >= 0:
         job.optimizer.to_gpu(job.gpu_id)
+    # A restored Schedule-Free optimizer computes its averages from the weights.
+    job.optimizer.attach(store)
     # What the next checkpoints record as the run's config (with --extend, the
     # new max_steps).
     state.config, state.max_steps = job.relevant, job.settings.max_steps
@@ -479,8 +481,10 @@ def save(loop: Loop, state: TrainState) -> None:
     """A checkpoint of this step: weights, optimizer and TrainState. The
     optimizer's state may overflow while the weights stay finite."""
     optimizer = loop.optimizer
-    for what, arrays in (("moments", optimizer.mom1), ("moments", optimizer.mom2),
-                         ("averages", optimizer.averages or {})):  # fmt: skip
+    tables = [(f"state {name!r}", optimizer.state.view(name))
+              for name in optimizer.rule.state]  # fmt: skip
+    tables.append(("averages", optimizer.averages or {}))
+    for what, arrays in tables:
         key = _first_nonfinite(arrays, loop.xp)
         if key is not None:
             raise RunError(

@@ -342,7 +342,10 @@ def open_checkpoint(
     _check_model(checkpoint.arrays, store, n_train, bad)
     try:
         saved = decode_optimizer(
-            checkpoint.optimizer, like=optimizer.schedules, ops=get_ops("numpy")
+            checkpoint.optimizer,
+            like=optimizer.schedules,
+            ops=get_ops("numpy"),
+            rule=optimizer.rule,
         )
     except Exception as err:  # a refused state, or one that breaks the decoder
         raise bad(
@@ -363,21 +366,32 @@ def restore(resumable: Resumable, store: ParamStore, optimizer: Optimizer, ops):
 
 
 def _check_optimizer(saved: SavedOptimizer, optimizer: Optimizer, bad) -> None:
-    kinds = {True: "RAdam", False: "Adam or SGD"}
-    if saved.use_radam != optimizer.use_radam:
+    ours, theirs = optimizer.settings, saved.settings
+    if saved.state.rule is not optimizer.rule or saved.use_radam != ours.get(
+        "use_radam", False
+    ):
         raise bad(
-            f"{OPTIMIZER} holds {kinds[saved.use_radam]} state, but the run's "
-            f"optimizer is {kinds[optimizer.use_radam]}"
+            f"{OPTIMIZER} holds {_kind(saved.state.rule, saved.use_radam)} state, "
+            f"but the run's optimizer is "
+            f"{_kind(optimizer.rule, ours.get('use_radam', False))}"
         )
-    if saved.L2_is_weight_decay != optimizer.L2_is_weight_decay:
-        raise bad(f"{OPTIMIZER} has another L2_is_weight_decay than the run's")
-    if saved.state.use_averages != (optimizer.averages is not None):
+    for name, value in theirs.items():
+        if value != ours[name]:
+            raise bad(f"{OPTIMIZER} has another {name} than the run's")
+    if saved.state.use_averages != optimizer.state.use_averages:
         raise bad(f"{OPTIMIZER} disagrees with the run's use_averages")
     for name, schedule in optimizer.schedules.items():
         if _schedule_form(schedule, name) != _schedule_form(
             saved.schedules[name], name
         ):
             raise bad(f"{OPTIMIZER} has another '{name}' than the run's config")
+
+
+def _kind(rule, use_radam: bool) -> str:
+    """An optimizer's kind in words: Thinc's rule by its settings."""
+    if rule.name == "thinc":
+        return "RAdam" if use_radam else "Adam or SGD"
+    return rule.title
 
 
 def _check_slots(saved: SavedOptimizer, store: ParamStore, state: TrainState, bad):
