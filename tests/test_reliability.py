@@ -532,6 +532,16 @@ def test_an_unhashable_key_is_a_clear_error():
     assert soak.run_optimizer_case(case) is None
 
 
+def test_a_nan_key_is_refused_not_given_a_new_slot_each_call():
+    from optsvc import Adam
+
+    opt = Adam(0.001)
+    for _ in range(2):  # a float NaN equals nothing, not even itself
+        with pytest.raises(TypeError, match="holds NaN"):
+            opt((float("nan"), "W"), np.ones(3, "f"), np.ones(3, "f"))
+    assert len(opt.state.slots) == 0
+
+
 @pytest.mark.slow
 def test_the_soak_script_runs_and_reports(tmp_path):
     """`python tests/soak.py` end to end at a tiny size, with its JSON."""

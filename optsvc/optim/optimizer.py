@@ -258,6 +258,8 @@ class Optimizer(ScheduledHyperparams):
             raise TypeError(
                 f"key {key!r} must be hashable, such as a (node_id, name) tuple"
             ) from None
+        if slot is None and _holds_nan(key):  # never equal to itself: a new slot a call
+            raise TypeError(f"key {key!r} holds NaN; use a (node_id, name) tuple")
         _check_arrays(key, weights, gradient, ops, slot)
         state.ops = ops
         s = self._scalars()
@@ -416,6 +418,11 @@ class Optimizer(ScheduledHyperparams):
 
 
 _F32 = np.dtype(np.float32)
+
+
+def _holds_nan(key) -> bool:
+    parts = key if isinstance(key, tuple) else (key,)
+    return any(isinstance(part, float) and part != part for part in parts)
 
 
 def _check_arrays(key, weights, gradient, ops: Ops, slot: KeySlot | None) -> None:
