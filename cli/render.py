@@ -147,7 +147,9 @@ def summary(report: Report, source: str) -> None:
     out.print(f"sections checked: {', '.join(lay.checked) or 'none'}")
     if lay.unchecked:
         what = "not optsvc's, not checked" if lay.is_foreign else "not checked"
-        out.print(f"{what}: {', '.join(lay.unchecked)}")
+        names, more = lay.unchecked[:12], len(lay.unchecked) - 12
+        tail = f" and {more:,} more" if more > 0 else ""
+        out.print(f"{what}: {', '.join(names)}{tail}")
     if len(lay.blocks) > 1:
         shown = lay.optimizer_path or lay.schedule_path
         out.print(

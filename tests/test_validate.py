@@ -1080,3 +1080,21 @@ def test_an_override_inside_a_section_another_override_replaces_is_refused():
     assert result.exit_code == 1
     assert "optimizer.learn_rate.base_rate: sets a value inside" in result.output
     assert "internal error" not in result.output
+
+
+def test_a_config_of_more_sections_than_optsvc_reads_is_refused_at_once(tmp_path):
+    # confection compares every section with every other: 100,000 took minutes
+    base = Path(__file__).resolve().parents[1] / "configs" / "quickstart.cfg"
+    many = base.read_text() + "".join(
+        f"\n[extra{i}]\nx = {i}\n" for i in range(100_000)
+    )
+    (tmp_path / "many.cfg").write_text(many)
+    result = CliRunner().invoke(app, ["validate", str(tmp_path / "many.cfg")])
+    assert result.exit_code == 1
+    assert "has 100,006 sections, more than the 2,000 optsvc reads" in result.stderr
+    # a config under the limit lists the sections it leaves alone in one short line
+    some = base.read_text() + "".join(f"\n[extra{i}]\nx = {i}\n" for i in range(100))
+    (tmp_path / "some.cfg").write_text(some)
+    result = CliRunner().invoke(app, ["validate", str(tmp_path / "some.cfg")])
+    [line] = [x for x in result.stdout.splitlines() if x.startswith("not optsvc's")]
+    assert line.endswith("and 92 more")  # of 104: [data], [model], ... and 100 extra

@@ -134,6 +134,12 @@ def read_config_text(path: str | Path) -> str:
     return text
 
 
+# The most sections a config may have (spaCy's have a few dozen): confection's
+# parser compares every section with every other, so 100,000 took minutes.
+MAX_SECTIONS = 2000
+_SECTION_LINE = re.compile(r"^[ \t]*\[", re.MULTILINE)
+
+
 def config_from_str(
     text: str, overrides: dict[str, Any] | None = None, *, source: str = "config"
 ) -> Config:
@@ -141,6 +147,12 @@ def config_from_str(
     if not text.strip():
         raise ConfigError(
             f"{source} is empty; it needs at least an [optimizer] section"
+        )
+    sections = sum(1 for _ in _SECTION_LINE.finditer(text))
+    if sections > MAX_SECTIONS:  # confection checks each section against all
+        raise ConfigError(
+            f"{source} has {sections:,} sections, more than the {MAX_SECTIONS:,} "
+            "optsvc reads; is it the right file?"
         )
     overrides = dict(overrides or {})
     try:  # the text is parsed once; ${...} is resolved below
