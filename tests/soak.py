@@ -937,7 +937,7 @@ def _resume_problems(
 
 FILE_CASES = ["metrics-flip", "metrics-deep", "metrics-garbage", "special-config",
               "special-scores", "special-checkpoint", "grown-checkpoint",
-              "lock-deleted"]  # fmt: skip
+              "lock-deleted", "foreign-files", "special-readers"]  # fmt: skip
 SPECIALS = ["fifo", "/dev/zero"]
 
 
@@ -946,7 +946,9 @@ def files_campaign(job: Job, n: int, rng: random.Random, work: Path, fig: Figure
     run: a damaged metrics.jsonl line never blocks a resume; a FIFO or
     /dev/zero where a config, a scores log or a checkpoint file belongs is
     refused or skipped at once, never read; a checkpoint file larger than its
-    manifest says is skipped; deleting RUN/.lock does not admit a second writer."""
+    manifest says is skipped; deleting RUN/.lock does not admit a second writer;
+    another tool's files in -o are refused and kept; a FIFO or /dev/zero under
+    `runs`, `plot` or `evaluate` ends at once."""
     from optsvc.training.checkpoints import list_checkpoints
 
     folder = work / "files"
@@ -965,6 +967,10 @@ def files_campaign(job: Job, n: int, rng: random.Random, work: Path, fig: Figure
                 problem = _metrics_damage(job, run, kind, steps, rng)
             elif kind in ("special-config", "special-scores"):
                 problem = _special_input(job, folder, kind, rng)
+            elif kind == "foreign-files":
+                problem = _foreign_files(job, folder / f"foreign-{i:04d}", rng)
+            elif kind == "special-readers":
+                problem = _special_reader(run, steps, rng)
             else:
                 problem = _special_checkpoint(job, run, kind, steps, rng)
         except Hang:
@@ -1031,6 +1037,49 @@ def _special_input(job: Job, folder: Path, kind: str, rng) -> str | None:
         raise Hang()
     if code != 1 or "is not a regular file" not in out + err or "Traceback" in err:
         return f"exit {code}: {out}{err}"
+    return None
+
+
+# Files another tool may leave where optsvc writes its own.
+FOREIGN = {"checkpoints/epoch=41-step=90000.ckpt": b"lightning", "metrics.jsonl":
+           b'{"step": 1, "loss": 0.5}\n', "best.npz": b"PK\x03\x04"}  # fmt: skip
+
+
+def _foreign_files(job: Job, run: Path, rng) -> str | None:
+    """Another tool's files in -o: `train` (plain, --resume or --overwrite)
+    refuses the folder, names a file it holds and leaves every byte."""
+    planted = rng.sample(sorted(FOREIGN), rng.randrange(1, len(FOREIGN) + 1))
+    for name in planted:
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_bytes(FOREIGN[name])
+    flags = rng.choice([[], ["--resume"], ["--overwrite"]])
+    code, out, err, _ = invoke(["train", job.config, "-o", run, *flags], TRAIN_LIMIT)
+    kept = all((run / n).read_bytes() == FOREIGN[n] for n in planted)
+    if code != 1 or "optsvc did not write" not in err or not kept:
+        return f"{planted} {flags}: exit {code}, files kept: {kept}\n{out}{err}"
+    return None
+
+
+def _special_reader(run: Path, steps, rng) -> str | None:
+    """A FIFO or /dev/zero in place of a file `runs`, `plot` or `evaluate`
+    reads: each finishes at once with a result or one clear error."""
+    name = rng.choice(["metrics.jsonl", ".lock", "run.json",
+                       f"checkpoints/{steps[-1]}/state.json",
+                       f"checkpoints/{steps[-1]}/manifest.json"])  # fmt: skip
+    target = run / name
+    target.unlink(missing_ok=True)
+    if rng.random() < 0.5:
+        os.mkfifo(target)
+    else:
+        target.symlink_to("/dev/zero")
+    (run / "final.safetensors").unlink()  # the status then comes from the rest
+    command = rng.choice([["runs", run.parent], ["plot", run], ["evaluate", run]])
+    code, out, err = run_subprocess(command, limit=CLI_LIMIT)
+    if code is None:
+        raise Hang()
+    text = out + err
+    if code not in (0, 1) or "Traceback" in text or "internal error" in text:
+        return f"{name} under {command[0]}: exit {code}\n{text[-1500:]}"
     return None
 
 
@@ -1865,7 +1914,7 @@ SUMMARY = [
     ("second trains refused by the lock", "second trains refused by the lock"),
     ("checkpoint corruptions injected", "corruptions injected"),
     ("checkpoint corruptions detected", "corruptions detected"),
-    ("file cases (metrics damage, special files, lock deleted)", "file cases"),
+    ("file cases (damage, special files, lock, foreign files)", "file cases"),
     ("  of them held", "file cases held"),
     ("configs fuzzed (optsvc validate)", "configs fuzzed"),
     ("  of them in subprocesses", "configs validated in subprocesses"),

@@ -317,7 +317,7 @@ def _other_kind(folder: Path) -> str:
     saved = decode_optimizer(
         (folder / "optimizer.safetensors").read_bytes(), like=LIKE, ops=get_ops("numpy")
     )
-    saved = dataclasses.replace(saved, use_radam=True)
+    saved = dataclasses.replace(saved, settings={**saved.settings, "use_radam": True})
     (folder / "optimizer.safetensors").write_bytes(encode_optimizer(saved))
     return "RAdam"
 

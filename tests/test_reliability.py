@@ -101,7 +101,8 @@ def test_corruption_campaign(jobs, work):
 def test_files_campaign(jobs, work):
     """Damaged metrics lines, FIFOs and /dev/zero where configs, scores logs
     and checkpoint files belong, a checkpoint file larger than its manifest
-    says, RUN/.lock deleted under a running train: every case held."""
+    says, RUN/.lock deleted under a running train, another tool's files in
+    -o, special files under runs/plot/evaluate: every case held."""
     fig = soak.Figures()
     n = len(soak.FILE_CASES)
     soak.files_campaign(jobs["adam-plateau"], n, random.Random(11), work, fig)
