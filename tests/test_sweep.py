@@ -189,6 +189,8 @@ def test_grid_values_read_as_overrides():
         (["--sample", "optimizer.L2=normal(0,1)"], "must be one of"),
         (["--sample", "optimizer.L2=loguniform(0,1)"], "LOW > 0"),
         (["--sample", "optimizer.L2=uniform(1,0)"], "LOW < HIGH"),
+        (["--sample", "optimizer.L2=uniform(-1e308,1e308)"], "must lie within"),
+        (["--sample", "training.seed=randint(0,10**30)"], "needs two numbers"),
     ],
 )
 def test_bad_sweep_arguments_are_refused(bad, words):

@@ -113,6 +113,11 @@ def parse_grid(text: str) -> tuple[str, list[Any]]:
     return path, values
 
 
+# The widest bounds a distribution takes: numpy draws from HIGH - LOW, which
+# must be finite (a float) or fit 64 bits (randint).
+MAX_BOUND = 2**62
+
+
 def parse_sample(text: str) -> tuple[str, Distribution]:
     """`PATH=DIST` into the dotted path and its distribution.
 
@@ -139,6 +144,10 @@ def parse_sample(text: str) -> tuple[str, Distribution]:
         )
     if kind == "loguniform" and args[0] <= 0:
         raise ConfigError(f"--sample {text!r}: loguniform needs LOW > 0")
+    if not all(abs(a) <= MAX_BOUND for a in args):  # numpy's draw must hold HIGH-LOW
+        raise ConfigError(
+            f"--sample {text!r}: LOW and HIGH must lie within +-{MAX_BOUND:.3g}"
+        )
     if kind == "randint" and not all(isinstance(a, int) for a in args):
         raise ConfigError(f"--sample {text!r}: randint needs two integers")
     return path, Distribution(kind, args)
