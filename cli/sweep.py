@@ -3,6 +3,7 @@ that shows a sweep's trials as they run."""
 
 from __future__ import annotations
 
+import shlex
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -205,7 +206,7 @@ def sweep(
             early_stop=early_stop, on_change=view.update,
         )  # fmt: skip
     view.finish(outcome)
-    _summary(outcome, output, metric.value)
+    _summary(outcome, output, metric.value, _again(ctx))
     if outcome.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
     if not outcome.ok:
@@ -284,7 +285,25 @@ def _value(value) -> str:
     return str(value)
 
 
-def _summary(outcome: SweepOutcome, output: Path, metric: str) -> None:
+def _again(ctx: typer.Context) -> str:
+    """The command that continues this sweep: the one given, with --resume."""
+    words = ["optsvc", ctx.info_name or "sweep"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.param_type_name == "argument":
+            words.append(str(value))
+            continue
+        if param.name == "resume" or value is None or value == param.default:
+            continue
+        if param.is_flag:
+            words += [param.opts[0]] if value else []
+            continue
+        for one in value if param.multiple else [value]:
+            words += [param.opts[0], str(getattr(one, "value", one))]
+    return shlex.join([*words, *ctx.args, "--resume"])
+
+
+def _summary(outcome: SweepOutcome, output: Path, metric: str, again: str) -> None:
     best = outcome.best
     if best is not None:
         render.out.print(
@@ -292,7 +311,6 @@ def _summary(outcome: SweepOutcome, output: Path, metric: str) -> None:
             f"its config is {output / BEST_CFG} (optsvc train {output / BEST_CFG})"
         )
     render.out.print(f"results: {output / RESULTS_CSV}")
-    again = "the same command with --resume"
     for row in outcome.failed:
         render.err.print(f"✘ trial {row.name} failed: {row.error}")
     if outcome.interrupted:

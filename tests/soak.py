@@ -844,7 +844,8 @@ def _lie_optimizer(folder: Path, rng: random.Random):
     )
     how = rng.choice(["kind", "count"])
     if how == "kind":
-        saved = dataclasses.replace(saved, use_radam=not saved.use_radam)
+        other = {**saved.settings, "use_radam": not saved.use_radam}
+        saved = dataclasses.replace(saved, settings=other)
         what, warning = "optimizer.safetensors of the other kind (RAdam/Adam)", "RAdam"
         (folder / "optimizer.safetensors").write_bytes(encode_optimizer(saved))
         return what, warning

@@ -101,7 +101,9 @@ def test_a_second_signal_stops_at_once_and_the_last_checkpoint_stands(
     # 128 + the signal handled second: either, as the two arrive together
     # (two SIGTERMs at a known moment: the test below)
     assert code in (130, 143)
-    assert "Continue with" not in out  # it did not wait to save the step
+    assert "stopped by" not in out  # it did not wait to save the step
+    # ... and says which checkpoint stands (the one of step 200)
+    assert "the checkpoint of step 200 stands. Continue with: optsvc train" in err
     assert "Traceback" not in err
     assert not (run / "final.safetensors").exists()
     resume_equals(run, uninterrupted)
@@ -156,6 +158,7 @@ def test_two_sigterms_while_a_checkpoint_is_written_exit_143(tmp_path, uninterru
     stopped = subprocess.run(command(run, str(QUICKSTART), *JOB), env=env,
                              capture_output=True, text=True, timeout=120)  # fmt: skip
     assert stopped.returncode == 143, stopped.stderr
+    assert "stopped at once by a second signal (SIGTERM)" in stopped.stderr
     assert "Traceback" not in stopped.stderr
     assert not (run / "checkpoints" / "step-00000400").exists()
     resume_equals(run, uninterrupted)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -223,6 +224,19 @@ def test_plan_names_values_and_seeds():
     assert 'nonfinite = "refuse"' in plan.trials[2].config
 
 
+def test_samples_warn_of_values_that_follow_the_seed():
+    # the quickstart's data.seed = ${system.seed}: each sample also gets other data
+    plan = plan_sweep(CONFIG, grid=["optimizer.beta1=0.8,0.9"], samples=2)
+    assert plan.warnings == [
+        "data.seed follows ${system.seed}: each of --samples changes it too; "
+        "add --data.seed N to keep it fixed"
+    ]
+    fixed = plan_sweep(CONFIG, grid=["optimizer.beta1=0.8,0.9"], samples=2,
+                       overrides={"data.seed": 0})  # fmt: skip
+    assert fixed.warnings == []
+    assert {t.values.get("system.seed") for t in fixed.trials} == {0, 1}
+
+
 def test_invalid_point_is_refused_with_its_path():
     with pytest.raises(ConfigError) as info:
         plan_sweep(CONFIG, grid=["optimizer.beta1=0.9,1.5", "optimizer.L2=0,0.1"])
@@ -385,7 +399,15 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     assert statuses[0] == "finished" and "finished" not in statuses[1:]
     assert not (out / "best.cfg").exists()  # no winner from partial results
 
-    again = sweep(out, home, *GRID, "--engine", engine, "--resume", check=0)
+    # the command it printed, run as is, continues the sweep
+    [said] = [x for x in stderr.splitlines() if "continue it with " in x]
+    printed = shlex.split(said.split("continue it with ", 1)[1])
+    assert printed[:2] == ["optsvc", "sweep"] and printed[-1] == "--resume"
+    again = subprocess.run(
+        [sys.executable, "-m", "optsvc_cli", *printed[1:]], capture_output=True,
+        text=True, env=_env(home), timeout=300, cwd=out.parent,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
     assert [r["status"] for r in results(out)] == ["finished"] * 4
     assert {p: p.stat().st_mtime_ns for p in done} == done  # not run again
     assert (
@@ -521,6 +543,32 @@ def test_ctrl_c_while_ray_starts_exits_130_and_leaves_nothing(home, tmp_path):
     assert "Traceback" not in result.stderr
     assert set(Path("/tmp").glob("optsvc-ray-*")) == before
     assert {r["status"] for r in results(out)} == {"pending"}
+
+
+@pytest.mark.slow
+@needs_ray
+def test_a_killed_ray_driver_leaves_no_process_and_no_folder(home, tmp_path):
+    # SIGKILL to the driver while its first trial trains: the watchdog ends
+    # the private Ray instance (no_process_left checks every process).
+    marker = tmp_path / "hung"
+    env = fault_env(home, tmp_path, f"hang:{NAMES[0]}:1:{marker}")
+    before = set(Path("/tmp").glob("optsvc-ray-*"))
+    command = [sys.executable, "-m", "optsvc_cli", "sweep", CONFIG, "-o",
+               str(tmp_path / "sweep"), *GRID, "--engine", "ray", "--workers", "1",
+               *TINY]  # fmt: skip
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert driver.poll() is None, "the sweep ended before its trial trained"
+        assert time.monotonic() < deadline, "the trial never reached its first row"
+        time.sleep(0.1)
+    driver.kill()
+    driver.wait()
+    deadline = time.monotonic() + 30
+    while set(Path("/tmp").glob("optsvc-ray-*")) != before:
+        assert time.monotonic() < deadline, "the Ray instance's folder is left"
+        time.sleep(0.2)
 
 
 def test_early_stop_needs_ray(tmp_path):

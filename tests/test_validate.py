@@ -1098,3 +1098,20 @@ def test_a_config_of_more_sections_than_optsvc_reads_is_refused_at_once(tmp_path
     result = CliRunner().invoke(app, ["validate", str(tmp_path / "some.cfg")])
     [line] = [x for x in result.stdout.splitlines() if x.startswith("not optsvc's")]
     assert line.endswith("and 92 more")  # of 104: [data], [model], ... and 100 extra
+
+
+def test_a_schedule_inside_another_block_can_be_shown_with_block(tmp_path):
+    # spaCy's batch size is a schedule inside its @batchers block
+    cfg = tmp_path / "spacy.cfg"
+    cfg.write_text(
+        "[training]\nmax_steps = 100\n\n[training.batcher]\n"
+        '@batchers = "spacy.batch_by_words.v1"\ntolerance = 0.2\n\n'
+        '[training.batcher.size]\n@schedules = "compounding.v1"\nstart = 100\n'
+        "stop = 1000\ncompound = 1.001\n\n"
+        '[training.optimizer]\n@optimizers = "Adam.v1"\n'
+    )
+    args = ["show-schedule", str(cfg), "--block", "training.batcher.size"]
+    result = CliRunner().invoke(app, [*args, "--steps", "3", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    sizes = [float(line.split(",")[1]) for line in result.stdout.splitlines()[1:]]
+    assert sizes == pytest.approx([100, 100.1, 100.2001])

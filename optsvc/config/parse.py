@@ -183,6 +183,20 @@ _HEADER = re.compile(r"^\s*\[([^\]]+)\]")
 _KEY = re.compile(r"^\s*([^=\s#;][^=]*?)\s*=")
 
 
+def variable_users(text: str, variable: str) -> list[str]:
+    """The dotted path of every key whose value uses `${variable}`."""
+    found, section = [], ""
+    for line in text.splitlines():
+        header = _HEADER.match(line)
+        if header:
+            section = header.group(1).strip()
+            continue
+        key = _KEY.match(line)
+        if key and section and variable in map(str.strip, _VARIABLE.findall(line)):
+            found.append(f"{section}.{key.group(1)}")
+    return found
+
+
 def undefined_variables(text: str, config: dict) -> list[ConfigIssue]:
     """One issue per `${...}` variable that names nothing in `config` (read
     without interpolation), with its line and a did-you-mean from the
@@ -457,7 +471,7 @@ def find_sections(config: dict, block: str | None = None) -> ConfigSections:
         schedule_blocks=found["schedules"],
         is_foreign=foreign,
     )
-    _pick(sections, block)
+    _pick(sections, block, config)
     if foreign:
         sections.checked = sections.blocks
         sections.unchecked = _unchecked(config, sections.checked)
@@ -475,16 +489,21 @@ def _preference(path: str, foreign: bool) -> int:
     return order.index(path) if path in order else 2
 
 
-def _pick(sections: ConfigSections, block: str | None) -> None:
+def _pick(sections: ConfigSections, block: str | None, config: dict) -> None:
     if block is None:
         if sections.optimizer_blocks:
             sections.optimizer_path = sections.optimizer_blocks[0]
         elif len(sections.schedule_blocks) == 1:
             sections.schedule_path = sections.schedule_blocks[0]
         return
+    node: Any = config
+    for part in block.split("."):  # a schedule inside another block, asked for
+        node = node.get(part) if isinstance(node, dict) else None
     if block in sections.optimizer_blocks:
         sections.optimizer_path = block
-    elif block in sections.schedule_blocks:
+    elif block in sections.schedule_blocks or (
+        isinstance(node, dict) and _registry_of(node) == "schedules"
+    ):
         sections.schedule_path = block
     else:
         names = sections.blocks

@@ -23,6 +23,7 @@ from optsvc.config import (
     read_config_text,
     validate_config,
 )
+from optsvc.config.parse import variable_users
 from optsvc.sweep.space import Distribution, parse_grid, parse_sample
 from optsvc.training.state import with_defaults
 
@@ -95,6 +96,8 @@ def plan_sweep(
         raise ConfigError(
             [_with_trials(issue, idx, len(points)) for issue, idx in issues.values()]
         )
+    if samples > 1:
+        warnings.extend(_seed_followers(text, {*overrides, *paths}))
     request = {
         "config": str(config),
         "overrides": overrides,
@@ -132,6 +135,18 @@ def _check_paths(grids, draws, samples: int, overrides: dict) -> list[str]:
             )
         paths.append(SEED_PATH)
     return paths
+
+
+def _seed_followers(text: str, given: set[str]) -> list[str]:
+    """A warning for each value outside [system] that follows ${system.seed}
+    (as the quickstart's data.seed does): --samples changes it too."""
+    follow = [p for p in variable_users(text, SEED_PATH) if p not in given]
+    return [
+        f"{path} follows ${{{SEED_PATH}}}: each of --samples changes it too; "
+        f"add --{path} N to keep it fixed"
+        for path in follow
+        if not path.startswith("system.")
+    ]
 
 
 def _points(grids, draws, samples: int, seed: int) -> list[dict[str, Any]]:

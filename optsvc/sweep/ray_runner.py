@@ -3,7 +3,8 @@ Ray instance or on an existing cluster (`address`).
 
 A private instance listens on loopback only, keeps its files in a short-lived
 folder under /tmp (never in the home folder) and is shut down at the end, with
-every process it started. Ray is imported only here, and only when used.
+every process it started; a watchdog ends those processes and removes the
+folder if the driver is killed. Ray is imported only here, and only when used.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import logging
 import math
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
@@ -122,6 +125,7 @@ def ray_session(address: str | None, cpus: int | None) -> Iterator[None]:
                 "object_store_memory": OBJECT_STORE_BYTES,
                 "_temp_dir": undo.enter_context(root),
             }
+            undo.callback(_watchdog(options["_temp_dir"]))
             undo.enter_context(_environ(LOCAL_ENV))
             ray = _import_ray()
             # Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when first
@@ -134,17 +138,59 @@ def ray_session(address: str | None, cpus: int | None) -> Iterator[None]:
         else:
             options = {"address": address}
             ray = _import_ray()
-        undo.callback(ray.shutdown)
+        undo.callback(_shutdown, ray)
         with _ctrl_c_after():
             ray.init(**options, logging_level=logging.ERROR, log_to_driver=False)
         yield
 
 
+# Run beside a private Ray instance: when the driver's end of its stdin
+# closes (the driver ended, or was killed with SIGKILL), it ends every process
+# still running under the instance's folder and removes the folder.
+_WATCHDOG = """\
+import os, shutil, signal, sys
+root = sys.argv[1]
+sys.stdin.buffer.read()
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    if int(pid) == os.getpid():
+        continue
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if root.encode() in f.read():
+                os.kill(int(pid), signal.SIGKILL)
+    except OSError:
+        pass
+shutil.rmtree(root, ignore_errors=True)
+"""
+
+
+def _watchdog(root: str):
+    """Start the watchdog of the private instance in `root` (Linux: it reads
+    /proc); returns what ends it once the instance was shut down."""
+    if not sys.platform.startswith("linux"):
+        return lambda: None
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, root], stdin=subprocess.PIPE,
+        start_new_session=True,  # Ctrl-C to the driver's group spares it
+    )  # fmt: skip
+
+    def stop() -> None:
+        proc.stdin.close()
+        proc.wait()
+
+    return stop
+
+
+def _shutdown(ray) -> None:
+    with _ctrl_c_after():
+        ray.shutdown()
+
+
 @contextmanager
 def _ctrl_c_after() -> Iterator[None]:
-    """A Ctrl-C while Ray starts is raised once `ray.init` returns (raised
-    inside it, it can leave Ray's threads half-started and crash the exit);
-    a second one is raised at once."""
+    """A Ctrl-C while Ray starts or stops is raised once `ray.init` or
+    `ray.shutdown` returns (raised inside them, it can leave Ray's threads
+    half-started and crash the exit); a second one is raised at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -46,7 +46,7 @@ from optsvc.toys.datasets import Dataset
 from optsvc.toys.models import evaluate, mean_squared_error, softmax_cross_entropy
 from optsvc.training.checkpoints import save_checkpoint
 from optsvc.training.run_folder import RunFolder, check_resumable, config_diff
-from optsvc.training.signals import StopOnSignal, TrainingInterrupted
+from optsvc.training.signals import StopOnSignal, StoppedAtOnce, TrainingInterrupted
 from optsvc.training.state import (
     EARLY_STOP,
     Resumable,
@@ -134,10 +134,7 @@ def train(
                 with loop.stop:
                     run_loop(loop, state)
         except BaseException as error:
-            logger.finish()
-            logger.close(None, failed=True)
-            if isinstance(error, OptsvcError) and not folder.resumable():
-                folder.record_failure(str(error))
+            ended_by(error, folder, logger, err_console or console)
             raise
         logger.finish()
         score = write_final(loop, state, trained=not ended)
@@ -334,6 +331,28 @@ def run_loop(loop: Loop, state: TrainState) -> None:
                 stop_on_signal(loop, state, saved=bool(saved))
     finally:
         np.seterr(**numpy_errors)
+
+
+def ended_by(error: BaseException, folder: RunFolder, logger, err) -> None:
+    """The run ends on `error`: the loggers close as failed, a failure with
+    nothing to resume is recorded, a second signal says what stands."""
+    logger.finish()
+    logger.close(None, failed=True)
+    if isinstance(error, OptsvcError) and not folder.resumable():
+        folder.record_failure(str(error))
+    if isinstance(error, StoppedAtOnce):
+        err.print(stopped_at_once(folder, error), markup=False)
+
+
+def stopped_at_once(folder: RunFolder, error: StoppedAtOnce) -> str:
+    """What a second signal leaves: the last checkpoint, and how to go on."""
+    last = folder.latest_state()
+    if last is None:
+        return f"✘ {error}, before the run's first checkpoint; start it again"
+    return (
+        f"✘ {error}; the checkpoint of step {last.step} stands. Continue with: "
+        f"optsvc train --resume -o {shlex.quote(str(folder.path))}"
+    )
 
 
 def stop_on_signal(loop: Loop, state: TrainState, *, saved: bool) -> None:
