@@ -552,7 +552,7 @@ def test_a_killed_ray_driver_leaves_no_process_and_no_folder(home, tmp_path):
     # the private Ray instance (no_process_left checks every process).
     marker = tmp_path / "hung"
     env = fault_env(home, tmp_path, f"hang:{NAMES[0]}:1:{marker}")
-    before = set(Path("/tmp").glob("optsvc-ray-*"))
+    before = set(Path("/tmp").glob("optsvc-*"))
     command = [sys.executable, "-m", "optsvc_cli", "sweep", CONFIG, "-o",
                str(tmp_path / "sweep"), *GRID, "--engine", "ray", "--workers", "1",
                *TINY]  # fmt: skip
@@ -566,7 +566,7 @@ def test_a_killed_ray_driver_leaves_no_process_and_no_folder(home, tmp_path):
     driver.kill()
     driver.wait()
     deadline = time.monotonic() + 30
-    while set(Path("/tmp").glob("optsvc-ray-*")) != before:
+    while set(Path("/tmp").glob("optsvc-*")) != before:
         assert time.monotonic() < deadline, "the Ray instance's folder is left"
         time.sleep(0.2)
 

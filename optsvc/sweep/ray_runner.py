@@ -109,9 +109,9 @@ _TMP = "/tmp" if Path("/tmp").is_dir() else None  # short paths, never the home
 
 
 @contextmanager
-def ray_session(address: str | None, cpus: int | None) -> Iterator[None]:
+def ray_session(address: str | None, cpus: int | None) -> Iterator[str | None]:
     """Connect to the cluster at `address`, or start a private local instance
-    with `cpus` CPUs; disconnect (and stop it) when done."""
+    with `cpus` CPUs (yields its folder); disconnect (and stop it) when done."""
     with ExitStack() as undo:  # undone in the reverse order
         if address is None:
             # A short root: Ray's socket paths must stay under 107 bytes.
@@ -141,7 +141,7 @@ def ray_session(address: str | None, cpus: int | None) -> Iterator[None]:
         undo.callback(_shutdown, ray)
         with _ctrl_c_after():
             ray.init(**options, logging_level=logging.ERROR, log_to_driver=False)
-        yield
+        yield options.get("_temp_dir")
 
 
 # Run beside a private Ray instance: when the driver's end of its stdin
@@ -258,13 +258,15 @@ def run_ray(
     """Run `trials` with Ray Tune; True when the sweep was interrupted. Only
     run_sweep calls it, after choose_engine checked that Ray is installed."""
     cpus = None if address else max(workers or os.cpu_count() or 1, 1)
-    # Tune's own experiment state (tuner.pkl, a pickle) stays out of the sweep
-    # folder: --resume reads the trial folders, never it.
-    storage = tempfile.TemporaryDirectory(
-        prefix="optsvc-tune-", dir=_TMP, ignore_cleanup_errors=True
-    )
-    with ray_session(address, cpus), storage as storage_path:
+    with ray_session(address, cpus) as root, ExitStack() as undo:
         from ray import tune
+
+        # Tune's own experiment state (tuner.pkl, a pickle) stays out of the
+        # sweep folder (--resume reads the trial folders, never it): in the
+        # private instance's folder, or a temporary one beside a cluster's.
+        storage_path = undo.enter_context(tempfile.TemporaryDirectory(
+            prefix="optsvc-tune-", dir=root or _TMP, ignore_cleanup_errors=True
+        ))  # fmt: skip
 
         space = [
             {"name": t.name, "folder": str(tracker.folder(t.name).resolve()),
