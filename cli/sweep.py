@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from optsvc.sweep import (
@@ -181,13 +182,15 @@ def sweep(
     Example: optsvc sweep configs/quickstart.cfg -o sweeps/lr
     --grid optimizer.learn_rate.initial_rate=0.003,0.01 --grid optimizer.beta1=0.8,0.9
     """
-    plan = plan_sweep(
-        config,
-        grid=grid or [],
-        sample=sample or [],
-        samples=samples,
-        overrides=overrides(ctx),
-    )
+    with _checking() as on_trial:
+        plan = plan_sweep(
+            config,
+            grid=grid or [],
+            sample=sample or [],
+            samples=samples,
+            overrides=overrides(ctx),
+            on_trial=on_trial,
+        )
     chosen = choose_engine(engine.value, address)
     render.warnings(plan.warnings)
     where = f"Ray at {address}" if address else "a local Ray instance"
@@ -283,6 +286,21 @@ def _value(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+@contextmanager
+def _checking() -> Iterator:
+    """A progress bar on stderr while many trial configs are checked (a
+    terminal only; each takes some 20 ms)."""
+    if not render.err.is_terminal:
+        yield None
+        return
+    with Progress(
+        TextColumn("checking trial configs"), BarColumn(), MofNCompleteColumn(),
+        console=render.err, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("", total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def _again(ctx: typer.Context) -> str:

@@ -224,6 +224,13 @@ def test_plan_names_values_and_seeds():
     assert 'nonfinite = "refuse"' in plan.trials[2].config
 
 
+def test_planning_reports_each_trial_checked():
+    seen = []
+    plan_sweep(CONFIG, grid=["optimizer.beta1=0.8,0.9"], samples=3,
+               on_trial=lambda done, total: seen.append((done, total)))  # fmt: skip
+    assert seen == [(i, 6) for i in range(1, 7)]
+
+
 def test_samples_warn_of_values_that_follow_the_seed():
     # the quickstart's data.seed = ${system.seed}: each sample also gets other data
     plan = plan_sweep(CONFIG, grid=["optimizer.beta1=0.8,0.9"], samples=2)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -61,9 +61,11 @@ def plan_sweep(
     sample: Sequence[str] = (),
     samples: int = 1,
     overrides: dict[str, Any] | None = None,
+    on_trial: Callable[[int, int], None] | None = None,
 ) -> SweepPlan:
     """Expand `--grid`/`--sample`/`--samples` over a config and validate every
     trial; ConfigError lists each invalid point's problems with their paths.
+    `on_trial(done, total)` follows the validation (seconds for thousands).
 
     >>> plan = plan_sweep("configs/quickstart.cfg", grid=["optimizer.beta1=0.8,0.9"])
     >>> [t.name for t in plan.trials]
@@ -92,6 +94,8 @@ def plan_sweep(
         warnings.extend(w for w in notes if w not in warnings)
         if trial is not None:
             trials.append(trial)
+        if on_trial is not None:
+            on_trial(index + 1, len(points))
     if issues:
         raise ConfigError(
             [_with_trials(issue, idx, len(points)) for issue, idx in issues.values()]
