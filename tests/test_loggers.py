@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,6 +126,22 @@ def test_the_default_mlflow_store_works_with_a_relative_output_folder(tmp_path):
     client, mlrun = mlflow_run(tmp_path / "relrun")
     assert_same(history(client, mlrun.info.run_id, "loss"),
                 expected(tmp_path / "relrun", "loss"))  # fmt: skip
+
+
+def test_a_stale_mlflow_json_starts_a_new_mlflow_run_with_a_warning(tmp_path):
+    block = '[training.logger]\n@loggers = "optsvc.MLflowLogger.v1"\n'
+    cfg, run = config_with(tmp_path, block), tmp_path / "run"
+    args = ["train", str(cfg), "-o", str(run), "--training.max_steps", "60", *SMALL]
+    assert runner.invoke(app, args).exit_code == 0
+    (run / "final.safetensors").unlink()  # as if killed after the checkpoint at 50
+    shutil.rmtree(run / "checkpoints" / "step-00000060", ignore_errors=True)
+    saved = json.loads((run / "mlflow.json").read_text())
+    (run / "mlflow.json").write_text(json.dumps({**saved, "run_id": "0" * 32}))
+    result = runner.invoke(app, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert f"names MLflow run {'0' * 32}, which" in result.stderr
+    client, mlrun = mlflow_run(run)  # the new run that mlflow.json now names
+    assert mlrun.info.run_id != saved["run_id"] and mlrun.info.status == "FINISHED"
 
 
 def test_a_tensorboard_log_dir_can_be_given(tmp_path):

@@ -93,9 +93,9 @@ class MLflowLogger(Logger):
         try:
             self._client = MlflowClient(tracking_uri=self.uri)
             previous = self._previous_run() if first_step > 0 else None
-            if previous:
-                self._continue(previous)
-            else:
+            if previous and not self._continue(previous):
+                previous = None
+            if not previous:
                 self._new_run()
         except Exception as err:  # the store is not there, refuses, ...
             raise RunError(
@@ -113,11 +113,22 @@ class MLflowLogger(Logger):
             return None
         return saved.run_id if saved.tracking_uri == self.uri else None
 
-    def _continue(self, run_id: str) -> None:
+    def _continue(self, run_id: str) -> bool:
+        """Continue the MLflow run mlflow.json names; False (with a warning)
+        when the store does not hold it, so that a new one is started."""
+        try:
+            self._client.update_run(run_id, status="RUNNING")
+        except Exception as err:  # a damaged or stale mlflow.json, not the store
+            self.run.err_console.print(Text(
+                f"⚠ {self.run.output_dir / RUN_FILE} names MLflow run {run_id}, "
+                f"which {self.uri} does not hold ({type(err).__name__}); this "
+                "run logs into a new MLflow run", style="yellow",
+            ))  # fmt: skip
+            return False
         self.run_id = run_id
-        self._client.update_run(run_id, status="RUNNING")
         history = self._client.get_metric_history(run_id, "epoch")
         self._logged_up_to = max((m.step for m in history), default=-1)
+        return True
 
     def _new_run(self) -> None:
         from mlflow.entities import Param
