@@ -139,8 +139,13 @@ def ray_session(address: str | None, cpus: int | None) -> Iterator[str | None]:
             options = {"address": address}
             ray = _import_ray()
         undo.callback(_shutdown, ray)
+        term = signal.getsignal(signal.SIGTERM)
         with _ctrl_c_after():
             ray.init(**options, logging_level=logging.ERROR, log_to_driver=False)
+        if term is not None and threading.current_thread() is threading.main_thread():
+            # Ray's core worker puts its own handler in, which prints a C++
+            # stack and exits: SIGTERM goes back to what the command set.
+            signal.signal(signal.SIGTERM, term)
         yield options.get("_temp_dir")
 
 
