@@ -583,6 +583,49 @@ def test_a_killed_ray_driver_leaves_no_process_and_no_folder(signum, home, tmp_p
         time.sleep(0.2)
 
 
+KILL_GCS = """\
+import os, signal, sys, threading, time
+
+
+def _kill_gcs_soon():
+    time.sleep(1.0)
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().split(b"\\0")[0].endswith(b"gcs_server"):
+                    os.kill(int(pid), signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _hook(event, args):
+    if event == "subprocess.Popen" and "gcs_server" in str(args):
+        threading.Thread(target=_kill_gcs_soon, daemon=True).start()
+
+
+if os.environ.get("KILL_GCS"):
+    sys.addaudithook(_hook)
+"""
+
+
+@pytest.mark.slow
+@needs_ray
+def test_a_ray_instance_whose_gcs_dies_is_one_sentence_and_leaves_nothing(
+    home, tmp_path
+):
+    # The private instance's GCS is killed a second after it starts.
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(KILL_GCS)
+    env = _env(home, PYTHONPATH=str(hooks), KILL_GCS="1")
+    before = set(Path("/tmp").glob("optsvc-*"))
+    result = sweep(tmp_path / "sweep", home, *GRID, "--engine", "ray", env=env, check=1)
+    [said] = [line for line in result.stderr.splitlines() if line.startswith("✘")]
+    assert said.startswith("✘ Ray did not start (") and "--resume" in said
+    assert "Traceback" not in result.stderr and "internal error" not in said
+    assert set(Path("/tmp").glob("optsvc-*")) == before
+
+
 def test_early_stop_needs_ray(tmp_path):
     out = tmp_path / "sweep"
     args = ["sweep", CONFIG, "-o", str(out), "--grid", "optimizer.beta1=0.8,0.9"]

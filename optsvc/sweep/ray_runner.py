@@ -23,7 +23,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from optsvc.errors import MissingExtraError
+from optsvc.errors import MissingExtraError, RunError
 from optsvc.sweep.plan import Trial
 from optsvc.sweep.results import FAILED, FINISHED, STOPPED, Tracker
 from optsvc.sweep.trial import last_error, run_trial
@@ -140,8 +140,15 @@ def ray_session(address: str | None, cpus: int | None) -> Iterator[str | None]:
             ray = _import_ray()
         undo.callback(_shutdown, ray)
         term = signal.getsignal(signal.SIGTERM)
-        with _ctrl_c_after():
-            ray.init(**options, logging_level=logging.ERROR, log_to_driver=False)
+        try:
+            with _ctrl_c_after():
+                ray.init(**options, logging_level=logging.ERROR, log_to_driver=False)
+        except Exception as err:  # a process of Ray's died, a cluster refused, ...
+            where = f"the Ray cluster at {address}" if address else "Ray"
+            raise RunError(
+                f"{where} did not start ({type(err).__name__}: {err}); continue "
+                "the sweep with --resume, or without Ray with --engine serial"
+            ) from None
         if term is not None and threading.current_thread() is threading.main_thread():
             # Ray's core worker puts its own handler in, which prints a C++
             # stack and exits: SIGTERM goes back to what the command set.
