@@ -1856,6 +1856,95 @@ def optimizer_fuzz(n: int, rng: random.Random, fig: Figures) -> None:
 # --- the soak ---
 
 
+# --- sweep drivers killed ---------------------------------------------------------
+
+# Two tiny trials: 60 steps on 600 examples, a row and a checkpoint every 20.
+SWEEP_ARGS = ["--grid", "optimizer.beta1=0.8,0.9", "--workers", "1",
+              "--training.max_steps", "60", "--training.eval_frequency", "20",
+              "--training.checkpoint_frequency", "20", "--data.n_samples", "600",
+              "--optimizer.learn_rate.warmup_steps", "5"]  # fmt: skip
+
+
+def _left_behind(out: Path, before: set[Path]) -> list[str]:
+    """Processes still running for the sweep in `out` (its trials name their
+    folders; Ray's processes name its /tmp/optsvc-* folder), and new folders."""
+    left = [str(p) for p in set(Path("/tmp").glob("optsvc-ray-*")) - before]
+    folders = [str(out).encode(), *(p.encode() for p in left)]
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(pid) != os.getpid() and any(f in cmd for f in folders):
+            left.append(f"pid {pid}: {cmd[:120]!r}")
+    return left
+
+
+def sweep_campaign(n: int, rng: random.Random, work: Path, fig: Figures) -> None:
+    """`n` sweep drivers killed with SIGKILL at a random moment, serially and
+    on Ray by turns: nothing is left running, and `--resume` ends every trial
+    with the final weights of an uninterrupted sweep, bit for bit."""
+    from optsvc.sweep import ray_available
+
+    folder = work / "sweeps"
+    folder.mkdir(parents=True, exist_ok=True)
+    engines = ["serial", "ray"] if ray_available() else ["serial"]
+    reference = folder / "reference"
+    code, out, err = run_subprocess(["sweep", QUICKSTART, "-o", reference,
+                                     *SWEEP_ARGS, "--engine", "serial"])  # fmt: skip
+    if code != 0:
+        fig.fail("sweeps", f"the reference sweep: exit {code}\n{out}{err}")
+        return
+    trials = sorted(p.name for p in (reference / "trials").iterdir())
+    for i in range(n):
+        engine = engines[i % len(engines)]
+        sweep = folder / f"sweep-{i:03d}"
+        before = set(Path("/tmp").glob("optsvc-ray-*"))
+        args = ["sweep", QUICKSTART, "-o", sweep, *SWEEP_ARGS, "--engine", engine]
+        driver = subprocess.Popen(
+            [*OPTSVC, *map(str, args)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.5, 8.0))  # a random moment, as a user's kill -9
+        driver.kill()
+        driver.wait()
+        fig.add("sweep drivers killed")
+        fig.add(f"sweep drivers killed: {engine}")
+        deadline = time.monotonic() + 30
+        while (left := _left_behind(sweep, before)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if left:
+            fig.fail("sweeps", f"{engine} driver killed: left behind {left[:5]}")
+            continue
+        if not (sweep / "sweep.json").exists():
+            fig.add("sweep drivers killed before the sweep folder")
+            continue
+        code, out, err = run_subprocess([*args, "--resume"])
+        if code is None:
+            fig.add("hangs")
+            fig.fail("sweeps", f"{engine} --resume did not finish")
+            continue
+        same = code == 0 and all(
+            _same_arrays(
+                final_arrays(sweep / "trials" / t),
+                final_arrays(reference / "trials" / t),
+            )  # fmt: skip
+            for t in trials
+        )
+        if same:
+            fig.add("sweeps resumed bit-identical")
+        else:
+            fig.fail(
+                "sweeps", f"{engine} --resume: exit {code}\n{out[-800:]}{err[-800:]}"
+            )
+        shutil.rmtree(sweep, ignore_errors=True)
+
+
+def _same_arrays(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def soak(
     *,
     kills: int,
@@ -1866,6 +1955,7 @@ def soak(
     optimizer: int | None = None,
     work: Path | None = None,
     jobs: list[str] | None = None,
+    sweeps: int = 0,
 ) -> Figures:
     """The whole soak; the figures it counted."""
     rng = random.Random(seed)
@@ -1892,6 +1982,8 @@ def soak(
             (f"command-line fuzz: {cli} argument lists", cli_fuzz,
              (cli, rng, work, fig, prepared)),
             (f"config fuzz: {fuzz} configs", config_fuzz, (fuzz, rng, work, fig)),
+            (f"sweep drivers: {sweeps} killed", sweep_campaign,
+             (sweeps, rng, work, fig)),
         ]  # fmt: skip
         for title, part, args in parts:
             log(f"{title} ({time.monotonic() - fig.started:.0f} s in)")
@@ -1917,6 +2009,8 @@ SUMMARY = [
     ("checkpoint corruptions detected", "corruptions detected"),
     ("file cases (damage, special files, lock, foreign files)", "file cases"),
     ("  of them held", "file cases held"),
+    ("sweep drivers killed (SIGKILL, serial and Ray)", "sweep drivers killed"),
+    ("  sweeps resumed bit-identical", "sweeps resumed bit-identical"),
     ("configs fuzzed (optsvc validate)", "configs fuzzed"),
     ("  of them in subprocesses", "configs validated in subprocesses"),
     ("fuzzed configs trained (optsvc train)", "configs trained"),
@@ -1966,6 +2060,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="optimizer calls to fuzz (default: fuzz / 5)",
     )
+    parser.add_argument(
+        "--sweeps", type=int, default=0, help="sweep drivers to kill (serial and Ray)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write figures here")
     parser.add_argument(
@@ -1983,6 +2080,7 @@ def main(argv: list[str] | None = None) -> int:
         cli=args.cli,
         optimizer=args.optimizer,
         work=args.work,
+        sweeps=args.sweeps,
     )
     print(summary(fig), flush=True)
     if args.json:

@@ -544,6 +544,18 @@ def test_a_nan_key_is_refused_not_given_a_new_slot_each_call():
 
 
 @pytest.mark.slow
+@LINUX
+def test_sweep_campaign(work):
+    """Two sweep drivers killed with SIGKILL, serially and on Ray: nothing left
+    running, and --resume ends every trial bit-identical to a sweep never
+    killed."""
+    fig = soak.Figures()
+    soak.sweep_campaign(2, random.Random(5), work, fig)
+    assert_held(fig)
+    assert fig.counts["sweep drivers killed"] == 2
+
+
+@pytest.mark.slow
 def test_the_soak_script_runs_and_reports(tmp_path):
     """`python tests/soak.py` end to end at a tiny size, with its JSON."""
     out = tmp_path / "soak.json"
