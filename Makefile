@@ -79,7 +79,7 @@ compare-optimizers: $(STAMP)
 # on 2 CPU cores; exit 1 if any promise broke. `make test` runs a small version
 # (tests/test_reliability.py).
 soak: $(STAMP)
-	$(BIN)/python tests/soak.py --kills 50 --fuzz 10000 --sweeps 6 --json bench/results/soak.json
+	$(BIN)/python tests/soak.py --kills 50 --fuzz 10000 --sweeps 6 --loggers 6 --json bench/results/soak.json
 
 # Thinc 9.1.1 pins confection < 1.0, so its reference trajectories come from
 # a separate virtualenv (see tests/reference/README.md).

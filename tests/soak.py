@@ -1945,6 +1945,123 @@ def _same_arrays(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+# --- logger servers that are not there or go away ---------------------------------
+
+# Installed through PYTHONPATH into the training process: it kills the MLflow
+# server's process group as it appends its KILL_AT_ROW-th metrics row.
+_KILL_SERVER_AT_ROW = """\
+import os, signal, sys
+_rows = [0]
+
+
+def _hook(event, args):
+    if event != "open" or "a" not in str(args[1]):
+        return
+    if str(args[0]).endswith("metrics.jsonl"):
+        _rows[0] += 1
+        if _rows[0] == int(os.environ["KILL_AT_ROW"]):
+            os.killpg(int(os.environ["KILL_GROUP"]), signal.SIGKILL)
+
+
+if "KILL_GROUP" in os.environ:
+    sys.addaudithook(_hook)
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _mlflow_server(folder: Path) -> tuple[subprocess.Popen, str] | None:
+    """A real MLflow tracking server on loopback, once it answers."""
+    import urllib.request
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
+         str(port), "--workers", "1", "--backend-store-uri",
+         f"sqlite:///{folder / 'server.db'}", "--artifacts-destination",
+         str(folder / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    uri, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                return server, uri
+        except OSError:
+            time.sleep(0.5)
+    server.kill()
+    return None
+
+
+def logger_campaign(n: int, rng: random.Random, work: Path, fig: Figures) -> None:
+    """`n` runs logging to MLflow by turns where nothing listens (refused at
+    once, nothing trained) and to a real server killed at a random row (the
+    run goes on to its end with one warning and every row in metrics.jsonl)."""
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        fig.add("logger cases skipped: mlflow not installed")
+        return
+    folder = work / "loggers"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        case = folder / f"case-{i:03d}"
+        case.mkdir()
+        dead = i % 2 == 0
+        started = None if dead else _mlflow_server(case)
+        uri = f"http://127.0.0.1:{_free_port()}" if dead else started and started[1]
+        if uri is None:
+            fig.fail("loggers", "the MLflow server did not start")
+            continue
+        cfg = case / "job.cfg"
+        block = f'@loggers = "optsvc.MLflowLogger.v1"\ntracking_uri = "{uri}"\n'
+        cfg.write_text(QUICKSTART.read_text() + "\n[training.logger]\n" + block)
+        env = dict(os.environ)
+        if started:
+            (case / "sitecustomize.py").write_text(_KILL_SERVER_AT_ROW)
+            env.update(PYTHONPATH=str(case), KILL_GROUP=str(started[0].pid),
+                       KILL_AT_ROW=str(rng.randrange(1, 6)))  # fmt: skip
+        args = ["train", cfg, "-o", case / "run", "--training.max_steps", "300",
+                "--training.eval_frequency", "50", "--data.n_samples", "600",
+                "--optimizer.learn_rate.warmup_steps", "10"]  # fmt: skip
+        try:
+            done = subprocess.run(
+                [*OPTSVC, *map(str, args)],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=SUBPROCESS_LIMIT,
+            )
+        except subprocess.TimeoutExpired:
+            fig.add("hangs")
+            fig.fail("loggers", f"{'dead' if dead else 'dying'} server: no end")
+            continue
+        finally:
+            if started and started[0].poll() is None:
+                os.killpg(started[0].pid, signal.SIGKILL)
+                started[0].wait()
+        fig.add("logger cases")
+        rows = [r["step"] for r in metric_rows(case / "run")] if not dead else []
+        held = (
+            done.returncode == 1 and "nothing answers at the MLflow" in done.stderr
+            and not (case / "run" / "checkpoints").exists()
+            if dead
+            else done.returncode == 0 and "stopped answering" in done.stderr
+            and rows == list(range(50, 301, 50))
+        )  # fmt: skip
+        if held:
+            fig.add("logger cases held")
+        else:
+            fig.fail("loggers", f"exit {done.returncode}\n{done.stderr[-1500:]}")
+        shutil.rmtree(case, ignore_errors=True)
+
+
 def soak(
     *,
     kills: int,
@@ -1956,6 +2073,7 @@ def soak(
     work: Path | None = None,
     jobs: list[str] | None = None,
     sweeps: int = 0,
+    loggers: int = 0,
 ) -> Figures:
     """The whole soak; the figures it counted."""
     rng = random.Random(seed)
@@ -1984,6 +2102,8 @@ def soak(
             (f"config fuzz: {fuzz} configs", config_fuzz, (fuzz, rng, work, fig)),
             (f"sweep drivers: {sweeps} killed", sweep_campaign,
              (sweeps, rng, work, fig)),
+            (f"logger servers: {loggers} cases", logger_campaign,
+             (loggers, rng, work, fig)),
         ]  # fmt: skip
         for title, part, args in parts:
             log(f"{title} ({time.monotonic() - fig.started:.0f} s in)")
@@ -2011,6 +2131,8 @@ SUMMARY = [
     ("  of them held", "file cases held"),
     ("sweep drivers killed (SIGKILL, serial and Ray)", "sweep drivers killed"),
     ("  sweeps resumed bit-identical", "sweeps resumed bit-identical"),
+    ("MLflow servers not there or killed mid-run", "logger cases"),
+    ("  of them held", "logger cases held"),
     ("configs fuzzed (optsvc validate)", "configs fuzzed"),
     ("  of them in subprocesses", "configs validated in subprocesses"),
     ("fuzzed configs trained (optsvc train)", "configs trained"),
@@ -2063,6 +2185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sweeps", type=int, default=0, help="sweep drivers to kill (serial and Ray)"
     )
+    parser.add_argument(
+        "--loggers", type=int, default=0, help="MLflow server faults to try"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write figures here")
     parser.add_argument(
@@ -2081,6 +2206,7 @@ def main(argv: list[str] | None = None) -> int:
         optimizer=args.optimizer,
         work=args.work,
         sweeps=args.sweeps,
+        loggers=args.loggers,
     )
     print(summary(fig), flush=True)
     if args.json:

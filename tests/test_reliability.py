@@ -556,6 +556,16 @@ def test_sweep_campaign(work):
 
 
 @pytest.mark.slow
+def test_logger_campaign(work):
+    """MLflow where nothing listens (refused at once) and a real server killed
+    at a random row (the run goes on, every row kept)."""
+    fig = soak.Figures()
+    soak.logger_campaign(2, random.Random(3), work, fig)
+    assert_held(fig)
+    assert fig.counts["logger cases held"] == 2
+
+
+@pytest.mark.slow
 def test_the_soak_script_runs_and_reports(tmp_path):
     """`python tests/soak.py` end to end at a tiny size, with its JSON."""
     out = tmp_path / "soak.json"
