@@ -28,6 +28,7 @@ def bench(
             "averages on). Workload names here add to --workload "
             "(--workload W2 W3).",
             show_default=False,
+            readable=False,  # an unreadable file is optsvc's error (exit 1)
         ),
     ] = None,
     gpu: Annotated[

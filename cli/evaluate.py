@@ -18,7 +18,9 @@ def evaluate(
     run: Annotated[
         Path,
         typer.Argument(
-            help="The run folder (the -o of optsvc train).", show_default=False
+            help="The run folder (the -o of optsvc train).",
+            show_default=False,
+            readable=False,  # an unreadable folder is optsvc's error (exit 1)
         ),
     ],
     weights: Annotated[

@@ -144,7 +144,8 @@ def root(
 
 
 ConfigArg = Annotated[
-    Path, typer.Argument(help="The config file (.cfg).", show_default=False)
+    Path,
+    typer.Argument(help="The config file (.cfg).", show_default=False, readable=False),
 ]
 BlockOpt = Annotated[
     str | None,
@@ -303,6 +304,7 @@ def train_cmd(
             help="The config file (.cfg); with --resume -o DIR it may be left "
             "out: the run's own DIR/config.cfg is used.",
             show_default=False,
+            readable=False,  # an unreadable file is optsvc's error (exit 1)
         ),
     ] = None,
     output: Annotated[

@@ -21,6 +21,7 @@ def plot(
             help="Run folders, or folders holding runs (a sweep folder, "
             "or DIR/trials/*).",
             show_default=False,
+            readable=False,  # an unreadable folder is optsvc's error (exit 1)
         ),
     ],
     output: Annotated[

@@ -30,7 +30,9 @@ CSV_FIELDS = [field.name for field in dataclasses.fields(RunSummary)]
 def runs(
     folder: Annotated[
         Path,
-        typer.Argument(help="Folder to search for runs, sweeps' trials included."),
+        typer.Argument(
+            help="Folder to search for runs, sweeps' trials included.", readable=False
+        ),
     ] = Path("runs"),
     output_format: Annotated[
         RunsFormat,

@@ -39,7 +39,10 @@ Engine = render.choices("Engine", ENGINES)
 
 
 ConfigOpt = Annotated[
-    Path, typer.Argument(help="The training config (.cfg).", show_default=False)
+    Path,
+    typer.Argument(
+        help="The training config (.cfg).", show_default=False, readable=False
+    ),
 ]
 
 OutputOpt = Annotated[

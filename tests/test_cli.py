@@ -4,6 +4,7 @@ import csv
 import inspect
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -443,3 +444,29 @@ def test_script_user_error_is_one_clear_message(tmp_path):
     assert "Traceback" not in out.stderr + out.stdout
     assert "optimizer.beta1: must be in [0, 1), got 1.5" in out.stderr
     assert out.stdout == ""  # errors go to stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["validate", "CFG"], ["show-schedule", "CFG"], ["train", "CFG", "-o", "RUN"],
+     ["sweep", "CFG", "-o", "SWEEP", "--grid", "optimizer.beta1=0.8,0.9"],
+     ["bench", "CFG"], ["runs", "DIR"], ["evaluate", "DIR"], ["plot", "DIR"]],
+)  # fmt: skip
+def test_an_unreadable_path_is_optsvcs_error_not_a_usage_error(
+    args, tmp_path, monkeypatch
+):
+    # Click would refuse a path os.access calls unreadable as a usage error
+    # (exit 2); optsvc reads it itself and says what is wrong (exit 1).
+    cfg, folder = tmp_path / "job.cfg", tmp_path / "runs"
+    cfg.write_text("[optimizer]\n")
+    folder.mkdir()
+    real = os.access
+    denied = {str(cfg), str(folder)}
+    monkeypatch.setattr(
+        os, "access", lambda p, mode, *a, **k: str(p) not in denied and real(p, mode)
+    )
+    words = {"CFG": str(cfg), "DIR": str(folder), "RUN": str(tmp_path / "r"),
+             "SWEEP": str(tmp_path / "s")}  # fmt: skip
+    result = CliRunner().invoke(app, [words.get(a, a) for a in args])
+    assert result.exit_code == 1, result.output
+    assert "is not readable" not in result.output

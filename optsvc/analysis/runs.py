@@ -64,6 +64,8 @@ def find_runs(root: str | os.PathLike) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise RunError(f"'{root}' is not a folder; give a folder that holds runs")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise RunError(f"cannot read the folder '{root}' (permission denied)")
     found = []
     for here, dirs, _files in os.walk(root):  # links to folders are not followed
         path = Path(here)
