@@ -128,10 +128,18 @@ def no_process_left(home):
     deadline = time.monotonic() + 20
     while _ours(home) and time.monotonic() < deadline:
         time.sleep(0.2)
-    left = _ours(home)
+    left = {pid: _command(pid) for pid in _ours(home)}
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"processes left running: {left}"
+
+
+def _command(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return raw.replace(b"\0", b" ")[:200].decode(errors="replace")
+    except OSError:
+        return "?"
 
 
 def sweep(out: Path, home: Path, *args: str, env=None, check=None):

@@ -156,22 +156,47 @@ def ray_session(address: str | None, cpus: int | None) -> Iterator[str | None]:
         yield options.get("_temp_dir")
 
 
-# Run beside a private Ray instance: when the driver's end of its stdin
-# closes (the driver ended, or was killed with SIGKILL), it ends every process
-# still running under the instance's folder and removes the folder.
+# Run beside a private Ray instance: while the driver lives it notes the
+# driver's descendants (Ray's processes, which may retitle themselves) twice a
+# second; when the driver's end of its stdin closes (the driver ended, or was
+# killed with SIGKILL), it ends each of them still running, and every process
+# that names the instance's folder, and removes the folder.
 _WATCHDOG = """\
-import os, shutil, signal, sys
-root = sys.argv[1]
-sys.stdin.buffer.read()
-for pid in filter(str.isdigit, os.listdir("/proc")):
-    if int(pid) == os.getpid():
-        continue
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if root.encode() in f.read():
-                os.kill(int(pid), signal.SIGKILL)
-    except OSError:
-        pass
+import os, select, shutil, signal, sys
+root, driver, me = sys.argv[1], os.getppid(), os.getpid()
+
+
+def table():
+    procs = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                named = root.encode() in f.read()
+        except OSError:
+            continue
+        procs[int(pid)] = (int(fields[1]), fields[19], named)  # ppid, start
+    return procs
+
+
+known = {}
+while True:
+    procs = table()
+    tree, grown = {driver}, True
+    while grown:
+        new = {p for p, (ppid, _, _) in procs.items() if ppid in tree} - tree
+        tree |= new
+        grown = bool(new)
+    known.update({p: procs[p][1] for p in tree - {driver, me}})
+    if select.select([sys.stdin], [], [], 0.5)[0] and not os.read(0, 4096):
+        break
+for pid, (_, start, named) in table().items():
+    if pid != me and (known.get(pid) == start or named):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 shutil.rmtree(root, ignore_errors=True)
 """
 
