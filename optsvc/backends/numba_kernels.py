@@ -53,18 +53,23 @@ import warnings
 
 def _usable_thread_setting() -> None:
     """NUMBA_NUM_THREADS as numba can take it, before numba reads it: a
-    whole number from 1 to the CPU count. Anything else (numba refuses 0,
-    warns on a word, may crash on 100000) gives way to the CPU count, with a
-    warning that says so."""
+    whole number from 1 to `MAX_THREADS` (more threads than CPUs is allowed).
+    Anything else (numba refuses 0, warns on a word, may crash on 100000)
+    gives way to the CPU count, with a warning that says so."""
     value, cpus = os.environ.get("NUMBA_NUM_THREADS"), os.cpu_count() or 1
-    if value is None or (value.strip().isdigit() and 1 <= int(value) <= cpus):
+    limit = max(MAX_THREADS, cpus)
+    if value is None or (value.strip().isdigit() and 1 <= int(value) <= limit):
         return
     os.environ["NUMBA_NUM_THREADS"] = str(cpus)
     warnings.warn(
-        f"NUMBA_NUM_THREADS={value!r} is not a whole number from 1 to {cpus} "
-        f"(the CPUs here); optsvc uses {cpus}",
+        f"NUMBA_NUM_THREADS={value!r} is not a whole number from 1 to {limit}; "
+        f"optsvc uses {cpus} (the CPUs here)",
         stacklevel=2,
     )
+
+
+# The most threads NUMBA_NUM_THREADS may ask for (or the CPUs, if more).
+MAX_THREADS = 256
 
 
 _usable_thread_setting()
