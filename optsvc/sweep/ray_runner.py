@@ -167,17 +167,23 @@ root, driver, me = sys.argv[1], os.getppid(), os.getpid()
 
 
 def table():
-    procs = {}
+    procs = {}  # pid: (ppid, start time)
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
                 fields = f.read().rsplit(b")", 1)[1].split()
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                named = root.encode() in f.read()
         except OSError:
             continue
-        procs[int(pid)] = (int(fields[1]), fields[19], named)  # ppid, start
+        procs[int(pid)] = (int(fields[1]), fields[19])
     return procs
+
+
+def named(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return root.encode() in f.read()
+    except OSError:
+        return False
 
 
 known = {}
@@ -185,14 +191,14 @@ while True:
     procs = table()
     tree, grown = {driver}, True
     while grown:
-        new = {p for p, (ppid, _, _) in procs.items() if ppid in tree} - tree
+        new = {p for p, (ppid, _) in procs.items() if ppid in tree} - tree
         tree |= new
         grown = bool(new)
     known.update({p: procs[p][1] for p in tree - {driver, me}})
     if select.select([sys.stdin], [], [], 0.5)[0] and not os.read(0, 4096):
         break
-for pid, (_, start, named) in table().items():
-    if pid != me and (known.get(pid) == start or named):
+for pid, (_, start) in table().items():
+    if pid != me and (known.get(pid) == start or named(pid)):
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
