@@ -1949,7 +1949,7 @@ def _same_arrays(a: dict, b: dict) -> bool:
 
 # Installed through PYTHONPATH into the training process: it kills the MLflow
 # server's process group as it appends its KILL_AT_ROW-th metrics row.
-_KILL_SERVER_AT_ROW = """\
+KILL_SERVER_AT_ROW = """\
 import os, signal, sys
 _rows = [0]
 
@@ -2024,7 +2024,7 @@ def logger_campaign(n: int, rng: random.Random, work: Path, fig: Figures) -> Non
         cfg.write_text(QUICKSTART.read_text() + "\n[training.logger]\n" + block)
         env = dict(os.environ)
         if started:
-            (case / "sitecustomize.py").write_text(_KILL_SERVER_AT_ROW)
+            (case / "sitecustomize.py").write_text(KILL_SERVER_AT_ROW)
             env.update(PYTHONPATH=str(case), KILL_GROUP=str(started[0].pid),
                        KILL_AT_ROW=str(rng.randrange(1, 6)))  # fmt: skip
         args = ["train", cfg, "-o", case / "run", "--training.max_steps", "300",

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import soak
 from optsvc_cli.main import app
 from runs_helpers import QUICKSTART, free_port, metrics
 from typer.testing import CliRunner
@@ -263,25 +264,6 @@ def test_a_real_mlflow_tracking_server(tmp_path, mlflow_server):
     assert artifacts == {"config.cfg", "best.safetensors", "final.safetensors"}
 
 
-KILL_AT_SECOND_ROW = """\
-import os, signal, sys
-_rows = [0]
-
-
-def _hook(event, args):
-    if event != "open" or "a" not in str(args[1]):
-        return
-    if str(args[0]).endswith("metrics.jsonl"):
-        _rows[0] += 1
-        if _rows[0] == 2:
-            os.killpg(int(os.environ["KILL_GROUP"]), signal.SIGKILL)
-
-
-if "KILL_GROUP" in os.environ:
-    sys.addaudithook(_hook)
-"""
-
-
 @pytest.mark.slow
 def test_a_tracking_server_that_dies_mid_run_costs_the_run_nothing(
     tmp_path, mlflow_server
@@ -293,8 +275,8 @@ def test_a_tracking_server_that_dies_mid_run_costs_the_run_nothing(
     # metrics row (step 40), so that the moment is exact.
     hooks = tmp_path / "hooks"
     hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(KILL_AT_SECOND_ROW)
-    env = {**os.environ, "PYTHONPATH": str(hooks),
+    (hooks / "sitecustomize.py").write_text(soak.KILL_SERVER_AT_ROW)
+    env = {**os.environ, "PYTHONPATH": str(hooks), "KILL_AT_ROW": "2",
            "KILL_GROUP": str(mlflow_server.process.pid)}  # fmt: skip
     proc = subprocess.run(
         [sys.executable, "-m", "optsvc_cli", "train", str(cfg), "-o", str(run),

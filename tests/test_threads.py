@@ -328,6 +328,17 @@ def test_the_parallel_multi_tensor_kernel_equals_the_serial_one(sizes, clip):
             assert same_bits(ours[name], serial[name]), (threads, name)
 
 
+def train_with_threads(setting: str, out: Path) -> subprocess.CompletedProcess:
+    """A 20-step quickstart through `optsvc train` with NUMBA_NUM_THREADS set."""
+    config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.cfg"
+    return subprocess.run(
+        [sys.executable, "-m", "optsvc_cli", "train", str(config), "-o", str(out),
+         "--training.max_steps", "20", "--optimizer.learn_rate.warmup_steps", "2"],
+        env={**os.environ, "NUMBA_NUM_THREADS": setting},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("setting", ["0", "abc", "100000"])
 def test_a_thread_setting_numba_cannot_take_is_replaced_with_one_warning(
     setting, tmp_path
@@ -335,13 +346,7 @@ def test_a_thread_setting_numba_cannot_take_is_replaced_with_one_warning(
     # numba refuses 0, warns with a traceback on a word, may crash on 100000
     # (more threads than CPUs, within MAX_THREADS, stay as asked).
     cpus = os.cpu_count()
-    config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.cfg"
-    done = subprocess.run(
-        [sys.executable, "-m", "optsvc_cli", "train", str(config), "-o", str(tmp_path),
-         "--training.max_steps", "20", "--optimizer.learn_rate.warmup_steps", "2"],
-        env={**os.environ, "NUMBA_NUM_THREADS": setting},
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    done = train_with_threads(setting, tmp_path)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     limit = max(numba_kernels.MAX_THREADS, cpus)
     warning = f"⚠ warning: NUMBA_NUM_THREADS={setting!r} is not a whole number"
@@ -351,12 +356,5 @@ def test_a_thread_setting_numba_cannot_take_is_replaced_with_one_warning(
 
 
 def test_more_threads_than_cpus_are_kept_as_asked(tmp_path):
-    config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.cfg"
-    asked = str((os.cpu_count() or 1) * 2)
-    done = subprocess.run(
-        [sys.executable, "-m", "optsvc_cli", "train", str(config), "-o", str(tmp_path),
-         "--training.max_steps", "20", "--optimizer.learn_rate.warmup_steps", "2"],
-        env={**os.environ, "NUMBA_NUM_THREADS": asked},
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    done = train_with_threads(str((os.cpu_count() or 1) * 2), tmp_path)
     assert done.returncode == 0 and "NUMBA_NUM_THREADS" not in done.stderr
